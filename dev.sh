@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One entry point for every developer, the README and CI.
+#   ./dev.sh setup   create .venv, install ragops with pinned torch, seed tokenizer files (idempotent)
+#   ./dev.sh serve   setup, ingest the bundled samples into the embedded PostgreSQL, serve the API
+#   ./dev.sh test    setup, lint, then the whole test suite
+#   ./dev.sh bench   setup, then the benchmarks in bench/
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${RAGOPS_VENV:-.venv}"
+PY="$VENV/bin/python"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAGAS_DO_NOT_TRACK=true TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=
+
+setup() {
+  if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "ragops needs Python >= 3.11 (found $(python3 --version 2>&1))" >&2; exit 1
+  fi
+  [ -x "$PY" ] || { echo "==> creating $VENV"; python3 -m venv "$VENV"; }
+  local stamp="$VENV/.ragops-installed" want
+  want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-64)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "==> installing ragops and its dependencies (first run: a few minutes)"
+    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+    echo "$want" > "$stamp"
+  fi
+  "$PY" -m ingest.tokens seed
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  setup) setup ;;
+  serve)
+    setup
+    "$VENV/bin/ragops" ingest samples --sync
+    exec "$VENV/bin/ragops" serve "$@" ;;
+  ingest)
+    setup
+    exec "$VENV/bin/ragops" ingest "${@:-samples}" ;;
+  lint)
+    setup
+    "$VENV/bin/ruff" check app ingest evals tests bench
+    "$VENV/bin/mypy" ;;
+  test)
+    setup
+    "$VENV/bin/ruff" check app ingest evals tests bench
+    "$VENV/bin/mypy"
+    exec "$PY" -m pytest "$@" ;;
+  bench)
+    setup
+    exec "$PY" -m bench "$@" ;;
+  *)
+    echo "usage: ./dev.sh setup|serve|ingest [PATH]|lint|test [pytest args]|bench [name]" >&2; exit 2 ;;
+esac

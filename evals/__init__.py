@@ -1,0 +1,1 @@
+"""Eval datasets, metrics and the gate that compares a candidate with a baseline."""

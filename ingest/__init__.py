@@ -1,0 +1,4 @@
+"""Documents -> chunks -> embeddings -> pgvector: the index, its store and its SQL.
+
+The lowest layer: imports neither ``app`` nor ``evals``.
+"""

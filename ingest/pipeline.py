@@ -1,0 +1,334 @@
+"""The ingest pipeline: source -> documents -> changed chunks -> embeddings -> one index version.
+
+Incremental by content hash: an unchanged document costs no embedding; a changed one re-embeds
+only chunks whose text is new (vectors of unchanged chunks are reused); ``sync`` removes
+documents whose source disappeared. Each batch of documents is written in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from ingest import store
+from ingest.chunking import Chunker
+from ingest.config import LoadedConfig
+from ingest.embedding import Embedder
+from ingest.errors import IngestBusy, SourceError
+from ingest.loaders import SUPPORTED_SUFFIXES, Document, load_file
+from ingest.store import IndexVersion, PreparedDocument
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COLLECTION = "default"
+
+
+@dataclass
+class IngestProgress:
+    """Counters reported while a run goes on."""
+
+    docs_total: int
+    docs_done: int = 0
+    chunks_done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.started
+
+
+@dataclass
+class IngestReport:
+    """What one run did; also stored as the run's row in ``ingest_runs``."""
+
+    run_id: int
+    index_version: IndexVersion
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    chunks_written: int = 0
+    chunks_reused: int = 0
+    texts_embedded: int = 0
+    embed_seconds: float = 0.0
+    load_seconds: float = 0.0
+    write_seconds: float = 0.0
+    total_seconds: float = 0.0
+    activated: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The integer counters, for storage and display."""
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+            "skipped": len(self.skipped),
+            "chunks_written": self.chunks_written,
+            "chunks_reused": self.chunks_reused,
+            "texts_embedded": self.texts_embedded,
+        }
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage."""
+        return {
+            "embed": round(self.embed_seconds, 3),
+            "load_and_chunk": round(self.load_seconds, 3),
+            "write": round(self.write_seconds, 3),
+            "total": round(self.total_seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file found under the ingest root."""
+
+    path: Path
+    source: str  # relative to the root, '/'-separated
+
+    def estimated_documents(self) -> int:
+        """1, or the number of non-empty lines of a JSONL file (for progress totals)."""
+        if self.path.suffix.lower() != ".jsonl":
+            return 1
+        try:
+            with self.path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        except OSError:
+            return 1
+
+
+def scan_source(root: Path) -> list[SourceFile]:
+    """Files to ingest under ``root`` (a folder or one file), sorted; hidden entries skipped."""
+    if not root.exists():
+        raise SourceError(f"source {root} does not exist")
+    if root.is_file():
+        return [SourceFile(path=root, source=root.name)]
+    if not root.is_dir():
+        raise SourceError(f"source {root} is neither a file nor a folder")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            files.append(SourceFile(path=path, source=path.relative_to(root).as_posix()))
+    return files
+
+
+ProgressCallback = Callable[[IngestProgress], None]
+
+
+class IngestPipeline:
+    """Ingests sources into the index version that a configuration's index settings define."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        config: LoadedConfig,
+        embedder: Embedder,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        batch_documents: int = 32,
+        batch_chunks: int = 256,
+    ) -> None:
+        self.conn = conn
+        self.config = config
+        self.embedder = embedder
+        self.collection = collection
+        self.batch_documents = batch_documents
+        self.batch_chunks = batch_chunks
+        self.chunker = Chunker(config.config.index.chunking)
+
+    def index_version(self) -> IndexVersion:
+        """Get or create the version for this configuration's index settings."""
+        return store.ensure_index_version(
+            self.conn, self.config.config.index, self.embedder.dimension, self.config.version
+        )
+
+    def run(
+        self,
+        root: Path,
+        *,
+        sync: bool = False,
+        activate: bool | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        """Ingest every supported file under ``root``.
+
+        ``activate``: True activates the version when the run succeeds, False never does, None
+        activates it only when no version is active yet (the first build).
+        """
+        files = scan_source(root)
+        version = self.index_version()
+        if not store.try_lock_version(self.conn, version.id):
+            raise IngestBusy(f"another ingest is writing to index version {version.name}; try again when it ends")
+        try:
+            return self._run_locked(root, files, version, sync=sync, activate=activate, on_progress=on_progress)
+        finally:
+            store.unlock_version(self.conn, version.id)
+
+    def _run_locked(
+        self,
+        root: Path,
+        files: list[SourceFile],
+        version: IndexVersion,
+        *,
+        sync: bool,
+        activate: bool | None,
+        on_progress: ProgressCallback | None,
+    ) -> IngestReport:
+        started = time.perf_counter()
+        run_id = store.start_run(self.conn, version.id, self.collection, str(root), self.config.version)
+        report = IngestReport(run_id=run_id, index_version=version)
+        progress = IngestProgress(docs_total=sum(f.estimated_documents() for f in files))
+        embedded_before = self.embedder.texts_embedded
+        try:
+            known = store.known_documents(self.conn, version.id, self.collection)
+            seen: set[str] = set()
+            files_with_skips: set[str] = set()
+            pending: list[tuple[Document, bool]] = []  # (document, is_update)
+            pending_chunks = 0
+            for document, is_update in self._changed_documents(files, known, report, seen, files_with_skips, progress):
+                pending.append((document, is_update))
+                pending_chunks += max(1, len(document.text) // 800)
+                if len(pending) >= self.batch_documents or pending_chunks >= self.batch_chunks:
+                    self._write_batch(version, pending, known, report, progress)
+                    pending, pending_chunks = [], 0
+                if on_progress:
+                    on_progress(progress)
+            self._write_batch(version, pending, known, report, progress)
+            if sync:
+                gone = [
+                    doc.id
+                    for source, doc in known.items()
+                    if source not in seen and source.split("#", 1)[0] not in files_with_skips
+                ]
+                report.deleted = store.delete_documents(self.conn, gone)
+            version = self._finish_version(version, report, activate)
+            report.index_version = version
+        except BaseException as exc:
+            report.texts_embedded = self.embedder.texts_embedded - embedded_before
+            report.total_seconds = time.perf_counter() - started
+            store.finish_run(
+                self.conn, run_id, status="failed", counts=report.counts, skipped=report.skipped,
+                timings=report.timings, error=f"{type(exc).__name__}: {exc}"[:2000],
+            )  # fmt: skip
+            raise
+        report.texts_embedded = self.embedder.texts_embedded - embedded_before
+        report.total_seconds = time.perf_counter() - started
+        store.finish_run(
+            self.conn, run_id, status="succeeded", counts=report.counts, skipped=report.skipped,
+            timings=report.timings,
+        )  # fmt: skip
+        if on_progress:
+            on_progress(progress)
+        return report
+
+    def _changed_documents(
+        self,
+        files: list[SourceFile],
+        known: dict[str, store.KnownDocument],
+        report: IngestReport,
+        seen: set[str],
+        files_with_skips: set[str],
+        progress: IngestProgress,
+    ) -> Iterator[tuple[Document, bool]]:
+        """Loaded documents that this version does not hold yet in their current form."""
+        for file in files:
+            if file.path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                report.skipped.append({"source": file.source, "reason": f"unsupported file type {file.path.suffix!r}"})
+                files_with_skips.add(file.source)
+                progress.docs_done += 1
+                continue
+            t0 = time.perf_counter()
+            results = list(load_file(file.path, file.source))
+            report.load_seconds += time.perf_counter() - t0
+            for result in results:
+                if result.document is None:
+                    report.skipped.append({"source": result.source, "reason": result.skip_reason or "unknown"})
+                    files_with_skips.add(file.source)
+                    progress.docs_done += 1
+                    continue
+                document = result.document
+                seen.add(document.source)
+                existing = known.get(document.source)
+                if existing is not None and existing.indexed_hash == document.content_hash:
+                    report.unchanged += 1
+                    progress.docs_done += 1
+                    continue
+                yield document, existing is not None and existing.indexed_hash is not None
+
+    def _write_batch(
+        self,
+        version: IndexVersion,
+        pending: list[tuple[Document, bool]],
+        known: dict[str, store.KnownDocument],
+        report: IngestReport,
+        progress: IngestProgress,
+    ) -> None:
+        """Chunk, embed what is new, and write the batch in one transaction."""
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        chunked = [(doc, self.chunker.split(doc)) for doc, _ in pending]
+        report.load_seconds += time.perf_counter() - t0
+        updated_ids = [known[doc.source].id for doc, is_update in pending if is_update]
+        reusable = store.reusable_vectors(self.conn, version, updated_ids)
+        to_embed: dict[str, str] = {}
+        for _, chunks in chunked:
+            for chunk in chunks:
+                key = chunk.content_hash
+                if key not in reusable and key not in to_embed:
+                    to_embed[key] = chunk.embed_text
+        t0 = time.perf_counter()
+        fresh = self.embedder.embed_batch(list(to_embed.values()))
+        report.embed_seconds += time.perf_counter() - t0
+        vectors = dict(reusable)
+        vectors.update(zip(to_embed.keys(), fresh, strict=True))
+        prepared = []
+        for doc, chunks in chunked:
+            matrix = (
+                np.stack([vectors[c.content_hash] for c in chunks])
+                if chunks
+                else np.zeros((0, self.embedder.dimension), dtype=np.float32)
+            )
+            prepared.append(
+                PreparedDocument(
+                    source=doc.source, title=doc.title, content_hash=doc.content_hash, metadata=doc.metadata,
+                    chunks=chunks, vectors=matrix,
+                )
+            )  # fmt: skip
+            report.chunks_written += len(chunks)
+            report.chunks_reused += sum(1 for c in chunks if c.content_hash in reusable)
+        t0 = time.perf_counter()
+        store.write_documents(self.conn, version, self.collection, prepared)
+        report.write_seconds += time.perf_counter() - t0
+        for _, is_update in pending:
+            if is_update:
+                report.updated += 1
+            else:
+                report.added += 1
+        progress.docs_done += len(pending)
+        progress.chunks_done += sum(len(chunks) for _, chunks in chunked)
+
+    def _finish_version(self, version: IndexVersion, report: IngestReport, activate: bool | None) -> IndexVersion:
+        """Index and mark ready after a complete build; activate when asked (or when none is active)."""
+        if version.status != "ready" or not version.hnsw_built:
+            version = store.mark_version_ready(self.conn, version)
+        should_activate = activate if activate is not None else store.active_index_version(self.conn) is None
+        if should_activate and not version.is_active:
+            version = store.activate_index_version(self.conn, version.id)
+            report.activated = True
+        return version

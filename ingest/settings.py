@@ -1,0 +1,45 @@
+"""Process settings: one class, read once from ``RAGOPS_*`` variables and an optional ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where ragops keeps its data and which services it talks to.
+
+    Per-deployment facts live here; per-pipeline behaviour (chunking, retrieval, generation)
+    lives in the RAG configuration files under ``configs/``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RAGOPS_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RAGOPS_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL with pgvector; unset = embedded PostgreSQL under data_dir.",
+    )
+    data_dir: Path = Field(default=Path(".ragops"), description="Project-local state (embedded database).")
+    configs_dir: Path = Path("configs")
+    prompts_dir: Path = Path("prompts")
+    config: str = Field(default="default", description="RAG configuration used when a request names none.")
+    migrate_on_start: bool = True
+    db_pool_max: int = Field(default=8, ge=1, le=256)
+    log_level: str = "INFO"
+
+    @property
+    def pgdata(self) -> Path:
+        """Data folder of the embedded PostgreSQL."""
+        return self.data_dir / "pgdata"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,66 @@
+"""The ``ragops`` command line, run in a subprocess like a user would, on the embedded server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ingest.db import Database
+from tests.utils.corpus import corpus_document_count, write_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ragops(*args: str, database: Database, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAGOPS_DATABASE_URL": database.url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+        check=False,
+    )  # fmt: skip
+
+
+def test_ingest_then_reingest_and_list(database: Database, tmp_path: Path) -> None:
+    root = write_corpus(tmp_path / "docs")
+    first = ragops("ingest", str(root), database=database, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    assert f"added          │ {corpus_document_count()}" in first.stdout
+    assert "activated index version v1-" in first.stdout
+    again = ragops("ingest", str(root), "--sync", database=database, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert "texts embedded │ 0" in again.stdout
+    assert f"unchanged      │ {corpus_document_count()}" in again.stdout
+    listing = ragops("index", "list", database=database, cwd=REPO)
+    assert listing.returncode == 0 and "ready" in listing.stdout and "200/30" in listing.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "/no/such/folder"], "error: source /no/such/folder does not exist"),
+        (["ingest", ".", "--config", "nope"], "error: unknown configuration 'nope'"),
+        (["index", "activate", "42"], "error: no index version 42"),
+        (["index", "drop", "42"], "error: no index version 42"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_1(database: Database, args: list[str], message: str) -> None:
+    result = ragops(*args, database=database, cwd=REPO)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_embedded_database_is_used_when_no_url_is_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGOPS_") and k != "DATABASE_URL"}
+    env["RAGOPS_DATA_DIR"] = str(tmp_path / "state")
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "db", "migrate"], capture_output=True, text=True, env=env, cwd=REPO,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "applied: 0001_init.sql" in result.stdout
+    assert (tmp_path / "state" / "pgdata" / "PG_VERSION").exists()
+    assert not (tmp_path / "state" / "pgdata" / "postmaster.pid").exists(), "server left running"

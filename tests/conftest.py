@@ -1,0 +1,87 @@
+"""Session-wide real services: one embedded PostgreSQL + pgvector and one embedding model.
+
+Each test that touches the database gets its own database, cloned from a migrated template
+(``CREATE DATABASE ... TEMPLATE``, a file copy), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+
+from ingest.config import EmbeddingSettings
+from ingest.db import Database, EmbeddedPostgres
+from ingest.embedding import Embedder, get_embedder
+from ingest.migrations import migrate
+from ingest.settings import get_settings
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE_DB = "ragops_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded PostgreSQL for the whole session; yields its admin URI."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
+    uri = server.start()
+    try:
+        with psycopg.connect(uri, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+            admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+        with Database(url=make_conninfo(uri, dbname=TEMPLATE_DB)).connect() as conn:
+            migrate(conn)
+        yield uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database(pg_server: str) -> Iterator[Database]:
+    """A fresh, migrated database for one test."""
+    name = f"test_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    try:
+        yield Database(url=make_conninfo(pg_server, dbname=name))
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def conn(database: Database) -> Iterator[psycopg.Connection]:
+    """A connection to the test's database."""
+    with database.connect() as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The real default embedding model (all-MiniLM-L6-v2 from its wheel), loaded once."""
+    return get_embedder(EmbeddingSettings())
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test reads the developer's .env or RAGOPS_* variables, or the repo's .ragops folder."""
+    for key in list(os.environ):
+        if key.startswith("RAGOPS_") or key == "DATABASE_URL":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("RAGOPS_DATA_DIR", str(tmp_path / ".ragops"))
+    monkeypatch.setenv("RAGOPS_CONFIGS_DIR", str(REPO / "configs"))
+    monkeypatch.setenv("RAGOPS_PROMPTS_DIR", str(REPO / "prompts"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

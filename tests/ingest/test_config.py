@@ -1,0 +1,65 @@
+"""RAG configuration files: validated strictly, versioned by content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.config import IndexSettings, list_config_names, load_config
+from ingest.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_configurations_are_valid() -> None:
+    names = list_config_names(REPO / "configs")
+    assert "default" in names
+    for name in names:
+        assert load_config(name, REPO / "configs").version.startswith(f"{name}@")
+
+
+def test_version_changes_with_the_bytes(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("index:\n  chunking:\n    chunk_size: 100\n")
+    first = load_config("a", tmp_path).version
+    (tmp_path / "a.yaml").write_text("index:\n  chunking:\n    chunk_size: 100  # comment\n")
+    assert load_config("a", tmp_path).version != first
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "index:\n  chunking:\n    chunk_sise: 100\n",
+            "index.chunking.chunk_sise: Extra inputs are not permitted",
+        ),
+        ("index:\n  chunking:\n    chunk_size: 10\n", "index.chunking.chunk_size"),
+        (
+            "index:\n  chunking:\n    chunk_size: 64\n    chunk_overlap: 64\n",
+            "must be smaller than chunk_size",
+        ),
+        ("index: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("retrieval_typo: {}\n", "retrieval_typo: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_files_get_a_precise_message(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config("bad", tmp_path)
+    assert message in str(info.value)
+    assert "bad.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["missing", "../etc/passwd", ""])
+def test_unknown_or_unsafe_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError):
+        load_config(name, tmp_path)
+
+
+def test_index_version_hash_ignores_batch_size_but_not_chunking() -> None:
+    base = IndexSettings()
+    other_batch = IndexSettings.model_validate({"embedding": {"batch_size": 8}})
+    other_size = IndexSettings.model_validate({"chunking": {"chunk_size": 128}})
+    assert base.version_hash() == other_batch.version_hash()
+    assert base.version_hash() != other_size.version_hash()

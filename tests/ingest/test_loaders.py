@@ -1,0 +1,137 @@
+"""Loaders: text, headings and titles extracted; bad files skipped with a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from pypdf import PdfWriter
+
+from ingest.loaders import LoadResult, load_bytes
+from tests.utils.corpus import DOCS
+
+
+def _one(source: str, data: bytes) -> LoadResult:
+    results = list(load_bytes(source, data))
+    assert len(results) == 1
+    return results[0]
+
+
+def test_markdown_keeps_heading_path_and_title() -> None:
+    doc = _one("guide/pto.md", DOCS["guide/pto.md"].encode()).document
+    assert doc is not None
+    assert doc.title == "Paid time off"
+    offset = doc.text.index("Up to 5 unused days")
+    assert doc.section_at(offset) == ("Paid time off", "Carry-over")
+    assert doc.section_at(doc.text.index("27 days")) == ("Paid time off",)
+
+
+def test_markdown_ignores_hashes_inside_code_fences() -> None:
+    doc = _one("a.md", b"# Title\n\n```bash\n# not a heading\n```\ntext\n").document
+    assert doc is not None
+    assert [s.path for s in doc.sections] == [("Title",)]
+
+
+def test_html_drops_scripts_and_styles_and_keeps_headings() -> None:
+    doc = _one("web/security.html", DOCS["web/security.html"].encode()).document
+    assert doc is not None
+    assert doc.title == "Security policy"
+    assert "zzqscriptmarker" not in doc.text
+    assert "color:red" not in doc.text
+    assert doc.section_at(doc.text.index("14 characters")) == ("Security policy", "Passwords")
+
+
+def test_html_table_cells_are_separated() -> None:
+    html = b"<html><body><table><tr><td>Gold</td><td>99 USD</td></tr></table></body></html>"
+    doc = _one("t.html", html).document
+    assert doc is not None
+    assert "Gold | 99 USD" in doc.text
+
+
+def test_jsonl_beir_records_become_documents_and_bad_lines_are_reported() -> None:
+    lines = [
+        json.dumps({"_id": "a1", "title": "Alpha", "text": "first text", "metadata": {"lang": "en"}}),
+        "{not json",
+        json.dumps({"_id": "a2", "title": "Beta", "text": ""}),
+        json.dumps({"title": "no id", "text": "x"}),
+        json.dumps({"_id": "a1", "title": "dup", "text": "again"}),
+        json.dumps({"_id": 7, "text": "numeric id"}),
+    ]
+    results = list(load_bytes("kb.jsonl", "\n".join(lines).encode()))
+    docs = [r.document for r in results if r.document]
+    assert [d.source for d in docs] == ["kb.jsonl#a1", "kb.jsonl#7"]
+    assert docs[0].metadata == {"lang": "en", "doc_id": "a1"}
+    reasons = [r.skip_reason for r in results if r.skip_reason]
+    assert len(reasons) == 4
+    assert any("line 2: invalid JSON" in r for r in reasons)
+    assert any("duplicate _id" in r for r in reasons)
+
+
+def _pdf_with_text(text: str) -> bytes:
+    # pypdf cannot lay out text; build a minimal one-page PDF with a content stream by hand.
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
+    for offset in offsets:
+        out.write(f"{offset:010d} 00000 n \n".encode())
+    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    return out.getvalue()
+
+
+def test_pdf_text_is_extracted_per_page() -> None:
+    doc = _one("manual.pdf", _pdf_with_text("Backups run nightly at 02:00")).document
+    assert doc is not None
+    assert "Backups run nightly at 02:00" in doc.text
+    assert doc.section_at(0) == ("page 1",)
+
+
+def _blank_pdf() -> bytes:
+    writer = PdfWriter()
+    writer.add_blank_page(width=72, height=72)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "reason"),
+    [
+        ("empty.md", b"", "empty file"),
+        ("blank.txt", b"  \n\t\n", "empty file"),
+        ("image.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary content"),
+        ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "not valid UTF-8"),
+        ("broken.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R >> garbage", "PDF"),
+        ("zip.pdf", b"PK\x03\x04" + b"\x00" * 40, "corrupt PDF"),
+        ("scan.pdf", _blank_pdf(), "no extractable text"),
+        ("script-only.html", b"<html><script>x()</script></html>", "no visible text"),
+        ("data.xlsx", b"whatever", "unsupported file type"),
+    ],
+)
+def test_bad_files_are_skipped_with_a_reason(source: str, data: bytes, reason: str) -> None:
+    result = _one(source, data)
+    assert result.document is None
+    assert result.skip_reason is not None
+    assert reason in result.skip_reason
+
+
+def test_content_hash_changes_with_text_only() -> None:
+    a = _one("a.md", b"# T\n\nsame text").document
+    b = _one("a.md", b"# T\n\nsame text").document
+    c = _one("a.md", b"# T\n\nother text").document
+    assert a and b and c
+    assert a.content_hash == b.content_hash != c.content_hash
