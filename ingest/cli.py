@@ -63,9 +63,11 @@ def ingest(
             def on_progress(p: IngestProgress) -> None:
                 elapsed = max(p.elapsed, 1e-9)
                 bar.update(
-                    task, total=p.docs_total, completed=p.docs_done,
+                    task,
+                    total=p.docs_total,
+                    completed=p.docs_done,
                     rate=f"{p.docs_done / elapsed:.1f} docs/s  {p.chunks_done / elapsed:.1f} chunks/s",
-                )  # fmt: skip
+                )
 
             report = pipeline.run(source, sync=sync, activate=activate, on_progress=on_progress)
         print_report(report)
@@ -103,10 +105,17 @@ def index_list() -> None:
     for version, documents, chunks in rows:
         s = version.settings
         table.add_row(
-            str(version.id), version.name, version.status, "*" if version.is_active else "", version.embedding_model,
-            str(version.dimension), f"{s.get('chunk_size')}/{s.get('chunk_overlap')}", str(documents), str(chunks),
+            str(version.id),
+            version.name,
+            version.status,
+            "*" if version.is_active else "",
+            version.embedding_model,
+            str(version.dimension),
+            f"{s.get('chunk_size')}/{s.get('chunk_overlap')}",
+            str(documents),
+            str(chunks),
             version.created_at.strftime("%Y-%m-%d %H:%M"),
-        )  # fmt: skip
+        )
     out.print(table)
 
 

@@ -85,11 +85,53 @@ class IndexSettings(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class RetrievalSettings(StrictModel):
+    """How chunks are found for a question."""
+
+    mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
+    top_k: int = Field(default=5, ge=1, le=50, description="Chunks handed to the generator.")
+    candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
+    rrf_k: int = Field(default=60, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
+    vector_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    keyword_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    min_score: float = Field(
+        default=0.0, ge=0.0, description="Drop hits below this score (cosine, ts_rank_cd or fused, per mode)."
+    )
+    ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW candidate list size per query.")
+
+
+class ExtractiveSettings(StrictModel):
+    """The extractive generator: answers with the retrieved sentences that best match."""
+
+    max_sentences: int = Field(default=3, ge=1, le=20)
+    min_relevance: float = Field(
+        default=0.45, ge=0.0, le=1.0, description="Below this, answer that the documents do not say."
+    )
+    lexical_weight: float = Field(default=0.3, ge=0.0, le=1.0, description="Share of word overlap in the score.")
+
+
+class GenerationSettings(StrictModel):
+    """Which generator answers, with which prompt and limits."""
+
+    backend: Literal["auto", "extractive", "vllm"] = Field(
+        default="auto", description="auto: vLLM when RAGOPS_VLLM_URL is set, else extractive."
+    )
+    prompt: str = Field(default="default", description="Prompt file prompts/<name>.md.")
+    model: str = Field(default="ragops-llm", description="Model name served by vLLM.")
+    max_tokens: int = Field(default=256, ge=1, le=32_768)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    context_tokens: int = Field(default=1500, ge=64, le=1_000_000, description="Token budget for retrieved text.")
+    max_question_tokens: int = Field(default=256, ge=8, le=100_000)
+    extractive: ExtractiveSettings = ExtractiveSettings()
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
     description: str = ""
     index: IndexSettings = IndexSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    generation: GenerationSettings = GenerationSettings()
 
 
 class LoadedConfig(BaseModel):

@@ -138,9 +138,30 @@ def load_text(source: str, data: bytes) -> Document:
 
 _HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "iframe", "object")
 _HTML_BLOCKS = (
-    "p", "div", "section", "article", "main", "header", "footer", "aside", "nav", "li", "ul", "ol",
-    "table", "tr", "pre", "blockquote", "dt", "dd", "dl", "figcaption", "br", "hr", "form",
-)  # fmt: skip
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "header",
+    "footer",
+    "aside",
+    "nav",
+    "li",
+    "ul",
+    "ol",
+    "table",
+    "tr",
+    "pre",
+    "blockquote",
+    "dt",
+    "dd",
+    "dl",
+    "figcaption",
+    "br",
+    "hr",
+    "form",
+)
 _HEADING_MARK = "\ue000"  # private-use: never in real text, not whitespace to str.strip()
 
 

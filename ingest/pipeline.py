@@ -140,8 +140,8 @@ class IngestPipeline:
         embedder: Embedder,
         *,
         collection: str = DEFAULT_COLLECTION,
-        batch_documents: int = 32,
-        batch_chunks: int = 256,
+        batch_documents: int = 256,
+        batch_chunks: int = 512,
     ) -> None:
         self.conn = conn
         self.config = config
@@ -150,6 +150,7 @@ class IngestPipeline:
         self.batch_documents = batch_documents
         self.batch_chunks = batch_chunks
         self.chunker = Chunker(config.config.index.chunking)
+        self.on_progress: ProgressCallback | None = None
 
     def index_version(self) -> IndexVersion:
         """Get or create the version for this configuration's index settings."""
@@ -174,9 +175,11 @@ class IngestPipeline:
         version = self.index_version()
         if not store.try_lock_version(self.conn, version.id):
             raise IngestBusy(f"another ingest is writing to index version {version.name}; try again when it ends")
+        self.on_progress = on_progress
         try:
             return self._run_locked(root, files, version, sync=sync, activate=activate, on_progress=on_progress)
         finally:
+            self.on_progress = None
             store.unlock_version(self.conn, version.id)
 
     def _run_locked(
@@ -222,16 +225,25 @@ class IngestPipeline:
             report.texts_embedded = self.embedder.texts_embedded - embedded_before
             report.total_seconds = time.perf_counter() - started
             store.finish_run(
-                self.conn, run_id, status="failed", counts=report.counts, skipped=report.skipped,
-                timings=report.timings, error=f"{type(exc).__name__}: {exc}"[:2000],
-            )  # fmt: skip
+                self.conn,
+                run_id,
+                status="failed",
+                counts=report.counts,
+                skipped=report.skipped,
+                timings=report.timings,
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+            )
             raise
         report.texts_embedded = self.embedder.texts_embedded - embedded_before
         report.total_seconds = time.perf_counter() - started
         store.finish_run(
-            self.conn, run_id, status="succeeded", counts=report.counts, skipped=report.skipped,
+            self.conn,
+            run_id,
+            status="succeeded",
+            counts=report.counts,
+            skipped=report.skipped,
             timings=report.timings,
-        )  # fmt: skip
+        )
         if on_progress:
             on_progress(progress)
         return report
@@ -293,7 +305,14 @@ class IngestPipeline:
                 if key not in reusable and key not in to_embed:
                     to_embed[key] = chunk.embed_text
         t0 = time.perf_counter()
-        fresh = self.embedder.embed_batch(list(to_embed.values()))
+        chunks_before = progress.chunks_done
+
+        def embedded(done: int) -> None:
+            progress.chunks_done = chunks_before + done
+            if self.on_progress is not None:
+                self.on_progress(progress)
+
+        fresh = self.embedder.embed_batch(list(to_embed.values()), on_progress=embedded)
         report.embed_seconds += time.perf_counter() - t0
         vectors = dict(reusable)
         vectors.update(zip(to_embed.keys(), fresh, strict=True))
@@ -306,10 +325,14 @@ class IngestPipeline:
             )
             prepared.append(
                 PreparedDocument(
-                    source=doc.source, title=doc.title, content_hash=doc.content_hash, metadata=doc.metadata,
-                    chunks=chunks, vectors=matrix,
+                    source=doc.source,
+                    title=doc.title,
+                    content_hash=doc.content_hash,
+                    metadata=doc.metadata,
+                    chunks=chunks,
+                    vectors=matrix,
                 )
-            )  # fmt: skip
+            )
             report.chunks_written += len(chunks)
             report.chunks_reused += sum(1 for c in chunks if c.content_hash in reusable)
         t0 = time.perf_counter()
@@ -321,7 +344,7 @@ class IngestPipeline:
             else:
                 report.added += 1
         progress.docs_done += len(pending)
-        progress.chunks_done += sum(len(chunks) for _, chunks in chunked)
+        progress.chunks_done = chunks_before + sum(len(chunks) for _, chunks in chunked)
 
     def _finish_version(self, version: IndexVersion, report: IngestReport, activate: bool | None) -> IndexVersion:
         """Index and mark ready after a complete build; activate when asked (or when none is active)."""

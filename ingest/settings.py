@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     db_pool_max: int = Field(default=8, ge=1, le=256)
     log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    vllm_url: str | None = Field(
+        default=None, description="vLLM's OpenAI-compatible base URL, e.g. http://gpu:8000/v1; unset = extractive."
+    )
+    vllm_api_key: SecretStr | None = None
+    vllm_connect_timeout_s: float = Field(default=3.0, gt=0)
+    vllm_read_timeout_s: float = Field(default=60.0, gt=0)
+    readiness_timeout_s: float = Field(default=5.0, gt=0)
 
     @property
     def pgdata(self) -> Path:

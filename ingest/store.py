@@ -370,11 +370,20 @@ def copy_chunks(
             for chunk, vector in zip(doc.chunks, doc.vectors, strict=True):
                 copy.write_row(
                     (
-                        ids[doc.source], chunk.ordinal, collection, chunk.title, chunk.section, chunk.text,
-                        chunk.token_count, chunk.char_start, chunk.char_end, chunk.content_hash, metadata,
+                        ids[doc.source],
+                        chunk.ordinal,
+                        collection,
+                        chunk.title,
+                        chunk.section,
+                        chunk.text,
+                        chunk.token_count,
+                        chunk.char_start,
+                        chunk.char_end,
+                        chunk.content_hash,
+                        metadata,
                         vector,
                     )
-                )  # fmt: skip
+                )
 
 
 def delete_documents(conn: psycopg.Connection, document_ids: Sequence[int]) -> int:
@@ -441,11 +450,18 @@ _HIT_COLUMNS = sql.SQL("c.id, c.document_id, d.source, c.title, c.section, c.tex
 def _hits(rows: Iterable[tuple[Any, ...]]) -> list[ChunkHit]:
     return [
         ChunkHit(
-            chunk_id=r[0], document_id=r[1], source=r[2], title=r[3], section=r[4], text=r[5], ordinal=r[6],
-            metadata=r[7], score=float(r[8]),
+            chunk_id=r[0],
+            document_id=r[1],
+            source=r[2],
+            title=r[3],
+            section=r[4],
+            text=r[5],
+            ordinal=r[6],
+            metadata=r[7],
+            score=float(r[8]),
         )
         for r in rows
-    ]  # fmt: skip
+    ]
 
 
 def search_vector(
@@ -457,6 +473,7 @@ def search_vector(
     collection: str | None = None,
     metadata: dict[str, Any] | None = None,
     exact: bool = False,
+    ef_search: int = 40,
 ) -> list[ChunkHit]:
     """Nearest chunks by cosine similarity (HNSW; ``exact`` forces a sequential scan)."""
     where, params = _filters(collection, metadata)
@@ -467,8 +484,66 @@ def search_vector(
         "WHERE {where} ORDER BY c.embedding <=> %(vector)s LIMIT %(k)s"
     ).format(cols=_HIT_COLUMNS, table=version.table, where=where)
     with conn.transaction():
-        if exact:
-            conn.execute("SET LOCAL enable_indexscan = off")
+        _set_search_options(conn, ef_search=max(ef_search, top_k), exact=exact)
+        rows = conn.execute(query, params).fetchall()
+    return _hits(rows)
+
+
+def _set_search_options(conn: psycopg.Connection, *, ef_search: int, exact: bool = False) -> None:
+    # set_config(..., true) is SET LOCAL with a bind parameter.
+    conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+    if exact:
+        conn.execute("SET LOCAL enable_indexscan = off")
+
+
+def search_hybrid(
+    conn: psycopg.Connection,
+    version: IndexVersion,
+    vector: np.ndarray,
+    text: str,
+    top_k: int,
+    *,
+    candidates: int = 40,
+    rrf_k: int = 60,
+    vector_weight: float = 1.0,
+    keyword_weight: float = 1.0,
+    collection: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    ef_search: int = 40,
+) -> list[ChunkHit]:
+    """Vector and full-text candidates fused by weighted reciprocal rank, in one statement."""
+    where, params = _filters(collection, metadata)
+    params |= {
+        "vector": vector,
+        "q": text,
+        "k": top_k,
+        "candidates": candidates,
+        "rrf_k": rrf_k,
+        "wv": vector_weight,
+        "wk": keyword_weight,
+        "tsconfig": version.settings.get("text_search_config", "english"),
+    }
+    query = sql.SQL(
+        """WITH q AS (SELECT {tsquery} AS query),
+        vec AS (
+            SELECT c.id, row_number() OVER (ORDER BY c.embedding <=> %(vector)s) AS rank
+            FROM {table} c WHERE {where}
+            ORDER BY c.embedding <=> %(vector)s LIMIT %(candidates)s),
+        kw AS (
+            SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.query) DESC, c.id) AS rank
+            FROM {table} c, q WHERE c.tsv @@ q.query AND {where}
+            ORDER BY ts_rank_cd(c.tsv, q.query) DESC, c.id LIMIT %(candidates)s),
+        fused AS (
+            SELECT coalesce(vec.id, kw.id) AS id,
+                   coalesce(%(wv)s / (%(rrf_k)s + vec.rank), 0.0)
+                   + coalesce(%(wk)s / (%(rrf_k)s + kw.rank), 0.0) AS score
+            FROM vec FULL OUTER JOIN kw ON vec.id = kw.id)
+        SELECT {cols}, fused.score FROM fused
+        JOIN {table} c ON c.id = fused.id JOIN documents d ON d.id = c.document_id
+        ORDER BY fused.score DESC, c.id LIMIT %(k)s"""
+    ).format(tsquery=any_terms_tsquery(), table=version.table, where=where, cols=_HIT_COLUMNS)
+    with conn.transaction():
+        _set_search_options(conn, ef_search=max(ef_search, candidates))
         rows = conn.execute(query, params).fetchall()
     return _hits(rows)
 

@@ -18,9 +18,14 @@ REPO = Path(__file__).resolve().parents[2]
 def ragops(*args: str, database: Database, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RAGOPS_DATABASE_URL": database.url, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
         check=False,
-    )  # fmt: skip
+    )
 
 
 def test_ingest_then_reingest_and_list(database: Database, tmp_path: Path) -> None:
@@ -57,9 +62,14 @@ def test_the_embedded_database_is_used_when_no_url_is_set(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGOPS_") and k != "DATABASE_URL"}
     env["RAGOPS_DATA_DIR"] = str(tmp_path / "state")
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "db", "migrate"], capture_output=True, text=True, env=env, cwd=REPO,
-        timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "app.cli", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "applied: 0001_init.sql" in result.stdout
     assert (tmp_path / "state" / "pgdata" / "PG_VERSION").exists()

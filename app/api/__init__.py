@@ -1,0 +1,1 @@
+"""HTTP routes (FastAPI lives here and in app/main.py only)."""

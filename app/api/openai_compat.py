@@ -1,0 +1,103 @@
+"""``/v1/chat/completions``: OpenAI clients work unchanged; ``model`` names a ragops configuration."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import Pipeline, RequestId
+from app.api.query import ERRORS
+from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut
+from app.api.sse import guarded, sse
+from app.errors import BadRequest
+from app.rag import Answer, AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+
+
+def _extras(answer_or_prepared: Answer | Prepared) -> dict[str, object]:
+    return {"citations": [CitationOut.of(c).model_dump() for c in answer_or_prepared.citations]}
+
+
+def _usage(answer: Answer) -> dict[str, object]:
+    u = answer.usage
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _chunks(
+    pipeline: RagPipeline, prepared: Prepared, completion_id: str, model: str, include_usage: bool
+) -> Iterator[bytes]:
+    created = int(time.time())
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    yield sse({**base, "choices": [first], **_extras(prepared)})
+    for event in pipeline.stream(prepared):
+        if isinstance(event, AnswerDelta):
+            yield sse({**base, "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}]})
+        elif isinstance(event, AnswerDone):
+            answer = event.answer
+            final = {"index": 0, "delta": {}, "finish_reason": answer.finish_reason}
+            yield sse(
+                {
+                    **base,
+                    "choices": [final],
+                    "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump()},
+                }
+            )
+            if include_usage:
+                yield sse({**base, "choices": [], "usage": _usage(answer)})
+    yield sse("[DONE]")
+
+
+@router.post("/chat/completions", responses=ERRORS)
+def create_chat_completion(body: ChatCompletionRequest, pipeline: Pipeline, request_id: RequestId) -> object:
+    """OpenAI-compatible chat completion grounded in the indexed documents."""
+    turns = [
+        Turn(role="system" if m.role == "developer" else m.role, content=m.text())
+        for m in body.messages
+        if m.role != "tool"
+    ]
+    if not turns or turns[-1].role != "user":
+        raise BadRequest("the last message must have role 'user'", field="messages")
+    if body.stream_options is not None and not body.stream:
+        raise BadRequest("stream_options is only allowed when stream is true", field="stream_options")
+    question = Question(
+        text=turns[-1].content, history=tuple(turns[:-1]), config=body.model, top_k=body.top_k, filters=body.filters
+    )
+    prepared = pipeline.prepare(question)
+    completion_id = f"chatcmpl-{request_id}"
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(
+            guarded(_chunks(pipeline, prepared, completion_id, body.model, include_usage), request_id, event=None),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    for event in pipeline.stream(prepared):
+        if isinstance(event, AnswerDone):
+            answer = event.answer
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer.text},
+                        "finish_reason": answer.finish_reason,
+                    }
+                ],
+                "usage": _usage(answer),
+                **_extras(answer),
+                "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump()},
+            }
+    raise RuntimeError("generation ended without an answer")

@@ -1,0 +1,83 @@
+"""``/v1/query`` and ``/v1/chat``: answers with citations, usage and versions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import Pipeline, RequestId
+from app.api.schemas import (
+    ChatRequest,
+    CitationOut,
+    ErrorResponse,
+    QueryRequest,
+    QueryResponse,
+    RetrievalOptions,
+    VersionsOut,
+    usage_out,
+)
+from app.api.sse import guarded, sse
+from app.rag import AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
+
+router = APIRouter(prefix="/v1", tags=["answers"])
+ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for code in (404, 422, 502, 503)}
+
+
+def _question(text: str, options: RetrievalOptions, history: tuple[Turn, ...] = ()) -> Question:
+    return Question(
+        text=text,
+        history=history,
+        config=options.config,
+        top_k=options.top_k,
+        filters=options.filters,
+        collection=options.collection,
+    )
+
+
+def _events(pipeline: RagPipeline, prepared: Prepared, request_id: str) -> Iterator[bytes]:
+    yield sse([CitationOut.of(c).model_dump() for c in prepared.citations], "citations")
+    for event in pipeline.stream(prepared):
+        if isinstance(event, AnswerDelta):
+            yield sse({"text": event.text}, "delta")
+        elif isinstance(event, AnswerDone):
+            answer = event.answer
+            yield sse(usage_out(answer).model_dump(), "usage")
+            yield sse(
+                {
+                    "request_id": request_id,
+                    "versions": VersionsOut(**answer.versions.__dict__).model_dump(),
+                    "timings": asdict(answer.timings),
+                    "finish_reason": answer.finish_reason,
+                },
+                "done",
+            )
+
+
+def _respond(pipeline: RagPipeline, question: Question, stream: bool, request_id: str) -> object:
+    prepared = pipeline.prepare(question)  # retrieval errors still get a proper status code
+    if stream:
+        return StreamingResponse(
+            guarded(_events(pipeline, prepared, request_id), request_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    for event in pipeline.stream(prepared):
+        if isinstance(event, AnswerDone):
+            return QueryResponse.of(event.answer, request_id)
+    raise RuntimeError("generation ended without an answer")
+
+
+@router.post("/query", response_model=QueryResponse, responses=ERRORS)
+def create_query(body: QueryRequest, pipeline: Pipeline, request_id: RequestId) -> object:
+    """Answer one question from the indexed documents, with citations."""
+    return _respond(pipeline, _question(body.question, body), body.stream, request_id)
+
+
+@router.post("/chat", response_model=QueryResponse, responses=ERRORS)
+def create_chat(body: ChatRequest, pipeline: Pipeline, request_id: RequestId) -> object:
+    """Answer the last user message of a conversation, using earlier turns for context."""
+    history = tuple(Turn(role=m.role, content=m.content) for m in body.messages[:-1])
+    return _respond(pipeline, _question(body.messages[-1].content, body, history), body.stream, request_id)

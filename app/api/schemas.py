@@ -1,0 +1,202 @@
+"""HTTP request and response models: the API's contract, separate from the pipeline's types."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.rag import Answer, Citation
+
+MAX_QUESTION_CHARS = 20_000
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error, so a typo never silently changes behaviour."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrievalOptions(Strict):
+    """Options shared by /v1/query and /v1/chat."""
+
+    config: str | None = Field(default=None, description="Configuration name (configs/NAME.yaml); default if unset.")
+    top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to retrieve; the config's if unset.")
+    filters: dict[str, Any] | None = Field(
+        default=None, description="Metadata the chunks' documents must contain (JSON containment)."
+    )
+    collection: str | None = Field(default=None, max_length=200)
+    stream: bool = Field(default=False, description="Server-Sent Events: citations, deltas, usage, done.")
+
+
+class QueryRequest(RetrievalOptions):
+    """One question."""
+
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+
+
+class ChatMessage(Strict):
+    """One turn."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_QUESTION_CHARS)
+
+
+class ChatRequest(RetrievalOptions):
+    """A conversation; the last message is the user's question."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=100)
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages[-1].role != "user":
+            raise ValueError("the last message must have role 'user'")
+        return messages
+
+
+class CitationOut(BaseModel):
+    """A retrieved chunk the answer may cite as [n]."""
+
+    n: int
+    document_id: int
+    source: str
+    title: str
+    section: str
+    chunk_id: int
+    score: float
+    snippet: str
+
+    @classmethod
+    def of(cls, citation: Citation) -> CitationOut:
+        """From the pipeline's type."""
+        return cls(**citation.__dict__)
+
+
+class UsageOut(BaseModel):
+    """Tokens of one answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    embedding_tokens: int
+    cached_tokens: int = 0
+    total_tokens: int
+
+
+class VersionsOut(BaseModel):
+    """What produced the answer."""
+
+    config: str
+    prompt: str
+    index: str
+    model: str
+    git_commit: str | None = None
+
+
+class TimingsOut(BaseModel):
+    """Milliseconds per stage."""
+
+    embed_ms: float
+    retrieve_ms: float
+    generate_ms: float
+    ttft_ms: float | None
+    total_ms: float
+
+
+class QueryResponse(BaseModel):
+    """An answer with its evidence and provenance."""
+
+    answer: str
+    citations: list[CitationOut]
+    usage: UsageOut
+    versions: VersionsOut
+    timings: TimingsOut
+    request_id: str
+
+    @classmethod
+    def of(cls, answer: Answer, request_id: str) -> QueryResponse:
+        """From the pipeline's type."""
+        return cls(
+            answer=answer.text,
+            citations=[CitationOut.of(c) for c in answer.citations],
+            usage=usage_out(answer),
+            versions=VersionsOut(**answer.versions.__dict__),
+            timings=TimingsOut(**answer.timings.__dict__),
+            request_id=request_id,
+        )
+
+
+def usage_out(answer: Answer) -> UsageOut:
+    """The usage block of a response."""
+    u = answer.usage
+    return UsageOut(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        embedding_tokens=u.embedding_tokens,
+        cached_tokens=u.cached_tokens,
+        total_tokens=u.total_tokens,
+    )
+
+
+class ErrorBody(BaseModel):
+    """OpenAI-style error detail."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """Every error response: ``{"error": {...}}``."""
+
+    error: ErrorBody
+
+
+class OpenAIMessage(BaseModel):
+    """An OpenAI chat message (content may be text parts)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The message's text, joining text parts."""
+        if isinstance(self.content, list):
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI ``/v1/chat/completions``; ``model`` names a ragops configuration. Unknown OpenAI fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=64)
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    top_k: int | None = Field(default=None, ge=1, le=50)
+    filters: dict[str, Any] | None = None
+
+
+class ConfigOut(BaseModel):
+    """A configuration and the prompt it uses."""
+
+    name: str
+    version: str
+    description: str
+    prompt: str
+    prompt_version: str
+    retrieval_mode: str
+    generation_backend: str
+    git_commit: str | None
+
+
+class ConfigsResponse(BaseModel):
+    """Every configuration and prompt version."""
+
+    default: str
+    configs: list[ConfigOut]
+    prompts: dict[str, str]

@@ -1,0 +1,50 @@
+"""Every configuration and prompt, loaded and cross-checked once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import NotFound
+from app.prompts import Prompt, list_prompt_names, load_prompt
+from ingest.config import LoadedConfig, list_config_names, load_config
+from ingest.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Validated configurations and prompts by name."""
+
+    configs: dict[str, LoadedConfig]
+    prompts: dict[str, Prompt]
+    default_config: str
+
+    @classmethod
+    def load(cls, configs_dir: Path, prompts_dir: Path, default_config: str) -> Catalog:
+        """Load and validate every file; the first bad one raises :class:`ConfigError`."""
+        prompts = {name: load_prompt(name, prompts_dir) for name in list_prompt_names(prompts_dir)}
+        configs = {name: load_config(name, configs_dir) for name in list_config_names(configs_dir)}
+        for config in configs.values():
+            prompt = config.config.generation.prompt
+            if prompt not in prompts:
+                raise ConfigError(
+                    f"{config.path}: generation.prompt: unknown prompt {prompt!r} "
+                    f"(known: {', '.join(sorted(prompts)) or 'none'})"
+                )
+        if default_config not in configs:
+            raise ConfigError(
+                f"default configuration {default_config!r} not found in {configs_dir} "
+                f"(known: {', '.join(sorted(configs)) or 'none'})"
+            )
+        return cls(configs=configs, prompts=prompts, default_config=default_config)
+
+    def config(self, name: str | None) -> LoadedConfig:
+        """A configuration by name (None = the default); :class:`NotFound` otherwise."""
+        key = name or self.default_config
+        if key not in self.configs:
+            raise NotFound(f"unknown configuration {key!r} (known: {', '.join(sorted(self.configs))})")
+        return self.configs[key]
+
+    def prompt_for(self, config: LoadedConfig) -> Prompt:
+        """The prompt a configuration names (checked to exist at load)."""
+        return self.prompts[config.config.generation.prompt]

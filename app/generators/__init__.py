@@ -1,0 +1,1 @@
+"""Generators behind one interface: ``stream`` yields text deltas, then one final usage event."""

@@ -1,0 +1,96 @@
+"""The generator seam: one abstract method, ``stream``; ``generate`` collects it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ingest.store import ChunkHit
+
+NOT_FOUND_ANSWER = "The documents do not contain this information."
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk as the generator sees it, labelled ``[n]`` for citation."""
+
+    n: int
+    hit: ChunkHit
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything a generator may use: the rendered prompt, and the passages behind it."""
+
+    question: str
+    messages: list[dict[str, str]]
+    passages: list[Passage]
+    model: str
+    max_tokens: int
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens as the model counted them (or tiktoken where the model does not say)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of answer text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a generation."""
+
+    usage: Usage
+    model: str
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Generation:
+    """A whole answer."""
+
+    text: str
+    usage: Usage
+    model: str
+    finish_reason: str = "stop"
+    deltas: list[str] = field(default_factory=list)
+
+
+class Generator(ABC):
+    """Turns a request into answer text."""
+
+    name: str
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
+        """Yield deltas, then exactly one :class:`Finished`; raise a GenerationError on failure."""
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        """The whole answer at once."""
+        parts: list[str] = []
+        for event in self.stream(request):
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            else:
+                return Generation(
+                    text="".join(parts),
+                    usage=event.usage,
+                    model=event.model,
+                    finish_reason=event.finish_reason,
+                    deltas=parts,
+                )
+        raise RuntimeError(f"generator {self.name} ended without a Finished event")
+
+    def check_ready(self, timeout_s: float) -> None:  # noqa: B027 - optional hook, ready by default
+        """Raise if the generator cannot answer right now (readiness probe)."""

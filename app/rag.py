@@ -1,0 +1,345 @@
+"""The RAG pipeline: question -> retrieve -> prompt -> generate, with citations, usage and versions.
+
+One object serves the HTTP API, the CLI and the eval harness, so what CI measures is what
+production serves. Retrieval finishes before the first byte of a streamed answer is sent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from psycopg_pool import ConnectionPool
+
+from app.catalog import Catalog
+from app.errors import BadRequest
+from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, Usage
+from app.generators.extractive import ExtractiveGenerator
+from app.generators.vllm import VllmGenerator
+from app.prompts import Prompt
+from app.retrieval import RetrievalQuery, active_version, search
+from ingest.config import LoadedConfig
+from ingest.embedding import Embedder, get_embedder
+from ingest.settings import Settings
+from ingest.store import IndexVersion
+from ingest.tokens import count_tokens
+
+Role = Literal["system", "user", "assistant"]
+_SNIPPET_CHARS = 240
+# A follow-up this short ("and for contractors?") is retrieved together with the turn before it.
+_FOLLOW_UP_WORDS = 8
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One chat message."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question, or the last user turn of a chat, with retrieval options."""
+
+    text: str
+    history: tuple[Turn, ...] = ()
+    config: str | None = None
+    top_k: int | None = None
+    filters: dict[str, Any] | None = None
+    collection: str | None = None
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A retrieved chunk the answer may cite as ``[n]``."""
+
+    n: int
+    document_id: int
+    source: str
+    title: str
+    section: str
+    chunk_id: int
+    score: float
+    snippet: str
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Exactly what produced an answer."""
+
+    config: str
+    prompt: str
+    index: str
+    model: str
+    git_commit: str | None = None
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage."""
+
+    embed_ms: float = 0.0
+    retrieve_ms: float = 0.0
+    generate_ms: float = 0.0
+    ttft_ms: float | None = None
+    total_ms: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A question ready for generation: retrieval is done, the prompt rendered."""
+
+    question: Question
+    config: LoadedConfig
+    prompt: Prompt
+    index: IndexVersion
+    citations: list[Citation]
+    request: GenerationRequest
+    generator: Generator
+    embedding_tokens: int
+    timings: Timings
+    started: float = field(default_factory=time.perf_counter)
+
+    def versions(self, model: str) -> Versions:
+        """Versions record, with the model that actually answered."""
+        return Versions(
+            config=self.config.version,
+            prompt=self.prompt.version,
+            index=self.index.name,
+            model=model,
+            git_commit=self.config.git_commit,
+        )
+
+
+@dataclass(frozen=True)
+class AnswerUsage:
+    """Tokens of one answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    embedding_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Answer:
+    """A complete answer."""
+
+    text: str
+    citations: list[Citation]
+    usage: AnswerUsage
+    versions: Versions
+    timings: Timings
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class AnswerDelta:
+    """Streamed answer text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerDone:
+    """The end of a streamed answer."""
+
+    answer: Answer
+
+
+def format_context(citations: list[Citation], texts: list[str]) -> str:
+    """Retrieved text, delimited as data: one <document n=...> element per chunk."""
+    blocks = []
+    for citation, text in zip(citations, texts, strict=True):
+        safe = text.replace("</document", "&lt;/document").replace("<document", "&lt;document")
+        title = citation.title.replace('"', "'")
+        blocks.append(f'<document n="{citation.n}" source="{citation.source}" title="{title}">\n{safe}\n</document>')
+    return "\n".join(blocks)
+
+
+def retrieval_text(question: Question) -> str:
+    """The latest user turn, plus the previous one when the latest is a short follow-up."""
+    if len(question.text.split()) >= _FOLLOW_UP_WORDS:
+        return question.text
+    previous = [t.content for t in question.history if t.role == "user"]
+    return f"{previous[-1]}\n{question.text}" if previous else question.text
+
+
+class RagPipeline:
+    """Answers questions from the active index with the configured generator."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, pool: ConnectionPool) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.pool = pool
+        self._generators: dict[str, Generator] = {}
+        self._lock = threading.Lock()
+
+    def embedder(self, config: LoadedConfig) -> Embedder:
+        """The embedder of a configuration's index settings (loaded once per process)."""
+        return get_embedder(config.config.index.embedding)
+
+    def generator(self, config: LoadedConfig) -> Generator:
+        """The generator a configuration asks for, built once."""
+        generation = config.config.generation
+        backend = generation.backend
+        if backend == "auto":
+            backend = "vllm" if self.settings.vllm_url else "extractive"
+        key = f"{backend}:{config.name}"
+        with self._lock:
+            if key not in self._generators:
+                self._generators[key] = self._build_generator(backend, config)
+            return self._generators[key]
+
+    def _build_generator(self, backend: str, config: LoadedConfig) -> Generator:
+        if backend == "vllm":
+            if not self.settings.vllm_url:
+                raise BadRequest(f"configuration {config.name!r} needs vLLM but RAGOPS_VLLM_URL is not set")
+            key = self.settings.vllm_api_key
+            return VllmGenerator(
+                self.settings.vllm_url,
+                api_key=key.get_secret_value() if key else None,
+                connect_timeout_s=self.settings.vllm_connect_timeout_s,
+                read_timeout_s=self.settings.vllm_read_timeout_s,
+            )
+        return ExtractiveGenerator(self.embedder(config), config.config.generation.extractive)
+
+    def validate(self, question: Question, config: LoadedConfig) -> None:
+        """Refuse questions the configuration cannot serve (empty, too long, bad top_k)."""
+        if not question.text.strip():
+            raise BadRequest("question must not be empty", field="question")
+        limit = config.config.generation.max_question_tokens
+        tokens = count_tokens(question.text)
+        if tokens > limit:
+            raise BadRequest(f"question has {tokens} tokens; the limit is {limit}", field="question")
+        if question.top_k is not None and not 1 <= question.top_k <= 50:
+            raise BadRequest("top_k must be between 1 and 50", field="top_k")
+
+    def prepare(self, question: Question) -> Prepared:
+        """Validate, embed, retrieve and render the prompt: everything before the first token."""
+        started = time.perf_counter()
+        config = self.catalog.config(question.config)
+        self.validate(question, config)
+        settings = config.config
+        prompt = self.catalog.prompt_for(config)
+        generator = self.generator(config)
+        timings = Timings()
+        query_text = retrieval_text(question)
+        vector = None
+        embedding_tokens = 0
+        if settings.retrieval.mode != "keyword":
+            t0 = time.perf_counter()
+            vector = self.embedder(config).embed_query(query_text)
+            timings.embed_ms = (time.perf_counter() - t0) * 1000
+            embedding_tokens = count_tokens(query_text)
+        t0 = time.perf_counter()
+        top_k = question.top_k or settings.retrieval.top_k
+        with self.pool.connection() as conn:
+            index = active_version(conn)
+            hits = search(
+                conn,
+                index,
+                settings.retrieval,
+                RetrievalQuery(query_text, top_k, question.filters, question.collection),
+                vector,
+            )
+        timings.retrieve_ms = (time.perf_counter() - t0) * 1000
+        citations: list[Citation] = []
+        texts: list[str] = []
+        passages: list[Passage] = []
+        budget = settings.generation.context_tokens
+        for hit in hits:  # best first, until the context budget is spent
+            cost = count_tokens(hit.text) + 24  # the <document> wrapper
+            if cost > budget:
+                break
+            budget -= cost
+            n = len(citations) + 1
+            snippet = hit.text if len(hit.text) <= _SNIPPET_CHARS else hit.text[: _SNIPPET_CHARS - 1] + "…"
+            citations.append(
+                Citation(
+                    n=n,
+                    document_id=hit.document_id,
+                    source=hit.source,
+                    title=hit.title,
+                    section=hit.section,
+                    chunk_id=hit.chunk_id,
+                    score=round(hit.score, 6),
+                    snippet=snippet,
+                )
+            )
+            texts.append(hit.text)
+            passages.append(Passage(n=n, hit=hit))
+        rendered = prompt.render(question=question.text, context=format_context(citations, texts))
+        history = [{"role": t.role, "content": t.content} for t in question.history if t.role != "system"]
+        messages = [rendered[0], *history, *rendered[1:]]
+        request = GenerationRequest(
+            question=question.text,
+            messages=messages,
+            passages=passages,
+            model=settings.generation.model,
+            max_tokens=settings.generation.max_tokens,
+            temperature=settings.generation.temperature,
+        )
+        return Prepared(
+            question=question,
+            config=config,
+            prompt=prompt,
+            index=index,
+            citations=citations,
+            request=request,
+            generator=generator,
+            embedding_tokens=embedding_tokens,
+            timings=timings,
+            started=started,
+        )
+
+    def stream(self, prepared: Prepared) -> Iterator[AnswerDelta | AnswerDone]:
+        """Generate, yielding deltas, then the complete :class:`Answer`."""
+        t0 = time.perf_counter()
+        parts: list[str] = []
+        for event in prepared.generator.stream(prepared.request):
+            if isinstance(event, Delta):
+                if prepared.timings.ttft_ms is None:
+                    prepared.timings.ttft_ms = (time.perf_counter() - prepared.started) * 1000
+                parts.append(event.text)
+                yield AnswerDelta(event.text)
+            elif isinstance(event, Finished):
+                yield AnswerDone(
+                    self._answer(prepared, "".join(parts), event.usage, event.model, event.finish_reason, t0)
+                )
+
+    def answer(self, question: Question) -> Answer:
+        """Prepare and generate a whole answer."""
+        prepared = self.prepare(question)
+        for event in self.stream(prepared):
+            if isinstance(event, AnswerDone):
+                return event.answer
+        raise RuntimeError("generation ended without an answer")
+
+    def _answer(
+        self, prepared: Prepared, text: str, usage: Usage, model: str, finish_reason: str, generate_started: float
+    ) -> Answer:
+        prepared.timings.generate_ms = (time.perf_counter() - generate_started) * 1000
+        prepared.timings.total_ms = (time.perf_counter() - prepared.started) * 1000
+        return Answer(
+            text=text,
+            citations=prepared.citations,
+            usage=AnswerUsage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                embedding_tokens=prepared.embedding_tokens,
+                cached_tokens=usage.cached_tokens,
+            ),
+            versions=prepared.versions(model),
+            timings=prepared.timings,
+            finish_reason=finish_reason,
+        )

@@ -1,0 +1,108 @@
+"""Retrieval: vector, keyword or hybrid search over the active index version.
+
+Also a langchain-core ``BaseRetriever`` so LangChain chains can use ragops' index directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document as LCDocument
+from langchain_core.retrievers import BaseRetriever
+from psycopg_pool import ConnectionPool
+from pydantic import ConfigDict
+
+from app.errors import NoActiveIndex
+from ingest import store
+from ingest.config import RetrievalSettings
+from ingest.embedding import Embedder
+from ingest.store import ChunkHit, IndexVersion
+
+
+@dataclass(frozen=True)
+class RetrievalQuery:
+    """What to search for."""
+
+    text: str
+    top_k: int
+    filters: dict[str, Any] | None = None
+    collection: str | None = None
+
+
+def active_version(conn: psycopg.Connection) -> IndexVersion:
+    """The active index version, or :class:`NoActiveIndex` with what to do about it."""
+    version = store.active_index_version(conn)
+    if version is None:
+        raise NoActiveIndex("no active index: ingest documents first (ragops ingest PATH)")
+    return version
+
+
+def search(
+    conn: psycopg.Connection,
+    version: IndexVersion,
+    settings: RetrievalSettings,
+    query: RetrievalQuery,
+    vector: np.ndarray | None,
+) -> list[ChunkHit]:
+    """Run the configured mode; ``vector`` may be None only in keyword mode."""
+    common: dict[str, Any] = {"collection": query.collection, "metadata": query.filters or None}
+    if settings.mode == "keyword":
+        hits = store.search_keyword(conn, version, query.text, query.top_k, **common)
+    elif settings.mode == "vector":
+        assert vector is not None
+        hits = store.search_vector(conn, version, vector, query.top_k, ef_search=settings.ef_search, **common)
+    else:
+        assert vector is not None
+        hits = store.search_hybrid(
+            conn,
+            version,
+            vector,
+            query.text,
+            query.top_k,
+            candidates=max(settings.candidates, query.top_k),
+            rrf_k=settings.rrf_k,
+            vector_weight=settings.vector_weight,
+            keyword_weight=settings.keyword_weight,
+            ef_search=settings.ef_search,
+            **common,
+        )
+    return [hit for hit in hits if hit.score >= settings.min_score]
+
+
+class RagopsRetriever(BaseRetriever):
+    """ragops' index as a LangChain retriever (``retriever.invoke("question")``)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    pool: ConnectionPool
+    embedder: Embedder
+    settings: RetrievalSettings = RetrievalSettings()
+    filters: dict[str, Any] | None = None
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[LCDocument]:
+        vector = None if self.settings.mode == "keyword" else self.embedder.embed_query(query)
+        with self.pool.connection() as conn:
+            version = active_version(conn)
+            hits = search(
+                conn, version, self.settings, RetrievalQuery(query, self.settings.top_k, self.filters), vector
+            )
+        return [
+            LCDocument(
+                page_content=hit.text,
+                metadata={
+                    "chunk_id": hit.chunk_id,
+                    "document_id": hit.document_id,
+                    "source": hit.source,
+                    "title": hit.title,
+                    "section": hit.section,
+                    "score": hit.score,
+                    "index_version": version.name,
+                    **hit.metadata,
+                },
+            )
+            for hit in hits
+        ]

@@ -1,0 +1,23 @@
+"""``python -m bench NAME [args]``: run one benchmark; ``report`` renders results into the README."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    name, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if name == "ingest":
+        from bench import ingest_bench
+
+        ingest_bench.main(args)
+    elif name == "report":
+        from bench import report
+
+        report.main(args)
+    else:
+        sys.exit("usage: python -m bench ingest|report [options]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""What every benchmark needs: a throwaway embedded PostgreSQL, BEIR data, result files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from ingest.db import Database, EmbeddedPostgres
+from ingest.migrations import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DATASETS = Path(os.environ.get("RAGOPS_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+@contextlib.contextmanager
+def bench_server() -> Iterator[str]:
+    """A fresh embedded PostgreSQL in a temporary folder; yields its admin URI."""
+    folder = Path(tempfile.mkdtemp(prefix="ragops-bench-"))
+    server = EmbeddedPostgres(folder / "pgdata")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(admin_uri: str, name: str) -> Database:
+    """Create (or recreate) database ``name``, migrated."""
+    with psycopg.connect(admin_uri, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    database = Database(url=make_conninfo(admin_uri, dbname=name))
+    with database.connect() as conn:
+        migrate(conn)
+    return database
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All records of a JSONL file."""
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR qrels: query id -> {corpus id: relevance}."""
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            qid, cid, score = line.rstrip("\n").split("\t")
+            qrels.setdefault(qid, {})[cid] = int(score)
+    return qrels
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: list[float]) -> float:
+    """Median, NaN for no values."""
+    return statistics.median(values) if values else float("nan")
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    """Save a benchmark's result with the machine it ran on."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **result,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,172 @@
+"""Ingest throughput vs embed-only and vs LangChain's PGVector, incremental re-ingest, HNSW recall.
+
+Everything runs in one process on one embedded PostgreSQL with one loaded model, so the
+numbers compare like with like: ratios matter more than absolute seconds on a shared machine.
+
+    python -m bench ingest [--docs 1000] [--skip-langchain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import DATASETS, bench_server, fresh_database, read_jsonl, write_result
+from ingest import store
+from ingest.chunking import Chunker
+from ingest.config import LoadedConfig, RagConfig
+from ingest.embedding import Embedder, get_embedder
+from ingest.loaders import load_file
+from ingest.pipeline import IngestPipeline
+
+CHUNK_SIZE, CHUNK_OVERLAP = 256, 32
+
+
+def bench_config() -> LoadedConfig:
+    """The configuration under test: 256-token chunks, the default embedder."""
+    config = RagConfig.model_validate(
+        {"index": {"chunking": {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP}}}
+    )
+    return LoadedConfig(name="bench", path=Path("bench.yaml"), sha256="b" * 64, git_commit=None, config=config)
+
+
+def write_corpus(records: list[dict[str, Any]], folder: Path) -> Path:
+    """The BEIR corpus as one JSONL file, as a user would ingest it."""
+    path = folder / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def chunk_texts(path: Path, config: LoadedConfig) -> list[str]:
+    """Exactly the texts the pipeline embeds, for the embed-only and LangChain baselines."""
+    chunker = Chunker(config.config.index.chunking)
+    texts = []
+    for result in load_file(path, path.name):
+        if result.document is not None:
+            texts.extend(chunk.embed_text for chunk in chunker.split(result.document))
+    return texts
+
+
+def langchain_ingest(admin_uri: str, texts: list[str], embedder: Embedder) -> dict[str, float]:
+    """LangChain's PGVector store, same chunks, same model, same server: first add, then the same again."""
+    from langchain_core.embeddings import Embeddings
+    from langchain_postgres import PGVector
+
+    class SameModel(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return embedder.embed_batch(texts).tolist()
+
+        def embed_query(self, text: str) -> list[float]:
+            return embedder.embed_query(text).tolist()
+
+    database = fresh_database(admin_uri, "bench_langchain")
+    url = database.url  # a libpq conninfo string; SQLAlchemy wants a URL
+    params = dict(part.split("=", 1) for part in url.split())
+    sa_url = f"postgresql+psycopg://{params.get('user', 'postgres')}:@/{params['dbname']}?host={params['host']}"
+    vector_store = PGVector(embeddings=SameModel(), connection=sa_url, collection_name="bench", use_jsonb=True)
+    t0 = time.perf_counter()
+    vector_store.add_texts(texts)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vector_store.add_texts(texts)
+    again = time.perf_counter() - t0
+    return {"first_s": first, "same_again_s": again}
+
+
+def hnsw_recall(database: Any, embedder: Embedder, queries: list[str], k: int = 10) -> dict[str, float]:
+    """Mean overlap of HNSW top-k with exact top-k, plus median latencies of both."""
+    with database.connect() as conn:
+        version = store.active_index_version(conn)
+        assert version is not None
+        vectors = embedder.embed_batch(queries)
+        recalls, t_hnsw, t_exact = [], [], []
+        for vector in vectors:
+            t0 = time.perf_counter()
+            approx = store.search_vector(conn, version, vector, k)
+            t_hnsw.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            exact = store.search_vector(conn, version, vector, k, exact=True)
+            t_exact.append(time.perf_counter() - t0)
+            recalls.append(len({h.chunk_id for h in approx} & {h.chunk_id for h in exact}) / max(len(exact), 1))
+    return {
+        "recall_at_10": float(np.mean(recalls)),
+        "queries": len(queries),
+        "hnsw_p50_ms": float(np.median(t_hnsw) * 1000),
+        "exact_p50_ms": float(np.median(t_exact) * 1000),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench ingest")
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--skip-langchain", action="store_true")
+    args = parser.parse_args(argv)
+
+    records = read_jsonl(DATASETS / "pubmedqa" / "corpus_docs.jsonl")[: args.docs]
+    queries = [q["text"] for q in read_jsonl(DATASETS / "pubmedqa" / "queries.jsonl")[:200]]
+    config = bench_config()
+    embedder = get_embedder(config.config.index.embedding)
+    embedder.embed_batch(["warm up the model"] * 8)
+    result: dict[str, Any] = {"corpus": f"pubmedqa corpus_docs.jsonl, first {len(records)} abstracts"}
+
+    with tempfile.TemporaryDirectory() as tmp, bench_server() as admin_uri:
+        corpus = write_corpus(records, Path(tmp))
+        texts = chunk_texts(corpus, config)
+        result["chunks"] = len(texts)
+        result["chunk_size"] = CHUNK_SIZE
+
+        t0 = time.perf_counter()
+        embedder.embed_batch(texts)
+        embed_only = time.perf_counter() - t0
+
+        database = fresh_database(admin_uri, "bench_ragops")
+        with database.connect() as conn:
+            pipeline = IngestPipeline(conn, config, embedder)
+            first = pipeline.run(corpus)
+            again = pipeline.run(corpus)
+            edited = [dict(r) for r in records]
+            for record in random.Random(7).sample(edited, max(1, len(edited) // 100)):
+                record["text"] += " Editorial note: this abstract was revised."
+            write_corpus(edited, Path(tmp))
+            after_edit = pipeline.run(corpus)
+        result["embed_only"] = {"seconds": embed_only, "chunks_per_s": len(texts) / embed_only}
+        result["ragops_first"] = {
+            "seconds": first.total_seconds,
+            "embed_seconds": first.embed_seconds,
+            "docs_per_s": first.added / first.total_seconds,
+            "chunks_per_s": first.chunks_written / first.total_seconds,
+            "embedder_share": first.embed_seconds / first.total_seconds,
+            "texts_embedded": first.texts_embedded,
+        }
+        result["ragops_unchanged"] = {"seconds": again.total_seconds, "texts_embedded": again.texts_embedded}
+        result["ragops_edit_1pct"] = {
+            "seconds": after_edit.total_seconds,
+            "updated": after_edit.updated,
+            "texts_embedded": after_edit.texts_embedded,
+        }
+        result["ratios"] = {
+            "pipeline_vs_embed_only_throughput": embed_only / first.total_seconds,
+            "first_vs_unchanged_reingest": first.total_seconds / again.total_seconds,
+            "edit_1pct_share_of_first": after_edit.total_seconds / first.total_seconds,
+        }
+        if not args.skip_langchain:
+            lc = langchain_ingest(admin_uri, texts, embedder)
+            result["langchain_pgvector"] = lc
+            result["ratios"]["langchain_first_vs_ragops_first"] = lc["first_s"] / first.total_seconds
+            result["ratios"]["langchain_same_again_vs_ragops_unchanged"] = lc["same_again_s"] / again.total_seconds
+        result["hnsw"] = hnsw_recall(database, embedder, queries)
+    path = write_result("ingest", result)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""One database with the bundled samples ingested, and one app serving it, for the API tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from psycopg.conninfo import make_conninfo
+from pydantic import SecretStr
+
+from app.main import create_app
+from ingest.config import load_config
+from ingest.db import Database
+from ingest.embedding import Embedder
+from ingest.pipeline import IngestPipeline
+from ingest.settings import Settings
+from tests.conftest import REPO, TEMPLATE_DB
+
+SAMPLES = REPO / "samples"
+
+
+@pytest.fixture(scope="session")
+def served_database(pg_server: str, embedder: Embedder) -> Iterator[Database]:
+    """A database holding the bundled samples, ingested once with configs/default.yaml."""
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS served WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE served TEMPLATE {TEMPLATE_DB}")
+    database = Database(url=make_conninfo(pg_server, dbname="served"))
+    with database.connect() as conn:
+        IngestPipeline(conn, load_config("default", REPO / "configs"), embedder).run(SAMPLES)
+    yield database
+
+
+def make_settings(database: Database, tmp: Path, **overrides: object) -> Settings:
+    """Settings for an app on ``database`` with the repository's configs and prompts."""
+    values: dict[str, object] = {
+        "database_url": SecretStr(database.url),
+        "data_dir": tmp,
+        "configs_dir": REPO / "configs",
+        "prompts_dir": REPO / "prompts",
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def client(served_database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The API over the samples, extractive generator (no vLLM URL)."""
+    app = create_app(make_settings(served_database, tmp_path_factory.mktemp("app"), vllm_url=None))
+    with TestClient(app) as test_client:
+        yield test_client

@@ -1,0 +1,167 @@
+"""The HTTP API over the bundled samples with the extractive generator (the embedded default)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from app.generators.base import NOT_FOUND_ANSWER
+
+
+def parse_sse(text: str) -> list[tuple[str | None, str]]:
+    """(event, data) pairs of a Server-Sent Events body."""
+    frames = []
+    for block in text.strip().split("\n\n"):
+        event, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        frames.append((event, "\n".join(data)))
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("question", "source", "fact"),
+    [
+        ("How many PTO days does a new employee get in their first year?", "handbook/pto.md", None),
+        ("After I roll an API key, how long does the old key keep working?", "product/kb_articles.jsonl#kb-001", "48"),
+        ("Which days do hybrid employees have to be in the office?", "handbook/remote_work.md", "Tuesday"),
+    ],
+)
+def test_query_answers_with_citations_usage_and_versions(
+    client: TestClient, question: str, source: str, fact: str | None
+) -> None:
+    response = client.post("/v1/query", json={"question": question})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["X-Request-Id"] == body["request_id"]
+    sources = [c["source"] for c in body["citations"]]
+    assert source in sources
+    assert body["answer"] != NOT_FOUND_ANSWER
+    assert "[" in body["answer"]  # cites
+    if fact:
+        assert fact in body["answer"]
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0 and usage["embedding_tokens"] > 0
+    versions = body["versions"]
+    assert versions["config"].startswith("default@") and versions["prompt"].startswith("default@")
+    assert versions["index"].startswith("v") and versions["model"] == "extractive"
+
+
+def test_unanswerable_question_says_so(client: TestClient) -> None:
+    body = client.post("/v1/query", json={"question": "What is the CEO's favourite ice cream flavour?"}).json()
+    assert body["answer"] == NOT_FOUND_ANSWER
+
+
+def test_streaming_sends_citations_then_deltas_then_usage_then_done(client: TestClient) -> None:
+    payload = {"question": "How long are webhook delivery logs kept?", "stream": True}
+    with client.stream("POST", "/v1/query", json=payload) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        frames = parse_sse(response.read().decode())
+    events = [e for e, _ in frames]
+    assert events[0] == "citations" and events[-2:] == ["usage", "done"]
+    assert set(events[1:-2]) == {"delta"} and len(events) > 4
+    text = "".join(json.loads(d)["text"] for e, d in frames if e == "delta")
+    plain = client.post("/v1/query", json={"question": payload["question"]}).json()
+    assert text == plain["answer"]  # deterministic, same as non-streamed
+    assert json.loads(frames[-1][1])["versions"]["config"].startswith("default@")
+
+
+def test_chat_uses_the_previous_turn_for_a_short_follow_up(client: TestClient) -> None:
+    messages = [
+        {"role": "user", "content": "How many days of parental leave does the primary caregiver get?"},
+        {"role": "assistant", "content": "..."},
+        {"role": "user", "content": "And the secondary one?"},
+    ]
+    body = client.post("/v1/chat", json={"messages": messages}).json()
+    assert "handbook/parental_leave.md" in [c["source"] for c in body["citations"]]
+
+
+def test_metadata_filters_restrict_citations(client: TestClient) -> None:
+    body = client.post(
+        "/v1/query", json={"question": "How do I rotate an API key?", "filters": {"product": "track"}}
+    ).json()
+    assert body["citations"]
+    assert all(c["source"].startswith("product/kb_articles.jsonl#") for c in body["citations"])
+
+
+def test_openai_client_works_unchanged(client: TestClient) -> None:
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+    completion = api.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Which days do hybrid employees come to the office?"}]
+    )
+    assert "Tuesday" in (completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    extra: dict[str, Any] = completion.model_extra or {}
+    assert extra["citations"] and extra["ragops"]["versions"]["config"].startswith("default@")
+    stream = api.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Which days do hybrid employees come to the office?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == completion.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_configs_lists_config_and_prompt_versions(client: TestClient) -> None:
+    body = client.get("/v1/configs").json()
+    assert body["default"] == "default"
+    assert body["configs"][0]["version"].startswith("default@")
+    assert body["prompts"]["default"].startswith("default@")
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["generator"] == "ok (extractive)"
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "message"),
+    [
+        ("/v1/query", {}, 422, "question: Field required"),
+        ("/v1/query", {"question": ""}, 422, "question: String should have at least 1 character"),
+        ("/v1/query", {"question": "   "}, 422, "question must not be empty"),
+        ("/v1/query", {"question": "word " * 400}, 422, "the limit is 256"),
+        ("/v1/query", {"question": "hi", "top_k": 0}, 422, "top_k: Input should be greater than or equal to 1"),
+        ("/v1/query", {"question": "hi", "top_k": 51}, 422, "top_k: Input should be less than or equal to 50"),
+        ("/v1/query", {"question": "hi", "config": "nope"}, 404, "unknown configuration 'nope'"),
+        ("/v1/query", {"question": "hi", "config": "../etc"}, 404, "unknown configuration '../etc'"),
+        ("/v1/query", {"question": "hi", "colour": 1}, 422, "colour: Extra inputs are not permitted"),
+        ("/v1/query", {"question": 42}, 422, "question: Input should be a valid string"),
+        ("/v1/chat", {"messages": []}, 422, "messages: List should have at least 1 item"),
+        ("/v1/chat", {"messages": [{"role": "assistant", "content": "x"}]}, 422, "last message must have role"),
+        ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "nope"),
+        (
+            "/v1/chat/completions",
+            {"model": "default", "messages": [{"role": "user", "content": "x"}], "stream_options": {}},
+            422,
+            "stream_options is only allowed when stream is true",
+        ),
+    ],
+)
+def test_bad_input_gets_a_4xx_naming_the_problem(
+    client: TestClient, path: str, payload: dict[str, Any], status: int, message: str
+) -> None:
+    response = client.post(path, json=payload)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error["message"]
+    assert error["code"] == status
+
+
+def test_malformed_json_is_a_422(client: TestClient) -> None:
+    response = client.post("/v1/query", content=b'{"question": ', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in response.json()["error"]["message"]
