@@ -2,7 +2,8 @@
 # One entry point for every developer, the README and CI.
 #   ./dev.sh setup   create .venv, install ragops with pinned torch, seed tokenizer files (idempotent)
 #   ./dev.sh serve   setup, ingest the bundled samples into the embedded PostgreSQL, serve the API
-#   ./dev.sh test    setup, lint, then the whole test suite
+#   ./dev.sh test    setup, lint, the vLLM venv for the integration tier, then the whole test suite
+#                    (RAGOPS_SKIP_VLLM=1 skips the vLLM tier locally; CI always runs it)
 #   ./dev.sh bench   setup, then the benchmarks in bench/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -44,7 +45,13 @@ case "$cmd" in
   test)
     setup
     "$VENV/bin/ruff" check app ingest evals tests bench
+    "$VENV/bin/ruff" format --check app ingest evals tests bench
     "$VENV/bin/mypy"
+    if [ "${RAGOPS_SKIP_VLLM:-0}" != "1" ]; then
+      # The integration tier runs a real vLLM (CPU build) from its own venv; first run ~2 min.
+      bash scripts/vllm_venv.sh >/dev/null
+      export RAGOPS_REQUIRE_VLLM=1
+    fi
     exec "$PY" -m pytest "$@" ;;
   bench)
     setup

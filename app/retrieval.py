@@ -70,6 +70,8 @@ def search(
             ef_search=settings.ef_search,
             **common,
         )
+    if settings.min_score is None:
+        return hits
     return [hit for hit in hits if hit.score >= settings.min_score]
 
 

@@ -11,12 +11,24 @@ def main() -> None:
         from bench import ingest_bench
 
         ingest_bench.main(args)
+    elif name == "quality":
+        from bench import retrieval_quality
+
+        retrieval_quality.main(args)
+    elif name == "latency":
+        from bench import retrieval_latency
+
+        retrieval_latency.main(args)
+    elif name == "api":
+        from bench import api_latency
+
+        api_latency.main(args)
     elif name == "report":
         from bench import report
 
         report.main(args)
     else:
-        sys.exit("usage: python -m bench ingest|report [options]")
+        sys.exit("usage: python -m bench ingest|quality|latency|api|report [options]")
 
 
 if __name__ == "__main__":

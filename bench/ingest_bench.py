@@ -47,7 +47,7 @@ def write_corpus(records: list[dict[str, Any]], folder: Path) -> Path:
 def chunk_texts(path: Path, config: LoadedConfig) -> list[str]:
     """Exactly the texts the pipeline embeds, for the embed-only and LangChain baselines."""
     chunker = Chunker(config.config.index.chunking)
-    texts = []
+    texts: list[str] = []
     for result in load_file(path, path.name):
         if result.document is not None:
             texts.extend(chunk.embed_text for chunk in chunker.split(result.document))

@@ -94,8 +94,8 @@ class RetrievalSettings(StrictModel):
     rrf_k: int = Field(default=60, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
     vector_weight: float = Field(default=1.0, ge=0.0, le=10.0)
     keyword_weight: float = Field(default=1.0, ge=0.0, le=10.0)
-    min_score: float = Field(
-        default=0.0, ge=0.0, description="Drop hits below this score (cosine, ts_rank_cd or fused, per mode)."
+    min_score: float | None = Field(
+        default=None, description="Drop hits below this score (cosine, ts_rank_cd or fused, per mode); unset = none."
     )
     ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW candidate list size per query.")
 

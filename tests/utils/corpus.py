@@ -24,11 +24,19 @@ DOCS = {
 }
 
 KB_RECORDS = [
-    {"_id": "kb-1", "title": "Webhook retries", "text": "Failed webhooks are retried 8 times with backoff.",
-     "metadata": {"product": "track"}},
-    {"_id": "kb-2", "title": "API limits", "text": "The public API allows 600 requests per minute per token.",
-     "metadata": {"product": "track", "tier": "pro"}},
-]  # fmt: skip
+    {
+        "_id": "kb-1",
+        "title": "Webhook retries",
+        "text": "Failed webhooks are retried 8 times with backoff.",
+        "metadata": {"product": "track"},
+    },
+    {
+        "_id": "kb-2",
+        "title": "API limits",
+        "text": "The public API allows 600 requests per minute per token.",
+        "metadata": {"product": "track", "tier": "pro"},
+    },
+]
 
 
 def write_corpus(root: Path, docs: dict[str, str] | None = None, *, with_jsonl: bool = True) -> Path:

@@ -1,0 +1,111 @@
+"""``/v1/query`` latency with the extractive generator at concurrency 1 and 16, and the API's own overhead.
+
+The API's overhead is the client's end-to-end time minus the time the server spent embedding,
+searching and generating (reported per request in ``timings``): HTTP, validation, JSON, threads.
+
+    python -m bench api [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from pydantic import SecretStr
+
+from app.main import create_app
+from bench.common import bench_server, fresh_database, percentile, write_result
+from ingest.config import load_config
+from ingest.embedding import get_embedder
+from ingest.pipeline import IngestPipeline
+from ingest.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_load(url: str, questions: list[str], concurrency: int, total: int) -> dict[str, Any]:
+    """``total`` requests from ``concurrency`` threads; latency and server-side stage times."""
+    e2e: list[float] = []
+    overhead: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def one(i: int, client: httpx.Client) -> None:
+        nonlocal errors
+        t0 = time.perf_counter()
+        response = client.post(f"{url}/v1/query", json={"question": questions[i % len(questions)]})
+        ms = (time.perf_counter() - t0) * 1000
+        with lock:
+            if response.status_code != 200:
+                errors += 1
+                return
+            t = response.json()["timings"]
+            e2e.append(ms)
+            overhead.append(ms - t["embed_ms"] - t["retrieve_ms"] - t["generate_ms"])
+
+    clients = [httpx.Client(timeout=60) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda i: one(i, clients[i % concurrency]), range(total)))
+    wall = time.perf_counter() - t0
+    for client in clients:
+        client.close()
+    return {
+        "requests": total, "errors": errors, "requests_per_s": round(total / wall, 1),
+        "p50_ms": round(percentile(e2e, 50), 1), "p95_ms": round(percentile(e2e, 95), 1),
+        "api_overhead_p50_ms": round(percentile(overhead, 50), 2),
+        "api_overhead_p95_ms": round(percentile(overhead, 95), 2),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench api")
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args(argv)
+    questions = [json.loads(line)["question"] for line in (ROOT / "evals/datasets/sample.jsonl").open()]
+    config = load_config("default", ROOT / "configs")
+    result: dict[str, Any] = {"corpus": "bundled samples/", "generator": "extractive", "levels": {}}
+    with bench_server() as admin_uri:
+        database = fresh_database(admin_uri, "api_bench")
+        with database.connect() as conn:
+            IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
+        settings = Settings(
+            database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",
+            vllm_url=None, db_pool_max=20,
+        )  # fmt: skip
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        while not server.started:
+            time.sleep(0.1)
+        run_load(url, questions, 1, 20)  # warm-up
+        for concurrency in (1, 16):
+            level = run_load(url, questions, concurrency, args.requests)
+            result["levels"][str(concurrency)] = level
+            print(json.dumps({concurrency: level}), flush=True)
+        server.should_exit = True
+        thread.join(10)
+    path = write_result("api", result)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Retrieval latency at 10k and 100k chunks, and HNSW recall@10 vs exact, with and without a filter.
+
+Embedding 100k real chunks would take most of an hour on 2 cores, so the large sets reuse real
+chunk texts (PubMedQA, WikiQA and XQuAD) with vectors drawn around their real embeddings:
+each synthetic vector is a real one plus Gaussian noise (sigma 0.05 per dimension, about a
+third of the vector's norm once normalized), renormalized. Question embedding is excluded.
+
+    python -m bench latency [--sizes 10000 100000] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+from psycopg import sql
+
+from bench.common import DATASETS, bench_server, fresh_database, percentile, read_jsonl, write_result
+from ingest import store
+from ingest.config import IndexSettings
+from ingest.embedding import get_embedder
+from ingest.store import IndexVersion
+
+NOISE = 0.05
+FILTER_SHARE = 10  # one row in ten carries {"bucket": 0}
+
+
+def real_texts(limit: int) -> list[str]:
+    """Real passages from the shared datasets, up to ``limit``."""
+    texts: list[str] = []
+    for path in (
+        DATASETS / "pubmedqa" / "corpus_passages.jsonl",
+        DATASETS / "wikiqa" / "corpus.jsonl",
+        DATASETS / "xquad_en" / "corpus.jsonl",
+    ):
+        texts.extend(str(r["text"]) for r in read_jsonl(path))
+    return texts[:limit]
+
+
+def load_rows(conn: Any, version: IndexVersion, texts: list[str], base: np.ndarray, size: int) -> None:
+    """``size`` chunks: real texts cycled, vectors around the real ones, one synthetic document per 50 chunks."""
+    rng = np.random.default_rng(7)
+    n_docs = size // 50 + 1
+    with conn.transaction():
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "INSERT INTO documents (collection, source, content_hash) "
+                "SELECT 'bench', 'doc-' || g, 'h' FROM generate_series(1, %s) g RETURNING id",
+                (n_docs,),
+            )
+        ]
+        columns = "document_id, ordinal, collection, title, section, text, token_count, char_start, char_end, " \
+            "content_hash, metadata, embedding"  # fmt: skip
+        with conn.cursor().copy(
+            sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(version.table, sql.SQL(columns))
+        ) as copy:
+            copy.set_types(["bigint", "integer", "text", "text", "text", "text", "integer", "integer", "integer",
+                            "text", "jsonb", "vector"])  # fmt: skip
+            for i in range(size):
+                vector = base[i % len(base)] + rng.normal(0, NOISE, base.shape[1])
+                vector = (vector / np.linalg.norm(vector)).astype(np.float32)
+                text = texts[i % len(texts)]
+                meta = json.dumps({"bucket": i % FILTER_SHARE})
+                copy.write_row((ids[i // 50], i % 50, "bench", "", "", text, len(text) // 4, 0, len(text), str(i),
+                                meta, vector))  # fmt: skip
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """fn's result and the milliseconds it took."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - t0) * 1000
+
+
+def measure(conn: Any, version: IndexVersion, queries: list[str], vectors: np.ndarray) -> dict[str, Any]:
+    lat: dict[str, list[float]] = {"vector": [], "keyword": [], "hybrid": [], "vector_filtered": []}
+    recall, recall_filtered = [], []
+    for text, vector in zip(queries, vectors, strict=True):
+        hits, ms = timed(store.search_vector, conn, version, vector, 10)
+        lat["vector"].append(ms)
+        exact = store.search_vector(conn, version, vector, 10, exact=True)
+        recall.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / 10)
+        _, ms = timed(store.search_keyword, conn, version, text, 10)
+        lat["keyword"].append(ms)
+        _, ms = timed(store.search_hybrid, conn, version, vector, text, 10)
+        lat["hybrid"].append(ms)
+        flt = {"bucket": 0}
+        hits, ms = timed(store.search_vector, conn, version, vector, 10, metadata=flt)
+        lat["vector_filtered"].append(ms)
+        exact = store.search_vector(conn, version, vector, 10, metadata=flt, exact=True)
+        recall_filtered.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / max(len(exact), 1))
+    out: dict[str, Any] = {
+        f"{name}_ms": {"p50": round(percentile(v, 50), 2), "p95": round(percentile(v, 95), 2)}
+        for name, v in lat.items()
+    }
+    out["recall_at_10"] = round(float(np.mean(recall)), 4)
+    out["recall_at_10_filtered_10pct"] = round(float(np.mean(recall_filtered)), 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench latency")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--base", type=int, default=3000, help="Real texts embedded for the vector base.")
+    args = parser.parse_args(argv)
+    settings = IndexSettings()
+    embedder = get_embedder(settings.embedding)
+    texts = real_texts(args.base)
+    t0 = time.perf_counter()
+    base = embedder.embed_batch(texts)
+    queries = [str(q["text"]) for q in read_jsonl(DATASETS / "wikiqa" / "queries.jsonl")][: args.queries]
+    query_vectors = embedder.embed_batch(queries)
+    result: dict[str, Any] = {
+        "vectors": f"{len(texts)} real embeddings (PubMedQA, WikiQA, XQuAD passages) + N(0, {NOISE}) noise",
+        "queries": f"{len(queries)} WikiQA questions", "embed_base_s": round(time.perf_counter() - t0, 1),
+        "sizes": {},
+    }  # fmt: skip
+    with bench_server() as admin_uri:
+        for size in args.sizes:
+            database = fresh_database(admin_uri, f"latency_{size}")
+            with database.connect() as conn:
+                version = store.ensure_index_version(conn, settings, embedder.dimension, "bench")
+                t0 = time.perf_counter()
+                load_rows(conn, version, texts, base, size)
+                load_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                store.mark_version_ready(conn, version)
+                index_s = time.perf_counter() - t0
+                measure(conn, version, queries[:20], query_vectors[:20])  # warm the caches
+                entry = {"load_s": round(load_s, 1), "hnsw_build_s": round(index_s, 1)}
+                entry |= measure(conn, version, queries, query_vectors)
+            result["sizes"][str(size)] = entry
+            print(json.dumps({size: entry}, indent=2), flush=True)
+    path = write_result("latency", result)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Integration tier: the service against a REAL vLLM server (CPU build, tiny random-weight Llama).
+
+The server is vLLM 0.32 from ``scripts/vllm_venv.sh`` serving a 2-layer model written by
+``tests/utils/tiny_llama.py`` (no hub). Its answers are gibberish by design; these tests check
+the plumbing: streaming, usage from vLLM, error mapping, disconnects, the OpenAI client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from ingest.db import Database
+from tests.app.conftest import make_settings
+from tests.app.test_api import parse_sse
+from tests.utils.tiny_llama import write_tiny_llama
+from tests.utils.vllm_server import VllmServer, find_vllm_python, free_port
+
+MODEL = "ragops-llm"
+CONFIGS = {
+    # The tiny model's 512-token BPE splits text into ~3x more tokens than cl100k: keep prompts small.
+    "default": "generation:\n  backend: vllm\n  model: ragops-llm\n  max_tokens: 24\n  context_tokens: 300\n",
+    "huge": "retrieval:\n  top_k: 40\ngeneration:\n  backend: vllm\n  model: ragops-llm\n  context_tokens: 100000\n",
+}
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    python = find_vllm_python()
+    if python is None:
+        message = "vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)"
+        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    model_dir = write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    server = VllmServer(model_dir, python=python, served_model_name=MODEL, max_model_len=2048)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("configs")
+    for name, text in CONFIGS.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+def vllm_app_client(database: Database, tmp: Path, configs: Path, vllm_url: str) -> TestClient:
+    settings = make_settings(database, tmp, vllm_url=vllm_url, configs_dir=configs, vllm_read_timeout_s=30.0)
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture(scope="session")
+def vclient(
+    served_database: Database, vllm_server: VllmServer, vllm_configs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    with vllm_app_client(served_database, tmp_path_factory.mktemp("v"), vllm_configs, vllm_server.base_url) as c:
+        yield c
+
+
+def test_query_streams_deltas_and_usage_from_vllm(vclient: TestClient) -> None:
+    payload = {"question": "How many PTO days do new employees get?", "stream": True}
+    with vclient.stream("POST", "/v1/query", json=payload) as response:
+        assert response.status_code == 200
+        frames = parse_sse(response.read().decode())
+    events = [e for e, _ in frames]
+    assert events[0] == "citations" and events[-2:] == ["usage", "done"], events
+    assert "delta" in events
+    usage = json.loads(frames[-2][1])
+    assert 0 < usage["completion_tokens"] <= 24
+    assert usage["prompt_tokens"] > 50  # vLLM's own count of the rendered prompt
+    done = json.loads(frames[-1][1])
+    assert done["versions"]["model"] == MODEL
+
+
+def test_non_streamed_answer_reports_vllm_usage(vclient: TestClient) -> None:
+    body = vclient.post("/v1/query", json={"question": "Which days are office days?"}).json()
+    assert body["versions"]["model"] == MODEL
+    assert 0 < body["usage"]["completion_tokens"] <= 24
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+
+
+def test_prompt_too_long_is_a_422_with_the_reason(vclient: TestClient) -> None:
+    response = vclient.post("/v1/query", json={"question": "Tell me everything about expenses", "config": "huge"})
+    assert response.status_code == 422, response.text
+    assert "maximum context length" in response.json()["error"]["message"]
+
+
+def test_openai_client_streams_through_the_service(vclient: TestClient) -> None:
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=vclient)
+    stream = api.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "What is the on-call rotation?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_client_disconnecting_mid_stream_leaves_the_service_healthy(vclient: TestClient) -> None:
+    payload = {"question": "Describe the deployment process.", "stream": True}
+    with vclient.stream("POST", "/v1/query", json=payload) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: delta"):
+                break  # hang up after the first token
+    after = vclient.post("/v1/query", json={"question": "Describe the deployment process."})
+    assert after.status_code == 200
+
+
+def test_readiness_asks_the_model_for_a_token(vclient: TestClient) -> None:
+    ready = vclient.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["generator"] == "ok (vllm)"
+
+
+def test_model_server_down_is_a_503_with_retry_after(
+    served_database: Database, vllm_configs: Path, tmp_path: Path
+) -> None:
+    """No vLLM needed: nothing listens on the port, as when the server is down."""
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with vllm_app_client(served_database, tmp_path, vllm_configs, url) as client:
+        response = client.post("/v1/query", json={"question": "Which days are office days?"})
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "5"
+        assert "unreachable" in response.json()["error"]["message"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["generator"].startswith("error")
