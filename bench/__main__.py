@@ -23,12 +23,16 @@ def main() -> None:
         from bench import api_latency
 
         api_latency.main(args)
+    elif name == "streaming":
+        from bench import streaming
+
+        streaming.main(args)
     elif name == "report":
         from bench import report
 
         report.main(args)
     else:
-        sys.exit("usage: python -m bench ingest|quality|latency|api|report [options]")
+        sys.exit("usage: python -m bench ingest|quality|latency|api|streaming|report [options]")
 
 
 if __name__ == "__main__":

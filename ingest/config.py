@@ -91,11 +91,12 @@ class RetrievalSettings(StrictModel):
     mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
     top_k: int = Field(default=5, ge=1, le=50, description="Chunks handed to the generator.")
     candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
-    rrf_k: int = Field(default=60, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
+    # Defaults tuned on WikiQA dev (bench/retrieval_quality.py); see configs/default.yaml.
+    rrf_k: int = Field(default=10, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
     vector_weight: float = Field(default=1.0, ge=0.0, le=10.0)
-    keyword_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    keyword_weight: float = Field(default=0.5, ge=0.0, le=10.0)
     min_score: float | None = Field(
-        default=None, description="Drop hits below this score (cosine, ts_rank_cd or fused, per mode); unset = none."
+        default=None, description="Drop hits below this score (cosine, ts_rank or fused, per mode); unset = none."
     )
     ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW candidate list size per query.")
 

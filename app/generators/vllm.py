@@ -20,32 +20,35 @@ from app.generators.base import Delta, Finished, GenerationRequest, Generator, U
 log = logging.getLogger(__name__)
 
 _CONNECT_RETRIES = (0.2, 0.6)  # seconds to wait before each retry of a refused connection
-_TOO_LONG_MARKERS = ("maximum context length", "context length", "too long", "max_model_len", "maximum model length")
+# vLLM says "This model's maximum context length is N tokens ... (parameter=input_tokens ...)".
+# Not "max_model_len": that also appears when max_tokens alone is too large (a config error).
+_TOO_LONG_MARKERS = ("maximum context length", "prompt is too long", "parameter=input_tokens")
 
 
-def error_message(response: httpx.Response) -> str:
-    """The message of an OpenAI-style error body (``{"error": {"message"}}`` or ``{"message"}``)."""
+def error_message(response: httpx.Response) -> tuple[str, str | None]:
+    """Message and ``param`` of an OpenAI-style error body (``{"error": {...}}`` or ``{"message"}``)."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text[:500] or response.reason_phrase
+        return response.text[:500] or response.reason_phrase, None
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
+            return str(error["message"]), error.get("param")
         if isinstance(error, str):
-            return error
+            return error, None
         if body.get("message"):
-            return str(body["message"])
-    return response.text[:500]
+            return str(body["message"]), body.get("param")
+    return response.text[:500], None
 
 
 def raise_for_error(response: httpx.Response) -> None:
     """Map a non-2xx answer from vLLM to a ragops error."""
     if response.status_code < 400:
         return
-    message = error_message(response)
-    if response.status_code in (400, 413, 422) and any(m in message.lower() for m in _TOO_LONG_MARKERS):
+    message, param = error_message(response)
+    too_long = param == "input_tokens" or any(m in message.lower() for m in _TOO_LONG_MARKERS)
+    if response.status_code in (400, 413, 422) and too_long:
         raise PromptTooLong(f"prompt too long for the model: {message}")
     if response.status_code >= 500 or response.status_code == 429:
         raise GeneratorUnavailable(f"model server error {response.status_code}: {message}")

@@ -74,3 +74,48 @@ def test_the_embedded_database_is_used_when_no_url_is_set(tmp_path: Path) -> Non
     assert "applied: 0001_init.sql" in result.stdout
     assert (tmp_path / "state" / "pgdata" / "PG_VERSION").exists()
     assert not (tmp_path / "state" / "pgdata" / "postmaster.pid").exists(), "server left running"
+
+
+def test_config_validate_passes_on_the_repository() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "config", "validate"], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok  config default@" in result.stdout and "ok  prompt default@" in result.stdout
+
+
+def test_config_validate_names_the_first_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("retrieval:\n  top_k: 500\n")
+    env = {**os.environ, "RAGOPS_CONFIGS_DIR": str(tmp_path / "configs")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "config", "validate"], capture_output=True, text=True, cwd=REPO, env=env,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "default.yaml: retrieval.top_k: Input should be less than or equal to 50" in result.stderr
+
+
+def test_serve_refuses_to_start_on_an_invalid_file(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("generation:\n  prompt: missing\n")
+    env = {**os.environ, "RAGOPS_CONFIGS_DIR": str(tmp_path / "configs")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"], capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "generation.prompt: unknown prompt 'missing'" in result.stderr
+
+
+def test_query_prints_the_answer_and_citations(served_database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from app import cli
+
+    monkeypatch.setenv("RAGOPS_DATABASE_URL", served_database.url)
+    result = CliRunner().invoke(cli.app, ["query", "Which days do hybrid employees have to be in the office?"])
+    assert result.exit_code == 0, result.output
+    assert "Tuesday" in result.output
+    assert "handbook/remote_work.md" in result.output
+    assert "config default@" in result.output

@@ -1,0 +1,41 @@
+"""The README cannot drift: its curl bodies are accepted by the API and its commands exist."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from app import cli
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+CURL = re.compile(
+    r"curl -s?N? ?(?:localhost|127\.0\.0\.1):8000(/\S+) -H 'content-type: application/json' \\\n\s+-d '(.*?)'", re.S
+)
+
+
+def curl_examples() -> list[tuple[str, dict[str, object]]]:
+    return [(path, json.loads(body)) for path, body in CURL.findall(README)]
+
+
+def test_readme_has_curl_examples() -> None:
+    assert len(curl_examples()) >= 4
+
+
+@pytest.mark.parametrize(("path", "body"), curl_examples())
+def test_readme_curl_bodies_are_served(client: TestClient, path: str, body: dict[str, object]) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("command", sorted(set(re.findall(r"\.venv/bin/ragops ([a-z]+(?: [a-z]+)?)", README))))
+def test_readme_cli_commands_exist(command: str) -> None:
+    words = command.split()
+    result = CliRunner().invoke(cli.app, [*words, "--help"])
+    if result.exit_code != 0 and len(words) == 2:  # "ingest samples": the second word is an argument
+        result = CliRunner().invoke(cli.app, [words[0], "--help"])
+    assert result.exit_code == 0, result.output
