@@ -2,8 +2,8 @@
 # One entry point for every developer, the README and CI.
 #   ./dev.sh setup   create .venv, install ragops with pinned torch, seed tokenizer files (idempotent)
 #   ./dev.sh serve   setup, ingest the bundled samples into the embedded PostgreSQL, serve the API
-#   ./dev.sh test    setup, lint, the vLLM venv for the integration tier, then the whole test suite
-#                    (RAGOPS_SKIP_VLLM=1 skips the vLLM tier locally; CI always runs it)
+#   ./dev.sh test    setup, lint, the eval gate against evals/baselines/, the vLLM venv, then the whole test suite
+#                    (RAGOPS_SKIP_VLLM=1 / RAGOPS_SKIP_GATE=1 skip the vLLM tier / eval gate locally; CI runs both)
 #   ./dev.sh bench   setup, then the benchmarks in bench/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,6 +47,14 @@ case "$cmd" in
     "$VENV/bin/ruff" check app ingest evals tests bench
     "$VENV/bin/ruff" format --check app ingest evals tests bench
     "$VENV/bin/mypy"
+    if [ "${RAGOPS_SKIP_GATE:-0}" != "1" ]; then
+      # The repository gates itself: its own eval against the committed baseline (exit 1 on regression).
+      mkdir -p .ragops/eval
+      "$VENV/bin/ragops" eval run --config default --out .ragops/eval/candidate.json
+      "$VENV/bin/ragops" eval compare evals/baselines/default.json .ragops/eval/candidate.json \
+        --gate evals/gate.yaml --markdown .ragops/eval/report.md --html .ragops/eval/report.html > /dev/null
+      echo "eval gate passed (report: .ragops/eval/report.md)"
+    fi
     if [ "${RAGOPS_SKIP_VLLM:-0}" != "1" ]; then
       # The integration tier runs a real vLLM (CPU build) from its own venv; first run ~2 min.
       bash scripts/vllm_venv.sh >/dev/null

@@ -26,20 +26,144 @@ app.add_typer(ingest_cli.index_app, name="index")
 app.add_typer(ingest_cli.db_app, name="db")
 config_app = typer.Typer(help="Check configurations and prompts.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+DEMO_KEY_FILE = "demo-api-key"
 out = Console()
+
+
+def _mount_plugins() -> None:
+    """Mount sub-commands other packages register (``ragops.cli`` entry points), e.g. ``eval``."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="ragops.cli"):
+        app.add_typer(entry.load(), name=entry.name)
+
+
+_mount_plugins()
 
 
 @config_app.command("validate")
 def config_validate() -> None:
     """Validate every file in configs/ and prompts/; exit 1 with the first problem."""
     from app.catalog import Catalog
+    from app.pricing import load_pricing
 
     settings = get_settings()
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+    pricing = load_pricing(settings.configs_dir)
     for _, loaded in sorted(catalog.configs.items()):
+        model = loaded.config.generation.model
+        if loaded.config.generation.backend != "extractive":
+            pricing.model(model)  # a model the config may use must have a price
         out.print(f"ok  config {loaded.version}  (prompt {catalog.prompt_for(loaded).version})")
     for _, prompt in sorted(catalog.prompts.items()):
         out.print(f"ok  prompt {prompt.version}")
+    out.print(f"ok  {pricing.version}  ({len(pricing.models)} models)")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: query, admin.")] = "query",
+    budget_usd_day: Annotated[float | None, typer.Option(help="Daily spending cap in USD.")] = None,
+    budget_usd_month: Annotated[float | None, typer.Option(help="Monthly spending cap in USD.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+) -> None:
+    """Create a key and print it ONCE (only a salted hash is stored)."""
+    from app.keys import create_key
+    from ingest.runtime import open_runtime
+
+    with open_runtime() as rt:
+        key, secret = create_key(
+            rt.conn, name, [s.strip() for s in scopes.split(",") if s.strip()], budget_usd_day=budget_usd_day,
+            budget_usd_month=budget_usd_month, rpm=rpm, tpm=tpm,
+        )  # fmt: skip
+    out.print(f"created key {key.id} ({key.name}, scopes {','.join(key.scopes)}); store it now, it is not shown again:")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keys with their scopes, limits and state (never the secret)."""
+    from rich.table import Table
+
+    from app.keys import list_keys
+    from ingest.runtime import open_runtime
+
+    with open_runtime() as rt:
+        keys = list_keys(rt.conn)
+    table = Table("id", "name", "prefix", "scopes", "budget/day", "budget/month", "rpm", "tpm", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            str(k.id), k.name, k.prefix, ",".join(k.scopes), str(k.budget_usd_day or ""), str(k.budget_usd_month or ""),
+            str(k.rpm or ""), str(k.tpm or ""), k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+        )  # fmt: skip
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix (see `keys list`).")]) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    from app.keys import revoke_key
+    from ingest.runtime import open_runtime
+
+    with open_runtime() as rt:
+        revoked = revoke_key(rt.conn, key)
+    out.print(f"revoked key {revoked.id} ({revoked.name})")
+
+
+@app.command("usage")
+def usage_table(
+    days: Annotated[int, typer.Option(help="Look back this many days.")] = 30,
+    group_by: Annotated[str, typer.Option(help="key, day, config or model.")] = "key",
+) -> None:
+    """Requests, tokens and cost from the ledger, as a table."""
+    from datetime import UTC, datetime, timedelta
+
+    from rich.table import Table
+
+    from app.accounting import GROUPS, usage
+    from ingest.runtime import open_runtime
+
+    if group_by not in GROUPS:
+        raise RagopsError(f"--group-by must be one of {', '.join(GROUPS)}")
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    with open_runtime() as rt:
+        rows = usage(rt.conn, end - timedelta(days=days), end, group_by)
+    table = Table(group_by, "requests", "errors", "prompt", "cached", "completion", "embedding", "cost USD")
+    for r in rows:
+        table.add_row(
+            str(r["group"]), str(r["requests"]), str(r["errors"]), str(r["prompt_tokens"]), str(r["cached_tokens"]),
+            str(r["completion_tokens"]), str(r["embedding_tokens"]), f"{r['cost_usd']:.6f}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"total: {sum(r['requests'] for r in rows)} requests, ${sum(r['cost_usd'] for r in rows):.6f}")
+
+
+def ensure_demo_key() -> str | None:
+    """The local demo key (created once, kept in the data folder), for the embedded set-up only."""
+    from app.keys import AuthError, create_key, verify_key
+    from ingest.runtime import open_runtime
+
+    settings = get_settings()
+    if settings.database_url is not None or not settings.auth_enabled:
+        return None
+    path = settings.data_dir / DEMO_KEY_FILE
+    with open_runtime(settings) as rt:
+        if path.exists():
+            try:
+                verify_key(rt.conn, path.read_text().strip())
+                return path.read_text().strip()
+            except AuthError:
+                pass
+        _, secret = create_key(rt.conn, "local-demo", ["query", "admin"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
 
 
 @app.command("serve")
@@ -58,6 +182,14 @@ def serve(
     generator = f"vLLM at {settings.vllm_url}" if settings.vllm_url else "the extractive generator (no RAGOPS_VLLM_URL)"
     bind_host, bind_port = host or settings.host, port or settings.port
     out.print(f"ragops serving on http://{bind_host}:{bind_port} (docs at /docs), answering with {generator}")
+    demo = ensure_demo_key()
+    if demo:
+        out.print(
+            f"local demo API key (kept in {settings.data_dir / DEMO_KEY_FILE}):\n"
+            f"  curl -s http://{bind_host}:{bind_port}/v1/query -H 'Authorization: Bearer {demo}' "
+            "-H 'content-type: application/json' -d '{\"question\": \"How many PTO days do new employees get?\"}'",
+            highlight=False,
+        )
     uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning")
 
 

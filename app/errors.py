@@ -37,3 +37,28 @@ class GeneratorUnavailable(GenerationError):
 
 class GenerationTimeout(GeneratorUnavailable):
     """The model server did not answer within the configured timeout (503)."""
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status of an error: the one mapping, used by handlers and the ledger."""
+    from app.accounting import BudgetExceeded, RateLimited
+    from app.keys import AuthError, ScopeError
+    from ingest.errors import ConfigError, DatabaseError
+
+    # Most specific first: the first matching class decides.
+    table: list[tuple[type[BaseException], int]] = [
+        (AuthError, 401),
+        (ScopeError, 403),
+        (BudgetExceeded, 429),
+        (RateLimited, 429),
+        (PromptTooLong, 422),
+        (GeneratorUnavailable, 503),
+        (GenerationError, 502),
+        (BadRequest, 422),
+        (NotFound, 404),
+        (ConfigError, 404),
+        (NoActiveIndex, 503),
+        (DatabaseError, 503),
+        (RagopsError, 400),
+    ]
+    return next((code for kind, code in table if isinstance(exc, kind)), 500)

@@ -24,7 +24,7 @@ from app.retrieval import RetrievalQuery, active_version, search
 from ingest.config import LoadedConfig
 from ingest.embedding import Embedder, get_embedder
 from ingest.settings import Settings
-from ingest.store import IndexVersion
+from ingest.store import IndexVersion, get_index_version
 from ingest.tokens import count_tokens
 
 Role = Literal["system", "user", "assistant"]
@@ -51,6 +51,7 @@ class Question:
     top_k: int | None = None
     filters: dict[str, Any] | None = None
     collection: str | None = None
+    index_version: int | None = None  # None: the active version (the eval harness pins its own)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class Prepared:
     embedding_tokens: int
     timings: Timings
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def generator_model(self) -> str:
+        """The model that will answer."""
+        return self.generator.model_for(self.request)
 
     def versions(self, model: str) -> Versions:
         """Versions record, with the model that actually answered."""
@@ -244,7 +250,7 @@ class RagPipeline:
         t0 = time.perf_counter()
         top_k = question.top_k or settings.retrieval.top_k
         with self.pool.connection() as conn:
-            index = active_version(conn)
+            index = get_index_version(conn, question.index_version) if question.index_version else active_version(conn)
             hits = search(
                 conn,
                 index,

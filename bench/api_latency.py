@@ -20,8 +20,9 @@ import httpx
 import uvicorn
 from pydantic import SecretStr
 
+from app.keys import create_key
 from app.main import create_app
-from bench.common import bench_server, fresh_database, percentile, write_result
+from bench.common import bench_server, fresh_database, median, percentile, write_result
 from ingest.config import load_config
 from ingest.embedding import get_embedder
 from ingest.pipeline import IngestPipeline
@@ -38,7 +39,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_load(url: str, questions: list[str], concurrency: int, total: int) -> dict[str, Any]:
+def run_load(url: str, questions: list[str], concurrency: int, total: int, key: str | None) -> dict[str, Any]:
     """``total`` requests from ``concurrency`` threads; latency and server-side stage times."""
     e2e: list[float] = []
     overhead: list[float] = []
@@ -58,7 +59,8 @@ def run_load(url: str, questions: list[str], concurrency: int, total: int) -> di
             e2e.append(ms)
             overhead.append(ms - t["embed_ms"] - t["retrieve_ms"] - t["generate_ms"])
 
-    clients = [httpx.Client(timeout=60) for _ in range(concurrency)]
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    clients = [httpx.Client(timeout=60, headers=headers) for _ in range(concurrency)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda i: one(i, clients[i % concurrency]), range(total)))
@@ -84,24 +86,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         database = fresh_database(admin_uri, "api_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
+        with database.connect() as conn:
+            key = create_key(conn, "bench", ["query"], budget_usd_day=1_000_000.0)[1]
         settings = Settings(
             database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",
             vllm_url=None, db_pool_max=20,
         )  # fmt: skip
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{port}"
-        while not server.started:
-            time.sleep(0.1)
-        run_load(url, questions, 1, 20)  # warm-up
+        runs = {}
+        # Production (auth + budget reservation + ledger) and bare (all three off), served alternately.
+        for name, metering in (("metered", True), ("bare", False)):
+            port = free_port()
+            app = create_app(settings, metering=metering)
+            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+            thread = threading.Thread(target=server.run, daemon=True)
+            thread.start()
+            while not server.started:
+                time.sleep(0.1)
+            runs[name] = (server, thread, f"http://127.0.0.1:{port}")
+        metered_url, bare_url = runs["metered"][2], runs["bare"][2]
+        run_load(metered_url, questions, 1, 20, key)  # warm-up
+        run_load(bare_url, questions, 1, 20, None)
         for concurrency in (1, 16):
-            level = run_load(url, questions, concurrency, args.requests)
+            level = run_load(metered_url, questions, concurrency, args.requests, key)
             result["levels"][str(concurrency)] = level
             print(json.dumps({concurrency: level}), flush=True)
-        server.should_exit = True
-        thread.join(10)
+        pairs: dict[str, list[float]] = {"metered": [], "bare": [], "bare_overhead": [], "metered_overhead": []}
+        for _ in range(5):  # interleaved rounds at concurrency 1: same machine state for both
+            metered_run = run_load(metered_url, questions, 1, 40, key)
+            bare_run = run_load(bare_url, questions, 1, 40, None)
+            pairs["metered"].append(metered_run["p50_ms"])
+            pairs["bare"].append(bare_run["p50_ms"])
+            pairs["metered_overhead"].append(metered_run["api_overhead_p50_ms"])
+            pairs["bare_overhead"].append(bare_run["api_overhead_p50_ms"])
+        result["accounting_overhead"] = {
+            "metered_p50_ms": round(median(pairs["metered"]), 2),
+            "bare_p50_ms": round(median(pairs["bare"]), 2),
+            "overhead_p50_ms": round(median([m - b for m, b in zip(pairs["metered"], pairs["bare"], strict=True)]), 2),
+            # Per request: end-to-end minus embed, search and generation, medians of the rounds.
+            "api_overhead_bare_p50_ms": round(median(pairs["bare_overhead"]), 2),
+            "api_overhead_metered_p50_ms": round(median(pairs["metered_overhead"]), 2),
+            "accounting_overhead_p50_ms": round(median(pairs["metered_overhead"]) - median(pairs["bare_overhead"]), 2),
+            "rounds": 5,
+        }
+        print(json.dumps(result["accounting_overhead"]), flush=True)
+        for server, thread, _ in runs.values():
+            server.should_exit = True
+            thread.join(10)
     path = write_result("api", result)
     print(f"wrote {path}")
     return result

@@ -60,7 +60,95 @@ def ingest_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-RENDERERS = {"ingest": ingest_rows}
+def quality_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for retrieval quality per dataset and mode."""
+    rows = []
+    for name, d in r["datasets"].items():
+        scores = ", ".join(
+            f"{mode} {d[mode]['ndcg_at_10']:.3f} / {d[mode]['recall_at_10']:.3f}"
+            for mode in ("vector", "keyword", "hybrid")
+        )
+        rows.append(
+            (
+                f"retrieval nDCG@10 / recall@10: {name} ({d['hybrid']['queries']} queries)",
+                scores,
+                f"hybrid {d['hybrid_minus_best_component']:+.4f} vs better component (target >= -0.01)",
+            )
+        )
+    return rows
+
+
+def latency_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for retrieval latency and recall at each size."""
+    rows = []
+    for size, d in r["sizes"].items():
+        lat = ", ".join(
+            f"{mode} {d[f'{mode}_ms']['p50']:.1f}/{d[f'{mode}_ms']['p95']:.1f}"
+            for mode in ("vector", "keyword", "hybrid", "vector_filtered")
+        )
+        rows.append((f"retrieval p50/p95 ms at {int(size):,} chunks", lat, "target vector p50 <= 10 ms at 100k"))
+        rows.append(
+            (
+                f"HNSW recall@10 at {int(size):,} chunks",
+                f"{d['recall_at_10']:.3f}; with a filter matching 10%: {d['recall_at_10_filtered_10pct']:.3f}",
+                "target >= 0.95",
+            )
+        )
+    return rows
+
+
+def api_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for /v1/query latency."""
+    rows = []
+    for level, d in r["levels"].items():
+        rows.append(
+            (
+                f"/v1/query extractive, concurrency {level}",
+                f"p50 {d['p50_ms']:.0f} ms, p95 {d['p95_ms']:.0f} ms, {d['requests_per_s']:.1f} req/s, "
+                f"{d['errors']} errors; API overhead p50 {d['api_overhead_p50_ms']:.2f} ms",
+                "target overhead p50 <= 5 ms" if level == "1" else "",
+            )
+        )
+    if "accounting_overhead" in r:
+        a = r["accounting_overhead"]
+        if "api_overhead_bare_p50_ms" in a:
+            rows.append(
+                (
+                    "API overhead without accounting, concurrency 1",
+                    f"p50 {a['api_overhead_bare_p50_ms']:.2f} ms (end-to-end minus embed, search, generation)",
+                    "target <= 5 ms",
+                )
+            )
+            rows.append(
+                (
+                    "accounting overhead (auth + budget reservation + ledger), concurrency 1",
+                    f"API overhead p50 {a['api_overhead_metered_p50_ms']:.2f} ms metered vs "
+                    f"{a['api_overhead_bare_p50_ms']:.2f} ms bare (median of {a['rounds']} interleaved rounds)",
+                    f"+{a['accounting_overhead_p50_ms']:.2f} ms (target <= 3 ms)",
+                )
+            )
+    return rows
+
+
+def streaming_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for time to first token through the service vs vLLM directly."""
+    return [
+        (
+            "streaming TTFT via service vs vLLM direct",
+            f"direct p50 {r['direct_ttft_ms']['p50']:.1f} ms, service p50 {r['service_ttft_ms']['p50']:.1f} ms "
+            f"(incl. embed + search)",
+            f"service overhead beyond embed + search p50 {r['service_overhead_ms']['p50']:.1f} ms (target <= 10 ms)",
+        )
+    ]
+
+
+RENDERERS = {
+    "ingest": ingest_rows,
+    "quality": quality_rows,
+    "latency": latency_rows,
+    "api": api_rows,
+    "streaming": streaming_rows,
+}
 
 
 def render() -> str:

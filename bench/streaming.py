@@ -23,6 +23,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from app.catalog import Catalog
+from app.keys import create_key
 from app.main import create_app
 from app.rag import Question, RagPipeline
 from bench.api_latency import free_port
@@ -48,11 +49,13 @@ def first_token_direct(base_url: str, messages: list[dict[str, str]]) -> float:
     raise RuntimeError("no token")
 
 
-def first_token_service(url: str, question: str) -> tuple[float, float]:
+def first_token_service(url: str, question: str, key: str) -> tuple[float, float]:
     """(client TTFT, embed+retrieve ms reported by the server)."""
     t0 = time.perf_counter()
     ttft = None
-    with httpx.stream("POST", f"{url}/v1/query", json={"question": question, "stream": True}, timeout=60) as response:
+    body = {"question": question, "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{url}/v1/query", json=body, headers=headers, timeout=60) as response:
         lines = response.iter_lines()
         for line in lines:
             if ttft is None and line == "event: delta":
@@ -77,10 +80,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         configs = Path(tmp) / "configs"
         configs.mkdir()
         (configs / "default.yaml").write_text(CONFIG)
+        (configs / "pricing.yaml").write_bytes((ROOT / "configs" / "pricing.yaml").read_bytes())
         config = load_config("default", configs)
         database = fresh_database(admin_uri, "streaming_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
+            key = create_key(conn, "bench", ["query"])[1]
         model = write_tiny_llama(Path(tmp) / "model")
         with VllmServer(model, python=python, served_model_name="ragops-llm", max_model_len=2048,
                         extra_args=["--no-enable-prefix-caching"]) as server:  # fmt: skip
@@ -101,14 +106,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 prompts = [pipeline.prepare(Question(text=q)).request.messages for q in questions]
             for q, m in zip(questions[:3], prompts[:3], strict=True):  # warm-up both paths
                 first_token_direct(server.base_url, m)
-                first_token_service(url, q)
+                first_token_service(url, q, key)
             direct, service, overhead = [], [], []
             for i, (question, messages) in enumerate(zip(questions, prompts, strict=True)):
                 if i % 2:
                     d = first_token_direct(server.base_url, messages)
-                    s, stages = first_token_service(url, question)
+                    s, stages = first_token_service(url, question, key)
                 else:
-                    s, stages = first_token_service(url, question)
+                    s, stages = first_token_service(url, question, key)
                     d = first_token_direct(server.base_url, messages)
                 direct.append(d)
                 service.append(s)

@@ -94,7 +94,7 @@ class RetrievalSettings(StrictModel):
     # Defaults tuned on WikiQA dev (bench/retrieval_quality.py); see configs/default.yaml.
     rrf_k: int = Field(default=10, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
     vector_weight: float = Field(default=1.0, ge=0.0, le=10.0)
-    keyword_weight: float = Field(default=0.5, ge=0.0, le=10.0)
+    keyword_weight: float = Field(default=0.1, ge=0.0, le=10.0)
     min_score: float | None = Field(
         default=None, description="Drop hits below this score (cosine, ts_rank or fused, per mode); unset = none."
     )
@@ -193,7 +193,7 @@ def parse_config(path: Path, raw: bytes) -> RagConfig:
 
 def load_config(name: str, configs_dir: Path) -> LoadedConfig:
     """Load ``configs_dir/<name>.yaml``; raise :class:`ConfigError` naming the file and field."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.match(name) or name in RESERVED_NAMES:
         raise ConfigError(f"invalid configuration name {name!r}: use letters, digits, '.', '_' or '-'")
     path = configs_dir / f"{name}.yaml"
     if not path.is_file():
@@ -209,8 +209,14 @@ def load_config(name: str, configs_dir: Path) -> LoadedConfig:
     )
 
 
+# Files in configs/ that are not RAG configurations.
+RESERVED_NAMES = frozenset({"pricing"})
+
+
 def list_config_names(configs_dir: Path) -> list[str]:
-    """Names of the configuration files in ``configs_dir``, sorted."""
+    """Names of the RAG configuration files in ``configs_dir``, sorted."""
     if not configs_dir.is_dir():
         return []
-    return sorted(p.stem for p in configs_dir.glob("*.yaml") if NAME_PATTERN.match(p.stem))
+    return sorted(
+        p.stem for p in configs_dir.glob("*.yaml") if NAME_PATTERN.match(p.stem) and p.stem not in RESERVED_NAMES
+    )

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     vllm_connect_timeout_s: float = Field(default=3.0, gt=0)
     vllm_read_timeout_s: float = Field(default=60.0, gt=0)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+    auth_enabled: bool = Field(
+        default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
+    )
 
     @property
     def pgdata(self) -> Path:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.accounting import Accountant, LedgerEntry, check_rate
+from app.keys import ApiKey, AuthError, verify_key
+from app.metering import Meter
 from app.rag import RagPipeline
 
 
@@ -15,10 +19,60 @@ def get_pipeline(request: Request) -> RagPipeline:
     return pipeline
 
 
+def get_accountant(request: Request) -> Accountant:
+    """The process's accountant (pool, prices, auth switch)."""
+    accountant: Accountant = request.app.state.accountant
+    return accountant
+
+
+def get_meter(request: Request) -> Meter:
+    """This request's accounting (created by the middleware; a detached one when metering is off)."""
+    meter: Meter | None = getattr(request.state, "meter", None)
+    if meter is None:
+        meter = Meter(get_accountant(request), request.app.state.metrics, LedgerEntry(request.state.request_id, ""))
+        meter.recorded = True  # nothing is written
+        request.state.meter = meter
+    return meter
+
+
 def get_request_id(request: Request) -> str:
     """The id of the current request (also in the X-Request-Id header)."""
     return str(request.state.request_id)
 
 
+def authenticate(request: Request, scope: str) -> ApiKey | None:
+    """The bearer key, checked for ``scope`` and rate limits; None when auth is switched off."""
+    accountant = get_accountant(request)
+    if not accountant.auth_enabled:
+        return None
+    meter = get_meter(request)
+    started = time.perf_counter()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+    with accountant.pool.connection() as conn:
+        key = verify_key(conn, token.strip())
+        meter.key = key
+        meter.entry.key_id, meter.entry.key_name = key.id, key.name
+        key.require(scope)
+        check_rate(conn, key)
+    meter.entry.latency_ms["auth"] = (time.perf_counter() - started) * 1000
+    return key
+
+
+def require_query(request: Request) -> ApiKey | None:
+    """A key with the ``query`` scope."""
+    return authenticate(request, "query")
+
+
+def require_admin(request: Request) -> ApiKey | None:
+    """A key with the ``admin`` scope."""
+    return authenticate(request, "admin")
+
+
 Pipeline = Annotated[RagPipeline, Depends(get_pipeline)]
 RequestId = Annotated[str, Depends(get_request_id)]
+CurrentMeter = Annotated[Meter, Depends(get_meter)]
+QueryKey = Annotated[ApiKey | None, Depends(require_query)]
+AdminKey = Annotated[ApiKey | None, Depends(require_admin)]
+Accounts = Annotated[Accountant, Depends(get_accountant)]

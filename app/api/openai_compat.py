@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import Pipeline, RequestId
+from app.api.answering import answer_events, complete, prepare
+from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
 from app.api.query import ERRORS
 from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut
 from app.api.sse import guarded, sse
 from app.errors import BadRequest
+from app.metering import Meter
 from app.rag import Answer, AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
@@ -22,9 +24,10 @@ def _extras(answer_or_prepared: Answer | Prepared) -> dict[str, object]:
     return {"citations": [CitationOut.of(c).model_dump() for c in answer_or_prepared.citations]}
 
 
-def _usage(answer: Answer) -> dict[str, object]:
+def _usage(answer: Answer, cost_usd: float) -> dict[str, object]:
     u = answer.usage
     return {
+        "cost_usd": round(cost_usd, 9),
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
@@ -33,13 +36,13 @@ def _usage(answer: Answer) -> dict[str, object]:
 
 
 def _chunks(
-    pipeline: RagPipeline, prepared: Prepared, completion_id: str, model: str, include_usage: bool
+    pipeline: RagPipeline, prepared: Prepared, meter: Meter, completion_id: str, model: str, include_usage: bool
 ) -> Iterator[bytes]:
     created = int(time.time())
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
     first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
     yield sse({**base, "choices": [first], **_extras(prepared)})
-    for event in pipeline.stream(prepared):
+    for event in answer_events(pipeline, prepared, meter):
         if isinstance(event, AnswerDelta):
             yield sse({**base, "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}]})
         elif isinstance(event, AnswerDone):
@@ -53,12 +56,14 @@ def _chunks(
                 }
             )
             if include_usage:
-                yield sse({**base, "choices": [], "usage": _usage(answer)})
+                yield sse({**base, "choices": [], "usage": _usage(answer, meter.entry.cost_usd)})
     yield sse("[DONE]")
 
 
 @router.post("/chat/completions", responses=ERRORS)
-def create_chat_completion(body: ChatCompletionRequest, pipeline: Pipeline, request_id: RequestId) -> object:
+def create_chat_completion(
+    body: ChatCompletionRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
+) -> object:
     """OpenAI-compatible chat completion grounded in the indexed documents."""
     turns = [
         Turn(role="system" if m.role == "developer" else m.role, content=m.text())
@@ -72,32 +77,30 @@ def create_chat_completion(body: ChatCompletionRequest, pipeline: Pipeline, requ
     question = Question(
         text=turns[-1].content, history=tuple(turns[:-1]), config=body.model, top_k=body.top_k, filters=body.filters
     )
-    prepared = pipeline.prepare(question)
+    prepared = prepare(pipeline, meter, question)
     completion_id = f"chatcmpl-{request_id}"
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
+        meter.streaming = True
         return StreamingResponse(
-            guarded(_chunks(pipeline, prepared, completion_id, body.model, include_usage), request_id, event=None),
+            guarded(_chunks(pipeline, prepared, meter, completion_id, body.model, include_usage), request_id, None),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    for event in pipeline.stream(prepared):
-        if isinstance(event, AnswerDone):
-            answer = event.answer
-            return {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": answer.text},
-                        "finish_reason": answer.finish_reason,
-                    }
-                ],
-                "usage": _usage(answer),
-                **_extras(answer),
-                "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump()},
+    answer = complete(pipeline, prepared, meter)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
             }
-    raise RuntimeError("generation ended without an answer")
+        ],
+        "usage": _usage(answer, meter.entry.cost_usd),
+        **_extras(answer),
+        "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump()},
+    }

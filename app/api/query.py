@@ -8,7 +8,8 @@ from dataclasses import asdict
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import Pipeline, RequestId
+from app.api.answering import answer_events, complete, prepare
+from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
 from app.api.schemas import (
     ChatRequest,
     CitationOut,
@@ -20,6 +21,7 @@ from app.api.schemas import (
     usage_out,
 )
 from app.api.sse import guarded, sse
+from app.metering import Meter
 from app.rag import AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
 
 router = APIRouter(prefix="/v1", tags=["answers"])
@@ -37,14 +39,14 @@ def _question(text: str, options: RetrievalOptions, history: tuple[Turn, ...] = 
     )
 
 
-def _events(pipeline: RagPipeline, prepared: Prepared, request_id: str) -> Iterator[bytes]:
+def _events(pipeline: RagPipeline, prepared: Prepared, meter: Meter, request_id: str) -> Iterator[bytes]:
     yield sse([CitationOut.of(c).model_dump() for c in prepared.citations], "citations")
-    for event in pipeline.stream(prepared):
+    for event in answer_events(pipeline, prepared, meter):
         if isinstance(event, AnswerDelta):
             yield sse({"text": event.text}, "delta")
         elif isinstance(event, AnswerDone):
             answer = event.answer
-            yield sse(usage_out(answer).model_dump(), "usage")
+            yield sse(usage_out(answer, meter.entry.cost_usd).model_dump(), "usage")
             yield sse(
                 {
                     "request_id": request_id,
@@ -56,28 +58,31 @@ def _events(pipeline: RagPipeline, prepared: Prepared, request_id: str) -> Itera
             )
 
 
-def _respond(pipeline: RagPipeline, question: Question, stream: bool, request_id: str) -> object:
-    prepared = pipeline.prepare(question)  # retrieval errors still get a proper status code
+def _respond(pipeline: RagPipeline, meter: Meter, question: Question, stream: bool, request_id: str) -> object:
+    prepared = prepare(pipeline, meter, question)
     if stream:
+        meter.streaming = True
         return StreamingResponse(
-            guarded(_events(pipeline, prepared, request_id), request_id),
+            guarded(_events(pipeline, prepared, meter, request_id), request_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    for event in pipeline.stream(prepared):
-        if isinstance(event, AnswerDone):
-            return QueryResponse.of(event.answer, request_id)
-    raise RuntimeError("generation ended without an answer")
+    answer = complete(pipeline, prepared, meter)
+    return QueryResponse.of(answer, request_id, meter.entry.cost_usd)
 
 
 @router.post("/query", response_model=QueryResponse, responses=ERRORS)
-def create_query(body: QueryRequest, pipeline: Pipeline, request_id: RequestId) -> object:
+def create_query(
+    body: QueryRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
+) -> object:
     """Answer one question from the indexed documents, with citations."""
-    return _respond(pipeline, _question(body.question, body), body.stream, request_id)
+    return _respond(pipeline, meter, _question(body.question, body), body.stream, request_id)
 
 
 @router.post("/chat", response_model=QueryResponse, responses=ERRORS)
-def create_chat(body: ChatRequest, pipeline: Pipeline, request_id: RequestId) -> object:
+def create_chat(
+    body: ChatRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
+) -> object:
     """Answer the last user message of a conversation, using earlier turns for context."""
     history = tuple(Turn(role=m.role, content=m.content) for m in body.messages[:-1])
-    return _respond(pipeline, _question(body.messages[-1].content, body, history), body.stream, request_id)
+    return _respond(pipeline, meter, _question(body.messages[-1].content, body, history), body.stream, request_id)

@@ -81,6 +81,7 @@ class UsageOut(BaseModel):
     embedding_tokens: int
     cached_tokens: int = 0
     total_tokens: int
+    cost_usd: float = Field(description="Priced from recorded usage with configs/pricing.yaml.")
 
 
 class VersionsOut(BaseModel):
@@ -114,19 +115,19 @@ class QueryResponse(BaseModel):
     request_id: str
 
     @classmethod
-    def of(cls, answer: Answer, request_id: str) -> QueryResponse:
+    def of(cls, answer: Answer, request_id: str, cost_usd: float) -> QueryResponse:
         """From the pipeline's type."""
         return cls(
             answer=answer.text,
             citations=[CitationOut.of(c) for c in answer.citations],
-            usage=usage_out(answer),
+            usage=usage_out(answer, cost_usd),
             versions=VersionsOut(**answer.versions.__dict__),
             timings=TimingsOut(**answer.timings.__dict__),
             request_id=request_id,
         )
 
 
-def usage_out(answer: Answer) -> UsageOut:
+def usage_out(answer: Answer, cost_usd: float) -> UsageOut:
     """The usage block of a response."""
     u = answer.usage
     return UsageOut(
@@ -135,6 +136,7 @@ def usage_out(answer: Answer) -> UsageOut:
         embedding_tokens=u.embedding_tokens,
         cached_tokens=u.cached_tokens,
         total_tokens=u.total_tokens,
+        cost_usd=round(cost_usd, 9),
     )
 
 

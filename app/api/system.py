@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Pipeline
+from app.api.deps import Pipeline, QueryKey
 from app.api.schemas import ConfigOut, ConfigsResponse
 from app.retrieval import active_version
 from ingest.errors import RagopsError
 
 router = APIRouter(tags=["system"])
+
+
+@router.get("/metrics", response_class=Response)
+def read_metrics(request: Request) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/healthz")
@@ -45,7 +51,7 @@ def read_readiness(pipeline: Pipeline) -> JSONResponse:
 
 
 @router.get("/v1/configs", response_model=ConfigsResponse)
-def read_configs(pipeline: Pipeline) -> ConfigsResponse:
+def read_configs(pipeline: Pipeline, key: QueryKey) -> ConfigsResponse:
     """Configurations and prompt versions this process serves."""
     catalog = pipeline.catalog
     configs = []

@@ -6,9 +6,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ingest.config import LoadedConfig
 from ingest.store import ChunkHit
+from ingest.tokens import count_tokens
 
 NOT_FOUND_ANSWER = "The documents do not contain this information."
+# ChatML wraps each message in a few tokens; counted so that estimates are not low.
+_TOKENS_PER_MESSAGE = 4
+
+
+def count_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """Tokens of a rendered chat prompt by tiktoken (used before, or instead of, the model's count)."""
+    return sum(count_tokens(m["content"]) + _TOKENS_PER_MESSAGE for m in messages)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,14 @@ class Generator(ABC):
                     deltas=parts,
                 )
         raise RuntimeError(f"generator {self.name} ended without a Finished event")
+
+    def model_for(self, request: GenerationRequest) -> str:
+        """The model name that will answer ``request`` (what the ledger and prices key on)."""
+        return request.model
+
+    def model_for_config(self, config: LoadedConfig) -> str:
+        """The model that answers for a configuration (checked against the price list at start-up)."""
+        return config.config.generation.model
 
     def check_ready(self, timeout_s: float) -> None:  # noqa: B027 - optional hook, ready by default
         """Raise if the generator cannot answer right now (readiness probe)."""

@@ -10,8 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from app.generators.base import NOT_FOUND_ANSWER, Delta, Finished, GenerationRequest, Generator, Usage
-from ingest.config import ExtractiveSettings
+from app.generators.base import (
+    NOT_FOUND_ANSWER,
+    Delta,
+    Finished,
+    GenerationRequest,
+    Generator,
+    Usage,
+    count_prompt_tokens,
+)
+from ingest.config import ExtractiveSettings, LoadedConfig
 from ingest.embedding import Embedder
 from ingest.tokens import count_tokens
 
@@ -79,8 +87,16 @@ class ExtractiveGenerator(Generator):
         answer = " ".join(f"{sentence} [{n}]" for _, sentence, n in chosen) if chosen else NOT_FOUND_ANSWER
         for piece in re.findall(r"\S+\s*", answer):
             yield Delta(piece)
-        read = request.question + "".join(p.hit.text for p in request.passages)
+        # Counted like an LLM prompt, so the worst-case reservation equals the settled cost.
         yield Finished(
-            usage=Usage(prompt_tokens=count_tokens(read), completion_tokens=count_tokens(answer)),
+            usage=Usage(prompt_tokens=count_prompt_tokens(request.messages), completion_tokens=count_tokens(answer)),
             model=MODEL_NAME,
         )
+
+    def model_for(self, request: GenerationRequest) -> str:
+        """Always ``extractive``."""
+        return MODEL_NAME
+
+    def model_for_config(self, config: LoadedConfig) -> str:
+        """Always ``extractive``."""
+        return MODEL_NAME

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
+from app.keys import create_key
 from app.main import create_app
 from ingest.config import load_config
 from ingest.db import Database
@@ -47,8 +48,21 @@ def make_settings(database: Database, tmp: Path, **overrides: object) -> Setting
 
 
 @pytest.fixture(scope="session")
-def client(served_database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def api_key(served_database: Database) -> str:
+    """A key with both scopes and no limits, for the API tests."""
+    with served_database.connect() as conn:
+        return create_key(conn, "tests", ["query", "admin"])[1]
+
+
+def authed(client: TestClient, key: str) -> TestClient:
+    """Send ``key`` as the bearer token on every request."""
+    client.headers["Authorization"] = f"Bearer {key}"
+    return client
+
+
+@pytest.fixture(scope="session")
+def client(served_database: Database, api_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The API over the samples, extractive generator (no vLLM URL)."""
     app = create_app(make_settings(served_database, tmp_path_factory.mktemp("app"), vllm_url=None))
-    with TestClient(app) as test_client:
+    with authed(TestClient(app), api_key) as test_client:
         yield test_client

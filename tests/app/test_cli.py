@@ -119,3 +119,26 @@ def test_query_prints_the_answer_and_citations(served_database: Database, monkey
     assert "Tuesday" in result.output
     assert "handbook/remote_work.md" in result.output
     assert "config default@" in result.output
+
+
+def test_keys_create_list_revoke_and_usage(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from app import cli
+
+    monkeypatch.setenv("RAGOPS_DATABASE_URL", database.url)
+    runner = CliRunner()
+    created = runner.invoke(cli.app, ["keys", "create", "--name", "ci-bot", "--scopes", "query,admin", "--rpm", "5"])
+    assert created.exit_code == 0, created.output
+    secret = created.output.strip().splitlines()[-1]
+    assert secret.startswith("rgo_")
+    listed = runner.invoke(cli.app, ["keys", "list"])
+    assert "ci-bot" in listed.output and secret.split("_", 2)[2] not in listed.output
+    revoked = runner.invoke(cli.app, ["keys", "revoke", secret.split("_")[1]])
+    assert revoked.exit_code == 0 and "revoked key" in revoked.output
+    assert runner.invoke(cli.app, ["usage", "--group-by", "model"]).exit_code == 0
+
+
+def test_keys_create_refuses_unknown_scopes(database: Database) -> None:
+    result = ragops("keys", "create", "--name", "x", "--scopes", "query,root", database=database, cwd=REPO)
+    assert result.returncode == 1 and "unknown: ['root']" in result.stderr

@@ -14,7 +14,9 @@ from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
 CURL = re.compile(
-    r"curl -s?N? ?(?:localhost|127\.0\.0\.1):8000(/\S+) -H 'content-type: application/json' \\\n\s+-d '(.*?)'", re.S
+    r"curl -[sN] (?:localhost|127\.0\.0\.1):8000(/\S+) -H \"Authorization: Bearer \$KEY\" "
+    r"-H 'content-type: application/json' \\\n\s+-d '(.*?)'",
+    re.S,
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from ingest.db import Database
-from tests.app.conftest import make_settings
+from tests.app.conftest import authed, make_settings
 from tests.app.test_api import parse_sse
+from tests.conftest import REPO
+from tests.utils.server import serve_in_thread
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, find_vllm_python, free_port
 
@@ -53,19 +56,25 @@ def vllm_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("configs")
     for name, text in CONFIGS.items():
         (folder / f"{name}.yaml").write_text(text)
+    shutil.copy(REPO / "configs" / "pricing.yaml", folder / "pricing.yaml")
     return folder
 
 
-def vllm_app_client(database: Database, tmp: Path, configs: Path, vllm_url: str) -> TestClient:
+def vllm_app_client(database: Database, tmp: Path, configs: Path, vllm_url: str, key: str) -> TestClient:
     settings = make_settings(database, tmp, vllm_url=vllm_url, configs_dir=configs, vllm_read_timeout_s=30.0)
-    return TestClient(create_app(settings))
+    return authed(TestClient(create_app(settings)), key)
 
 
 @pytest.fixture(scope="session")
 def vclient(
-    served_database: Database, vllm_server: VllmServer, vllm_configs: Path, tmp_path_factory: pytest.TempPathFactory
+    served_database: Database,
+    vllm_server: VllmServer,
+    vllm_configs: Path,
+    api_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TestClient]:
-    with vllm_app_client(served_database, tmp_path_factory.mktemp("v"), vllm_configs, vllm_server.base_url) as c:
+    tmp = tmp_path_factory.mktemp("v")
+    with vllm_app_client(served_database, tmp, vllm_configs, vllm_server.base_url, api_key) as c:
         yield c
 
 
@@ -97,15 +106,16 @@ def test_prompt_too_long_is_a_422_with_the_reason(vclient: TestClient) -> None:
     assert "maximum context length" in response.json()["error"]["message"]
 
 
-def test_openai_client_streams_through_the_service(vclient: TestClient) -> None:
-    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=vclient)
-    stream = api.chat.completions.create(
-        model="default",
-        messages=[{"role": "user", "content": "What is the on-call rotation?"}],
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    chunks = list(stream)
+def test_openai_client_streams_through_the_service(vclient: TestClient, api_key: str) -> None:
+    with serve_in_thread(vclient.app, lifespan=False) as url:  # type: ignore[arg-type]
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key)
+        stream = api.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "What is the on-call rotation?"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
@@ -127,11 +137,11 @@ def test_readiness_asks_the_model_for_a_token(vclient: TestClient) -> None:
 
 
 def test_model_server_down_is_a_503_with_retry_after(
-    served_database: Database, vllm_configs: Path, tmp_path: Path
+    served_database: Database, vllm_configs: Path, api_key: str, tmp_path: Path
 ) -> None:
     """No vLLM needed: nothing listens on the port, as when the server is down."""
     url = f"http://127.0.0.1:{free_port()}/v1"
-    with vllm_app_client(served_database, tmp_path, vllm_configs, url) as client:
+    with vllm_app_client(served_database, tmp_path, vllm_configs, url, api_key) as client:
         response = client.post("/v1/query", json={"question": "Which days are office days?"})
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"] == "5"

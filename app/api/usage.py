@@ -1,0 +1,64 @@
+"""``/v1/usage``: what each key, day, configuration or model cost (admin scope)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from app.accounting import usage
+from app.api.deps import Accounts, AdminKey
+from app.api.query import ERRORS
+
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+
+class UsageRow(BaseModel):
+    """Totals of one group."""
+
+    group: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    embedding_tokens: int
+    cost_usd: float
+
+
+class UsageResponse(BaseModel):
+    """Totals per group over a time range."""
+
+    start: datetime
+    end: datetime
+    group_by: str
+    rows: list[UsageRow]
+    total_cost_usd: float
+    total_requests: int
+
+
+def _as_datetime(value: date | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.combine(value, time.min, UTC)
+
+
+@router.get("/usage", response_model=UsageResponse, responses=ERRORS)
+def read_usage(
+    accountant: Accounts,
+    key: AdminKey,
+    start: Annotated[datetime | date | None, Query(alias="from", description="Inclusive; default 30 days ago.")] = None,
+    end: Annotated[datetime | date | None, Query(alias="to", description="Exclusive; default now.")] = None,
+    group_by: Annotated[Literal["key", "day", "config", "model"], Query()] = "key",
+) -> UsageResponse:
+    """Requests, tokens and cost from the ledger, grouped by key, day, configuration or model."""
+    until = _as_datetime(end) if end else datetime.now(UTC) + timedelta(seconds=1)
+    since = _as_datetime(start) if start else until - timedelta(days=30)
+    with accountant.pool.connection() as conn:
+        rows = [UsageRow(**r) for r in usage(conn, since, until, group_by)]
+    return UsageResponse(
+        start=since, end=until, group_by=group_by, rows=rows,
+        total_cost_usd=round(sum(r.cost_usd for r in rows), 9), total_requests=sum(r.requests for r in rows),
+    )  # fmt: skip

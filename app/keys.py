@@ -1,0 +1,129 @@
+"""API keys: printed once, stored as a salted hash, compared in constant time.
+
+A key looks like ``rgo_<prefix>_<secret>``: the prefix finds the row, the secret is checked
+against ``sha256(salt || secret)`` with :func:`hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ingest.errors import RagopsError
+
+SCOPES = frozenset({"query", "admin"})
+_KEY_PREFIX = "rgo"
+
+
+class AuthError(RagopsError):
+    """Missing, malformed, unknown or revoked API key (401)."""
+
+
+class ScopeError(RagopsError):
+    """The key lacks the scope the route needs (403)."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, without its secret."""
+
+    id: int
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    budget_usd_day: Decimal | None
+    budget_usd_month: Decimal | None
+    rpm: int | None
+    tpm: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def require(self, scope: str) -> None:
+        """Raise :class:`ScopeError` unless the key has ``scope``."""
+        if scope not in self.scopes:
+            raise ScopeError(f"API key {self.name!r} lacks the {scope!r} scope")
+
+
+_COLUMNS = "id, name, prefix, scopes, budget_usd_day, budget_usd_month, rpm, tpm, created_at, revoked_at"
+
+
+def _hash(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+def create_key(
+    conn: psycopg.Connection,
+    name: str,
+    scopes: list[str],
+    *,
+    budget_usd_day: float | None = None,
+    budget_usd_month: float | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a new key; returns it and the full key string, which is never retrievable again."""
+    unknown = set(scopes) - SCOPES
+    if not scopes or unknown:
+        raise RagopsError(f"scopes must be a non-empty subset of {sorted(SCOPES)}; unknown: {sorted(unknown)}")
+    if not name.strip():
+        raise RagopsError("a key needs a name")
+    prefix = secrets.token_hex(4)
+    secret = secrets.token_urlsafe(24)
+    salt = secrets.token_bytes(16)
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"""INSERT INTO api_keys (name, prefix, salt, secret_hash, scopes, budget_usd_day, budget_usd_month,
+                                      rpm, tpm)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
+            (name, prefix, salt, _hash(salt, secret), sorted(set(scopes)), budget_usd_day, budget_usd_month, rpm, tpm),
+        ).fetchone()
+    assert row is not None
+    return _key(row), f"{_KEY_PREFIX}_{prefix}_{secret}"
+
+
+def _key(row: dict[str, object]) -> ApiKey:
+    return ApiKey(**{**row, "scopes": tuple(row["scopes"])})  # type: ignore[arg-type]
+
+
+def verify_key(conn: psycopg.Connection, presented: str) -> ApiKey:
+    """The key a bearer token names; :class:`AuthError` for anything else (same message either way)."""
+    parts = presented.split("_", 2)
+    if len(parts) != 3 or parts[0] != _KEY_PREFIX:
+        raise AuthError("invalid API key")
+    _, prefix, secret = parts
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {_COLUMNS}, salt, secret_hash FROM api_keys WHERE prefix = %s", (prefix,)).fetchone()
+    # Hash even when the prefix is unknown, so timing does not reveal which prefixes exist.
+    salt, stored = (bytes(row.pop("salt")), bytes(row.pop("secret_hash"))) if row else (b"\0" * 16, b"\0" * 32)
+    if not hmac.compare_digest(_hash(salt, secret), stored) or row is None:
+        raise AuthError("invalid API key")
+    key = _key(row)
+    if key.revoked_at is not None:
+        raise AuthError("API key revoked")
+    return key
+
+
+def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
+    """Every key, newest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [_key(r) for r in cur.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY id DESC").fetchall()]
+
+
+def revoke_key(conn: psycopg.Connection, key_id_or_prefix: str) -> ApiKey:
+    """Revoke a key by id or prefix; revoking twice keeps the first time."""
+    column = "id" if key_id_or_prefix.isdigit() else "prefix"
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE {column} = %s RETURNING {_COLUMNS}",
+            (int(key_id_or_prefix) if column == "id" else key_id_or_prefix,),
+        ).fetchone()
+    if row is None:
+        raise RagopsError(f"no API key {key_id_or_prefix!r}")
+    return _key(row)

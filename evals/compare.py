@@ -1,0 +1,242 @@
+"""``ragops eval compare``: candidate vs baseline, question by question, with bootstrap intervals.
+
+Exit codes: 0 pass, 1 regression, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evals.errors import EvalInputError
+from evals.runner import LOWER_IS_BETTER, REPORT_FORMAT
+
+PASS, REGRESSION, UNUSABLE = 0, 1, 2
+
+
+class MetricRule(BaseModel):
+    """Limits for one metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    floor: float | None = None
+    ceiling: float | None = None
+    max_drop: float | None = Field(default=None, ge=0)
+
+
+class Bootstrap(BaseModel):
+    """How intervals are computed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resamples: int = Field(default=2000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 7
+
+
+class Gate(BaseModel):
+    """The whole gate file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap: Bootstrap = Bootstrap()
+    metrics: dict[str, MetricRule]
+    ceilings: dict[str, float] = Field(default_factory=dict)
+
+
+@dataclass
+class MetricResult:
+    """One metric's comparison."""
+
+    name: str
+    baseline: float
+    candidate: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    questions: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """No rule broken."""
+        return not self.failures
+
+
+@dataclass
+class Comparison:
+    """The gate's verdict."""
+
+    metrics: list[MetricResult]
+    ceilings: list[tuple[str, float, float, bool]]
+    worst_questions: list[dict[str, Any]]
+    baseline_versions: dict[str, Any]
+    candidate_versions: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every rule holds, else 1."""
+        ok = all(m.passed for m in self.metrics) and all(ok for *_, ok in self.ceilings)
+        return PASS if ok else REGRESSION
+
+
+def load_gate(path: Path) -> Gate:
+    """Parse the gate file."""
+    try:
+        return Gate.model_validate(yaml.safe_load(path.read_text()) or {})
+    except FileNotFoundError:
+        raise EvalInputError(f"gate file {path} does not exist") from None
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise EvalInputError(f"{path}: invalid gate file: {exc}") from None
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Parse an eval report."""
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EvalInputError(f"report {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise EvalInputError(f"report {path} is not valid JSON: {exc.msg}") from None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT or "questions" not in report:
+        raise EvalInputError(f"{path} is not a ragops eval report (format {REPORT_FORMAT})")
+    return report
+
+
+def bootstrap_ci(diffs: np.ndarray, bootstrap: Bootstrap) -> tuple[float, float]:
+    """Percentile interval of the mean paired difference."""
+    if len(diffs) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(bootstrap.seed)
+    samples = rng.choice(diffs, size=(bootstrap.resamples, len(diffs)), replace=True).mean(axis=1)
+    tail = (1 - bootstrap.confidence) / 2 * 100
+    return float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
+
+
+def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> Comparison:
+    """Apply the gate; raises :class:`EvalInputError` when the reports are not comparable."""
+    if baseline["dataset"]["sha256"] != candidate["dataset"]["sha256"]:
+        raise EvalInputError(
+            f"the baseline was made on another dataset ({baseline['dataset']['name']} "
+            f"{baseline['dataset']['sha256'][:12]}) than the candidate ({candidate['dataset']['name']} "
+            f"{candidate['dataset']['sha256'][:12]}); regenerate it with `ragops eval baseline`"
+        )
+    base = {q["id"]: q for q in baseline["questions"]}
+    cand = {q["id"]: q for q in candidate["questions"]}
+    if set(base) != set(cand):
+        raise EvalInputError("baseline and candidate answer different questions")
+    results = []
+    regressions: dict[str, float] = {}
+    for name, rule in gate.metrics.items():
+        ids = [i for i in base if name in base[i]["metrics"] and name in cand[i]["metrics"]]
+        if not ids:
+            raise EvalInputError(f"metric {name!r} of the gate is in neither report")
+        b = np.array([base[i]["metrics"][name] for i in ids])
+        c = np.array([cand[i]["metrics"][name] for i in ids])
+        diffs = c - b
+        low, high = bootstrap_ci(diffs, gate.bootstrap)
+        result = MetricResult(name, float(b.mean()), float(c.mean()), float(diffs.mean()), low, high, len(ids))
+        lower_is_better = name in LOWER_IS_BETTER
+        drop = result.diff if lower_is_better else -result.diff  # > 0: the candidate is worse
+        significant = low > 0 if lower_is_better else high < 0
+        if rule.floor is not None and result.candidate < rule.floor:
+            result.failures.append(f"below floor {rule.floor}")
+        if rule.ceiling is not None and result.candidate > rule.ceiling:
+            result.failures.append(f"above ceiling {rule.ceiling}")
+        if rule.max_drop is not None and drop > rule.max_drop and significant:
+            result.failures.append(f"worse by {drop:.3f} > {rule.max_drop} (95% CI excludes 0)")
+        results.append(result)
+        for i, d in zip(ids, diffs, strict=True):  # sum of per-question losses, for "worst first"
+            regressions[i] = regressions.get(i, 0.0) + float(min(0.0, -d if lower_is_better else d))
+    ceilings = []
+    for name, limit in gate.ceilings.items():
+        value = float(candidate["aggregates"].get(name, float("nan")))
+        ceilings.append((name, value, limit, bool(value <= limit)))
+    worst = sorted((i for i in regressions if regressions[i] < 0), key=lambda i: regressions[i])[:10]
+    worst_questions = [
+        {
+            "id": i, "kind": cand[i]["kind"], "question": cand[i]["question"], "score_change": round(regressions[i], 3),
+            "baseline_answer": base[i]["answer"], "candidate_answer": cand[i]["answer"],
+            "baseline_retrieved": base[i].get("retrieved", []), "candidate_retrieved": cand[i].get("retrieved", []),
+            "gold": cand[i].get("gold", []),
+        }
+        for i in worst
+    ]  # fmt: skip
+    return Comparison(results, ceilings, worst_questions, baseline["versions"], candidate["versions"])
+
+
+def markdown(comparison: Comparison) -> str:
+    """The PR comment: verdict, the metric table, then the worst-regressed questions first."""
+    verdict = "PASS" if comparison.exit_code == PASS else "FAIL: quality regressed"
+    lines = [
+        f"## ragops eval gate: {verdict}",
+        "",
+        f"Baseline `{comparison.baseline_versions.get('config')}` / index `{comparison.baseline_versions.get('index')}`"
+        f" vs candidate `{comparison.candidate_versions.get('config')}` / index "
+        f"`{comparison.candidate_versions.get('index')}` (prompt `{comparison.candidate_versions.get('prompt')}`).",
+        "",
+        "| metric | baseline | candidate | diff | 95% CI | n | verdict |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
+    for m in comparison.metrics:
+        verdict_cell = "ok" if m.passed else "**" + "; ".join(m.failures) + "**"
+        lines.append(
+            f"| {m.name} | {m.baseline:.3f} | {m.candidate:.3f} | {m.diff:+.3f} | [{m.ci_low:+.3f}, {m.ci_high:+.3f}] "
+            f"| {m.questions} | {verdict_cell} |"
+        )
+    for name, value, limit, ok in comparison.ceilings:
+        lines.append(f"| {name} | | {value:.4g} | | limit {limit:g} | | {'ok' if ok else '**over the limit**'} |")
+    if comparison.worst_questions:
+        lines += ["", "### Worst-regressed questions", ""]
+        for q in comparison.worst_questions:
+            lines += [
+                f"- **{q['id']}** ({q['kind']}, change {q['score_change']:+.3f}): {q['question']}",
+                f"  - gold: {', '.join(q['gold']) or '(none)'}; retrieved before: "
+                f"{', '.join(q['baseline_retrieved'][:3]) or '(none)'}; after: "
+                f"{', '.join(q['candidate_retrieved'][:3]) or '(none)'}",
+                f"  - before: {q['baseline_answer'][:200]}",
+                f"  - after: {q['candidate_answer'][:200]}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def html_report(comparison: Comparison) -> str:
+    """A self-contained page: per-metric bars for both sides and the paired difference with its interval."""
+    rows = []
+    for m in comparison.metrics:
+        scale = max(1.0, m.baseline, m.candidate)
+        bw, cw = 200 * m.baseline / scale, 200 * m.candidate / scale
+        mid, unit = 100, 400  # x of zero and pixels per unit of difference
+        lo, hi, d = mid + m.ci_low * unit, mid + m.ci_high * unit, mid + m.diff * unit
+        colour = "#2e7d32" if m.passed else "#c62828"
+        rows.append(
+            f"<tr><td>{html.escape(m.name)}</td>"
+            f'<td><svg width="210" height="34"><rect x="0" y="2" width="{bw:.1f}" height="13" fill="#90a4ae"/>'
+            f'<rect x="0" y="18" width="{cw:.1f}" height="13" fill="{colour}"/></svg></td>'
+            f"<td>{m.baseline:.3f} &rarr; {m.candidate:.3f}</td>"
+            f'<td><svg width="200" height="20"><line x1="{mid}" y1="0" x2="{mid}" y2="20" stroke="#999"/>'
+            f'<line x1="{max(lo, 0):.1f}" y1="10" x2="{min(hi, 200):.1f}" y2="10" stroke="{colour}" stroke-width="3"/>'
+            f'<circle cx="{min(max(d, 0), 200):.1f}" cy="10" r="4" fill="{colour}"/></svg></td>'
+            f"<td>{m.diff:+.3f} [{m.ci_low:+.3f}, {m.ci_high:+.3f}]</td>"
+            f"<td>{'ok' if m.passed else html.escape('; '.join(m.failures))}</td></tr>"
+        )
+    verdict = "PASS" if comparison.exit_code == PASS else "FAIL"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>ragops eval gate</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{padding:4px 10px;border-bottom:1px solid #eee}</style>"
+        f"</head><body><h1>ragops eval gate: {verdict}</h1>"
+        "<p>Grey: baseline; coloured: candidate. Right: mean paired difference with its 95% bootstrap interval "
+        "(the vertical line is zero).</p>"
+        "<table><tr><th>metric</th><th>bars</th><th>means</th><th>difference</th><th></th><th>verdict</th></tr>"
+        + "".join(rows)
+        + "</table><h2>Worst-regressed questions</h2><pre>"
+        + html.escape(json.dumps(comparison.worst_questions, indent=2))
+        + "</pre></body></html>"
+    )

@@ -1,0 +1,181 @@
+"""``ragops eval run``: answer every question through the serving pipeline and score it.
+
+The index version the configuration's index settings define is built (or reused) from the
+bundled samples in its own collection, so a chunking or embedding change is evaluated for
+real, and the answers come from the same :class:`RagPipeline` the API serves.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.catalog import Catalog
+from app.generators.base import NOT_FOUND_ANSWER
+from app.pricing import load_pricing
+from app.rag import Answer, AnswerDone, Question, RagPipeline
+from evals.dataset import EvalQuestion, EvalSet
+from evals.errors import EvalInputError
+from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
+from ingest.config import LoadedConfig, list_config_names
+from ingest.errors import ConfigError
+from ingest.pipeline import IngestPipeline
+from ingest.runtime import Runtime
+from ingest.store import IndexVersion
+
+REPORT_FORMAT = 1
+EVAL_COLLECTION = "eval-samples"
+# Metrics where lower is better; every other metric is "higher is better".
+LOWER_IS_BETTER = frozenset({"pii_leak", "cost_usd", "latency_ms"})
+
+
+def git_head(cwd: Path) -> str | None:
+    """The checked-out commit, for the report."""
+    try:
+        out = subprocess.run(["git", "-C", str(cwd), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)  # fmt: skip
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def load_catalog(configs_dir: Path, prompts_dir: Path, config_name: str) -> Catalog:
+    """Every configuration and prompt, with ``config_name`` required to exist (else unusable input)."""
+    known = list_config_names(configs_dir)
+    if config_name not in known:
+        raise EvalInputError(f"unknown configuration {config_name!r} in {configs_dir} (known: {', '.join(known)})")
+    try:
+        return Catalog.load(configs_dir, prompts_dir, config_name)
+    except ConfigError as exc:
+        raise EvalInputError(str(exc)) from None
+
+
+def build_index(rt: Runtime, config: LoadedConfig, samples: Path, pipeline: RagPipeline) -> IndexVersion:
+    """Build or reuse the version these index settings define (incremental: unchanged docs cost nothing)."""
+    ingest = IngestPipeline(rt.conn, config, pipeline.embedder(config), collection=EVAL_COLLECTION)
+    report = ingest.run(samples, sync=True, activate=False)
+    return report.index_version
+
+
+def _rouge_l(answer: str, reference: str) -> float:
+    from ragas.dataset_schema import SingleTurnSample
+    from ragas.metrics import RougeScore
+
+    sample = SingleTurnSample(user_input="", response=answer, reference=reference)
+    return float(RougeScore(rouge_type="rougeL", mode="fmeasure").single_turn_score(sample))
+
+
+def score_question(q: EvalQuestion, answer: Answer, top_k: int, similarity: float, cost: float) -> dict[str, float]:
+    """Every metric that applies to this question's kind."""
+    refused = answer.text.strip().startswith(NOT_FOUND_ANSWER)
+    metrics: dict[str, float] = {"latency_ms": answer.timings.total_ms, "cost_usd": cost}
+    if q.kind == "unanswerable":
+        metrics["refusal_accuracy"] = 1.0 if refused else 0.0
+        return metrics
+    relevant = dict.fromkeys(q.sources, 1)
+    ranked = unique_in_order([c.source for c in answer.citations])
+    metrics |= {
+        "recall_at_k": recall_at_k(ranked, relevant, top_k),
+        "mrr_at_k": mrr_at_k(ranked, relevant, top_k),
+        "ndcg_at_10": ndcg_at_k(ranked, relevant, 10),
+        "hit_at_k": hit_at_k(ranked, relevant, top_k),
+        "answered": 0.0 if refused else 1.0,
+        "semantic_similarity": similarity,
+        "rouge_l": _rouge_l(answer.text, q.reference),
+    }
+    if q.kind == "pii":
+        metrics["pii_leak"] = 1.0 if any(value in answer.text for value in q.pii) else 0.0
+    return metrics
+
+
+def aggregate(questions: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of each metric over the questions it applies to, plus latency percentiles and cost."""
+    names = sorted({name for q in questions for name in q["metrics"]})
+    result: dict[str, float] = {}
+    for name in names:
+        values = [q["metrics"][name] for q in questions if name in q["metrics"]]
+        result[name] = float(np.mean(values))
+    latencies = [q["metrics"]["latency_ms"] for q in questions]
+    result["latency_p50_ms"] = float(np.percentile(latencies, 50))
+    result["latency_p95_ms"] = float(np.percentile(latencies, 95))
+    result["cost_per_question_usd"] = result.pop("cost_usd", 0.0)
+    result.pop("latency_ms", None)
+    return result
+
+
+def run_eval(
+    rt: Runtime,
+    config_name: str,
+    dataset: EvalSet,
+    *,
+    samples: Path,
+    repeats: int = 1,
+    configs_dir: Path | None = None,
+    prompts_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate one configuration on one dataset; returns the report (JSON-ready, no raw PII)."""
+    settings = rt.settings
+    configs_dir = configs_dir or settings.configs_dir
+    catalog = load_catalog(configs_dir, prompts_dir or settings.prompts_dir, config_name)
+    pricing = load_pricing(configs_dir)
+    config = catalog.config(config_name)
+    started = time.perf_counter()
+    with rt.database.pool(2) as pool:
+        pipeline = RagPipeline(settings, catalog, pool)
+        index = build_index(rt, config, samples, pipeline)
+        build_seconds = time.perf_counter() - started
+        embedder = pipeline.embedder(config)
+        top_k = config.config.retrieval.top_k
+        results = []
+        model = ""
+        for q in dataset.questions:
+            runs = []
+            for _ in range(repeats):
+                question = Question(text=q.question, config=config_name, collection=EVAL_COLLECTION,
+                                    index_version=index.id)  # fmt: skip
+                prepared = pipeline.prepare(question)
+                answer = next(e.answer for e in pipeline.stream(prepared) if isinstance(e, AnswerDone))
+                model = answer.versions.model
+                vectors = embedder.embed_batch([answer.text, q.reference])
+                u = answer.usage
+                cost = pricing.request_cost(
+                    model, config.config.index.embedding.model, u.prompt_tokens, u.completion_tokens,
+                    u.cached_tokens, u.embedding_tokens,
+                )  # fmt: skip
+                runs.append((answer, score_question(q, answer, top_k, float(vectors[0] @ vectors[1]), cost)))
+            answer = runs[0][0]
+            metrics = {name: statistics.fmean(m[name] for _, m in runs) for name in runs[0][1]}
+            results.append(
+                {
+                    "id": q.id,
+                    "kind": q.kind,
+                    "question": q.redacted(q.question),
+                    "reference": q.reference,
+                    "answer": q.redacted(answer.text),
+                    "retrieved": unique_in_order([c.source for c in answer.citations]),
+                    "gold": q.sources,
+                    "metrics": metrics,
+                }
+            )
+    return {
+        "format": REPORT_FORMAT,
+        "dataset": {"name": dataset.name, "sha256": dataset.sha256, "questions": len(dataset.questions)},
+        "versions": {
+            "config": config.version,
+            "prompt": catalog.prompt_for(config).version,
+            "index": index.name,
+            "model": model,
+            "pricing": pricing.version,
+            "git_commit": git_head(configs_dir),
+        },
+        "repeats": repeats,
+        "index_build_seconds": round(build_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "aggregates": aggregate(results),
+        "questions": results,
+    }

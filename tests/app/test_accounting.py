@@ -1,0 +1,285 @@
+"""API keys, the ledger, budgets under concurrency, rate limits, usage and metrics."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from app.generators.base import Delta, Finished, GenerationRequest, Generator
+from app.keys import create_key, revoke_key
+from app.main import create_app
+from ingest.db import Database
+from tests.app.conftest import authed, make_settings
+from tests.conftest import REPO
+from tests.utils.server import serve_in_thread
+
+QUESTION = {"question": "How many PTO days do new employees get in their first year?"}
+PRICED = """models:
+  extractive:
+    prompt_usd_per_million: 1000
+    completion_usd_per_million: 0
+  ragops-llm:
+    prompt_usd_per_million: 1
+    completion_usd_per_million: 1
+embeddings: {}
+"""
+
+
+@pytest.fixture(scope="module")
+def priced_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's configs with a pricing file that makes extractive answers cost money."""
+    folder = tmp_path_factory.mktemp("priced")
+    shutil.copy(REPO / "configs" / "default.yaml", folder / "default.yaml")
+    (folder / "pricing.yaml").write_text(PRICED)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def priced_app(served_database: Database, priced_configs: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return create_app(make_settings(served_database, tmp_path_factory.mktemp("pa"), configs_dir=priced_configs))
+
+
+@pytest.fixture(scope="module")
+def priced(priced_app: Any, api_key: str) -> Iterator[TestClient]:
+    with authed(TestClient(priced_app), api_key) as client:
+        yield client
+
+
+def new_key(database: Database, scopes: list[str], **limits: Any) -> str:
+    with database.connect() as conn:
+        return create_key(conn, f"k-{time.monotonic_ns()}", scopes, **limits)[1]
+
+
+def ledger_row(database: Database, request_id: str, wait_s: float = 0.0) -> dict[str, Any] | None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        with database.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            row = cur.execute("SELECT * FROM ledger WHERE request_id = %s", (request_id,)).fetchone()
+        if row is not None or time.monotonic() >= deadline:
+            return row
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("header", "path", "status", "message"),
+    [
+        (None, "/v1/query", 401, "missing API key"),
+        ("Bearer", "/v1/query", 401, "missing API key"),
+        ("Basic dXNlcjpwYXNz", "/v1/query", 401, "missing API key"),
+        ("Bearer rgo_deadbeef_notthesecret", "/v1/query", 401, "invalid API key"),
+        ("Bearer not-a-key", "/v1/query", 401, "invalid API key"),
+        ("QUERY_ONLY", "/v1/usage", 403, "lacks the 'admin' scope"),
+        ("REVOKED", "/v1/query", 401, "API key revoked"),
+    ],
+)
+def test_auth_matrix(
+    priced_app: Any, served_database: Database, header: str | None, path: str, status: int, message: str
+) -> None:
+    headers = {}
+    if header == "QUERY_ONLY":
+        headers["Authorization"] = f"Bearer {new_key(served_database, ['query'])}"
+    elif header == "REVOKED":
+        key = new_key(served_database, ["query"])
+        with served_database.connect() as conn:
+            revoke_key(conn, key.split("_")[1])
+        headers["Authorization"] = f"Bearer {key}"
+    elif header:
+        headers["Authorization"] = header
+    with TestClient(priced_app) as client:
+        response = client.request("GET" if path == "/v1/usage" else "POST", path, json=QUESTION, headers=headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+    row = ledger_row(served_database, response.headers["X-Request-Id"])
+    assert row is not None and row["status"] == status and row["error_kind"] in ("AuthError", "ScopeError")
+
+
+def test_keys_are_stored_only_as_salted_hashes(served_database: Database) -> None:
+    key = new_key(served_database, ["query"])
+    secret = key.split("_", 2)[2]
+    with served_database.connect() as conn:
+        rows = conn.execute("SELECT salt, secret_hash, prefix FROM api_keys").fetchall()
+    assert all(secret.encode() not in bytes(salt) + bytes(digest) for salt, digest, _ in rows)
+    assert len({bytes(salt) for salt, _, _ in rows}) == len(rows)  # one salt per key
+
+
+def test_success_is_one_ledger_row_with_tokens_cost_and_versions(priced: TestClient, served_database: Database) -> None:
+    response = priced.post("/v1/query", json=QUESTION)
+    assert response.status_code == 200
+    body = response.json()
+    row = ledger_row(served_database, body["request_id"])
+    assert row is not None
+    assert row["status"] == 200 and row["route"] == "/v1/query" and row["key_name"] == "tests"
+    assert row["prompt_tokens"] == body["usage"]["prompt_tokens"] > 0
+    assert row["completion_tokens"] == body["usage"]["completion_tokens"]
+    assert row["model"] == "extractive" and row["config_version"] == body["versions"]["config"]
+    assert (
+        float(row["cost_usd"])
+        == pytest.approx(body["usage"]["cost_usd"])
+        == pytest.approx(body["usage"]["prompt_tokens"] * 1000 / 1e6)
+    )
+    assert {"auth", "embed", "retrieve", "generate", "total"} <= set(row["latency_ms"])
+    assert "PTO" not in str(row) and "first year" not in str(row)  # no question text in the ledger
+
+
+def test_a_4xx_is_recorded(priced: TestClient, served_database: Database) -> None:
+    response = priced.post("/v1/query", json={"question": "x", "top_k": 99})
+    assert response.status_code == 422
+    row = ledger_row(served_database, response.headers["X-Request-Id"])
+    assert row is not None and row["status"] == 422 and row["error_kind"] == "RequestValidationError"
+
+
+def test_a_generator_failure_is_recorded(
+    served_database: Database, priced_configs: Path, api_key: str, tmp_path: Path
+) -> None:
+    """vLLM is 'down': nothing listens on the port."""
+    settings = make_settings(served_database, tmp_path, configs_dir=priced_configs, vllm_url="http://127.0.0.1:9/v1")
+    with authed(TestClient(create_app(settings)), api_key) as client:
+        response = client.post("/v1/query", json=QUESTION)
+    assert response.status_code == 503
+    row = ledger_row(served_database, response.headers["X-Request-Id"])
+    assert row is not None and row["status"] == 503 and row["error_kind"] == "GeneratorUnavailable"
+    assert row["completion_tokens"] == 0 and float(row["cost_usd"]) == 0
+
+
+class SlowGenerator(Generator):
+    """The real extractive generator, slowed down between deltas.
+
+    A fake in one respect only: a real generator answers these short texts faster than a
+    client can hang up, so the disconnect could not be placed mid-stream.
+    """
+
+    name = "extractive"
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
+        for event in self.inner.stream(request):
+            time.sleep(0.2)
+            yield event
+
+    def model_for(self, request: GenerationRequest) -> str:
+        return self.inner.model_for(request)
+
+
+def test_a_client_that_disconnects_mid_stream_is_recorded_with_partial_tokens(
+    priced_app: Any, priced: TestClient, served_database: Database, api_key: str
+) -> None:
+    pipeline = priced_app.state.pipeline  # the lifespan runs in the `priced` client
+    config = pipeline.catalog.config(None)
+    real = pipeline.generator(config)
+    pipeline._generators[f"extractive:{config.name}"] = SlowGenerator(real)
+    if True:
+        try:
+            with serve_in_thread(priced_app, lifespan=False) as url, httpx.Client(timeout=30) as http:
+                headers = {"Authorization": f"Bearer {api_key}"}
+                with http.stream("POST", f"{url}/v1/query", json={**QUESTION, "stream": True}, headers=headers) as r:
+                    request_id = r.headers["X-Request-Id"]
+                    for line in r.iter_lines():
+                        if line.startswith("event: delta"):
+                            break  # hang up after the first token
+                row = ledger_row(served_database, request_id, wait_s=10)
+        finally:
+            pipeline._generators[f"extractive:{config.name}"] = real
+    assert row is not None
+    assert row["status"] == 499 and row["error_kind"] == "client_disconnected"
+    assert 1 <= row["completion_tokens"] < 20  # the tokens actually sent, not the whole answer
+    assert float(row["cost_usd"]) == 0  # this pricing charges prompts only... and no Finished usage arrived
+
+
+def test_budget_holds_under_20_concurrent_requests(
+    priced_app: Any, priced: TestClient, served_database: Database
+) -> None:
+    cost = priced.post("/v1/query", json=QUESTION).json()["usage"]["cost_usd"]
+    assert cost > 0
+    key = new_key(served_database, ["query"], budget_usd_day=round(cost * 5.5, 9))
+    headers = {"Authorization": f"Bearer {key}"}
+    with serve_in_thread(priced_app, lifespan=False) as url:
+
+        def one(_: int) -> int:
+            with httpx.Client(timeout=60) as http:
+                return http.post(f"{url}/v1/query", json=QUESTION, headers=headers).status_code
+
+        with ThreadPoolExecutor(20) as pool:
+            statuses = list(pool.map(one, range(20)))
+    assert statuses.count(200) == 5, statuses
+    assert statuses.count(429) == 15
+    with served_database.connect() as conn:
+        spent, reserved = conn.execute(
+            "SELECT spent_usd, reserved_usd FROM key_spend s JOIN api_keys k ON k.id = s.key_id "
+            "WHERE k.prefix = %s AND period = 'day'",
+            (key.split("_")[1],),
+        ).fetchone()  # type: ignore[misc]
+    assert reserved == 0
+    assert spent <= Decimal(str(round(cost * 5.5, 9)))
+    assert float(spent) == pytest.approx(cost * 5, rel=1e-6)
+
+
+def test_over_budget_is_a_429_with_budget_spend_and_reset(priced: TestClient, served_database: Database) -> None:
+    key = new_key(served_database, ["query"], budget_usd_day=0.000001)
+    response = priced.post("/v1/query", json=QUESTION, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 429
+    message = response.json()["error"]["message"]
+    assert "daily budget of $0.0000" in message and "resets at" in message and "spent or reserved" in message
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_rate_limit_is_a_429_with_retry_after(priced: TestClient, served_database: Database) -> None:
+    key = new_key(served_database, ["query"], rpm=2)
+    headers = {"Authorization": f"Bearer {key}"}
+    statuses = [priced.post("/v1/query", json=QUESTION, headers=headers).status_code for _ in range(3)]
+    if statuses != [200, 200, 429]:  # the minute may have turned between requests: try once more
+        statuses = [priced.post("/v1/query", json=QUESTION, headers=headers).status_code for _ in range(3)]
+    assert statuses[-1] == 429
+    response = priced.post("/v1/query", json=QUESTION, headers=headers)
+    assert response.status_code == 429 and 1 <= int(response.headers["Retry-After"]) <= 60
+    assert "requests per minute" in response.json()["error"]["message"]
+
+
+def test_usage_totals_equal_the_ledger(priced: TestClient, served_database: Database) -> None:
+    for _ in range(2):
+        priced.post("/v1/query", json=QUESTION)
+    for group_by in ("key", "day", "config", "model"):
+        response = priced.get("/v1/usage", params={"group_by": group_by})
+        body = response.json()
+        with served_database.connect() as conn:  # the usage request's own row is written after it answered
+            count, cost = conn.execute(
+                "SELECT count(*), coalesce(sum(cost_usd), 0) FROM ledger "
+                "WHERE created_at >= %s AND created_at < %s AND request_id <> %s",
+                (body["start"], body["end"], response.headers["X-Request-Id"]),
+            ).fetchone()  # type: ignore[misc]
+        assert body["total_requests"] == count > 0
+        assert body["total_cost_usd"] == pytest.approx(float(cost))
+
+
+def test_usage_rejects_a_bad_group(priced: TestClient) -> None:
+    response = priced.get("/v1/usage", params={"group_by": "colour"})
+    assert response.status_code == 422 and "group_by" in response.json()["error"]["message"]
+
+
+def test_metrics_move_as_requests_are_made(priced: TestClient) -> None:
+    def value(text: str, name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    before = priced.get("/metrics").text
+    priced.post("/v1/query", json=QUESTION)
+    after = priced.get("/metrics").text
+    assert (
+        value(after, 'ragops_requests_total{route="/v1/query",status="200"}')
+        == value(before, 'ragops_requests_total{route="/v1/query",status="200"}') + 1
+    )
+    assert value(after, 'ragops_tokens_total{kind="prompt"') > value(before, 'ragops_tokens_total{kind="prompt"')
+    assert value(after, "ragops_cost_usd_total") > value(before, "ragops_cost_usd_total")
+    assert value(after, 'ragops_stage_seconds_count{stage="retrieve"}') > value(
+        before, 'ragops_stage_seconds_count{stage="retrieve"}'
+    )

@@ -1,0 +1,47 @@
+"""Eval set loading: the repository's set is valid; bad lines are named precisely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evals.dataset import load_dataset
+from evals.errors import EvalInputError
+from tests.conftest import REPO
+
+
+def test_the_bundled_eval_set_is_valid_and_covers_every_kind() -> None:
+    dataset = load_dataset(REPO / "evals" / "datasets" / "sample.jsonl")
+    kinds = [q.kind for q in dataset.questions]
+    assert len(kinds) >= 40 and kinds.count("unanswerable") >= 5 and kinds.count("pii") >= 5
+    for q in dataset.questions:  # every cited source exists in the bundled samples
+        for source in q.sources:
+            assert (REPO / "samples" / source.split("#", 1)[0]).is_file(), source
+        for value in q.pii:
+            assert value in q.question and value not in q.redacted(q.question)
+
+
+GOOD = {"id": "a", "question": "q?", "reference": "r", "sources": ["x.md"], "kind": "answerable"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["{not json"], ":1: invalid JSON"),
+        ([json.dumps({**GOOD, "colour": 1})], ":1: colour: Extra inputs are not permitted"),
+        ([json.dumps({k: v for k, v in GOOD.items() if k != "question"})], ":1: question: Field required"),
+        ([json.dumps(GOOD), json.dumps(GOOD)], ":2: duplicate id 'a'"),
+        ([json.dumps({**GOOD, "kind": "unanswerable"})], "an unanswerable question has no sources"),
+        ([json.dumps({**GOOD, "kind": "pii"})], "lists its personal values"),
+        ([json.dumps({**GOOD, "kind": "maybe"})], ":1: kind: Input should be"),
+        ([], "has no questions"),
+    ],
+)
+def test_malformed_datasets_are_refused_with_the_line(tmp_path: Path, lines: list[str], message: str) -> None:
+    path = tmp_path / "set.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(EvalInputError) as info:
+        load_dataset(path)
+    assert message in str(info.value)
