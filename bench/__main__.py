@@ -27,12 +27,16 @@ def main() -> None:
         from bench import streaming
 
         streaming.main(args)
+    elif name == "gate":
+        from bench import gate
+
+        gate.main(args)
     elif name == "report":
         from bench import report
 
         report.main(args)
     else:
-        sys.exit("usage: python -m bench ingest|quality|latency|api|streaming|report [options]")
+        sys.exit("usage: python -m bench ingest|quality|latency|api|streaming|gate|report [options]")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,12 @@ def run_load(url: str, questions: list[str], concurrency: int, total: int, key: 
     def one(i: int, client: httpx.Client) -> None:
         nonlocal errors
         t0 = time.perf_counter()
-        response = client.post(f"{url}/v1/query", json={"question": questions[i % len(questions)]})
+        try:
+            response = client.post(f"{url}/v1/query", json={"question": questions[i % len(questions)]})
+        except httpx.HTTPError:
+            with lock:
+                errors += 1
+            return
         ms = (time.perf_counter() - t0) * 1000
         with lock:
             if response.status_code != 200:
@@ -97,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, metering in (("metered", True), ("bare", False)):
             port = free_port()
             app = create_app(settings, metering=metering)
-            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+            server = uvicorn.Server(
+                uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=60)
+            )
             thread = threading.Thread(target=server.run, daemon=True)
             thread.start()
             while not server.started:

@@ -142,12 +142,25 @@ def streaming_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def gate_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the whole eval gate."""
+    return [
+        (
+            f"eval gate, both sides from scratch ({r['questions']} questions each)",
+            f"{r['total_s']:.0f} s (baseline {r['baseline_s']:.0f} s, candidate {r['candidate_s']:.0f} s, "
+            f"index builds {r['index_build_s'][0]:.0f} s + {r['index_build_s'][1]:.0f} s)",
+            "target <= 180 s",
+        )
+    ]
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "quality": quality_rows,
     "latency": latency_rows,
     "api": api_rows,
     "streaming": streaming_rows,
+    "gate": gate_rows,
 }
 
 

@@ -24,11 +24,12 @@ from psycopg.types.json import Jsonb
 
 from bench.common import DATASETS, bench_server, fresh_database, percentile, read_jsonl, write_result
 from ingest import store
-from ingest.config import IndexSettings
+from ingest.config import IndexSettings, RetrievalSettings
 from ingest.embedding import get_embedder
 from ingest.store import IndexVersion
 
 NOISE = 0.03
+EF = RetrievalSettings().ef_search  # the default every configuration gets
 FILTER_SHARE = 10  # one row in ten carries {"bucket": 0}
 
 
@@ -96,16 +97,16 @@ def measure(conn: Any, version: IndexVersion, queries: list[str], vectors: np.nd
     lat: dict[str, list[float]] = {"vector": [], "keyword": [], "hybrid": [], "vector_filtered": []}
     recall, recall_filtered = [], []
     for text, vector in zip(queries, vectors, strict=True):
-        hits, ms = timed(store.search_vector, conn, version, vector, 10)
+        hits, ms = timed(store.search_vector, conn, version, vector, 10, ef_search=EF)
         lat["vector"].append(ms)
         exact = store.search_vector(conn, version, vector, 10, exact=True)
         recall.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / 10)
         _, ms = timed(store.search_keyword, conn, version, text, 10)
         lat["keyword"].append(ms)
-        _, ms = timed(store.search_hybrid, conn, version, vector, text, 10)
+        _, ms = timed(store.search_hybrid, conn, version, vector, text, 10, ef_search=EF)
         lat["hybrid"].append(ms)
         flt = {"bucket": 0}
-        hits, ms = timed(store.search_vector, conn, version, vector, 10, metadata=flt)
+        hits, ms = timed(store.search_vector, conn, version, vector, 10, metadata=flt, ef_search=EF)
         lat["vector_filtered"].append(ms)
         exact = store.search_vector(conn, version, vector, 10, metadata=flt, exact=True)
         recall_filtered.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / max(len(exact), 1))

@@ -26,7 +26,7 @@ from ingest.config import LoadedConfig, list_config_names
 from ingest.errors import ConfigError
 from ingest.pipeline import IngestPipeline
 from ingest.runtime import Runtime
-from ingest.store import IndexVersion
+from ingest.store import IndexVersion, chunk_texts
 
 REPORT_FORMAT = 1
 EVAL_COLLECTION = "eval-samples"
@@ -62,15 +62,31 @@ def build_index(rt: Runtime, config: LoadedConfig, samples: Path, pipeline: RagP
     return report.index_version
 
 
-def _rouge_l(answer: str, reference: str) -> float:
+def ragas_scores(answer: str, reference: str, retrieved: list[str], reference_contexts: list[str]) -> dict[str, float]:
+    """ragas' non-LLM metrics: ROUGE-L of the answer, and string-matched context recall and precision."""
     from ragas.dataset_schema import SingleTurnSample
-    from ragas.metrics import RougeScore
+    from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall, RougeScore
 
-    sample = SingleTurnSample(user_input="", response=answer, reference=reference)
-    return float(RougeScore(rouge_type="rougeL", mode="fmeasure").single_turn_score(sample))
+    sample = SingleTurnSample(
+        user_input="", response=answer, reference=reference, retrieved_contexts=retrieved or [""],
+        reference_contexts=reference_contexts or [""],
+    )  # fmt: skip
+    scores = {"rouge_l": float(RougeScore(rouge_type="rougeL", mode="fmeasure").single_turn_score(sample))}
+    if reference_contexts and retrieved:
+        scores["context_recall"] = float(NonLLMContextRecall().single_turn_score(sample))
+        scores["context_precision"] = float(NonLLMContextPrecisionWithReference().single_turn_score(sample))
+    return scores
 
 
-def score_question(q: EvalQuestion, answer: Answer, top_k: int, similarity: float, cost: float) -> dict[str, float]:
+def score_question(
+    q: EvalQuestion,
+    answer: Answer,
+    top_k: int,
+    similarity: float,
+    cost: float,
+    retrieved: list[str] | None = None,
+    reference_contexts: list[str] | None = None,
+) -> dict[str, float]:
     """Every metric that applies to this question's kind."""
     refused = answer.text.strip().startswith(NOT_FOUND_ANSWER)
     metrics: dict[str, float] = {"latency_ms": answer.timings.total_ms, "cost_usd": cost}
@@ -86,7 +102,7 @@ def score_question(q: EvalQuestion, answer: Answer, top_k: int, similarity: floa
         "hit_at_k": hit_at_k(ranked, relevant, top_k),
         "answered": 0.0 if refused else 1.0,
         "semantic_similarity": similarity,
-        "rouge_l": _rouge_l(answer.text, q.reference),
+        **ragas_scores(answer.text, q.reference, retrieved or [], reference_contexts or []),
     }
     if q.kind == "pii":
         metrics["pii_leak"] = 1.0 if any(value in answer.text for value in q.pii) else 0.0
@@ -131,6 +147,8 @@ def run_eval(
         build_seconds = time.perf_counter() - started
         embedder = pipeline.embedder(config)
         top_k = config.config.retrieval.top_k
+        all_sources = sorted({s for q in dataset.questions for s in q.sources})
+        gold_chunks = chunk_texts(rt.conn, index, EVAL_COLLECTION, all_sources)
         results = []
         model = ""
         for q in dataset.questions:
@@ -147,7 +165,11 @@ def run_eval(
                     model, config.config.index.embedding.model, u.prompt_tokens, u.completion_tokens,
                     u.cached_tokens, u.embedding_tokens,
                 )  # fmt: skip
-                runs.append((answer, score_question(q, answer, top_k, float(vectors[0] @ vectors[1]), cost)))
+                retrieved = [p.hit.text for p in prepared.request.passages]
+                reference_contexts = [t for source in q.sources for t in gold_chunks.get(source, [])]
+                similarity = float(vectors[0] @ vectors[1])
+                metrics = score_question(q, answer, top_k, similarity, cost, retrieved, reference_contexts)
+                runs.append((answer, metrics))
             answer = runs[0][0]
             metrics = {name: statistics.fmean(m[name] for _, m in runs) for name in runs[0][1]}
             results.append(

@@ -386,6 +386,23 @@ def copy_chunks(
                 )
 
 
+def chunk_texts(
+    conn: psycopg.Connection, version: IndexVersion, collection: str, sources: Sequence[str]
+) -> dict[str, list[str]]:
+    """The chunk texts of these documents in this version, in order (reference contexts for evals)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT d.source, c.text FROM {} c JOIN documents d ON d.id = c.document_id "
+            "WHERE d.collection = %s AND d.source = ANY(%s) ORDER BY d.source, c.ordinal"
+        ).format(version.table),
+        (collection, list(sources)),
+    ).fetchall()
+    result: dict[str, list[str]] = {}
+    for source, text in rows:
+        result.setdefault(source, []).append(text)
+    return result
+
+
 def delete_documents(conn: psycopg.Connection, document_ids: Sequence[int]) -> int:
     """Delete documents; their chunks in every version go with them (ON DELETE CASCADE)."""
     if not document_ids:

@@ -142,3 +142,18 @@ def test_keys_create_list_revoke_and_usage(database: Database, monkeypatch: pyte
 def test_keys_create_refuses_unknown_scopes(database: Database) -> None:
     result = ragops("keys", "create", "--name", "x", "--scopes", "query,root", database=database, cwd=REPO)
     assert result.returncode == 1 and "unknown: ['root']" in result.stderr
+
+
+def test_serve_creates_and_then_reuses_a_local_demo_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.cli import DEMO_KEY_FILE, ensure_demo_key
+    from ingest.settings import get_settings
+
+    monkeypatch.setenv("RAGOPS_DATA_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    first = ensure_demo_key()
+    again = ensure_demo_key()
+    assert first is not None and first == again
+    assert (tmp_path / "state" / DEMO_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("RAGOPS_AUTH_ENABLED", "false")
+    get_settings.cache_clear()
+    assert ensure_demo_key() is None  # no key when auth is off
