@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
             with database.connect() as conn:
                 if settings.migrate_on_start:
                     migrate(conn)
-            pool = database.pool(settings.db_pool_max)
+            pool = database.pool(settings.db_pool_max, async_commit=True)
             try:
                 pipeline = RagPipeline(settings, catalog, pool)
                 for config in catalog.configs.values():  # every model a config can answer with has a price

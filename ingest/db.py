@@ -121,13 +121,22 @@ class Database:
             raise
         return conn
 
-    def pool(self, max_size: int = 8) -> ConnectionPool:
-        """A connection pool whose connections are configured like :meth:`connect`'s."""
+    def pool(self, max_size: int = 8, *, async_commit: bool = False) -> ConnectionPool:
+        """A connection pool whose connections are configured like :meth:`connect`'s.
+
+        ``async_commit``: commits do not wait for the WAL flush (``synchronous_commit=off``):
+        still atomic and consistent, but a server crash may lose the last fraction of a second.
+        The API's pool uses it for its bookkeeping writes (ledger, budgets), where an fsync per
+        statement would cost more than the request's own database work.
+        """
+        kwargs: dict[str, object] = {"autocommit": True}
+        if async_commit:
+            kwargs["options"] = "-c synchronous_commit=off"
         return ConnectionPool(
             self.url,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs=kwargs,
             configure=configure_connection,
             open=True,
         )

@@ -283,3 +283,16 @@ def test_metrics_move_as_requests_are_made(priced: TestClient) -> None:
     assert value(after, 'ragops_stage_seconds_count{stage="retrieve"}') > value(
         before, 'ragops_stage_seconds_count{stage="retrieve"}'
     )
+
+
+def test_a_monthly_refusal_leaves_no_daily_reservation(priced: TestClient, served_database: Database) -> None:
+    key = new_key(served_database, ["query"], budget_usd_day=100.0, budget_usd_month=0.000001)
+    response = priced.post("/v1/query", json=QUESTION, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 429 and "monthly budget" in response.json()["error"]["message"]
+    with served_database.connect() as conn:
+        rows = conn.execute(
+            "SELECT period, reserved_usd, spent_usd FROM key_spend s JOIN api_keys k ON k.id = s.key_id "
+            "WHERE k.prefix = %s",
+            (key.split("_")[1],),
+        ).fetchall()
+    assert all(reserved == 0 and spent == 0 for _, reserved, spent in rows), rows
