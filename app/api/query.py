@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from app.api.answering import answer_events, complete, prepare
 from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
@@ -68,7 +68,9 @@ def _respond(pipeline: RagPipeline, meter: Meter, question: Question, stream: bo
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     answer = complete(pipeline, prepared, meter)
-    return QueryResponse.of(answer, request_id, meter.entry.cost_usd)
+    # Serialized once here: FastAPI would dump, re-validate and dump the model again (~0.5 ms).
+    body = QueryResponse.of(answer, request_id, meter.entry.cost_usd).model_dump_json()
+    return Response(content=body, media_type="application/json")
 
 
 @router.post("/query", response_model=QueryResponse, responses=ERRORS)
