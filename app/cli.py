@@ -189,6 +189,7 @@ def serve(
             f"  curl -s http://{bind_host}:{bind_port}/v1/query -H 'Authorization: Bearer {demo}' "
             "-H 'content-type: application/json' -d '{\"question\": \"How many PTO days do new employees get?\"}'",
             highlight=False,
+            soft_wrap=True,  # one line, so it can be copied as is
         )
     uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning")
 
