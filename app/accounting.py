@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -225,7 +223,6 @@ class Accountant:
         self.pool = pool
         self.pricing = pricing
         self.auth_enabled = auth_enabled
-        self._lock = threading.Lock()
 
     def cost(self, entry: LedgerEntry, embedding_model: str) -> float:
         """USD for the tokens an entry records (0 when no model answered)."""
@@ -244,7 +241,3 @@ class Accountant:
         except (psycopg.Error, OSError) as exc:
             log.error("ledger write failed for request %s: %s", entry.request_id, type(exc).__name__)
 
-
-def elapsed_ms(since: float) -> float:
-    """Milliseconds since a perf_counter reading."""
-    return (time.perf_counter() - since) * 1000

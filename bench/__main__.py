@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
+
+# benchmark name -> module in bench/ with a main(argv) function
+MODULES = {
+    "ingest": "ingest_bench",
+    "quality": "retrieval_quality",
+    "latency": "retrieval_latency",
+    "api": "api_latency",
+    "streaming": "streaming",
+    "gate": "gate",
+    "report": "report",
+}
 
 
 def main() -> None:
     name, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if name == "ingest":
-        from bench import ingest_bench
-
-        ingest_bench.main(args)
-    elif name == "quality":
-        from bench import retrieval_quality
-
-        retrieval_quality.main(args)
-    elif name == "latency":
-        from bench import retrieval_latency
-
-        retrieval_latency.main(args)
-    elif name == "api":
-        from bench import api_latency
-
-        api_latency.main(args)
-    elif name == "streaming":
-        from bench import streaming
-
-        streaming.main(args)
-    elif name == "gate":
-        from bench import gate
-
-        gate.main(args)
-    elif name == "report":
-        from bench import report
-
-        report.main(args)
-    else:
-        sys.exit("usage: python -m bench ingest|quality|latency|api|streaming|gate|report [options]")
+    if name not in MODULES:
+        sys.exit(f"usage: python -m bench {'|'.join(MODULES)} [options]")
+    importlib.import_module(f"bench.{MODULES[name]}").main(args)
 
 
 if __name__ == "__main__":
