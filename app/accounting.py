@@ -240,4 +240,3 @@ class Accountant:
                 write_ledger(conn, entry)
         except (psycopg.Error, OSError) as exc:
             log.error("ledger write failed for request %s: %s", entry.request_id, type(exc).__name__)
-
