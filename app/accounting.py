@@ -76,7 +76,7 @@ class LedgerEntry:
     embedding_tokens: int = 0
     cost_usd: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
-    pii_counts: dict[str, int] = field(default_factory=dict)
+    pii_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> entity type -> count
 
 
 def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:

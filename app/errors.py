@@ -39,11 +39,23 @@ class GenerationTimeout(GeneratorUnavailable):
     """The model server did not answer within the configured timeout (503)."""
 
 
+class PiiBlocked(BadRequest):
+    """The caller sent personal data of a type the policy blocks (422); names the types, never values."""
+
+    def __init__(self, entity_types: list[str], counts: dict[str, dict[str, int]]) -> None:
+        super().__init__(
+            f"the request contains personal data this service does not accept: {', '.join(entity_types)}",
+            field="question",
+        )
+        self.entity_types = entity_types
+        self.counts = counts
+
+
 def http_status(exc: BaseException) -> int:
     """The HTTP status of an error: the one mapping, used by handlers and the ledger."""
     from app.accounting import BudgetExceeded, RateLimited
     from app.keys import AuthError, ScopeError
-    from ingest.errors import ConfigError, DatabaseError
+    from ingest.errors import ConfigError, DatabaseError, PiiUnavailable
 
     # Most specific first: the first matching class decides.
     table: list[tuple[type[BaseException], int]] = [
@@ -52,6 +64,7 @@ def http_status(exc: BaseException) -> int:
         (BudgetExceeded, 429),
         (RateLimited, 429),
         (PromptTooLong, 422),
+        (PiiUnavailable, 503),
         (GeneratorUnavailable, 503),
         (GenerationError, 502),
         (BadRequest, 422),

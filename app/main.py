@@ -17,13 +17,13 @@ from starlette.background import BackgroundTask
 from app.accounting import Accountant, BudgetExceeded, LedgerEntry, RateLimited
 from app.api import openai_compat, query, system, usage
 from app.catalog import Catalog
-from app.errors import GenerationError, GeneratorUnavailable, http_status
+from app.errors import GenerationError, GeneratorUnavailable, PiiBlocked, http_status
 from app.metering import Meter
 from app.metrics import Metrics
 from app.pricing import load_pricing
 from app.rag import RagPipeline
 from ingest.db import Database
-from ingest.errors import RagopsError
+from ingest.errors import PiiUnavailable, RagopsError
 from ingest.migrations import migrate
 from ingest.settings import Settings, get_settings
 
@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
                 pipeline = RagPipeline(settings, catalog, pool)
                 for config in catalog.configs.values():  # every model a config can answer with has a price
                     pricing.model(pipeline.generator(config).model_for_config(config))
-                pipeline.embedder(catalog.config(None))  # load the model now, not on the first request
+                pipeline.embedder(catalog.config(None))  # load the models now, not on the first request
+                for config in catalog.configs.values():
+                    pipeline.pii_engine(config)
                 app.state.pipeline = pipeline
                 app.state.accountant = Accountant(pool, pricing, auth_enabled=settings.auth_enabled and metering)
                 app.state.metrics = metrics
@@ -112,6 +114,12 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
             metrics.rate_limited.inc()
         elif isinstance(exc, GenerationError):
             metrics.generator_errors.labels(type(exc).__name__).inc()
+        elif isinstance(exc, PiiBlocked):
+            metrics.pii_blocked.inc()
+            if meter is not None:
+                meter.entry.pii_counts = exc.counts
+        elif isinstance(exc, PiiUnavailable) and (meter is None or meter.pii is None):
+            metrics.pii_failures.inc()  # failed before the meter saw the request's PII session
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,7 +136,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         failed(request, exc, status)
         response = error_response(status, str(exc), type(exc).__name__, getattr(exc, "field", None))
         retry_after = getattr(exc, "retry_after_s", None)
-        if isinstance(exc, GeneratorUnavailable | BudgetExceeded | RateLimited) and retry_after:
+        if isinstance(exc, GeneratorUnavailable | BudgetExceeded | RateLimited | PiiUnavailable) and retry_after:
             response.headers["Retry-After"] = str(retry_after)
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"

@@ -13,6 +13,7 @@ from app.accounting import Accountant, LedgerEntry, Reservation, add_rate_tokens
 from app.generators.base import count_prompt_tokens
 from app.keys import ApiKey
 from app.metrics import Metrics
+from app.pii import PiiSession
 from app.rag import Answer, Prepared
 from ingest.tokens import count_tokens
 
@@ -26,6 +27,7 @@ class Meter:
     entry: LedgerEntry
     started: float = field(default_factory=time.perf_counter)
     key: ApiKey | None = None
+    pii: PiiSession | None = None
     reservation: Reservation | None = None
     embedding_model: str = ""
     streaming: bool = False
@@ -39,6 +41,9 @@ class Meter:
             prepared.config.version, prepared.prompt.version, prepared.index.name,
         )  # fmt: skip
         e.embedding_tokens = prepared.embedding_tokens
+        self.pii = prepared.pii
+        if prepared.pii.active:
+            e.latency_ms["pii"] = prepared.timings.pii_ms
         e.latency_ms["embed"] = prepared.timings.embed_ms
         e.latency_ms["retrieve"] = prepared.timings.retrieve_ms
         self.embedding_model = prepared.config.config.index.embedding.model
@@ -100,6 +105,8 @@ class Meter:
         self.recorded = True
         e = self.entry
         e.status = status
+        if self.pii is not None:
+            e.pii_counts = self.pii.report()
         e.latency_ms["total"] = (time.perf_counter() - self.started) * 1000
         if not e.cost_usd and e.model:
             try:
@@ -110,7 +117,12 @@ class Meter:
         m = self.metrics
         m.requests.labels(e.route, str(status)).inc()
         m.latency.labels(e.route).observe(e.latency_ms["total"] / 1000)
-        for stage in ("auth", "embed", "retrieve", "ttft", "generate"):
+        for stage, counts in e.pii_counts.items():
+            for entity_type, n in counts.items():
+                m.pii_detections.labels(entity_type, stage).inc(n)
+        if self.pii is not None and self.pii.failures:
+            m.pii_failures.inc(self.pii.failures)
+        for stage in ("auth", "pii", "embed", "retrieve", "ttft", "generate"):
             if stage in e.latency_ms:
                 m.stage.labels(stage).observe(e.latency_ms[stage] / 1000)
         if e.model:

@@ -24,7 +24,13 @@ class Metrics:
         self.cost = Counter("ragops_cost_usd", "Cost in USD by model.", ["model"], registry=r)
         self.budget_rejections = Counter("ragops_budget_rejections", "Requests refused by budgets.", registry=r)
         self.rate_limited = Counter("ragops_rate_limited", "Requests refused by rate limits.", registry=r)
-        self.pii_detections = Counter("ragops_pii_detections", "PII entities found, by type.", ["type"], registry=r)
+        self.pii_detections = Counter(
+            "ragops_pii_detections", "PII entities filtered, by type and stage.", ["type", "stage"], registry=r
+        )
+        self.pii_blocked = Counter("ragops_pii_blocked", "Requests refused for blocked PII types.", registry=r)
+        self.pii_failures = Counter(
+            "ragops_pii_failures", "PII filter errors and timeouts (requests failed closed).", registry=r
+        )
         self.retrieval_empty = Counter("ragops_retrieval_empty", "Questions that retrieved nothing.", registry=r)
         self.retrievals = Counter("ragops_retrievals", "Questions that ran retrieval.", registry=r)
         self.generator_errors = Counter("ragops_generator_errors", "Generator failures by kind.", ["kind"], registry=r)

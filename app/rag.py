@@ -6,6 +6,7 @@ production serves. Retrieval finishes before the first byte of a streamed answer
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +20,12 @@ from app.errors import BadRequest
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, Usage
 from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
+from app.pii import PiiSession, without_placeholders
 from app.prompts import Prompt
 from app.retrieval import RetrievalQuery, active_version, search
 from ingest.config import LoadedConfig
 from ingest.embedding import Embedder, get_embedder
+from ingest.pii import PiiEngine, get_pii_engine
 from ingest.settings import Settings
 from ingest.store import IndexVersion, get_index_version
 from ingest.tokens import count_tokens
@@ -88,6 +91,7 @@ class Timings:
     generate_ms: float = 0.0
     ttft_ms: float | None = None
     total_ms: float = 0.0
+    pii_ms: float = 0.0  # question and context filtering (output filtering is part of generate)
 
 
 @dataclass
@@ -103,7 +107,11 @@ class Prepared:
     generator: Generator
     embedding_tokens: int
     timings: Timings
+    pii: PiiSession
     started: float = field(default_factory=time.perf_counter)
+    # Raw model output so far, in memory only: what a failed or abandoned stream is billed for,
+    # including text the PII filter was still holding back.
+    generated: list[str] = field(default_factory=list)
 
     @property
     def generator_model(self) -> str:
@@ -146,6 +154,7 @@ class Answer:
     versions: Versions
     timings: Timings
     finish_reason: str = "stop"
+    pii: dict[str, dict[str, int]] = field(default_factory=dict)  # entities filtered, per stage and type
 
 
 @dataclass(frozen=True)
@@ -173,11 +182,15 @@ def format_context(citations: list[Citation], texts: list[str]) -> str:
 
 
 def retrieval_text(question: Question) -> str:
-    """The latest user turn, plus the previous one when the latest is a short follow-up."""
-    if len(question.text.split()) >= _FOLLOW_UP_WORDS:
-        return question.text
-    previous = [t.content for t in question.history if t.role == "user"]
-    return f"{previous[-1]}\n{question.text}" if previous else question.text
+    """The latest user turn, plus the previous one when the latest is a short follow-up.
+
+    PII placeholders are left out: ``<PERSON_1>`` would only pull the query vector off topic.
+    """
+    text = without_placeholders(question.text)
+    if len(text.split()) >= _FOLLOW_UP_WORDS:
+        return text
+    previous = [without_placeholders(t.content) for t in question.history if t.role == "user"]
+    return f"{previous[-1]}\n{text}" if previous else text
 
 
 class RagPipeline:
@@ -193,6 +206,11 @@ class RagPipeline:
     def embedder(self, config: LoadedConfig) -> Embedder:
         """The embedder of a configuration's index settings (loaded once per process)."""
         return get_embedder(config.config.index.embedding)
+
+    def pii_engine(self, config: LoadedConfig) -> PiiEngine | None:
+        """The PII engine a configuration's policy needs (loaded once per process), or None when off."""
+        policy = config.config.pii
+        return get_pii_engine(policy.nlp_model) if policy.enabled else None
 
     def generator(self, config: LoadedConfig) -> Generator:
         """The generator a configuration asks for, built once."""
@@ -239,6 +257,15 @@ class RagPipeline:
         prompt = self.catalog.prompt_for(config)
         generator = self.generator(config)
         timings = Timings()
+        pii = PiiSession(self.pii_engine(config), settings.pii)
+        if pii.applies("question"):  # before retrieval and before the model; blocked types raise here
+            t0 = time.perf_counter()
+            question = dataclasses.replace(
+                question,
+                text=pii.filter_question(question.text),
+                history=tuple(Turn(t.role, pii.filter_question(t.content)) for t in question.history),
+            )
+            timings.pii_ms += (time.perf_counter() - t0) * 1000
         query_text = retrieval_text(question)
         vector = None
         embedding_tokens = 0
@@ -263,6 +290,10 @@ class RagPipeline:
         texts: list[str] = []
         passages: list[Passage] = []
         budget = settings.generation.context_tokens
+        if pii.applies("context"):
+            t0 = time.perf_counter()
+            hits = [dataclasses.replace(hit, text=pii.filter_context(hit.text)) for hit in hits]
+            timings.pii_ms += (time.perf_counter() - t0) * 1000
         for hit in hits:  # best first, until the context budget is spent
             cost = count_tokens(hit.text) + 24  # the <document> wrapper
             if cost > budget:
@@ -288,7 +319,7 @@ class RagPipeline:
         history = [{"role": t.role, "content": t.content} for t in question.history if t.role != "system"]
         messages = [rendered[0], *history, *rendered[1:]]
         request = GenerationRequest(
-            question=question.text,
+            question=without_placeholders(question.text),
             messages=messages,
             passages=passages,
             model=settings.generation.model,
@@ -305,20 +336,32 @@ class RagPipeline:
             generator=generator,
             embedding_tokens=embedding_tokens,
             timings=timings,
+            pii=pii,
             started=started,
         )
 
-    def stream(self, prepared: Prepared) -> Iterator[AnswerDelta | AnswerDone]:
-        """Generate, yielding deltas, then the complete :class:`Answer`."""
+    def stream(self, prepared: Prepared, *, incremental: bool = True) -> Iterator[AnswerDelta | AnswerDone]:
+        """Generate, yielding filtered deltas, then the complete :class:`Answer`.
+
+        ``incremental=False`` (nobody reads the deltas) filters the output once, at the end.
+        """
         t0 = time.perf_counter()
         parts: list[str] = []
+        output = prepared.pii.stream(incremental=incremental)
         for event in prepared.generator.stream(prepared.request):
             if isinstance(event, Delta):
+                prepared.generated.append(event.text)
+                text = output.feed(event.text)
+            elif isinstance(event, Finished):
+                text = output.flush()
+            else:
+                continue
+            if text:
                 if prepared.timings.ttft_ms is None:
                     prepared.timings.ttft_ms = (time.perf_counter() - prepared.started) * 1000
-                parts.append(event.text)
-                yield AnswerDelta(event.text)
-            elif isinstance(event, Finished):
+                parts.append(text)
+                yield AnswerDelta(text)
+            if isinstance(event, Finished):
                 yield AnswerDone(
                     self._answer(prepared, "".join(parts), event.usage, event.model, event.finish_reason, t0)
                 )
@@ -326,7 +369,7 @@ class RagPipeline:
     def answer(self, question: Question) -> Answer:
         """Prepare and generate a whole answer."""
         prepared = self.prepare(question)
-        for event in self.stream(prepared):
+        for event in self.stream(prepared, incremental=False):
             if isinstance(event, AnswerDone):
                 return event.answer
         raise RuntimeError("generation ended without an answer")
@@ -348,4 +391,5 @@ class RagPipeline:
             versions=prepared.versions(model),
             timings=prepared.timings,
             finish_reason=finish_reason,
+            pii=prepared.pii.report(),
         )

@@ -154,6 +154,37 @@ def gate_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def pii_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for PII detection quality and filtering overhead."""
+    d = r["detection"]
+    per_type = d["per_type"]
+    pattern = ", ".join(
+        f"{t} {per_type[t]['recall']:.2f}"
+        for t in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "EMPLOYEE_ID")
+        if t in per_type
+    )
+    rows = [
+        (
+            f"PII recall on evals/datasets/pii.jsonl ({d['texts']} texts)",
+            f"{pattern}; PERSON {per_type['PERSON']['recall']:.2f}, LOCATION {per_type['LOCATION']['recall']:.2f}",
+            "target >= 0.95 pattern types, >= 0.80 PERSON",
+        ),
+        ("PII precision, all types", f"{d['precision']:.3f}", "target >= 0.90"),
+    ]
+    if "overhead" in r:
+        o = r["overhead"]
+        rows.append(
+            (
+                f"PII filtering on /v1/query ({o['question_tokens']}-token question, "
+                f"{o['answer_tokens_median']:.0f}-token answer)",
+                f"p50 {o['pii_on_p50_ms']:.1f} ms on vs {o['pii_off_p50_ms']:.1f} ms off "
+                f"(median of {o['rounds']} interleaved rounds)",
+                f"+{o['added_p50_ms']:.1f} ms (target <= 30 ms)",
+            )
+        )
+    return rows
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "quality": quality_rows,
@@ -161,6 +192,7 @@ RENDERERS = {
     "api": api_rows,
     "streaming": streaming_rows,
     "gate": gate_rows,
+    "pii": pii_rows,
 }
 
 

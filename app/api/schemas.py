@@ -102,6 +102,11 @@ class TimingsOut(BaseModel):
     generate_ms: float
     ttft_ms: float | None
     total_ms: float
+    pii_ms: float = Field(default=0.0, description="Filtering the question and context (0 when off).")
+
+
+PiiCounts = dict[str, dict[str, int]]
+PII_DESCRIPTION = "Personal data filtered, per stage (question, context, answer) and entity type: counts, no values."
 
 
 class QueryResponse(BaseModel):
@@ -112,6 +117,7 @@ class QueryResponse(BaseModel):
     usage: UsageOut
     versions: VersionsOut
     timings: TimingsOut
+    pii: PiiCounts = Field(default_factory=dict, description=PII_DESCRIPTION)
     request_id: str
 
     @classmethod
@@ -123,6 +129,7 @@ class QueryResponse(BaseModel):
             usage=usage_out(answer, cost_usd),
             versions=VersionsOut(**answer.versions.__dict__),
             timings=TimingsOut(**answer.timings.__dict__),
+            pii=answer.pii,
             request_id=request_id,
         )
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -21,6 +20,7 @@ from app.main import create_app
 from ingest.db import Database
 from tests.app.conftest import authed, make_settings
 from tests.conftest import REPO
+from tests.utils.ledger import ledger_row
 from tests.utils.server import serve_in_thread
 
 QUESTION = {"question": "How many PTO days do new employees get in their first year?"}
@@ -58,16 +58,6 @@ def priced(priced_app: Any, api_key: str) -> Iterator[TestClient]:
 def new_key(database: Database, scopes: list[str], **limits: Any) -> str:
     with database.connect() as conn:
         return create_key(conn, f"k-{time.monotonic_ns()}", scopes, **limits)[1]
-
-
-def ledger_row(database: Database, request_id: str, wait_s: float = 0.0) -> dict[str, Any] | None:
-    deadline = time.monotonic() + wait_s
-    while True:
-        with database.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            row = cur.execute("SELECT * FROM ledger WHERE request_id = %s", (request_id,)).fetchone()
-        if row is not None or time.monotonic() >= deadline:
-            return row
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +166,7 @@ def test_a_client_that_disconnects_mid_stream_is_recorded_with_partial_tokens(
     priced_app: Any, priced: TestClient, served_database: Database, api_key: str
 ) -> None:
     pipeline = priced_app.state.pipeline  # the lifespan runs in the `priced` client
+    full = priced.post("/v1/query", json=QUESTION).json()["usage"]["completion_tokens"]
     config = pipeline.catalog.config(None)
     real = pipeline.generator(config)
     pipeline._generators[f"extractive:{config.name}"] = SlowGenerator(real)
@@ -193,7 +184,8 @@ def test_a_client_that_disconnects_mid_stream_is_recorded_with_partial_tokens(
             pipeline._generators[f"extractive:{config.name}"] = real
     assert row is not None
     assert row["status"] == 499 and row["error_kind"] == "client_disconnected"
-    assert 1 <= row["completion_tokens"] < 20  # the tokens actually sent, not the whole answer
+    # The tokens generated until the hang-up (some still held back by the PII filter), not the whole answer.
+    assert 1 <= row["completion_tokens"] < full
     assert float(row["cost_usd"]) == 0  # this pricing charges prompts only... and no Finished usage arrived
 
 

@@ -68,7 +68,7 @@ def test_streaming_sends_citations_then_deltas_then_usage_then_done(client: Test
         frames = parse_sse(response.read().decode())
     events = [e for e, _ in frames]
     assert events[0] == "citations" and events[-2:] == ["usage", "done"]
-    assert set(events[1:-2]) == {"delta"} and len(events) > 4
+    assert set(events[1:-2]) == {"delta"} and len(events) >= 4  # short answers leave the PII filter whole
     text = "".join(json.loads(d)["text"] for e, d in frames if e == "delta")
     plain = client.post("/v1/query", json={"question": payload["question"]}).json()
     assert text == plain["answer"]  # deterministic, same as non-streamed

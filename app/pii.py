@@ -1,0 +1,214 @@
+"""One request's PII filtering: the question on the way in, context and answer on the way out.
+
+A :class:`PiiSession` lives for one request, so a pseudonym (``<PERSON_1>``) means the same
+value everywhere in it, and the caller's own values can be restored in the answer returned to
+that caller. Streams pass through :class:`StreamFilter`, which holds back a window of text so
+that no unfiltered character leaves even when an entity straddles two deltas.
+
+Counts per stage and entity type are kept for the response, the ledger and the metrics;
+values never are.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from typing import Literal
+
+from app.errors import PiiBlocked
+from ingest.config import PiiSettings
+from ingest.errors import PiiUnavailable
+from ingest.pii import PiiEngine, PiiSpan, mask, replace_spans
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["question", "context", "answer"]
+# Placeholders this filter writes: never re-detected, restorable, never cut in two by a stream.
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*?(?:_\d+)?>")
+_OPEN_PLACEHOLDER = re.compile(r"<[A-Z0-9_]*$")
+# Text already let out that is analyzed again with the next piece, for the NER model's context.
+_LEFT_CONTEXT_CHARS = 120
+
+
+def without_placeholders(text: str) -> str:
+    """Text for matching (embeddings, sentence scoring): placeholders carry no meaning there."""
+    return " ".join(PLACEHOLDER.sub(" ", text).split()) if "<" in text else text
+
+
+class PiiSession:
+    """The PII filter of one request (a no-op when the policy is off or the engine absent)."""
+
+    def __init__(self, engine: PiiEngine | None, policy: PiiSettings) -> None:
+        self.engine = engine if policy.enabled else None
+        self.policy = policy
+        self.counts: dict[str, Counter[str]] = {}
+        self.failures = 0
+        self._pseudonyms: dict[tuple[str, str], str] = {}  # (type, value) -> <TYPE_n>
+        self._originals: dict[str, str] = {}  # <TYPE_n> -> the caller's value
+        self._per_type: Counter[str] = Counter()
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is filtered at all."""
+        return self.engine is not None
+
+    def applies(self, stage: Stage) -> bool:
+        """Whether the policy filters this stage."""
+        return self.active and bool(getattr(self.policy.apply_to, stage))
+
+    def report(self) -> dict[str, dict[str, int]]:
+        """Entities filtered, per stage and type (no values)."""
+        return {stage: dict(sorted(c.items())) for stage, c in self.counts.items() if c}
+
+    def filter_question(self, text: str) -> str:
+        """Filter caller input; raises :class:`PiiBlocked` naming the blocked types found."""
+        if not self.applies("question"):
+            return text
+        spans = self._analyze(text)
+        if spans is None:
+            return text
+        blocked = sorted({s.entity_type for s in spans if self.policy.entities.get(s.entity_type) == "block"})
+        self._count("question", spans)
+        if blocked:
+            raise PiiBlocked(blocked, self.report())
+        return self._replace(text, spans, caller=True)
+
+    def filter_context(self, text: str) -> str:
+        """Filter a retrieved chunk before it reaches the prompt (``block`` redacts here)."""
+        if not self.applies("context"):
+            return text
+        spans = self._analyze(text)
+        if spans is None:
+            return text
+        self._count("context", spans)
+        return self._replace(text, spans, caller=False)
+
+    def filter_answer(self, text: str) -> str:
+        """Filter a whole model output, then give the caller back their own pseudonymized values."""
+        if not self.applies("answer"):
+            return text
+        spans = self.answer_spans(text)
+        return text if spans is None else self.redact_answer(text, spans)
+
+    def answer_spans(self, text: str) -> list[PiiSpan] | None:
+        """Entities in model output (None: the filter failed and the policy lets text pass)."""
+        return self._analyze(text)
+
+    def redact_answer(self, text: str, spans: list[PiiSpan]) -> str:
+        """Apply spans found by :meth:`answer_spans` to (a prefix of) the analyzed text; count them."""
+        self._count("answer", spans)
+        return self.restore(self._replace(text, spans, caller=False))
+
+    def restore(self, text: str) -> str:
+        """Pseudonyms of the caller's own values back to the values, when the policy allows."""
+        if not self.policy.restore_pseudonyms or not self._originals:
+            return text
+        return PLACEHOLDER.sub(lambda m: self._originals.get(m.group(0), m.group(0)), text)
+
+    def stream(self, *, incremental: bool = True) -> StreamFilter:
+        """A filter for generated deltas (``incremental=False``: filter once, at the end)."""
+        return StreamFilter(self, incremental=incremental and self.applies("answer"))
+
+    def _analyze(self, text: str) -> list[PiiSpan] | None:
+        """Spans outside our own placeholders; None when the filter failed and may pass."""
+        assert self.engine is not None
+        try:
+            spans = self.engine.analyze(text, self.policy)
+        except PiiUnavailable:
+            self.failures += 1
+            if self.policy.on_error == "fail":
+                raise
+            log.warning("PII filter failed; text passed unfiltered because pii.on_error is 'pass'")
+            return None
+        placeholders = [(m.start(), m.end()) for m in PLACEHOLDER.finditer(text)]
+        return [s for s in spans if not any(s.start < end and start < s.end for start, end in placeholders)]
+
+    def _count(self, stage: Stage, spans: list[PiiSpan]) -> None:
+        counter = self.counts.setdefault(stage, Counter())
+        counter.update(s.entity_type for s in spans)
+
+    def _replace(self, text: str, spans: list[PiiSpan], *, caller: bool) -> str:
+        def replacement(entity_type: str, value: str) -> str:
+            action = self.policy.entities.get(entity_type, "redact")
+            if action == "mask":
+                return mask(value)
+            if action == "pseudonymize":
+                return self._pseudonym(entity_type, value, caller=caller)
+            return f"<{entity_type}>"
+
+        return replace_spans(text, spans, replacement)
+
+    def _pseudonym(self, entity_type: str, value: str, *, caller: bool) -> str:
+        key = (entity_type, value.strip().casefold())
+        placeholder = self._pseudonyms.get(key)
+        if placeholder is None:
+            self._per_type[entity_type] += 1
+            placeholder = f"<{entity_type}_{self._per_type[entity_type]}>"
+            self._pseudonyms[key] = placeholder
+        if caller:  # only what the caller sent may be given back to the caller
+            self._originals.setdefault(placeholder, value)
+        return placeholder
+
+
+class StreamFilter:
+    """Filters streamed text: releases only what can no longer be part of an unseen entity.
+
+    After each delta, everything but the last ``window`` characters is analyzed (with some
+    already-released text before it as context) and released, cut at a word boundary and never
+    inside a detected entity or a placeholder. An entity still being written ends inside the
+    held-back window as long as the window is longer than the entity, so it is seen whole later.
+    """
+
+    def __init__(self, session: PiiSession, *, incremental: bool = True) -> None:
+        self.session = session
+        self.incremental = incremental
+        self.window = session.policy.stream_window_chars
+        self._pending = ""
+        self._released = ""  # raw text already let out, kept short: context for the next analysis
+
+    def feed(self, delta: str) -> str:
+        """Take a delta; return the text that may be sent now (often empty)."""
+        if not self.session.applies("answer"):
+            return delta
+        self._pending += delta
+        # Analyze once at least half a window of new text can go: fewer analyses, a little more latency.
+        if not self.incremental or len(self._pending) < self.window + self.window // 2:
+            return ""
+        cut = self._cut_point(len(self._pending) - self.window)
+        if cut <= 0:
+            return ""
+        return self._release(cut)
+
+    def flush(self) -> str:
+        """The end of the stream: filter and return whatever is held back."""
+        if not self.session.applies("answer"):
+            return ""
+        return self._release(len(self._pending)) if self._pending else ""
+
+    def _cut_point(self, limit: int) -> int:
+        text = self._pending
+        cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit)) + 1  # after a whitespace
+        opened = _OPEN_PLACEHOLDER.search(text, 0, cut)
+        if opened is not None:
+            cut = opened.start()
+        return cut
+
+    def _release(self, cut: int) -> str:
+        # Analyze everything pending (plus released context), so an entity crossing the cut is seen whole.
+        context = self._released[-_LEFT_CONTEXT_CHARS:]
+        found = self.session.answer_spans(context + self._pending)
+        offset = len(context)
+        spans = [
+            PiiSpan(s.entity_type, max(s.start - offset, 0), s.end - offset, s.score)
+            for s in (found or [])
+            if s.end > offset
+        ]
+        straddling = [s.start for s in spans if s.start < cut < s.end]
+        if straddling:
+            cut = min(straddling)
+        piece = self._pending[:cut]
+        released = self.session.redact_answer(piece, [s for s in spans if s.end <= cut]) if found is not None else piece
+        self._released = (self._released + piece)[-_LEFT_CONTEXT_CHARS:]
+        self._pending = self._pending[cut:]
+        return released

@@ -1,0 +1,126 @@
+"""PII filtering: detection quality on the labelled set, and its latency cost on ``/v1/query``.
+
+Overhead: one server, two configurations that differ only in ``pii.enabled``, asked the same
+~30-token question (a name, an e-mail address and a phone number in it) in interleaved rounds;
+the extractive generator is allowed enough sentences for a ~150-token answer, and the measured
+token counts are reported next to the times.
+
+    python -m bench pii [--rounds 7 --requests 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import SecretStr
+
+from app.keys import create_key
+from app.main import create_app
+from bench.common import bench_server, fresh_database, median, percentile, write_result
+from evals.pii import load_pii_set, score_detection
+from ingest.config import load_config
+from ingest.embedding import get_embedder
+from ingest.pii import get_pii_engine
+from ingest.pipeline import IngestPipeline
+from ingest.settings import Settings
+from ingest.tokens import count_tokens
+from tests.utils.server import free_port, serve_in_thread  # the tests' loopback server, reused
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTION = (
+    "Hi, this is Corinne Abelard (corinne.abelard@example.org, 312-555-0147): how do I book travel, "
+    "and which hotel rates may I pay?"
+)
+
+
+def detection() -> dict[str, Any]:
+    """Recall and precision per type on evals/datasets/pii.jsonl (LOCATION on, to score it too)."""
+    pii = load_config("default", ROOT / "configs").config.pii
+    policy = pii.model_copy(update={"entities": {**pii.entities, "LOCATION": "redact"}})
+    return score_detection(get_pii_engine(), policy, load_pii_set(ROOT / "evals/datasets/pii.jsonl")).as_dict()
+
+
+def configs_folder() -> Path:
+    """default.yaml twice, with PII on and off, both allowed a long extractive answer."""
+    folder = Path(tempfile.mkdtemp(prefix="ragops-pii-bench-"))
+    shutil.copy(ROOT / "configs" / "pricing.yaml", folder / "pricing.yaml")
+    raw = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    raw["generation"]["extractive"].update(max_sentences=8, min_relevance=0.0)
+    (folder / "default.yaml").write_text(yaml.safe_dump(raw))
+    raw["pii"]["enabled"] = False
+    (folder / "nopii.yaml").write_text(yaml.safe_dump(raw))
+    return folder
+
+
+def timed(client: httpx.Client, url: str, config: str, n: int) -> tuple[list[float], list[dict[str, Any]]]:
+    times, bodies = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        response = client.post(f"{url}/v1/query", json={"question": QUESTION, "config": config})
+        times.append((time.perf_counter() - t0) * 1000)
+        response.raise_for_status()
+        bodies.append(response.json())
+    return times, bodies
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench pii")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=30, help="per configuration and round")
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {"detection": detection()}
+    print(json.dumps(result["detection"]), flush=True)
+    folder = configs_folder()
+    config = load_config("default", folder)
+    try:
+        with bench_server() as admin_uri:
+            database = fresh_database(admin_uri, "pii_bench")
+            with database.connect() as conn:
+                IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
+                key = create_key(conn, "bench", ["query"])[1]
+            settings = Settings(
+                database_url=SecretStr(database.url), configs_dir=folder, prompts_dir=ROOT / "prompts",
+                vllm_url=None, port=free_port(),
+            )  # fmt: skip
+            app = create_app(settings)
+            headers = {"Authorization": f"Bearer {key}"}
+            with serve_in_thread(app) as url, httpx.Client(timeout=60, headers=headers) as client:
+                timed(client, url, "default", 5)  # warm-up
+                timed(client, url, "nopii", 5)
+                on_p50, off_p50, bodies = [], [], []
+                for _ in range(args.rounds):  # interleaved: both see the same machine state
+                    on, on_bodies = timed(client, url, "default", args.requests)
+                    off, _ = timed(client, url, "nopii", args.requests)
+                    on_p50.append(percentile(on, 50))
+                    off_p50.append(percentile(off, 50))
+                    bodies.extend(on_bodies)
+        answer_tokens = [b["usage"]["completion_tokens"] for b in bodies]
+        result["overhead"] = {
+            "question_tokens": count_tokens(QUESTION),
+            "answer_tokens_median": median([float(t) for t in answer_tokens]),
+            "pii_on_p50_ms": round(median(on_p50), 2),
+            "pii_off_p50_ms": round(median(off_p50), 2),
+            "added_p50_ms": round(median([a - b for a, b in zip(on_p50, off_p50, strict=True)]), 2),
+            "question_filter_p50_ms": round(percentile([b["timings"]["pii_ms"] for b in bodies], 50), 2),
+            "filtered": bodies[-1]["pii"],
+            "rounds": args.rounds,
+            "requests_per_round": args.requests,
+        }
+        print(json.dumps(result["overhead"]), flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    path = write_result("pii", result)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
