@@ -167,9 +167,14 @@ def format_context(citations: list[Citation], texts: list[str]) -> str:
     blocks = []
     for citation, text in zip(citations, texts, strict=True):
         safe = text.replace("</document", "&lt;/document").replace("<document", "&lt;document")
-        title = citation.title.replace('"', "'")
-        blocks.append(f'<document n="{citation.n}" source="{citation.source}" title="{title}">\n{safe}\n</document>')
+        source, title = _attribute(citation.source), _attribute(citation.title)
+        blocks.append(f'<document n="{citation.n}" source="{source}" title="{title}">\n{safe}\n</document>')
     return "\n".join(blocks)
+
+
+def _attribute(value: str) -> str:
+    """A file name or title inside an attribute: it cannot close the attribute or open a tag."""
+    return value.replace('"', "'").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
 
 
 def has_nul(value: Any) -> bool:
