@@ -13,6 +13,7 @@ MODULES = {
     "api": "api_latency",
     "streaming": "streaming",
     "gate": "gate",
+    "load": "load",
     "report": "report",
 }
 

@@ -86,13 +86,20 @@ def get_json(url: str, timeout: float) -> dict[str, object]:
         return dict(json.loads(response.read()))
 
 
-def test_llm_serve_starts_a_real_vllm_that_answers(tmp_path: Path) -> None:
-    """Integration tier: the CPU build of vLLM (scripts/vllm_venv.sh) serving the tiny random Llama."""
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """The vLLM venv's interpreter (module scope: found before per-test settings isolation drops RAGOPS_*)."""
     python = find_vllm_python()
     if python is None:
         if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
             pytest.fail("vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)")
         pytest.skip("vLLM venv missing: run scripts/vllm_venv.sh")
+    return python
+
+
+def test_llm_serve_starts_a_real_vllm_that_answers(tmp_path: Path, vllm_python: Path) -> None:
+    """Integration tier: the CPU build of vLLM (scripts/vllm_venv.sh) serving the tiny random Llama."""
+    python = vllm_python
     model = write_tiny_llama(tmp_path / "tiny")
     configs = write_configs(tmp_path / "configs", str(model))
     port = free_port()
