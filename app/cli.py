@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.model_server import llm_app
 from ingest import cli as ingest_cli
 from ingest.errors import RagopsError
 from ingest.settings import get_settings
@@ -28,6 +29,7 @@ config_app = typer.Typer(help="Check configurations and prompts.", no_args_is_he
 app.add_typer(config_app, name="config")
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(llm_app, name="llm")
 DEMO_KEY_FILE = "demo-api-key"
 out = Console()
 
@@ -176,9 +178,11 @@ def serve(
 
     from app.catalog import Catalog
     from app.main import create_app
+    from ingest.embedding import get_embedder
 
     settings = get_settings()
-    Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)  # refuse to start on a bad file
+    catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)  # refuse a bad file
+    get_embedder(catalog.config(None).config.index.embedding)  # and a model that does not load (kept for the app)
     generator = f"vLLM at {settings.vllm_url}" if settings.vllm_url else "the extractive generator (no RAGOPS_VLLM_URL)"
     bind_host, bind_port = host or settings.host, port or settings.port
     out.print(f"ragops serving on http://{bind_host}:{bind_port} (docs at /docs), answering with {generator}")

@@ -13,9 +13,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 
 from app.accounting import Accountant, BudgetExceeded, LedgerEntry, RateLimited
 from app.api import openai_compat, query, system, usage
+from app.api.limits import BodyLimitMiddleware
 from app.catalog import Catalog
 from app.errors import GenerationError, GeneratorUnavailable, PiiBlocked, http_status
 from app.metering import Meter
@@ -23,12 +25,15 @@ from app.metrics import Metrics
 from app.pricing import load_pricing
 from app.rag import RagPipeline
 from ingest.db import Database
+from ingest.embedding import get_embedder
 from ingest.errors import PiiUnavailable, RagopsError
 from ingest.migrations import migrate
 from ingest.settings import Settings, get_settings
 
 log = logging.getLogger("ragops")
 METERED_PREFIX = "/v1/"
+DB_RETRY_AFTER_S = 2
+HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
 
 
 def error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
@@ -56,12 +61,14 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         pricing = load_pricing(settings.configs_dir)
         if not settings.auth_enabled:
             log.warning("authentication is OFF (RAGOPS_AUTH_ENABLED=false): every /v1 route is open")
+        # Load the embedding model first: a bad model path stops start-up with its own message.
+        get_embedder(catalog.config(None).config.index.embedding)
         database = Database.from_settings(settings)
         try:
             with database.connect() as conn:
                 if settings.migrate_on_start:
                     migrate(conn)
-            pool = database.pool(settings.db_pool_max, async_commit=True)
+            pool = database.pool(settings.db_pool_max, async_commit=True, timeout_s=settings.db_pool_timeout_s)
             try:
                 pipeline = RagPipeline(settings, catalog, pool)
                 for config in catalog.configs.values():  # every model a config can answer with has a price
@@ -88,6 +95,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     app.include_router(query.router)
     app.include_router(openai_compat.router)
     app.include_router(usage.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -138,6 +146,8 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         retry_after = getattr(exc, "retry_after_s", None)
         if isinstance(exc, GeneratorUnavailable | BudgetExceeded | RateLimited | PiiUnavailable) and retry_after:
             response.headers["Retry-After"] = str(retry_after)
+        elif status == 503:  # database or index unavailable: worth retrying shortly
+            response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -148,7 +158,17 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         failed(request, exc, 503)
         log.warning("database unavailable: %s", type(exc).__name__)
         response = error_response(503, "database unavailable; retry shortly", "DatabaseError")
-        response.headers["Retry-After"] = "2"
+        response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """The framework's own errors (unknown route, wrong method, unparsable or oversized body), in our shape."""
+        failed(request, exc, exc.status_code)
+        kind = HTTP_ERROR_KINDS.get(exc.status_code, "invalid_request")
+        response = error_response(exc.status_code, str(exc.detail), kind)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
         return response
 
     @app.exception_handler(Exception)

@@ -176,9 +176,29 @@ def format_context(citations: list[Citation], texts: list[str]) -> str:
     blocks = []
     for citation, text in zip(citations, texts, strict=True):
         safe = text.replace("</document", "&lt;/document").replace("<document", "&lt;document")
-        title = citation.title.replace('"', "'")
-        blocks.append(f'<document n="{citation.n}" source="{citation.source}" title="{title}">\n{safe}\n</document>')
+        source, title = _attribute(citation.source), _attribute(citation.title)
+        blocks.append(f'<document n="{citation.n}" source="{source}" title="{title}">\n{safe}\n</document>')
     return "\n".join(blocks)
+
+
+def _attribute(value: str) -> str:
+    """A file name or title inside an attribute: it cannot close the attribute or open a tag."""
+    return value.replace('"', "'").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character anywhere (PostgreSQL's text and jsonb cannot store one)."""
+    items = [value]
+    while items:
+        item = items.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            items.extend(item.keys())
+            items.extend(item.values())
+        elif isinstance(item, list):
+            items.extend(item)
+    return False
 
 
 def retrieval_text(question: Question) -> str:
@@ -247,6 +267,12 @@ class RagPipeline:
             raise BadRequest(f"question has {tokens} tokens; the limit is {limit}", field="question")
         if question.top_k is not None and not 1 <= question.top_k <= 50:
             raise BadRequest("top_k must be between 1 and 50", field="top_k")
+        # PostgreSQL text and jsonb cannot hold NUL: refuse it here rather than fail in the query.
+        for name, value in (("question", question.text), ("collection", question.collection or "")):
+            if "\x00" in value:
+                raise BadRequest(f"{name} must not contain NUL characters", field=name)
+        if any("\x00" in turn.content for turn in question.history):
+            raise BadRequest("messages must not contain NUL characters", field="messages")
 
     def prepare(self, question: Question) -> Prepared:
         """Validate, embed, retrieve and render the prompt: everything before the first token."""
@@ -278,12 +304,17 @@ class RagPipeline:
         top_k = question.top_k or settings.retrieval.top_k
         with self.pool.connection() as conn:
             index = get_index_version(conn, question.index_version) if question.index_version else active_version(conn)
-            hits = search(
-                conn,
-                index,
-                settings.retrieval,
-                RetrievalQuery(query_text, top_k, question.filters, question.collection),
-                vector,
+            # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
+            hits = (
+                []
+                if has_nul(question.filters)
+                else search(
+                    conn,
+                    index,
+                    settings.retrieval,
+                    RetrievalQuery(query_text, top_k, question.filters, question.collection),
+                    vector,
+                )
             )
         timings.retrieve_ms = (time.perf_counter() - t0) * 1000
         citations: list[Citation] = []

@@ -14,6 +14,7 @@ MODULES = {
     "streaming": "streaming",
     "gate": "gate",
     "pii": "pii",
+    "load": "load",
     "report": "report",
 }
 

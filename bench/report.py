@@ -185,6 +185,34 @@ def pii_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def load_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the loopback load test and the soak."""
+    rows = []
+    if "load" in r:
+        d = r["load"]
+        during = f", during {len(d['reindexes'])} full re-ingests" if d.get("reindexes") else ""
+        rows.append(
+            (
+                f"load: /v1/query extractive, {d['clients']} clients for {d['seconds']:.0f} s{during}",
+                f"{d['requests_per_s']:.1f} req/s, p50 {d['p50_ms']:.0f} ms, p95 {d['p95_ms']:.0f} ms, "
+                f"{d['errors']} errors of {d['requests']}",
+                "target 0 errors",
+            )
+        )
+    if "soak" in r:
+        s = r["soak"]
+        growth = s["api_rss_mb_end"] - s["api_rss_mb_start"]
+        rows.append(
+            (
+                f"soak: API memory over {s['seconds'] / 60:.0f} min at {s['clients']} clients",
+                f"RSS {s['api_rss_mb_start']:.0f} -> {s['api_rss_mb_end']:.0f} MiB ({growth:+.0f} MiB), "
+                f"{s['requests']} requests, {s['errors']} errors",
+                "target: flat",
+            )
+        )
+    return rows
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "quality": quality_rows,
@@ -193,6 +221,7 @@ RENDERERS = {
     "streaming": streaming_rows,
     "gate": gate_rows,
     "pii": pii_rows,
+    "load": load_rows,
 }
 
 

@@ -121,6 +121,22 @@ class ExtractiveSettings(StrictModel):
     lexical_weight: float = Field(default=0.3, ge=0.0, le=1.0, description="Share of word overlap in the score.")
 
 
+class ModelServerSettings(StrictModel):
+    """How ``ragops llm serve`` starts vLLM for this configuration (GPU hosts without Docker).
+
+    The served name is ``generation.model``, so the app and the model server read one file.
+    """
+
+    model: str | None = Field(default=None, description="Model folder or hub id vLLM loads; needed by `llm serve`.")
+    max_model_len: int | None = Field(
+        default=None, ge=64, le=10_000_000, description="Context length (prompt + completion); unset = the model's."
+    )
+    dtype: str = Field(default="auto", pattern=r"^[a-z0-9_]+$", description="auto, bfloat16, float16, float32.")
+    prefix_caching: bool = Field(default=True, description="Reuse the KV cache of shared prompt prefixes.")
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    extra_args: tuple[str, ...] = Field(default=(), description="More vLLM arguments, appended as given.")
+
+
 class GenerationSettings(StrictModel):
     """Which generator answers, with which prompt and limits."""
 
@@ -134,6 +150,7 @@ class GenerationSettings(StrictModel):
     context_tokens: int = Field(default=1500, ge=64, le=1_000_000, description="Token budget for retrieved text.")
     max_question_tokens: int = Field(default=256, ge=8, le=100_000)
     extractive: ExtractiveSettings = ExtractiveSettings()
+    server: ModelServerSettings = ModelServerSettings()
 
 
 PiiAction = Literal["redact", "mask", "pseudonymize", "block"]

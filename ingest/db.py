@@ -121,13 +121,16 @@ class Database:
             raise
         return conn
 
-    def pool(self, max_size: int = 8, *, async_commit: bool = False) -> ConnectionPool:
+    def pool(self, max_size: int = 8, *, async_commit: bool = False, timeout_s: float = 30.0) -> ConnectionPool:
         """A connection pool whose connections are configured like :meth:`connect`'s.
 
         ``async_commit``: commits do not wait for the WAL flush (``synchronous_commit=off``):
         still atomic and consistent, but a server crash may lose the last fraction of a second.
         The API's pool uses it for its bookkeeping writes (ledger, budgets), where an fsync per
         statement would cost more than the request's own database work.
+        ``timeout_s``: how long a caller waits for a connection before ``PoolTimeout`` (the API: a 503).
+        A connection found broken (the server restarted) is discarded and replaced, so the pool
+        recovers by itself once the server is back.
         """
         kwargs: dict[str, object] = {"autocommit": True}
         if async_commit:
@@ -138,6 +141,8 @@ class Database:
             max_size=max_size,
             kwargs=kwargs,
             configure=configure_connection,
+            check=ConnectionPool.check_connection,
+            timeout=timeout_s,
             open=True,
         )
 

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     vllm_connect_timeout_s: float = Field(default=3.0, gt=0)
     vllm_read_timeout_s: float = Field(default=60.0, gt=0)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+    db_pool_timeout_s: float = Field(
+        default=5.0, gt=0, description="Wait this long for a database connection, then answer 503."
+    )
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413.")
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
     )

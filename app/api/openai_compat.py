@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.answering import answer_events, complete, prepare
 from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
-from app.api.query import ERRORS
+from app.api.query import ERRORS, STREAMED
 from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut
 from app.api.sse import guarded, sse
 from app.errors import BadRequest
@@ -60,7 +60,7 @@ def _chunks(
     yield sse("[DONE]")
 
 
-@router.post("/chat/completions", responses=ERRORS)
+@router.post("/chat/completions", responses={**ERRORS, **STREAMED})
 def create_chat_completion(
     body: ChatCompletionRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
 ) -> object:

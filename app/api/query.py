@@ -25,7 +25,17 @@ from app.metering import Meter
 from app.rag import AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
 
 router = APIRouter(prefix="/v1", tags=["answers"])
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for code in (404, 422, 502, 503)}
+ERROR_CODES = (400, 401, 403, 404, 413, 422, 429, 502, 503)
+ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for code in ERROR_CODES}
+# With "stream": true the answer comes as Server-Sent Events instead of JSON.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"enum": ["citations", "delta", "usage", "done", "error"]}, "data": {"type": "string"}},
+    "required": ["data"],
+}
+STREAMED: dict[int | str, dict[str, object]] = {
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}, "description": "JSON, or SSE when streamed"}
+}
 
 
 def _question(text: str, options: RetrievalOptions, history: tuple[Turn, ...] = ()) -> Question:
@@ -74,7 +84,7 @@ def _respond(pipeline: RagPipeline, meter: Meter, question: Question, stream: bo
     return Response(content=body, media_type="application/json")
 
 
-@router.post("/query", response_model=QueryResponse, responses=ERRORS)
+@router.post("/query", response_model=QueryResponse, responses={**ERRORS, **STREAMED})
 def create_query(
     body: QueryRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
 ) -> object:
@@ -82,7 +92,7 @@ def create_query(
     return _respond(pipeline, meter, _question(body.question, body), body.stream, request_id)
 
 
-@router.post("/chat", response_model=QueryResponse, responses=ERRORS)
+@router.post("/chat", response_model=QueryResponse, responses={**ERRORS, **STREAMED})
 def create_chat(
     body: ChatRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
 ) -> object:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.rag import Answer, Citation
 
 MAX_QUESTION_CHARS = 20_000
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused with a 422 naming the field
 
 
 class Strict(BaseModel):
@@ -25,21 +26,21 @@ class RetrievalOptions(Strict):
     filters: dict[str, Any] | None = Field(
         default=None, description="Metadata the chunks' documents must contain (JSON containment)."
     )
-    collection: str | None = Field(default=None, max_length=200)
+    collection: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     stream: bool = Field(default=False, description="Server-Sent Events: citations, deltas, usage, done.")
 
 
 class QueryRequest(RetrievalOptions):
     """One question."""
 
-    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NO_NUL)
 
 
 class ChatMessage(Strict):
     """One turn."""
 
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_QUESTION_CHARS)
+    content: str = Field(max_length=MAX_QUESTION_CHARS, pattern=NO_NUL)
 
 
 class ChatRequest(RetrievalOptions):
@@ -168,7 +169,7 @@ class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Annotated[str, Field(pattern=NO_NUL)] | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
         """The message's text, joining text parts."""

@@ -25,7 +25,7 @@ def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready: the failing check says why."}})
 def read_readiness(pipeline: Pipeline) -> JSONResponse:
     """The database answers, an index is active, and the generator really answers in time."""
     checks: dict[str, str] = {}

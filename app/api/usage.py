@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from app.accounting import usage
 from app.api.deps import Accounts, AdminKey
@@ -39,6 +40,16 @@ class UsageResponse(BaseModel):
     total_requests: int
 
 
+def _no_bare_number(value: object) -> object:
+    """A date is written as a date: pydantic would read a bare number as a Unix timestamp."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9.eE+-]+\s*", value):
+        raise ValueError("expected a date (YYYY-MM-DD) or an ISO 8601 date-time")
+    return value
+
+
+When = Annotated[datetime | date | None, BeforeValidator(_no_bare_number)]
+
+
 def _as_datetime(value: date | datetime) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -49,8 +60,8 @@ def _as_datetime(value: date | datetime) -> datetime:
 def read_usage(
     accountant: Accounts,
     key: AdminKey,
-    start: Annotated[datetime | date | None, Query(alias="from", description="Inclusive; default 30 days ago.")] = None,
-    end: Annotated[datetime | date | None, Query(alias="to", description="Exclusive; default now.")] = None,
+    start: Annotated[When, Query(alias="from", description="Inclusive; default 30 days ago.")] = None,
+    end: Annotated[When, Query(alias="to", description="Exclusive; default now.")] = None,
     group_by: Annotated[Literal["key", "day", "config", "model"], Query()] = "key",
 ) -> UsageResponse:
     """Requests, tokens and cost from the ledger, grouped by key, day, configuration or model."""

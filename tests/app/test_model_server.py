@@ -1,0 +1,134 @@
+"""``ragops llm serve``: the vLLM command is built from the configuration, and it really starts vLLM."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.utils.tiny_llama import write_tiny_llama
+from tests.utils.vllm_server import BASE_ENV, find_vllm_python, free_port
+
+SERVER_SECTION = """generation:
+  model: {name}
+  server:
+    model: {model}
+    max_model_len: 512
+    dtype: float32
+    prefix_caching: {caching}
+    extra_args: ["--enforce-eager"]
+"""
+
+
+def write_configs(folder: Path, model: str, name: str = "tiny-served", caching: str = "true") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(SERVER_SECTION.format(name=name, model=model, caching=caching))
+    shutil.copy(REPO / "configs" / "default.yaml", folder / "default.yaml")
+    return folder
+
+
+def llm_serve(configs: Path, *args: str, **popen: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAGOPS_CONFIGS_DIR": str(configs)}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "llm", "serve", *args], capture_output=True, text=True, env=env,
+        cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("caching", "flag"), [("true", "--enable-prefix-caching"), ("false", "--no-enable-prefix-caching")]
+)
+def test_dry_run_prints_the_vllm_command_from_the_configuration(tmp_path: Path, caching: str, flag: str) -> None:
+    configs = write_configs(tmp_path / "configs", "/models/tiny", caching=caching)
+    result = llm_serve(configs, "--config", "tiny", "--port", "8123", "--python", "/opt/py/bin/python", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout.strip())
+    assert argv[:3] == ["/opt/py/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    options = dict(zip(argv[3::2], argv[4::2], strict=False))
+    assert options["--model"] == "/models/tiny"
+    assert options["--served-model-name"] == "tiny-served"  # generation.model: what the app asks for
+    assert options["--max-model-len"] == "512" and options["--dtype"] == "float32" and options["--port"] == "8123"
+    assert flag in argv and argv[-1] == "--enforce-eager"
+
+
+def test_a_configuration_without_a_model_is_refused(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shutil.copy(REPO / "configs" / "default.yaml", configs / "default.yaml")
+    result = llm_serve(configs, "--dry-run")
+    assert result.returncode == 1
+    assert "generation.server.model is not set" in result.stderr
+
+
+def test_missing_vllm_is_a_clear_error(tmp_path: Path) -> None:
+    """This venv (the app's) has no vLLM: the command says how to get it instead of a traceback."""
+    configs = write_configs(tmp_path / "configs", "/models/tiny")
+    result = llm_serve(configs, "--config", "tiny")
+    assert result.returncode == 1
+    assert "vLLM is not installed" in result.stderr and "ragops[gpu]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def get_json(url: str, timeout: float) -> dict[str, object]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        return dict(json.loads(response.read()))
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """The vLLM venv's interpreter (module scope: found before per-test settings isolation drops RAGOPS_*)."""
+    python = find_vllm_python()
+    if python is None:
+        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
+            pytest.fail("vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)")
+        pytest.skip("vLLM venv missing: run scripts/vllm_venv.sh")
+    return python
+
+
+def test_llm_serve_starts_a_real_vllm_that_answers(tmp_path: Path, vllm_python: Path) -> None:
+    """Integration tier: the CPU build of vLLM (scripts/vllm_venv.sh) serving the tiny random Llama."""
+    python = vllm_python
+    model = write_tiny_llama(tmp_path / "tiny")
+    configs = write_configs(tmp_path / "configs", str(model))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(BASE_ENV, RAGOPS_CONFIGS_DIR=str(configs))
+    log = (tmp_path / "vllm.log").open("wb")
+    command = ["llm", "serve", "--config", "tiny", "--port", str(port), "--python", str(python)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *command],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        models = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                models = get_json(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        assert models is not None, (tmp_path / "vllm.log").read_text()[-3000:]
+        assert [m["id"] for m in models["data"]] == ["tiny-served"]  # type: ignore[index, union-attr]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the engine process, if it outlived the API server
+        log.close()
