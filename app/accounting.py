@@ -233,10 +233,17 @@ class Accountant:
             entry.embedding_tokens,
         )  # fmt: skip
 
-    def record(self, entry: LedgerEntry) -> None:
-        """Write the ledger row; a database failure is logged, never raised into the response."""
+    def record(self, entry: LedgerEntry, reservation: Reservation | None = None, rate_tokens: int = 0) -> None:
+        """Settle the reservation, count tokens per minute and write the ledger row, in one transaction.
+
+        A database failure is logged, never raised into the response.
+        """
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection() as conn, conn.transaction():
+                if reservation is not None:
+                    settle_budget(conn, reservation, entry.cost_usd)
+                if rate_tokens and entry.key_id is not None:
+                    add_rate_tokens(conn, entry.key_id, rate_tokens)
                 write_ledger(conn, entry)
         except (psycopg.Error, OSError) as exc:
             log.error("ledger write failed for request %s: %s", entry.request_id, type(exc).__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from app.accounting import Accountant, LedgerEntry, Reservation, add_rate_tokens, reserve_budget, settle_budget
+from app.accounting import Accountant, LedgerEntry, Reservation, reserve_budget
 from app.generators.base import count_prompt_tokens
 from app.keys import ApiKey
 from app.metrics import Metrics
@@ -81,6 +81,7 @@ class Meter:
         self._settle()
 
     def _settle(self) -> None:
+        """Price the recorded tokens; the budget and rate rows are written with the ledger row in :meth:`close`."""
         if self.settled:
             return
         self.settled = True
@@ -89,12 +90,6 @@ class Meter:
             e.cost_usd = self.accountant.cost(e, self.embedding_model)
         except Exception:
             e.cost_usd = 0.0
-        if self.reservation is not None or (self.key is not None and self.key.tpm is not None):
-            with self.accountant.pool.connection() as conn:
-                if self.reservation is not None:
-                    settle_budget(conn, self.reservation, e.cost_usd)
-                if self.key is not None and self.key.tpm is not None:
-                    add_rate_tokens(conn, self.key.id, e.prompt_tokens + e.completion_tokens)
 
     def close(self, status: int) -> None:
         """Write the ledger row and the metrics, once."""
@@ -113,7 +108,10 @@ class Meter:
                 e.cost_usd = self.accountant.cost(e, self.embedding_model)
             except Exception:
                 e.cost_usd = 0.0
-        self.accountant.record(e)
+        # One connection, after the response: settlement, tokens per minute and the ledger row.
+        # Until it lands the worst-case hold stays reserved, so a budget is never overrun.
+        rate_tokens = e.prompt_tokens + e.completion_tokens if self.key is not None and self.key.tpm else 0
+        self.accountant.record(e, self.reservation, rate_tokens)
         m = self.metrics
         m.requests.labels(e.route, str(status)).inc()
         m.latency.labels(e.route).observe(e.latency_ms["total"] / 1000)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter
 from typing import Literal
 
@@ -44,6 +45,7 @@ class PiiSession:
         self.policy = policy
         self.counts: dict[str, Counter[str]] = {}
         self.failures = 0
+        self.elapsed_ms = 0.0  # time spent analyzing, all stages
         self._pseudonyms: dict[tuple[str, str], str] = {}  # (type, value) -> <TYPE_n>
         self._originals: dict[str, str] = {}  # <TYPE_n> -> the caller's value
         self._per_type: Counter[str] = Counter()
@@ -113,6 +115,7 @@ class PiiSession:
     def _analyze(self, text: str) -> list[PiiSpan] | None:
         """Spans outside our own placeholders; None when the filter failed and may pass."""
         assert self.engine is not None
+        started = time.perf_counter()
         try:
             spans = self.engine.analyze(text, self.policy)
         except PiiUnavailable:
@@ -121,6 +124,8 @@ class PiiSession:
                 raise
             log.warning("PII filter failed; text passed unfiltered because pii.on_error is 'pass'")
             return None
+        finally:
+            self.elapsed_ms += (time.perf_counter() - started) * 1000
         placeholders = [(m.start(), m.end()) for m in PLACEHOLDER.finditer(text)]
         return [s for s in spans if not any(s.start < end and start < s.end for start, end in placeholders)]
 

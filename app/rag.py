@@ -91,7 +91,8 @@ class Timings:
     generate_ms: float = 0.0
     ttft_ms: float | None = None
     total_ms: float = 0.0
-    pii_ms: float = 0.0  # question and context filtering (output filtering is part of generate)
+    pii_ms: float = 0.0  # question and context filtering, before generation
+    pii_answer_ms: float = 0.0  # output filtering (already inside generate_ms)
 
 
 @dataclass
@@ -409,6 +410,7 @@ class RagPipeline:
         self, prepared: Prepared, text: str, usage: Usage, model: str, finish_reason: str, generate_started: float
     ) -> Answer:
         prepared.timings.generate_ms = (time.perf_counter() - generate_started) * 1000
+        prepared.timings.pii_answer_ms = prepared.pii.elapsed_ms - prepared.timings.pii_ms
         prepared.timings.total_ms = (time.perf_counter() - prepared.started) * 1000
         return Answer(
             text=text,

@@ -35,10 +35,7 @@ from ingest.tokens import count_tokens
 from tests.utils.server import free_port, serve_in_thread  # the tests' loopback server, reused
 
 ROOT = Path(__file__).resolve().parent.parent
-QUESTION = (
-    "Hi, this is Corinne Abelard (corinne.abelard@example.org, 312-555-0147): how do I book travel, "
-    "and which hotel rates may I pay?"
-)
+QUESTION = "I'm Corinne Abelard (corinne.abelard@example.org, 312-555-0147). Which hotel rates may I book?"
 
 
 def detection() -> dict[str, Any]:
@@ -53,7 +50,7 @@ def configs_folder() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="ragops-pii-bench-"))
     shutil.copy(ROOT / "configs" / "pricing.yaml", folder / "pricing.yaml")
     raw = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
-    raw["generation"]["extractive"].update(max_sentences=8, min_relevance=0.0)
+    raw["generation"]["extractive"].update(max_sentences=12, min_relevance=0.0)
     (folder / "default.yaml").write_text(yaml.safe_dump(raw))
     raw["pii"]["enabled"] = False
     (folder / "nopii.yaml").write_text(yaml.safe_dump(raw))
@@ -109,7 +106,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "pii_on_p50_ms": round(median(on_p50), 2),
             "pii_off_p50_ms": round(median(off_p50), 2),
             "added_p50_ms": round(median([a - b for a, b in zip(on_p50, off_p50, strict=True)]), 2),
-            "question_filter_p50_ms": round(percentile([b["timings"]["pii_ms"] for b in bodies], 50), 2),
+            # The filter's own time inside each request (question + answer), free of the e2e noise.
+            "filter_p50_ms": round(
+                percentile([b["timings"]["pii_ms"] + b["timings"]["pii_answer_ms"] for b in bodies], 50), 2
+            ),
             "filtered": bodies[-1]["pii"],
             "rounds": args.rounds,
             "requests_per_round": args.requests,

@@ -103,7 +103,8 @@ class TimingsOut(BaseModel):
     generate_ms: float
     ttft_ms: float | None
     total_ms: float
-    pii_ms: float = Field(default=0.0, description="Filtering the question and context (0 when off).")
+    pii_ms: float = Field(default=0.0, description="PII filtering of the question and context (0 when off).")
+    pii_answer_ms: float = Field(default=0.0, description="PII filtering of the answer (part of generate_ms).")
 
 
 PiiCounts = dict[str, dict[str, int]]
