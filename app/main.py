@@ -15,7 +15,7 @@ from psycopg_pool import PoolTimeout
 from starlette.background import BackgroundTask
 
 from app.accounting import Accountant, BudgetExceeded, LedgerEntry, RateLimited
-from app.api import openai_compat, query, system, usage
+from app.api import admin, openai_compat, query, system, usage
 from app.catalog import Catalog
 from app.errors import GenerationError, GeneratorUnavailable, http_status
 from app.metering import Meter
@@ -24,6 +24,7 @@ from app.pricing import load_pricing
 from app.rag import RagPipeline
 from ingest.db import Database
 from ingest.errors import RagopsError
+from ingest.jobs import Worker
 from ingest.migrations import migrate
 from ingest.settings import Settings, get_settings
 
@@ -40,6 +41,19 @@ def error_response(status: int, message: str, kind: str, param: str | None = Non
 
 def _meter(request: Request) -> Meter | None:
     return getattr(request.state, "meter", None)
+
+
+def _start_worker(database: Database, settings: Settings) -> Worker | None:
+    """The in-process job worker: on with the embedded database unless turned off (production runs `ragops worker`)."""
+    enabled = settings.worker_in_process
+    if enabled is None:
+        enabled = settings.database_url is None
+    if not enabled:
+        return None
+    worker = Worker(database, settings)
+    worker.start()
+    log.info("in-process job worker %s started", worker.worker_id)
+    return worker
 
 
 def create_app(settings: Settings | None = None, *, metering: bool = True) -> FastAPI:
@@ -70,7 +84,12 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
                 app.state.pipeline = pipeline
                 app.state.accountant = Accountant(pool, pricing, auth_enabled=settings.auth_enabled and metering)
                 app.state.metrics = metrics
-                yield
+                worker = _start_worker(database, settings)
+                try:
+                    yield
+                finally:
+                    if worker is not None:
+                        worker.stop()
             finally:
                 pool.close()
         finally:
@@ -86,6 +105,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     app.include_router(query.router)
     app.include_router(openai_compat.router)
     app.include_router(usage.router)
+    app.include_router(admin.router)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -33,3 +33,11 @@ class IngestBusy(RagopsError):
 
 class EmbeddingError(RagopsError):
     """The embedding model could not be loaded or failed on a batch."""
+
+
+class UploadTooLarge(SourceError):
+    """An uploaded file is larger than the configured limit (413)."""
+
+
+class UnsupportedFileType(SourceError):
+    """An uploaded file's type is not one ragops ingests (415)."""
