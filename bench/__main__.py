@@ -13,6 +13,7 @@ MODULES = {
     "api": "api_latency",
     "streaming": "streaming",
     "gate": "gate",
+    "reindex": "reindex",
     "report": "report",
 }
 

@@ -119,7 +119,7 @@ _JOB_COLUMNS = (
 )
 
 
-def _one(conn: psycopg.Connection, query: str, params: Sequence[Any]) -> Job | None:
+def _one(conn: psycopg.Connection, query: str, params: Sequence[Any] | dict[str, Any]) -> Job | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(query, params).fetchone()
     return Job(**row) if row else None
@@ -304,29 +304,19 @@ def recover_stale_jobs(conn: psycopg.Connection, stale_after_s: float, max_attem
         for job in (Job(**row) for row in rows):
             silent = f"worker {job.worker_id} stopped heartbeating (last at {job.heartbeat_at:%Y-%m-%d %H:%M:%S %Z})"
             if job.cancel_requested:
-                note = f"{silent}; it had been asked to cancel"
-                updated = _one(
-                    conn,
-                    f"""UPDATE jobs SET status = 'cancelled', error = %s, finished_at = now(), updated_at = now()
-                        WHERE id = %s RETURNING {_JOB_COLUMNS}""",
-                    (note, job.id),
-                )
+                status, note = "cancelled", f"{silent}; it had been asked to cancel"
             elif job.attempts < max_attempts:
-                note = f"{silent}; resumed (run {job.attempts + 1} of at most {max_attempts})"
-                updated = _one(
-                    conn,
-                    f"""UPDATE jobs SET status = 'queued', worker_id = NULL, error = %s, updated_at = now()
-                        WHERE id = %s RETURNING {_JOB_COLUMNS}""",
-                    (note, job.id),
-                )
+                status, note = "queued", f"{silent}; resumed (run {job.attempts + 1} of at most {max_attempts})"
             else:
-                note = f"{silent} on run {job.attempts} of {max_attempts}; failed"
-                updated = _one(
-                    conn,
-                    f"""UPDATE jobs SET status = 'failed', error = %s, finished_at = now(), updated_at = now()
-                        WHERE id = %s RETURNING {_JOB_COLUMNS}""",
-                    (note, job.id),
-                )
+                status, note = "failed", f"{silent} on run {job.attempts} of {max_attempts}; failed"
+            updated = _one(
+                conn,
+                f"""UPDATE jobs SET status = %(status)s, error = %(note)s, updated_at = now(),
+                        worker_id = CASE WHEN %(status)s = 'queued' THEN NULL ELSE worker_id END,
+                        finished_at = CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() END
+                    WHERE id = %(id)s RETURNING {_JOB_COLUMNS}""",
+                {"status": status, "note": note, "id": job.id},
+            )
             log.warning("job %s: %s", job.id, note)
             assert updated is not None
             recovered.append(updated)
@@ -444,27 +434,37 @@ class Worker:
 
     # ------------------------------------------------------------ loop
 
-    def run_once(self) -> Job | None:
+    def run_once(self, conn: psycopg.Connection | None = None) -> Job | None:
         """Recover stale jobs, then claim and run one job; returns it as it ended, or None when idle."""
-        with self.database.connect() as conn:
-            recover_stale_jobs(conn, self.settings.job_stale_after_s, self.settings.job_max_attempts)
-            job = claim_job(conn, self.worker_id)
-            if job is None:
-                return None
-            log.info("job %s: claimed by %s (run %s)", job.id, self.worker_id, job.attempts)
-            self.run_job(job)
-            return get_job(conn, job.id)
+        if conn is None:
+            with self.database.connect() as own:
+                return self.run_once(own)
+        recover_stale_jobs(conn, self.settings.job_stale_after_s, self.settings.job_max_attempts)
+        job = claim_job(conn, self.worker_id)
+        if job is None:
+            return None
+        log.info("job %s: claimed by %s (run %s)", job.id, self.worker_id, job.attempts)
+        self.run_job(job)
+        return get_job(conn, job.id)
 
     def run_forever(self) -> None:
-        """Run jobs until :meth:`stop`; database errors are logged and retried."""
+        """Run jobs until :meth:`stop` on one polling connection; database errors are logged and retried."""
+        conn: psycopg.Connection | None = None
         while not self.stopping.is_set():
+            job = None
             try:
-                job = self.run_once()
+                if conn is None or conn.closed:
+                    conn = self.database.connect()
+                job = self.run_once(conn)
             except (psycopg.Error, RagopsError) as exc:
                 log.warning("worker %s: %s; retrying", self.worker_id, exc)
-                job = None
+                if conn is not None:
+                    conn.close()
+                conn = None
             if job is None:
                 self.stopping.wait(self.poll_s)
+        if conn is not None:
+            conn.close()
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""

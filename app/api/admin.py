@@ -219,7 +219,7 @@ def create_documents(
     saved = [uploads.save_upload(settings, collection, u.filename, u.file) for u in files]
     with pipeline.pool.connection() as conn:
         job = jobs.enqueue_reindex(
-            conn, settings, source=str(uploads.upload_folder(settings, collection)), config=config,
+            conn, settings, source=str(uploads.upload_folder(settings, collection).resolve()), config=config,
             collection=collection,
         )  # fmt: skip
     files_out = [UploadedFile(filename=s.filename, bytes=s.bytes) for s in saved]

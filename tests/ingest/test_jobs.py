@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -157,10 +158,7 @@ def test_killed_worker_process_resumes_without_partial_activation_or_duplicates(
         "RAGOPS_DATA_DIR": str(settings.data_dir),
         "RAGOPS_SOURCE_ROOTS": f'["{root}"]',
     }
-    ragops = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "ragops"
-    if not ragops.exists():
-        ragops = REPO / ".venv" / "bin" / "ragops"
-    proc = subprocess.Popen([str(ragops), "worker", "--batch-documents", "10"], env=env, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--batch-documents", "10"], env=env, cwd=REPO)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -192,6 +190,30 @@ def test_killed_worker_process_resumes_without_partial_activation_or_duplicates(
     assert chunk_consistency(conn, half.id) == (300, 300, 300)
     live = store.active_index_version(conn)
     assert live is not None and live.id == half.id and live.status == "ready"
+
+
+def test_worker_and_jobs_watch_commands(database: Database, settings: Settings, docs: Path) -> None:
+    with database.connect() as conn:
+        cancelled = jobs.cancel_job(conn, jobs.enqueue_reindex(conn, settings, source=str(docs)).id)
+        job = jobs.enqueue_reindex(conn, settings, source=str(docs))
+    assert cancelled is not None
+    env = {
+        **os.environ,
+        "RAGOPS_DATABASE_URL": database.url,
+        "RAGOPS_CONFIGS_DIR": str(settings.configs_dir),
+        "RAGOPS_SOURCE_ROOTS": f'["{docs}"]',
+        "COLUMNS": "200",
+    }
+
+    def ragops(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "app.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
+
+    assert ragops("worker", "--once").returncode == 0
+    watched = ragops("jobs", "watch", str(job.id))
+    assert watched.returncode == 0 and f"job {job.id} succeeded" in watched.stdout, watched.stderr
+    failed = ragops("jobs", "watch", str(cancelled.id))
+    assert failed.returncode == 1 and f"job {cancelled.id} cancelled" in failed.stdout
 
 
 @pytest.mark.parametrize(
