@@ -25,6 +25,8 @@ app = typer.Typer(
 app.command("ingest")(ingest_cli.ingest)
 app.add_typer(ingest_cli.index_app, name="index")
 app.add_typer(ingest_cli.db_app, name="db")
+app.command("worker")(ingest_cli.worker)
+app.add_typer(ingest_cli.jobs_app, name="jobs")
 config_app = typer.Typer(help="Check configurations and prompts.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

@@ -17,6 +17,10 @@ class NotFound(RagopsError):
     """A named configuration, prompt or resource does not exist (404)."""
 
 
+class Conflict(RagopsError):
+    """The resource is in a state that refuses the change, e.g. dropping the active index (409)."""
+
+
 class NoActiveIndex(RagopsError):
     """Nothing has been ingested and activated yet (503)."""
 
@@ -55,7 +59,14 @@ def http_status(exc: BaseException) -> int:
     """The HTTP status of an error: the one mapping, used by handlers and the ledger."""
     from app.accounting import BudgetExceeded, RateLimited
     from app.keys import AuthError, ScopeError
-    from ingest.errors import ConfigError, DatabaseError, PiiUnavailable
+    from ingest.errors import (
+        ConfigError,
+        DatabaseError,
+        IngestBusy,
+        PiiUnavailable,
+        UnsupportedFileType,
+        UploadTooLarge,
+    )
 
     # Most specific first: the first matching class decides.
     table: list[tuple[type[BaseException], int]] = [
@@ -70,6 +81,10 @@ def http_status(exc: BaseException) -> int:
         (BadRequest, 422),
         (NotFound, 404),
         (ConfigError, 404),
+        (Conflict, 409),
+        (IngestBusy, 409),
+        (UploadTooLarge, 413),
+        (UnsupportedFileType, 415),
         (NoActiveIndex, 503),
         (DatabaseError, 503),
         (RagopsError, 400),

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, BudgetExceeded, LedgerEntry, RateLimited
-from app.api import openai_compat, query, system, usage
+from app.api import admin, openai_compat, query, system, usage
 from app.api.limits import BodyLimitMiddleware
 from app.catalog import Catalog
 from app.errors import GenerationError, GeneratorUnavailable, PiiBlocked, http_status
@@ -29,6 +29,7 @@ from app.rag import RagPipeline
 from ingest.db import Database
 from ingest.embedding import get_embedder
 from ingest.errors import PiiUnavailable, RagopsError
+from ingest.jobs import Worker
 from ingest.migrations import migrate
 from ingest.settings import Settings, get_settings
 
@@ -89,6 +90,19 @@ class RequestContext:
                 await run_in_threadpool(meter.close, status)
 
 
+def _start_worker(database: Database, settings: Settings) -> Worker | None:
+    """The in-process job worker: on with the embedded database unless turned off (production runs `ragops worker`)."""
+    enabled = settings.worker_in_process
+    if enabled is None:
+        enabled = settings.database_url is None
+    if not enabled:
+        return None
+    worker = Worker(database, settings)
+    worker.start()
+    log.info("in-process job worker %s started", worker.worker_id)
+    return worker
+
+
 def create_app(settings: Settings | None = None, *, metering: bool = True) -> FastAPI:
     """Build the application; nothing is started until the lifespan runs.
 
@@ -121,7 +135,12 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
                 app.state.pipeline = pipeline
                 app.state.accountant = Accountant(pool, pricing, auth_enabled=settings.auth_enabled and metering)
                 app.state.metrics = metrics
-                yield
+                worker = _start_worker(database, settings)
+                try:
+                    yield
+                finally:
+                    if worker is not None:
+                        worker.stop()
             finally:
                 pool.close()
         finally:
@@ -137,6 +156,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     app.include_router(query.router)
     app.include_router(openai_compat.router)
     app.include_router(usage.router)
+    app.include_router(admin.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     app.add_middleware(RequestContext, metrics=metrics, metering=metering)

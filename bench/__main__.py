@@ -15,6 +15,7 @@ MODULES = {
     "gate": "gate",
     "pii": "pii",
     "load": "load",
+    "reindex": "reindex",
     "report": "report",
 }
 

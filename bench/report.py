@@ -214,6 +214,24 @@ def load_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def reindex_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for reindexing through the job system."""
+    full, inc = r["full"], r["incremental_unchanged"]
+    return [
+        (
+            f"reindex job: full build, {r['corpus']}",
+            f"{full['seconds']:.1f} s ({full['docs_per_s']:.1f} docs/s, {full['counts']['chunks_written']} chunks), "
+            "then activated",
+            "",
+        ),
+        (
+            "reindex job: incremental, corpus unchanged",
+            f"{inc['seconds']:.2f} s, {inc['counts']['unchanged']} unchanged, {inc['counts']['added']} added",
+            f"{r['incremental_share_of_full']:.1%} of the full build (target <= 5%)",
+        ),
+    ]
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "quality": quality_rows,
@@ -223,6 +241,7 @@ RENDERERS = {
     "gate": gate_rows,
     "pii": pii_rows,
     "load": load_rows,
+    "reindex": reindex_rows,
 }
 
 

@@ -145,3 +145,104 @@ def db_migrate() -> None:
     with open_runtime(auto_migrate=False) as rt:
         applied = migrate(rt.conn)
     out.print("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+
+# ---------------------------------------------------------------- background jobs
+
+jobs_app = typer.Typer(help="Reindex jobs: list, watch with a live progress bar, cancel.", no_args_is_help=True)
+
+
+def worker(
+    once: Annotated[bool, typer.Option(help="Run queued jobs until none is left, then exit.")] = False,
+    batch_documents: Annotated[
+        int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
+    ] = 256,
+) -> None:
+    """Run reindex jobs from the queue (several workers never run the same job)."""
+    import logging
+
+    from ingest.jobs import Worker
+
+    logging.getLogger("ingest").setLevel(logging.INFO)
+    with open_runtime() as rt:
+        job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents)
+        console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
+        try:
+            if once:
+                while job_worker.run_once() is not None:
+                    pass
+            else:
+                job_worker.run_forever()
+        except KeyboardInterrupt:
+            job_worker.stopping.set()
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: Annotated[int, typer.Option(help="Newest jobs to show.")] = 20,
+) -> None:
+    """Jobs with status, progress and errors."""
+    from ingest.jobs import list_jobs
+
+    with open_runtime() as rt:
+        rows = list_jobs(rt.conn, limit=limit)
+    table = Table("id", "kind", "mode", "status", "docs", "docs/s", "errors", "index", "created", "note")
+    for job in rows:
+        table.add_row(
+            str(job.id), job.kind, str(job.params.get("mode", "")), job.status,
+            f"{job.docs_done}/{job.docs_total if job.docs_total is not None else '?'}",
+            f"{job.docs_per_s:.1f}" if job.docs_per_s else "", str(len(job.errors)),
+            str(job.index_version_id or ""), job.created_at.strftime("%Y-%m-%d %H:%M:%S"), (job.error or "")[:60],
+        )  # fmt: skip
+    out.print(table)
+
+
+@jobs_app.command("watch")
+def jobs_watch(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs list`).")]) -> None:
+    """Follow a job with a live progress bar until it ends; exit 1 unless it succeeded."""
+    import time
+
+    from ingest.errors import RagopsError
+    from ingest.jobs import get_job
+
+    with open_runtime() as rt:
+        job = get_job(rt.conn, job_id)
+        if job is None:
+            raise RagopsError(f"no job {job_id}")
+        with Progress(
+            SpinnerColumn(),
+            TextColumn(f"[bold]job {job_id}[/] {{task.fields[status]}}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("job", total=None, status=job.status, rate="")
+            while True:
+                rate = f"{job.docs_per_s:.1f} docs/s" if job.docs_per_s else ""
+                if job.eta_s is not None:
+                    rate += f"  ETA {job.eta_s:.0f} s"
+                bar.update(task, total=job.docs_total, completed=job.docs_done, status=job.status, rate=rate)
+                if job.finished:
+                    break
+                time.sleep(0.5)
+                job = get_job(rt.conn, job_id) or job
+    for item in job.errors:
+        out.print(f"[yellow]skipped[/] {item.get('source')}: {item.get('reason')}")
+    out.print(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs list`).")]) -> None:
+    """Cancel a queued job, or stop a running one at its next batch."""
+    from ingest.errors import RagopsError
+    from ingest.jobs import cancel_job
+
+    with open_runtime() as rt:
+        job = cancel_job(rt.conn, job_id)
+    if job is None:
+        raise RagopsError(f"no job {job_id}")
+    out.print(f"job {job.id}: {job.status}" + (" (cancel requested)" if job.status == "running" else ""))

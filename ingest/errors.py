@@ -39,3 +39,11 @@ class PiiUnavailable(RagopsError):
     """The PII filter failed or timed out; the text was not let through unfiltered (503)."""
 
     retry_after_s = 2
+
+
+class UploadTooLarge(SourceError):
+    """An uploaded file is larger than the configured limit (413)."""
+
+
+class UnsupportedFileType(SourceError):
+    """An uploaded file's type is not one ragops ingests (415)."""

@@ -28,14 +28,24 @@ if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngine
     from presidio_anonymizer import AnonymizerEngine
+    from spacy.tokens import Doc
 
 log = logging.getLogger(__name__)
 
 # Types found by the spaCy model rather than by patterns: less precise, so a pattern match wins
 # any overlap, and a span with digits in it is not a name or a place.
 NER_ENTITIES = frozenset({"PERSON", "LOCATION", "NRP", "DATE_TIME", "ORGANIZATION"})
-# spaCy components Presidio never reads (it uses tokens, lemmas and entities): ~15% faster.
-_UNUSED_PIPES = ("parser",)
+# Presidio reads tokens, entities and lemmas (to match context words). The parser is unused, and
+# the tagger + attribute ruler + lemmatizer chain costs ~15% of the time to produce lemmas that a
+# lowercase form replaces at equal recall and precision on evals/datasets/pii.jsonl.
+_UNUSED_PIPES = ("parser", "tagger", "attribute_ruler", "lemmatizer")
+_LOWER_LEMMA = "ragops_lower_lemma"
+
+
+def _lower_lemma(doc: Doc) -> Doc:
+    for token in doc:
+        token.lemma_ = token.lower_
+    return doc
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,12 @@ class PiiEngine:
         spacy_nlp = getattr(nlp, "nlp", {}).get("en")
         if spacy_nlp is not None:
             spacy_nlp.disable_pipes(*[p for p in _UNUSED_PIPES if p in spacy_nlp.pipe_names])
+            if _LOWER_LEMMA not in spacy_nlp.pipe_names:
+                from spacy.language import Language
+
+                if not Language.has_factory(_LOWER_LEMMA):
+                    Language.component(_LOWER_LEMMA, func=_lower_lemma)
+                spacy_nlp.add_pipe(_LOWER_LEMMA, last=True)
         return nlp
 
     def analyzer(self, policy: PiiSettings) -> AnalyzerEngine:

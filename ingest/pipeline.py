@@ -40,6 +40,7 @@ class IngestProgress:
     docs_done: int = 0
     chunks_done: int = 0
     started: float = field(default_factory=time.perf_counter)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # per-document errors so far: {source, reason}
 
     @property
     def elapsed(self) -> float:
@@ -169,14 +170,16 @@ class IngestPipeline:
         sync: bool = False,
         activate: bool | None = None,
         on_progress: ProgressCallback | None = None,
+        version: IndexVersion | None = None,
     ) -> IngestReport:
         """Ingest every supported file under ``root``.
 
         ``activate``: True activates the version when the run succeeds, False never does, None
-        activates it only when no version is active yet (the first build).
+        activates it only when no version is active yet (the first build). ``version``: write
+        into this version (e.g. a fresh rebuild) instead of the one the settings name.
         """
         files = scan_source(root)
-        version = self.index_version()
+        version = version or self.index_version()
         if not store.try_lock_version(self.conn, version.id):
             raise IngestBusy(f"another ingest is writing to index version {version.name}; try again when it ends")
         self.on_progress = on_progress
@@ -199,7 +202,7 @@ class IngestPipeline:
         started = time.perf_counter()
         run_id = store.start_run(self.conn, version.id, self.collection, str(root), self.config.version)
         report = IngestReport(run_id=run_id, index_version=version)
-        progress = IngestProgress(docs_total=sum(f.estimated_documents() for f in files))
+        progress = IngestProgress(docs_total=sum(f.estimated_documents() for f in files), skipped=report.skipped)
         embedded_before = self.embedder.texts_embedded
         try:
             known = store.known_documents(self.conn, version.id, self.collection)

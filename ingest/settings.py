@@ -48,11 +48,34 @@ class Settings(BaseSettings):
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
     )
+    # Admin API and background jobs.
+    source_roots: list[Path] = Field(
+        default_factory=list, description="Folders reindex sources must lie under; empty = samples/ and the uploads."
+    )
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest accepted uploaded file.")
+    upload_types: list[str] = Field(
+        default=[".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"], description="Accepted file suffixes."
+    )
+    worker_in_process: bool | None = Field(
+        default=None, description="Run jobs in a thread of the API process; unset = only with the embedded database."
+    )
+    job_stale_after_s: float = Field(default=30.0, gt=0, description="A running job silent this long is recovered.")
+    job_max_attempts: int = Field(default=3, ge=1, description="Runs of a job before a crash marks it failed.")
 
     @property
     def pgdata(self) -> Path:
         """Data folder of the embedded PostgreSQL."""
         return self.data_dir / "pgdata"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploaded documents are kept, one folder per collection."""
+        return self.data_dir / "uploads"
+
+    @property
+    def allowed_source_roots(self) -> list[Path]:
+        """Folders a reindex may read: the configured ones, else samples/ and the uploads folder."""
+        return list(self.source_roots) or [Path("samples"), self.uploads_dir]
 
 
 @lru_cache(maxsize=1)

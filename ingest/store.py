@@ -106,23 +106,27 @@ def _version(row: dict[str, Any]) -> IndexVersion:
 
 
 def find_index_version(conn: psycopg.Connection, settings: IndexSettings) -> IndexVersion | None:
-    """The version these settings define, if it exists."""
+    """The version these settings define, if it exists: the active one, else the newest (rebuilds share settings)."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM index_versions WHERE settings_hash = %s",
+            f"SELECT {_VERSION_COLUMNS} FROM index_versions WHERE settings_hash = %s "
+            "ORDER BY is_active DESC, id DESC LIMIT 1",
             (settings.version_hash(),),
         ).fetchone()
     return _version(row) if row else None
 
 
 def ensure_index_version(
-    conn: psycopg.Connection, settings: IndexSettings, dimension: int, created_by: str
+    conn: psycopg.Connection, settings: IndexSettings, dimension: int, created_by: str, *, fresh: bool = False
 ) -> IndexVersion:
-    """Get or create the version for ``settings`` (and its chunk table), in one transaction."""
+    """Get or create the version for ``settings`` (and its chunk table), in one transaction.
+
+    ``fresh``: always create a new, empty version (a full rebuild beside the live one).
+    """
     template = (default_sql_dir() / "chunks_table.sql.tmpl").read_text(encoding="utf-8")
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("LOCK TABLE index_versions IN SHARE ROW EXCLUSIVE MODE")
-        existing = find_index_version(conn, settings)
+        existing = None if fresh else find_index_version(conn, settings)
         if existing:
             if existing.dimension != dimension:
                 raise IndexVersionError(

@@ -1,0 +1,91 @@
+"""Uploaded documents: kept as files under ``<data_dir>/uploads/<collection>/``, then ingested like any source.
+
+Keeping the file (not only its chunks) makes an upload reindexable with new chunking or a new
+embedding model, like every other source. Files are written to a temporary name and renamed,
+so a job reading the folder never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import psycopg
+
+from ingest import store
+from ingest.config import NAME_PATTERN
+from ingest.errors import SourceError, UnsupportedFileType, UploadTooLarge
+from ingest.settings import Settings
+
+_READ_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class SavedUpload:
+    """One stored file."""
+
+    filename: str
+    path: Path
+    bytes: int
+
+
+def upload_folder(settings: Settings, collection: str) -> Path:
+    """The folder holding ``collection``'s uploads."""
+    if not NAME_PATTERN.match(collection):
+        raise SourceError(f"collection {collection!r} must match {NAME_PATTERN.pattern}")
+    return settings.uploads_dir / collection
+
+
+def check_upload_name(settings: Settings, filename: str | None) -> str:
+    """The bare file name, refused when empty or hidden (400) or of an unsupported type (415)."""
+    name = Path((filename or "").replace("\\", "/")).name
+    if not name or name.startswith("."):
+        raise SourceError(f"file name {filename!r} is empty or hidden")
+    suffix = Path(name).suffix.lower()
+    if suffix not in settings.upload_types:
+        raise UnsupportedFileType(
+            f"{name}: file type {suffix or '(none)'!r} is not accepted; accepted: {', '.join(settings.upload_types)}"
+        )
+    return name
+
+
+def save_upload(settings: Settings, collection: str, filename: str | None, data: BinaryIO) -> SavedUpload:
+    """Store one uploaded file (size checked while copying: 413 beyond ``upload_max_bytes``)."""
+    name = check_upload_name(settings, filename)
+    folder = upload_folder(settings, collection)
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = settings.upload_max_bytes
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while block := data.read(_READ_BYTES):
+                size += len(block)
+                if size > limit:
+                    raise UploadTooLarge(f"{name} is larger than the limit of {limit} bytes")
+                out.write(block)
+        os.replace(tmp, folder / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return SavedUpload(filename=name, path=folder / name, bytes=size)
+
+
+def delete_document(conn: psycopg.Connection, settings: Settings, document_id: int) -> tuple[str, str] | None:
+    """Delete a document from every index version; also its uploaded file, so a reindex cannot bring it back.
+
+    Returns (collection, source), or None when there is no such document.
+    """
+    row = conn.execute("SELECT collection, source FROM documents WHERE id = %s", (document_id,)).fetchone()
+    if row is None:
+        return None
+    collection, source = row
+    store.delete_documents(conn, [document_id])
+    folder = settings.uploads_dir.resolve() / collection
+    path = (folder / source.split("#", 1)[0]).resolve()
+    if path.is_file() and path.is_relative_to(folder) and "#" not in source:
+        path.unlink()
+    return collection, source

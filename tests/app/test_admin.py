@@ -1,0 +1,178 @@
+"""The admin API over HTTP: reindex jobs run by the in-process worker, uploads, index activation and rollback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.keys import create_key
+from app.main import create_app
+from ingest.db import Database
+from ingest.settings import Settings
+from tests.app.conftest import authed
+from tests.utils.corpus import corpus_document_count, write_corpus
+from tests.utils.jobs import job_settings, write_many
+from tests.utils.server import serve_in_thread
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "docs")
+
+
+@pytest.fixture
+def settings(database: Database, tmp_path: Path, docs: Path) -> Settings:
+    uploads = tmp_path / "data" / "uploads"
+    return job_settings(database, tmp_path, [docs, uploads], worker_in_process=True, upload_max_bytes=2000)
+
+
+@pytest.fixture
+def keys(database: Database) -> dict[str, str]:
+    with database.connect() as conn:
+        return {scope: create_key(conn, scope, [scope])[1] for scope in ("admin", "query")}
+
+
+@pytest.fixture
+def admin(settings: Settings, keys: dict[str, str]) -> Iterator[TestClient]:
+    with authed(TestClient(create_app(settings)), keys["admin"]) as client:
+        yield client
+
+
+def wait(client: TestClient | httpx.Client, job_id: int, timeout_s: float = 120) -> dict[str, Any]:
+    """Poll a job until it is finished; returns its last state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/admin/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def reindex(client: TestClient | httpx.Client, **body: object) -> dict[str, Any]:
+    response = client.post("/v1/admin/reindex", json=body)
+    assert response.status_code == 202, response.text
+    return wait(client, response.json()["job_id"])
+
+
+def test_reindex_activate_and_roll_back(admin: TestClient, docs: Path) -> None:
+    first = reindex(admin, source=str(docs))
+    assert first["status"] == "succeeded" and first["activated"], first
+    assert first["docs_done"] == first["docs_total"] == corpus_document_count() and first["errors"] == []
+    assert first["docs_per_s"] > 0 and first["eta_s"] is None
+    full = reindex(admin, mode="full", config="small", activate=True)
+    assert full["status"] == "succeeded" and full["activated"]
+    assert [j["id"] for j in admin.get("/v1/admin/jobs").json()["jobs"]] == [full["id"], first["id"]]
+
+    indexes = {i["id"]: i for i in admin.get("/v1/admin/indexes").json()["indexes"]}
+    old, new = first["index_version_id"], full["index_version_id"]
+    assert indexes[new]["active"] and not indexes[old]["active"] and indexes[new]["documents"] == 6
+
+    rollback = admin.post(f"/v1/admin/indexes/{old}/activate")
+    assert rollback.status_code == 200 and rollback.json()["previous_id"] == new
+    assert rollback.json()["active"]["id"] == old
+
+    refused = admin.delete(f"/v1/admin/indexes/{old}")
+    assert refused.status_code == 409 and "is active" in refused.json()["error"]["message"]
+    assert admin.delete(f"/v1/admin/indexes/{new}").status_code == 200
+    assert admin.get(f"/v1/admin/indexes/{new}/activate").status_code == 405
+    missing = admin.post(f"/v1/admin/indexes/{new}/activate")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFound"
+    assert admin.post(f"/v1/admin/jobs/{first['id']}/cancel").status_code == 409  # already succeeded
+    assert admin.get("/v1/admin/jobs/999999").status_code == 404
+
+
+def test_upload_then_delete_documents(admin: TestClient, settings: Settings) -> None:
+    files = [
+        ("files", ("holidays.md", b"# Holidays\n\nThe office closes on 24 December.\n", "text/markdown")),
+        ("files", ("parking.txt", b"Visitors park on level -2.\n", "text/plain")),
+    ]
+    response = admin.post("/v1/admin/documents", files=files, data={"collection": "uploads"})
+    assert response.status_code == 202, response.text
+    assert [f["filename"] for f in response.json()["files"]] == ["holidays.md", "parking.txt"]
+    job = wait(admin, response.json()["job_id"])
+    assert job["status"] == "succeeded" and job["result"]["counts"]["added"] == 2
+    stored = settings.uploads_dir / "uploads" / "holidays.md"
+    assert stored.read_bytes().startswith(b"# Holidays")
+
+    with Database(url=settings.database_url.get_secret_value()).connect() as conn:  # type: ignore[union-attr]
+        (doc_id,) = conn.execute("SELECT id FROM documents WHERE source = 'holidays.md'").fetchone()  # type: ignore[misc]
+    deleted = admin.delete(f"/v1/admin/documents/{doc_id}")
+    assert deleted.status_code == 200 and deleted.json()["source"] == "holidays.md"
+    assert not stored.exists()  # a later reindex cannot bring it back
+    assert admin.delete(f"/v1/admin/documents/{doc_id}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "status", "message"),
+    [
+        ("tool.exe", b"MZ", 415, "file type '.exe' is not accepted"),
+        ("big.md", b"x" * 5000, 413, "larger than"),
+        (".hidden.md", b"# x\n", 400, "empty or hidden"),
+    ],
+)
+def test_uploads_refused_store_nothing(
+    admin: TestClient, settings: Settings, name: str, body: bytes, status: int, message: str
+) -> None:
+    files = [("files", ("fine.md", b"# fine\n", "text/markdown")), ("files", (name, body, "application/octet-stream"))]
+    response = admin.post("/v1/admin/documents", files=files)
+    assert response.status_code == status and message in response.json()["error"]["message"]
+    assert not (settings.uploads_dir / "default").exists() or not any((settings.uploads_dir / "default").iterdir())
+
+
+@pytest.mark.parametrize("source", ["../docs", "/etc", "docs/../../etc", "escape"])
+def test_sources_outside_the_roots_are_a_400(admin: TestClient, docs: Path, tmp_path: Path, source: str) -> None:
+    (docs / "escape").symlink_to(tmp_path)
+    response = admin.post("/v1/admin/reindex", json={"source": source})
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["type"] == "SourceError"
+    assert "'..'" in error["message"] or "outside the allowed roots" in error["message"]
+
+
+def test_admin_routes_need_the_admin_scope(admin: TestClient, keys: dict[str, str]) -> None:
+    response = admin.get("/v1/admin/jobs", headers={"Authorization": f"Bearer {keys['query']}"})
+    assert response.status_code == 403 and "admin" in response.json()["error"]["message"]
+
+
+def test_queries_answered_without_errors_during_full_reindex_and_activation(
+    settings: Settings, keys: dict[str, str], docs: Path
+) -> None:
+    """Real uvicorn; one client asks questions non-stop while a full build runs and is activated, then rolled back."""
+    write_many(docs / "many.jsonl", 200)
+    app = create_app(settings)
+    headers = {"Authorization": f"Bearer {keys['admin']}"}
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        first = reindex(client, source=str(docs))
+        assert first["status"] == "succeeded", first
+        statuses: list[int] = []
+        versions: set[str] = set()
+        stop = threading.Event()
+
+        def ask() -> None:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['query']}"}, timeout=60) as asker:
+                while not stop.is_set():
+                    r = asker.post("/v1/query", json={"question": "When does the on-call rotation change?"})
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        versions.add(r.json()["versions"]["index"])
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        try:
+            full = reindex(client, mode="full", config="small", activate=True)
+            time.sleep(1.0)
+            rollback = client.post(f"/v1/admin/indexes/{first['index_version_id']}/activate")
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            thread.join(60)
+    assert full["status"] == "succeeded" and rollback.status_code == 200
+    assert len(statuses) >= 5 and set(statuses) == {200}
+    assert len(versions) == 2  # answered from the old version, the new one, then the old one again
