@@ -117,13 +117,21 @@ def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
 
 
 def revoke_key(conn: psycopg.Connection, key_id_or_prefix: str) -> ApiKey:
-    """Revoke a key by id or prefix; revoking twice keeps the first time."""
-    column = "id" if key_id_or_prefix.isdigit() else "prefix"
+    """Revoke a key by prefix or id; revoking twice keeps the first time.
+
+    The prefix is tried first: a random prefix can be all digits and must not be read as an id.
+    """
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE {column} = %s RETURNING {_COLUMNS}",
-            (int(key_id_or_prefix) if column == "id" else key_id_or_prefix,),
-        ).fetchone()
+        row = None
+        for column in ("prefix", "id") if key_id_or_prefix.isdigit() else ("prefix",):
+            value: str | int = int(key_id_or_prefix) if column == "id" else key_id_or_prefix
+            row = cur.execute(
+                f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE {column} = %s"
+                f" RETURNING {_COLUMNS}",
+                (value,),
+            ).fetchone()
+            if row is not None:
+                break
     if row is None:
         raise RagopsError(f"no API key {key_id_or_prefix!r}")
     return _key(row)
