@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     vllm_connect_timeout_s: float = Field(default=3.0, gt=0)
     vllm_read_timeout_s: float = Field(default=60.0, gt=0)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+    judge_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible base URL of the eval judge (ragas Faithfulness, AnswerRelevancy); unset = none.",
+    )
+    judge_model: str | None = Field(default=None, description="Judge model name; unset = the config's model.")
+    judge_api_key: SecretStr | None = None
+    judge_timeout_s: float = Field(default=60.0, gt=0)
+    judge_max_tokens: int = Field(default=1024, ge=16, description="Completion budget of one judge call.")
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
     )
