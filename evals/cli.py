@@ -44,6 +44,10 @@ def run(
     repeats: Annotated[int, typer.Option(min=1, max=20, help="Answer each question N times.")] = 1,
     samples: Annotated[Path, typer.Option(help="Documents the eval index is built from.")] = SAMPLES,
     configs_dir: Annotated[Path | None, typer.Option(help="Folder of configurations (default: settings).")] = None,
+    judge_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible judge for Faithfulness/AnswerRelevancy (RAGOPS_JUDGE_URL).")
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model (RAGOPS_JUDGE_MODEL; default: config's)")] = None,
 ) -> None:
     """Build (or reuse) the config's index, answer every question through the serving pipeline, score it."""
     from evals.runner import run_eval
@@ -56,13 +60,17 @@ def run(
                 report = run_beir(rt, config, beir, split, configs_dir=configs_dir)
             else:
                 report = run_eval(rt, config, load_dataset(dataset), samples=samples, repeats=repeats,
-                                  configs_dir=configs_dir)  # fmt: skip
+                                  configs_dir=configs_dir, judge_url=judge_url, judge_model=judge_model)  # fmt: skip
     except EvalInputError as exc:
         _fail(exc)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     shown = {k: round(v, 4) for k, v in report["aggregates"].items()}
     out.print(f"{report['versions']['config']} on {report['dataset']['name']}: {shown}")
+    if report.get("judge"):
+        for name, counts in report["judge"]["metrics"].items():
+            failed = ", ".join(f"{reason} {n}" for reason, n in counts["failed"].items()) or "none"
+            out.print(f"judge {name}: {counts['scored']} scored, failed: {failed}")
     out.print(f"wrote {out_file} in {report['total_seconds']:.1f} s")
 
 
@@ -96,4 +104,4 @@ def baseline(
     """Re-run the eval and overwrite evals/baselines/CONFIG.json (commit it in a reviewed change)."""
     target = REPO / "evals" / "baselines" / f"{config}.json"
     run(out_file=target, config=config, dataset=dataset, beir=None, split="test", repeats=1, samples=SAMPLES,
-        configs_dir=get_settings().configs_dir)  # fmt: skip
+        configs_dir=get_settings().configs_dir, judge_url=None, judge_model=None)  # fmt: skip

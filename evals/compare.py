@@ -29,6 +29,10 @@ class MetricRule(BaseModel):
     floor: float | None = None
     ceiling: float | None = None
     max_drop: float | None = Field(default=None, ge=0)
+    advisory: bool = Field(
+        default=False,
+        description="Reported (with what would fail) but never fails the gate, and may be unavailable: judge scores.",
+    )
 
 
 class Bootstrap(BaseModel):
@@ -63,11 +67,23 @@ class MetricResult:
     ci_high: float
     questions: int
     failures: list[str] = field(default_factory=list)
+    advisory: bool = False
+    note: str = ""  # for advisory metrics: how the judge fared on each side
 
     @property
     def passed(self) -> bool:
         """No rule broken."""
         return not self.failures
+
+    @property
+    def blocking(self) -> bool:
+        """A broken rule that fails the gate (advisory metrics never do)."""
+        return bool(self.failures) and not self.advisory
+
+    @property
+    def available(self) -> bool:
+        """Both reports scored this metric on at least one common question."""
+        return self.questions > 0
 
 
 @dataclass
@@ -83,7 +99,7 @@ class Comparison:
     @property
     def exit_code(self) -> int:
         """0 when every rule holds, else 1."""
-        ok = all(m.passed for m in self.metrics) and all(ok for *_, ok in self.ceilings)
+        ok = not any(m.blocking for m in self.metrics) and all(ok for *_, ok in self.ceilings)
         return PASS if ok else REGRESSION
 
 
@@ -120,6 +136,16 @@ def bootstrap_ci(diffs: np.ndarray, bootstrap: Bootstrap) -> tuple[float, float]
     return float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
 
 
+def judge_note(report: dict[str, Any], name: str) -> str:
+    """How the report's judge fared on one metric: "no judge", or "40 scored, failed: bad_json 2"."""
+    judge = report.get("judge")
+    if not judge or name not in judge.get("metrics", {}):
+        return "no judge"
+    counts = judge["metrics"][name]
+    failed = ", ".join(f"{reason} {n}" for reason, n in counts["failed"].items())
+    return f"{counts['scored']} scored" + (f", failed: {failed}" if failed else "")
+
+
 def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> Comparison:
     """Apply the gate; raises :class:`EvalInputError` when the reports are not comparable."""
     if baseline["dataset"]["sha256"] != candidate["dataset"]["sha256"]:
@@ -136,13 +162,21 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> 
     regressions: dict[str, float] = {}
     for name, rule in gate.metrics.items():
         ids = [i for i in base if name in base[i]["metrics"] and name in cand[i]["metrics"]]
+        note = ""
+        if rule.advisory:
+            note = f"baseline {judge_note(baseline, name)}; candidate {judge_note(candidate, name)}"
+        if not ids and rule.advisory:  # e.g. no judge configured, or every judge call failed
+            nan = float("nan")
+            results.append(MetricResult(name, nan, nan, nan, nan, nan, 0, advisory=True, note=note))
+            continue
         if not ids:
             raise EvalInputError(f"metric {name!r} of the gate is in neither report")
         b = np.array([base[i]["metrics"][name] for i in ids])
         c = np.array([cand[i]["metrics"][name] for i in ids])
         diffs = c - b
         low, high = bootstrap_ci(diffs, gate.bootstrap)
-        result = MetricResult(name, float(b.mean()), float(c.mean()), float(diffs.mean()), low, high, len(ids))
+        result = MetricResult(name, float(b.mean()), float(c.mean()), float(diffs.mean()), low, high, len(ids),
+                              advisory=rule.advisory, note=note)  # fmt: skip
         lower_is_better = name in LOWER_IS_BETTER
         drop = result.diff if lower_is_better else -result.diff  # > 0: the candidate is worse
         significant = low > 0 if lower_is_better else high < 0
@@ -153,6 +187,8 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> 
         if rule.max_drop is not None and drop > rule.max_drop and significant:
             result.failures.append(f"worse by {drop:.3f} > {rule.max_drop} (95% CI excludes 0)")
         results.append(result)
+        if rule.advisory:  # noisy judge scores do not decide which questions are listed first
+            continue
         for i, d in zip(ids, diffs, strict=True):  # sum of per-question losses, for "worst first"
             regressions[i] = regressions.get(i, 0.0) + float(min(0.0, -d if lower_is_better else d))
     ceilings = []
@@ -186,7 +222,12 @@ def markdown(comparison: Comparison) -> str:
         "|---|---:|---:|---:|---|---:|---|",
     ]
     for m in comparison.metrics:
+        if not m.available:
+            lines.append(f"| {m.name} | | | | | 0 | unavailable, advisory ({m.note}) |")
+            continue
         verdict_cell = "ok" if m.passed else "**" + "; ".join(m.failures) + "**"
+        if m.advisory:
+            verdict_cell = ("ok" if m.passed else "would fail: " + "; ".join(m.failures)) + f", advisory ({m.note})"
         lines.append(
             f"| {m.name} | {m.baseline:.3f} | {m.candidate:.3f} | {m.diff:+.3f} | [{m.ci_low:+.3f}, {m.ci_high:+.3f}] "
             f"| {m.questions} | {verdict_cell} |"
@@ -211,11 +252,15 @@ def html_report(comparison: Comparison) -> str:
     """A self-contained page: per-metric bars for both sides and the paired difference with its interval."""
     rows = []
     for m in comparison.metrics:
+        if not m.available:
+            cell = f"<td colspan='5'>unavailable: {html.escape(m.note)}</td>"
+            rows.append(f"<tr><td>{html.escape(m.name)}</td>{cell}</tr>")
+            continue
         scale = max(1.0, m.baseline, m.candidate)
         bw, cw = 200 * m.baseline / scale, 200 * m.candidate / scale
         mid, unit = 100, 400  # x of zero and pixels per unit of difference
         lo, hi, d = mid + m.ci_low * unit, mid + m.ci_high * unit, mid + m.diff * unit
-        colour = "#2e7d32" if m.passed else "#c62828"
+        colour = "#2e7d32" if m.passed else "#ef6c00" if m.advisory else "#c62828"
         rows.append(
             f"<tr><td>{html.escape(m.name)}</td>"
             f'<td><svg width="210" height="34"><rect x="0" y="2" width="{bw:.1f}" height="13" fill="#90a4ae"/>'

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,10 +23,15 @@ from evals.dataset import EvalQuestion, EvalSet
 from evals.errors import EvalInputError
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
 from ingest.config import LoadedConfig, list_config_names
+from ingest.embedding import Embedder
 from ingest.errors import ConfigError
 from ingest.pipeline import IngestPipeline
 from ingest.runtime import Runtime
+from ingest.settings import Settings
 from ingest.store import IndexVersion, chunk_texts
+
+if TYPE_CHECKING:  # ragas is imported only when a judge is configured
+    from evals.judge import Judge, JudgeScores
 
 REPORT_FORMAT = 1
 EVAL_COLLECTION = "eval-samples"
@@ -124,6 +129,35 @@ def aggregate(questions: list[dict[str, Any]]) -> dict[str, float]:
     return result
 
 
+def make_judge(
+    settings: Settings, url: str | None, model: str | None, config_model: str, embedder: Embedder
+) -> Judge | None:
+    """The judge the arguments (else the settings) name, or None; its model defaults to the config's."""
+    url = url or settings.judge_url
+    if not url:
+        return None
+    from evals.judge import Judge
+
+    key = settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
+    return Judge(url, model or settings.judge_model or config_model, embedder, api_key=key,
+                 timeout_s=settings.judge_timeout_s, max_tokens=settings.judge_max_tokens)  # fmt: skip
+
+
+def record_judged(judged: list[JudgeScores]) -> dict[str, Any]:
+    """Per question: every repeat's judge score (they vary), and why the others are missing."""
+    if not judged:
+        return {}
+    scores: dict[str, list[float]] = {}
+    failures: dict[str, dict[str, int]] = {}
+    for j in judged:
+        for name, value in j.scores.items():
+            scores.setdefault(name, []).append(value)
+        for name, reason in j.failures.items():
+            failures.setdefault(name, {}).setdefault(reason, 0)
+            failures[name][reason] += 1
+    return {"scores": scores, "failures": failures}
+
+
 def run_eval(
     rt: Runtime,
     config_name: str,
@@ -133,8 +167,14 @@ def run_eval(
     repeats: int = 1,
     configs_dir: Path | None = None,
     prompts_dir: Path | None = None,
+    judge_url: str | None = None,
+    judge_model: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one configuration on one dataset; returns the report (JSON-ready, no raw PII)."""
+    """Evaluate one configuration on one dataset; returns the report (JSON-ready, no raw PII).
+
+    With a judge URL (argument or ``RAGOPS_JUDGE_URL``), answered questions also get ragas
+    Faithfulness and AnswerRelevancy, on every repeat; judge failures are counted, not raised.
+    """
     settings = rt.settings
     configs_dir = configs_dir or settings.configs_dir
     catalog = load_catalog(configs_dir, prompts_dir or settings.prompts_dir, config_name)
@@ -146,6 +186,7 @@ def run_eval(
         index = build_index(rt, config, samples, pipeline)
         build_seconds = time.perf_counter() - started
         embedder = pipeline.embedder(config)
+        judge = make_judge(settings, judge_url, judge_model, config.config.generation.model, embedder)
         top_k = config.config.retrieval.top_k
         all_sources = sorted({s for q in dataset.questions for s in q.sources})
         gold_chunks = chunk_texts(rt.conn, index, EVAL_COLLECTION, all_sources)
@@ -169,9 +210,14 @@ def run_eval(
                 reference_contexts = [t for source in q.sources for t in gold_chunks.get(source, [])]
                 similarity = float(vectors[0] @ vectors[1])
                 metrics = score_question(q, answer, top_k, similarity, cost, retrieved, reference_contexts)
-                runs.append((answer, metrics))
+                judged = None
+                if judge is not None and "answered" in metrics and metrics["answered"]:
+                    judged = judge.score(prepared.request.question, answer.text, retrieved)
+                runs.append((answer, metrics, judged))
             answer = runs[0][0]
-            metrics = {name: statistics.fmean(m[name] for _, m in runs) for name in runs[0][1]}
+            metrics = {name: statistics.fmean(m[name] for _, m, _ in runs) for name in runs[0][1]}
+            judge_record = record_judged([j for *_, j in runs if j is not None])
+            metrics |= {name: statistics.fmean(values) for name, values in judge_record.get("scores", {}).items()}
             results.append(
                 {
                     "id": q.id,
@@ -182,8 +228,13 @@ def run_eval(
                     "retrieved": unique_in_order([c.source for c in answer.citations]),
                     "gold": q.sources,
                     "metrics": metrics,
+                    **({"judge": judge_record} if judge_record else {}),
                 }
             )
+        judge_summary = None
+        if judge is not None:
+            judge_summary = judge.summary()
+            judge.close()
     return {
         "format": REPORT_FORMAT,
         "dataset": {"name": dataset.name, "sha256": dataset.sha256, "questions": len(dataset.questions)},
@@ -196,6 +247,7 @@ def run_eval(
             "git_commit": git_head(configs_dir),
         },
         "repeats": repeats,
+        "judge": judge_summary,
         "index_build_seconds": round(build_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
         "aggregates": aggregate(results),

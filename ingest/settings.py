@@ -45,6 +45,14 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Wait this long for a database connection, then answer 503."
     )
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413.")
+    judge_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible base URL of the eval judge (ragas Faithfulness, AnswerRelevancy); unset = none.",
+    )
+    judge_model: str | None = Field(default=None, description="Judge model name; unset = the config's model.")
+    judge_api_key: SecretStr | None = None
+    judge_timeout_s: float = Field(default=60.0, gt=0)
+    judge_max_tokens: int = Field(default=1024, ge=16, description="Completion budget of one judge call.")
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
     )

@@ -25,6 +25,8 @@ from ingest.db import Database, EmbeddedPostgres
 from ingest.embedding import Embedder, get_embedder
 from ingest.migrations import migrate
 from ingest.settings import get_settings
+from tests.utils.tiny_llama import write_tiny_llama
+from tests.utils.vllm_server import VllmServer, find_vllm_python
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "ragops_template"
@@ -71,6 +73,27 @@ def conn(database: Database) -> Iterator[psycopg.Connection]:
 def embedder() -> Embedder:
     """The real default embedding model (all-MiniLM-L6-v2 from its wheel), loaded once."""
     return get_embedder(EmbeddingSettings())
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """A real vLLM (CPU build) serving a tiny random-weight Llama as ``ragops-llm``, shared by the session.
+
+    Skipped when the vLLM venv is missing, unless RAGOPS_REQUIRE_VLLM=1 (``./dev.sh test``), then failed.
+    """
+    python = find_vllm_python()
+    if python is None:
+        message = "vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)"
+        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    model_dir = write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    server = VllmServer(model_dir, python=python, served_model_name="ragops-llm", max_model_len=2048)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,19 @@ def test_eval_gate_runs_on_the_paths_that_change_answers() -> None:
     assert "ragops eval compare" in steps and "ragops eval run" in steps
 
 
+def test_eval_gate_caches_main_by_commit_runs_mains_code_comments_once_and_fails_on_regression() -> None:
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "eval-gate.yml").read_text())
+    assert workflow[True]["push"]["branches"] == ["main"]  # main's result is made once per commit
+    steps = {s.get("name"): s for s in workflow["jobs"]["gate"]["steps"]}
+    cache = steps["Restore main's result for this commit"]
+    assert "pull_request.base.sha" in cache["with"]["key"] and cache["with"]["path"] == ".ragops/eval/main.json"
+    main_run = steps["Evaluate main"]["run"]
+    assert "PYTHONPATH=/tmp/main-tree" in main_run and "cd /tmp/main-tree" in main_run  # main's code, not the PR's
+    comment = steps["Post or update the report on the pull request"]["with"]["script"]
+    assert "updateComment" in comment and "createComment" in comment and "ragops-eval-gate" in comment
+    assert "exit 1" in steps["Fail on regression"]["run"]
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     assert "./dev.sh test" in (REPO / ".ci" / "run").read_text()
     assert "./dev.sh test" in (REPO / "README.md").read_text()

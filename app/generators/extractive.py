@@ -7,6 +7,7 @@ default when no vLLM server is configured, not a test stand-in.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
@@ -49,6 +50,17 @@ def content_words(text: str) -> set[str]:
     return words
 
 
+def word_weights(question_words: set[str], sentence_words: list[set[str]]) -> dict[str, float]:
+    """Inverse frequency of each question word among the candidate sentences.
+
+    A word found in nearly every retrieved sentence (the company's name) is no evidence that a
+    sentence answers the question; a word found in none (``wi-fi``) is likely its subject. With
+    plain overlap, a question naming the company scored well against any sentence naming it.
+    """
+    n = len(sentence_words)
+    return {x: math.log((n + 1) / (sum(x in words for words in sentence_words) + 0.5)) for x in question_words}
+
+
 class ExtractiveGenerator(Generator):
     """Scores sentences by embedding similarity plus word overlap; quotes the best ones."""
 
@@ -71,11 +83,13 @@ class ExtractiveGenerator(Generator):
             return []
         vectors = self.embedder.embed_batch([request.question] + [s for s, _ in candidates])
         similarity = vectors[1:] @ vectors[0]
-        question_words = content_words(request.question)
+        sentence_words = [content_words(s) for s, _ in candidates]
+        weights = word_weights(content_words(request.question), sentence_words)
+        total = sum(weights.values())
         w = self.settings.lexical_weight
         scored = []
-        for (sentence, n), sim in zip(candidates, similarity, strict=True):
-            overlap = len(question_words & content_words(sentence)) / len(question_words) if question_words else 0.0
+        for (sentence, n), sim, words in zip(candidates, similarity, sentence_words, strict=True):
+            overlap = sum(weights[x] for x in weights.keys() & words) / total if total else 0.0
             scored.append(((1 - w) * float(sim) + w * overlap, sentence, n))
         scored.sort(key=lambda item: (-item[0], item[2], item[1]))
         best = [item for item in scored if item[0] >= self.settings.min_relevance]

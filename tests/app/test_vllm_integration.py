@@ -8,7 +8,6 @@ the plumbing: streaming, usage from vLLM, error mapping, disconnects, the OpenAI
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,7 @@ from tests.app.conftest import authed, make_settings
 from tests.app.test_api import parse_sse
 from tests.conftest import REPO
 from tests.utils.server import serve_in_thread
-from tests.utils.tiny_llama import write_tiny_llama
-from tests.utils.vllm_server import VllmServer, find_vllm_python, free_port
+from tests.utils.vllm_server import VllmServer, free_port
 
 MODEL = "ragops-llm"
 CONFIGS = {
@@ -32,23 +30,6 @@ CONFIGS = {
     "default": "generation:\n  backend: vllm\n  model: ragops-llm\n  max_tokens: 24\n  context_tokens: 300\n",
     "huge": "retrieval:\n  top_k: 40\ngeneration:\n  backend: vllm\n  model: ragops-llm\n  context_tokens: 100000\n",
 }
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    python = find_vllm_python()
-    if python is None:
-        message = "vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)"
-        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    model_dir = write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-    server = VllmServer(model_dir, python=python, served_model_name=MODEL, max_model_len=2048)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
