@@ -1,9 +1,10 @@
 """PII filtering: detection quality on the labelled set, and its latency cost on ``/v1/query``.
 
 Overhead: one server, two configurations that differ only in ``pii.enabled``, asked the same
-~30-token question (a name, an e-mail address and a phone number in it) in interleaved rounds;
-the extractive generator is allowed enough sentences for a ~150-token answer, and the measured
-token counts are reported next to the times.
+~30-token question (a name, an e-mail address and a phone number in it) in interleaved rounds.
+Both answer with the same fixed ~150-token text (sample prose with a name and an address in
+it), streamed word by word like a model would: the extractive generator's work depends on the
+question's wording, which filtering changes, and its variance would swamp the filter's cost.
 
     python -m bench pii [--rounds 7 --requests 30]
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import httpx
 import yaml
 from pydantic import SecretStr
 
+from app.generators.base import Delta, Finished, GenerationRequest, Generator, Usage, count_prompt_tokens
 from app.keys import create_key
 from app.main import create_app
 from bench.common import bench_server, fresh_database, median, percentile, write_result
@@ -45,12 +49,33 @@ def detection() -> dict[str, Any]:
     return score_detection(get_pii_engine(), policy, load_pii_set(ROOT / "evals/datasets/pii.jsonl")).as_dict()
 
 
+ANSWER = (
+    "Hotel bookings go through the travel portal. In high-cost cities such as Port Aldane and Easton Quay "
+    "the nightly limit is $290; elsewhere it is $190, taxes included. Book at least 14 days ahead when you "
+    "can, and choose a refundable rate. If the portal has no room under the limit, ask your manager to "
+    "approve an exception in writing before you book, and attach the approval to the expense claim. For "
+    "stays longer than five nights, the travel desk negotiates a weekly rate: write to Dana Whitfield at "
+    "travel-desk@example.com with your dates. Loyalty points are yours to keep, but never choose a more "
+    "expensive hotel to earn them. Receipts must be itemized [1][2]."
+)
+
+
+class CannedGenerator(Generator):
+    """The same answer for every question, one word per delta (a stand-in that costs the same both sides)."""
+
+    name = "extractive"
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
+        for word in re.findall(r"\S+\s*", ANSWER):
+            yield Delta(word)
+        yield Finished(Usage(count_prompt_tokens(request.messages), count_tokens(ANSWER)), "extractive")
+
+
 def configs_folder() -> Path:
-    """default.yaml twice, with PII on and off, both allowed a long extractive answer."""
+    """default.yaml twice, with PII on and off."""
     folder = Path(tempfile.mkdtemp(prefix="ragops-pii-bench-"))
     shutil.copy(ROOT / "configs" / "pricing.yaml", folder / "pricing.yaml")
     raw = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
-    raw["generation"]["extractive"].update(max_sentences=12, min_relevance=0.0)
     (folder / "default.yaml").write_text(yaml.safe_dump(raw))
     raw["pii"]["enabled"] = False
     (folder / "nopii.yaml").write_text(yaml.safe_dump(raw))
@@ -90,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             app = create_app(settings)
             headers = {"Authorization": f"Bearer {key}"}
             with serve_in_thread(app) as url, httpx.Client(timeout=60, headers=headers) as client:
+                for name in ("default", "nopii"):
+                    app.state.pipeline._generators[f"extractive:{name}"] = CannedGenerator()
                 timed(client, url, "default", 5)  # warm-up
                 timed(client, url, "nopii", 5)
                 on_p50, off_p50, bodies = [], [], []
