@@ -24,7 +24,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from app.keys import ApiKey
+from app.keys import ApiKey, VerifiedKeys
 from app.pricing import Pricing
 from ingest.errors import RagopsError
 
@@ -219,10 +219,13 @@ def usage(conn: psycopg.Connection, start: datetime, end: datetime, group_by: st
 class Accountant:
     """Shared by every request: the pool, the prices, and whether auth is on."""
 
-    def __init__(self, pool: ConnectionPool, pricing: Pricing, *, auth_enabled: bool = True) -> None:
+    def __init__(
+        self, pool: ConnectionPool, pricing: Pricing, *, auth_enabled: bool = True, key_cache_ttl_s: float = 0.0
+    ) -> None:
         self.pool = pool
         self.pricing = pricing
         self.auth_enabled = auth_enabled
+        self.keys = VerifiedKeys(key_cache_ttl_s)
 
     def cost(self, entry: LedgerEntry, embedding_model: str) -> float:
         """USD for the tokens an entry records (0 when no model answered)."""

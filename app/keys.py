@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -135,3 +139,36 @@ def revoke_key(conn: psycopg.Connection, key_id_or_prefix: str) -> ApiKey:
     if row is None:
         raise RagopsError(f"no API key {key_id_or_prefix!r}")
     return _key(row)
+
+
+class VerifiedKeys:
+    """Keys verified in the last ``ttl_s`` seconds, so a busy client costs no lookup per request.
+
+    Keyed by a hash of the presented token: a hit means this exact secret was verified moments
+    ago. Revocation, scopes and limits take effect within ``ttl_s`` (0 turns the cache off).
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple[float, ApiKey]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, conn_factory: Callable[[], AbstractContextManager[psycopg.Connection]], presented: str) -> ApiKey:
+        """The key for ``presented``, from the cache or from the database (failures are never cached)."""
+        if self.ttl_s <= 0:
+            with conn_factory() as conn:
+                return verify_key(conn, presented)
+        digest = hashlib.sha256(presented.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with conn_factory() as conn:
+            key = verify_key(conn, presented)
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries = {d: e for d, e in self._entries.items() if e[0] > now}
+            self._entries[digest] = (now + self.ttl_s, key)
+        return key

@@ -133,7 +133,10 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
                 for config in catalog.configs.values():
                     pipeline.pii_engine(config)
                 app.state.pipeline = pipeline
-                app.state.accountant = Accountant(pool, pricing, auth_enabled=settings.auth_enabled and metering)
+                app.state.accountant = Accountant(
+                    pool, pricing, auth_enabled=settings.auth_enabled and metering,
+                    key_cache_ttl_s=settings.auth_cache_ttl_s,
+                )  # fmt: skip
                 app.state.metrics = metrics
                 worker = _start_worker(database, settings)
                 try:

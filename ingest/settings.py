@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     judge_api_key: SecretStr | None = None
     judge_timeout_s: float = Field(default=60.0, gt=0)
     judge_max_tokens: int = Field(default=1024, ge=16, description="Completion budget of one judge call.")
+    auth_cache_ttl_s: float = Field(
+        default=2.0, ge=0, le=300,
+        description="Reuse a verified API key this long (revocation takes effect within it); 0 = verify every time.",
+    )  # fmt: skip
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
     )

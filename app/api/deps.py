@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.accounting import Accountant, LedgerEntry, check_rate
-from app.keys import ApiKey, AuthError, verify_key
+from app.keys import ApiKey, AuthError
 from app.metering import Meter
 from app.rag import RagPipeline
 
@@ -50,12 +50,13 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-    with accountant.pool.connection() as conn:
-        key = verify_key(conn, token.strip())
-        meter.key = key
-        meter.entry.key_id, meter.entry.key_name = key.id, key.name
-        key.require(scope)
-        check_rate(conn, key)
+    key = accountant.keys.verify(accountant.pool.connection, token.strip())
+    meter.key = key
+    meter.entry.key_id, meter.entry.key_name = key.id, key.name
+    key.require(scope)
+    if key.rpm is not None or key.tpm is not None:
+        with accountant.pool.connection() as conn:
+            check_rate(conn, key)
     meter.entry.latency_ms["auth"] = (time.perf_counter() - started) * 1000
     return key
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -11,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from app.generators.base import Delta, Finished, GenerationRequest, Generator
-from app.keys import create_key, revoke_key
+from app.keys import AuthError, VerifiedKeys, create_key, revoke_key
 from app.main import create_app
 from ingest.db import Database
 from tests.app.conftest import authed, make_settings
@@ -288,3 +290,31 @@ def test_a_monthly_refusal_leaves_no_daily_reservation(priced: TestClient, serve
             (key.split("_")[1],),
         ).fetchall()
     assert all(reserved == 0 and spent == 0 for _, reserved, spent in rows), rows
+
+
+def test_verified_keys_are_reused_briefly_and_revocation_lands_within_the_ttl(database: Database) -> None:
+    with database.connect() as conn:
+        secret = create_key(conn, "cached", ["query"])[1]
+    cache = VerifiedKeys(ttl_s=0.3)
+    lookups = 0
+
+    @contextlib.contextmanager
+    def counting_connection() -> Iterator[psycopg.Connection]:
+        nonlocal lookups
+        lookups += 1
+        with database.connect() as conn:
+            yield conn
+
+    assert cache.verify(counting_connection, secret).name == "cached"
+    assert cache.verify(counting_connection, secret).name == "cached"
+    assert lookups == 1  # the second request needed no database round trip
+    with database.connect() as conn:
+        revoke_key(conn, secret.split("_")[1])
+    time.sleep(0.35)
+    with pytest.raises(AuthError, match="revoked"):
+        cache.verify(counting_connection, secret)
+    with pytest.raises(AuthError):  # failures are not cached: still refused, and looked up again
+        cache.verify(counting_connection, secret)
+    assert lookups == 3
+    with pytest.raises(AuthError):
+        VerifiedKeys(ttl_s=0.3).verify(counting_connection, secret[:-1] + "x")
