@@ -26,6 +26,7 @@ from app.retrieval import RetrievalQuery, active_version, search
 from ingest.config import LoadedConfig
 from ingest.embedding import Embedder, get_embedder
 from ingest.pii import PiiEngine, get_pii_engine
+from ingest.pipeline import DEFAULT_COLLECTION
 from ingest.settings import Settings
 from ingest.store import IndexVersion, get_index_version
 from ingest.tokens import count_tokens
@@ -313,7 +314,8 @@ class RagPipeline:
                     conn,
                     index,
                     settings.retrieval,
-                    RetrievalQuery(query_text, top_k, question.filters, question.collection),
+                    # Collections are namespaces: an eval run's copy of the samples must not answer users.
+                    RetrievalQuery(query_text, top_k, question.filters, question.collection or DEFAULT_COLLECTION),
                     vector,
                 )
             )

@@ -26,7 +26,9 @@ class RetrievalOptions(Strict):
     filters: dict[str, Any] | None = Field(
         default=None, description="Metadata the chunks' documents must contain (JSON containment)."
     )
-    collection: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    collection: str | None = Field(
+        default=None, max_length=200, pattern=NO_NUL, description="Search this collection; unset = 'default'."
+    )
     stream: bool = Field(default=False, description="Server-Sent Events: citations, deltas, usage, done.")
 
 

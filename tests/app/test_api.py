@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -10,6 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.generators.base import NOT_FOUND_ANSWER
+from ingest.config import load_config
+from ingest.db import Database
+from ingest.embedding import Embedder
+from ingest.pipeline import IngestPipeline
+from tests.conftest import REPO
 from tests.utils.server import serve_in_thread
 
 
@@ -91,6 +97,20 @@ def test_metadata_filters_restrict_citations(client: TestClient) -> None:
     ).json()
     assert body["citations"]
     assert all(c["source"].startswith("product/kb_articles.jsonl#") for c in body["citations"])
+
+
+def test_queries_search_the_default_collection_unless_told_otherwise(
+    client: TestClient, served_database: Database, embedder: Embedder, tmp_path: Path
+) -> None:
+    """An eval run's (or another team's) copy of a document must not answer default queries."""
+    (tmp_path / "tide.md").write_text("# Tide tables\n\nThe Port Aldane tide gauge reads 4.2 metres at spring tide.\n")
+    with served_database.connect() as conn:
+        IngestPipeline(conn, load_config("default", REPO / "configs"), embedder, collection="marine").run(tmp_path)
+    question = "What does the Port Aldane tide gauge read at spring tide?"
+    default = client.post("/v1/query", json={"question": question}).json()
+    assert all(c["source"] != "tide.md" for c in default["citations"])
+    marine = client.post("/v1/query", json={"question": question, "collection": "marine"}).json()
+    assert [c["source"] for c in marine["citations"]] == ["tide.md"]
 
 
 def test_openai_client_works_unchanged(client: TestClient, api_key: str) -> None:
