@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     config: str = Field(default="default", description="RAG configuration used when a request names none.")
     migrate_on_start: bool = True
     db_pool_max: int = Field(default=8, ge=1, le=256)
+    threadpool_size: int = Field(
+        default=40, ge=1, le=1000, description="Threads running the API's blocking work (requests wait beyond it)."
+    )
     log_level: str = "INFO"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -53,6 +56,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Folders reindex sources must lie under; empty = samples/ and the uploads."
     )
     upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest accepted uploaded file.")
+    upload_max_files: int = Field(default=20, ge=1, description="Most files in one upload request.")
     upload_types: list[str] = Field(
         default=[".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"], description="Accepted file suffixes."
     )
@@ -71,6 +75,11 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Where uploaded documents are kept, one folder per collection."""
         return self.data_dir / "uploads"
+
+    @property
+    def upload_body_max_bytes(self) -> int:
+        """Body limit of the upload route: its most files at their largest, plus room for multipart framing."""
+        return self.upload_max_files * self.upload_max_bytes + 64 * 1024
 
     @property
     def allowed_source_roots(self) -> list[Path]:
