@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
-from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -114,8 +113,6 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Routes are sync: every thread is one more malloc arena and OpenMP team; more than the cores can't help.
-        to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
         catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
         pricing = load_pricing(settings.configs_dir)
         if not settings.auth_enabled:

@@ -31,9 +31,6 @@ class Settings(BaseSettings):
     config: str = Field(default="default", description="RAG configuration used when a request names none.")
     migrate_on_start: bool = True
     db_pool_max: int = Field(default=8, ge=1, le=256)
-    threadpool_size: int = Field(
-        default=40, ge=1, le=1000, description="Threads running the API's blocking work (requests wait beyond it)."
-    )
     log_level: str = "INFO"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
