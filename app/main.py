@@ -160,7 +160,8 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     app.include_router(openai_compat.router)
     app.include_router(usage.router)
     app.include_router(admin.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)
 
     app.add_middleware(RequestContext, metrics=metrics, metering=metering)
 

@@ -3,11 +3,20 @@
 The API runs as its own process (``ragops serve``), so its memory can be read from /proc.
 
     python -m bench load                      # 32 clients, 60 s -> bench/results/load.json ("load")
-    python -m bench load --reindex            # ... while full re-ingests build new index versions
-    python -m bench load --soak 600           # 10 minutes; API RSS at start and end ("soak")
+    python -m bench load --reindex            # ... while full reindex jobs build and activate new index versions
+    python -m bench load --soak 600           # 10 minutes; API RSS sampled throughout ("soak")
+    python -m bench load --api-env MALLOC_ARENA_MAX=64 --no-save   # an experiment on the API's environment
 
-``--reindex`` drives ``ragops ingest`` into new index versions in a subprocess; ``run_load`` takes any
-``reindex`` callable (e.g. one that asks the admin job API) so another driver can be plugged in.
+``--reindex`` asks the admin job API (``POST /v1/admin/reindex {"mode": "full", "activate": true}``,
+then ``GET /v1/admin/jobs/{id}``) as an operator would. The jobs run in a separate ``ragops worker``
+process, as in compose.yaml (``api`` and ``worker`` services): that is what production runs, and it
+keeps the API's RSS about serving only. The load lasts at least ``--seconds`` and until the last
+reindex job has ended, so it covers the build AND the activation; answers are counted per index
+version to show the switch happened under load.
+
+Requests/s counts the requests that completed inside the load window, divided by the window; requests
+still in flight when it closes are drained (their latencies count, and any error), but they do not
+stretch the window.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +44,57 @@ from ingest.embedding import get_embedder
 from ingest.pipeline import IngestPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-# Started when the load starts and polled until it ends: returns a process (or any object with poll()).
-Reindex = Callable[[], "subprocess.Popen[bytes]"]
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Resident memory (KiB) and thread count of a process, from /proc."""
+    found: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "Threads"):
+            found[name] = int(value.split()[0])
+    return found
 
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return proc_status(pid)["VmRSS"] / 1024
 
 
-@contextlib.contextmanager
-def api_process(database: Database, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """``ragops serve`` on loopback, on ``database``, until the block ends."""
+def _env(database: Database, data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         **os.environ, "RAGOPS_DATABASE_URL": database.url, "RAGOPS_DB_POOL_MAX": "20", "RAGOPS_CONFIG": "default",
         "RAGOPS_CONFIGS_DIR": str(ROOT / "configs"), "RAGOPS_PROMPTS_DIR": str(ROOT / "prompts"),
+        "RAGOPS_DATA_DIR": str(data_dir), "RAGOPS_WORKER_IN_PROCESS": "false", **(extra or {}),
     }  # fmt: skip
     env.pop("RAGOPS_VLLM_URL", None)
+    return env
+
+
+@contextlib.contextmanager
+def _process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def api_process(
+    database: Database, port: int, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``ragops serve`` on loopback, on ``database``, until the block ends."""
+    serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    with _process(serve, _env(database, data_dir, extra_env)) as proc:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
@@ -71,84 +106,122 @@ def api_process(database: Database, port: int) -> Iterator[subprocess.Popen[byte
                 raise RuntimeError("the API did not start in 120 s")
             time.sleep(0.3)
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
-def ingest_reindexer(database: Database) -> Reindex:
-    """A full re-ingest of samples/ into a new index version (another chunk size each time), in a subprocess."""
-    folder = Path(tempfile.mkdtemp(prefix="ragops-reindex-"))
-    sizes = iter(range(190, 60, -10))
-
-    def start() -> subprocess.Popen[bytes]:
-        name = f"reindex{next(sizes)}"
-        size = name.removeprefix("reindex")
-        (folder / f"{name}.yaml").write_text(f"index:\n  chunking:\n    chunk_size: {size}\n    chunk_overlap: 20\n")
-        env = {**os.environ, "RAGOPS_DATABASE_URL": database.url, "RAGOPS_CONFIGS_DIR": str(folder)}
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "ingest", str(ROOT / "samples"), "--config", name],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-
-    return start
+@contextlib.contextmanager
+def worker_process(database: Database, data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``ragops worker``: runs the reindex jobs the admin API queues, as compose.yaml's worker service."""
+    with _process(["worker"], _env(database, data_dir)) as proc:
+        yield proc
 
 
 async def run_load(
-    url: str, key: str, questions: list[str], clients: int, seconds: float, reindex: Reindex | None = None
+    url: str,
+    key: str,
+    questions: list[str],
+    clients: int,
+    seconds: float,
+    *,
+    admin_key: str | None = None,
+    api_pid: int | None = None,
+    sample_every_s: float = 5.0,
 ) -> dict[str, Any]:
-    """``clients`` concurrent loops of POST /v1/query for ``seconds``; with ``reindex``, reindexing throughout."""
+    """``clients`` concurrent loops of POST /v1/query for ``seconds``.
+
+    With ``admin_key``, full reindex jobs (activated when built) run back to back through the admin
+    API, and the load goes on until the last one has ended. With ``api_pid``, the API's RSS and
+    thread count are sampled every ``sample_every_s``.
+    """
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    deadline = time.monotonic() + seconds
+    versions: dict[str, int] = {}
+    in_window = 0
     reindexes: list[dict[str, Any]] = []
+    samples: list[dict[str, float]] = []
+    stop = asyncio.Event()
+    started = time.monotonic()
 
     async def client_loop(n: int, http: httpx.AsyncClient) -> None:
+        nonlocal in_window
         i = n
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
+        while not stop.is_set():
+            t0 = time.perf_counter()
             try:
                 response = await http.post("/v1/query", json={"question": questions[i % len(questions)]})
-                ok = response.status_code == 200
-                kind = str(response.status_code)
+                ok, kind = response.status_code == 200, str(response.status_code)
+                if ok:
+                    index = response.json()["versions"]["index"]
+                    versions[index] = versions.get(index, 0) + 1
             except httpx.HTTPError as exc:
                 ok, kind = False, type(exc).__name__
             if ok:
-                latencies.append((time.perf_counter() - started) * 1000)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                in_window += not stop.is_set()
             else:
                 errors[kind] = errors.get(kind, 0) + 1
             i += clients
 
-    async def reindex_loop() -> None:
-        assert reindex is not None
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            proc = reindex()
-            while proc.poll() is None:
-                await asyncio.sleep(0.5)
-            reindexes.append({"seconds": round(time.monotonic() - started, 1), "exit_code": proc.returncode})
+    async def reindex_loop(http: httpx.AsyncClient) -> None:
+        assert admin_key is not None
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        while time.monotonic() - started < seconds:
+            body = {"mode": "full", "activate": True, "source": "samples"}
+            queued = await http.post("/v1/admin/reindex", json=body, headers=headers)
+            queued.raise_for_status()
+            job_id, t0 = queued.json()["job_id"], time.monotonic()
+            while (job := (await http.get(f"/v1/admin/jobs/{job_id}", headers=headers)).json())[
+                "status"
+            ] not in FINISHED:
+                await asyncio.sleep(1.0)
+            reindexes.append({
+                "job_id": job_id, "status": job["status"], "activated": job["activated"],
+                "started_at_s": round(t0 - started, 1), "seconds": round(time.monotonic() - t0, 1),
+                "docs": job["docs_done"], "chunks": job["chunks_done"], "errors": len(job["errors"]),
+                "index_version_id": job["index_version_id"], "error": job["error"],
+            })  # fmt: skip
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as http:
-        started = time.monotonic()
-        reindexing = asyncio.ensure_future(reindex_loop()) if reindex is not None else None
-        await asyncio.gather(*(client_loop(n, http) for n in range(clients)))
-        wall = time.monotonic() - started  # the load's own time, not the last reindex's tail
-        if reindexing is not None:
-            await reindexing
+    async def sampler() -> None:
+        assert api_pid is not None
+        while not stop.is_set():
+            status = proc_status(api_pid)
+            samples.append({
+                "t_s": round(time.monotonic() - started), "rss_mb": round(status["VmRSS"] / 1024, 1),
+                "threads": status["Threads"],
+            })  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), sample_every_s)
+
+    limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=300
+    ) as http:
+        background = [asyncio.ensure_future(sampler())] if api_pid is not None else []
+        loads = [asyncio.ensure_future(client_loop(n, http)) for n in range(clients)]
+        if admin_key is not None:
+            await asyncio.gather(asyncio.sleep(seconds), reindex_loop(http))
+        else:
+            await asyncio.sleep(seconds)
+        window = time.monotonic() - started
+        stop.set()
+        drain_started = time.monotonic()
+        await asyncio.gather(*loads, *background)
+        drain = time.monotonic() - drain_started
     result: dict[str, Any] = {
-        "clients": clients, "seconds": round(wall, 1), "requests": len(latencies) + sum(errors.values()),
-        "requests_per_s": round(len(latencies) / wall, 2), "p50_ms": round(percentile(latencies, 50), 1),
-        "p95_ms": round(percentile(latencies, 95), 1), "errors": sum(errors.values()), "error_kinds": errors,
+        "clients": clients, "seconds": round(window, 1), "requests": len(latencies) + sum(errors.values()),
+        "requests_per_s": round(in_window / window, 2), "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1), "drain_s": round(drain, 1), "errors": sum(errors.values()),
+        "error_kinds": errors, "answers_by_index_version": versions,
     }  # fmt: skip
-    if reindex is not None:
+    if admin_key is not None:
         result["reindexes"] = reindexes
+    if samples:
+        result["api_memory"] = samples
     return result
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    pairs = dict(item.split("=", 1) for item in items)
+    return {k.strip(): v.strip() for k, v in pairs.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -156,33 +229,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="Soak: report API RSS growth.")
-    parser.add_argument("--reindex", action="store_true", help="Re-ingest into new index versions meanwhile.")
+    parser.add_argument("--reindex", action="store_true", help="Full reindex jobs (admin API) during the load.")
+    parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="Extra API env.")
+    parser.add_argument("--no-save", action="store_true", help="Print the result only (experiments).")
     args = parser.parse_args(argv)
     questions = [json.loads(line)["question"] for line in (ROOT / "evals/datasets/sample.jsonl").open()]
     config = load_config("default", ROOT / "configs")
     path = RESULTS / "load.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     result: dict[str, Any] = {k: v for k, v in previous.items() if k in ("load", "soak")}
+    data_dir = Path(tempfile.mkdtemp(prefix="ragops-load-"))
+    seconds = args.soak if args.soak else args.seconds
     with bench_server() as admin_uri:
         database = fresh_database(admin_uri, "load_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
             key = create_key(conn, "load", ["query"])[1]
+            admin_key = create_key(conn, "load-admin", ["admin"])[1] if args.reindex else None
         from bench.api_latency import free_port
 
         port = free_port()
-        with api_process(database, port) as api:
+        extra_env = _pairs(args.api_env)
+        with contextlib.ExitStack() as stack:
+            api = stack.enter_context(api_process(database, port, data_dir, extra_env))
+            if args.reindex:
+                stack.enter_context(worker_process(database, data_dir))
             url = f"http://127.0.0.1:{port}"
             asyncio.run(run_load(url, key, questions, 4, 5))  # warm-up: model, pool, caches
             rss_start = rss_mb(api.pid)
-            reindex = ingest_reindexer(database) if args.reindex else None
-            seconds = args.soak if args.soak else args.seconds
-            run = asyncio.run(run_load(url, key, questions, args.clients, seconds, reindex))
+            every = max(5.0, seconds / 20)
+            run = asyncio.run(
+                run_load(url, key, questions, args.clients, seconds, admin_key=admin_key, api_pid=api.pid,
+                         sample_every_s=every)
+            )  # fmt: skip
             run["api_rss_mb_start"], run["api_rss_mb_end"] = round(rss_start, 1), round(rss_mb(api.pid), 1)
     run["generator"] = "extractive"
-    result["soak" if args.soak else "load"] = run
+    run["reindex_runs_in"] = "ragops worker process" if args.reindex else None
+    if extra_env:
+        run["api_env"] = extra_env
     print(json.dumps(run), flush=True)
-    print(f"wrote {write_result('load', result)}")
+    if not args.no_save:
+        result["soak" if args.soak else "load"] = run
+        print(f"wrote {write_result('load', result)}")
     return result
 
 

@@ -191,7 +191,9 @@ def load_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
     if "load" in r:
         d = r["load"]
-        during = f", during {len(d['reindexes'])} full re-ingests" if d.get("reindexes") else ""
+        jobs = d.get("reindexes") or []
+        activated = sum(1 for j in jobs if j.get("activated"))
+        during = f", during {len(jobs)} full reindex jobs ({activated} activated under load)" if jobs else ""
         rows.append(
             (
                 f"load: /v1/query extractive, {d['clients']} clients for {d['seconds']:.0f} s{during}",
@@ -203,11 +205,14 @@ def load_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "soak" in r:
         s = r["soak"]
         growth = s["api_rss_mb_end"] - s["api_rss_mb_start"]
+        samples = s.get("api_memory") or []
+        half = [m["rss_mb"] for m in samples if m["t_s"] >= s["seconds"] / 2]
+        second_half = f"; second half {half[-1] - half[0]:+.0f} MiB" if len(half) > 1 else ""
         rows.append(
             (
                 f"soak: API memory over {s['seconds'] / 60:.0f} min at {s['clients']} clients",
-                f"RSS {s['api_rss_mb_start']:.0f} -> {s['api_rss_mb_end']:.0f} MiB ({growth:+.0f} MiB), "
-                f"{s['requests']} requests, {s['errors']} errors",
+                f"RSS {s['api_rss_mb_start']:.0f} -> {s['api_rss_mb_end']:.0f} MiB ({growth:+.0f} MiB{second_half}), "
+                f"{s['requests_per_s']:.1f} req/s, {s['requests']} requests, {s['errors']} errors",
                 "target: flat",
             )
         )

@@ -162,7 +162,9 @@ def worker(
     import logging
 
     from ingest.jobs import Worker
+    from ingest.runtime import pin_malloc_mmap_threshold
 
+    pin_malloc_mmap_threshold()
     logging.getLogger("ingest").setLevel(logging.INFO)
     with open_runtime() as rt:
         job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents)

@@ -219,7 +219,7 @@ class PiiSettings(StrictModel):
     stream_window_chars: int = Field(
         default=80, ge=16, le=4096, description="Streamed text held back; must exceed the longest entity."
     )
-    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Includes waiting for a free analyzer thread.")
     on_error: Literal["fail", "pass"] = Field(
         default="fail", description="fail: the request fails with 503 (default); pass: text goes on unfiltered."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ class Embedder(ABC):
         self.texts_embedded = 0
         self.calls = 0
         self._count_lock = threading.Lock()
+        # Model batches running at once, across threads. One batch already spreads over every core;
+        # more in parallel (32 request threads) only multiplied activation memory and thread teams.
+        self._slots = threading.BoundedSemaphore(_cores())
 
     @abstractmethod
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -47,7 +51,8 @@ class Embedder(ABC):
         result = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
-            result[indices] = self._embed([texts[i] for i in indices])
+            with self._slots:
+                result[indices] = self._embed([texts[i] for i in indices])
             if on_progress is not None:
                 on_progress(min(start + self.batch_size, len(order)))
         return result
@@ -55,6 +60,11 @@ class Embedder(ABC):
     def embed_query(self, text: str) -> np.ndarray:
         """One vector for a search query."""
         return self.embed_batch([text])[0]
+
+
+def _cores() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_model_path(model: str) -> str:

@@ -492,6 +492,13 @@ class Worker:
             log.warning("job %s: taken over by another worker; abandoning this run", job.id)
         except (WorkerStopping, IngestBusy) as exc:
             self._requeue(job, f"{exc}; queued again", BUSY_RETRY_S if isinstance(exc, IngestBusy) else 0)
+        except psycopg.OperationalError as exc:  # the database restarted or cut us off: resumable, if it is back
+            note = f"database connection lost on run {job.attempts} ({str(exc).strip()[:200]})"
+            if job.attempts < self.settings.job_max_attempts:
+                self._requeue(job, f"{note}; resumed", BUSY_RETRY_S, count_run=True)
+            else:
+                self._end(job, "failed", error=f"{note}; failed after {job.attempts} runs", progress=state)
+                self._cleanup(job, state)
         except KeyboardInterrupt:
             self._requeue(job, "worker interrupted; queued again", 0)
             raise
@@ -625,14 +632,18 @@ class Worker:
                 (status, error, Jsonb(progress.errors) if progress else None, job.id, self.worker_id),
             )
 
-    def _requeue(self, job: Job, note: str, delay_s: float) -> None:
-        """Back to the queue without counting the run (it was interrupted, not crashed)."""
+    def _requeue(self, job: Job, note: str, delay_s: float, *, count_run: bool = False) -> None:
+        """Back to the queue; the run is not counted unless asked (it was interrupted, not crashed).
+
+        When the database is still away this raises, and stale-job recovery requeues the job later.
+        """
         with self.database.connect() as conn:
             conn.execute(
-                """UPDATE jobs SET status = 'queued', worker_id = NULL, attempts = greatest(attempts - 1, 0),
+                """UPDATE jobs SET status = 'queued', worker_id = NULL,
+                       attempts = CASE WHEN %s THEN attempts ELSE greatest(attempts - 1, 0) END,
                        error = %s, run_after = now() + make_interval(secs => %s), updated_at = now()
                    WHERE id = %s AND worker_id = %s AND status = 'running'""",
-                (note, delay_s, job.id, self.worker_id),
+                (count_run, note, delay_s, job.id, self.worker_id),
             )
 
     def _cleanup(self, job: Job, state: _Progress) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,3 +37,24 @@ def open_runtime(settings: Settings | None = None, *, auto_migrate: bool = True)
             yield Runtime(settings=settings, database=database, conn=conn)
     finally:
         database.close()
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value
+
+
+def pin_malloc_mmap_threshold() -> bool:
+    """Keep glibc returning large freed blocks to the OS, for long-running processes; True when applied.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is freed; from then
+    on the megabyte-sized tensors the embedding model allocates per request, of shapes varying with
+    the input, come from the heap, where fragmentation keeps them: the API's RSS kept climbing under
+    load. A fixed threshold turns the dynamic raise off. An explicit ``MALLOC_MMAP_THRESHOLD_`` in
+    the environment wins; without glibc there is nothing to do.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # musl or another libc
+        return False

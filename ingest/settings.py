@@ -65,6 +65,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Folders reindex sources must lie under; empty = samples/ and the uploads."
     )
     upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest accepted uploaded file.")
+    upload_max_files: int = Field(default=20, ge=1, description="Most files in one upload request.")
     upload_types: list[str] = Field(
         default=[".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"], description="Accepted file suffixes."
     )
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Where uploaded documents are kept, one folder per collection."""
         return self.data_dir / "uploads"
+
+    @property
+    def upload_body_max_bytes(self) -> int:
+        """Body limit of the upload route: its most files at their largest, plus room for multipart framing."""
+        return self.upload_max_files * self.upload_max_bytes + 64 * 1024
 
     @property
     def allowed_source_roots(self) -> list[Path]:

@@ -212,6 +212,8 @@ def create_documents(
 ) -> UploadAccepted:
     """Store uploaded documents and queue the job that ingests them."""
     settings = pipeline.settings
+    if len(files) > settings.upload_max_files:
+        raise UploadTooLarge(f"{len(files)} files in one upload; at most {settings.upload_max_files}")
     for upload in files:  # refuse the whole request before storing anything
         uploads.check_upload_name(settings, upload.filename)
         if upload.size is not None and upload.size > settings.upload_max_bytes:

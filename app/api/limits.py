@@ -24,19 +24,24 @@ def _error_body(limit: int) -> bytes:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 (in the one error shape) to bodies over ``max_bytes``, before the app parses them."""
+    """Answer 413 (in the one error shape) to bodies over ``max_bytes``, before the app parses them.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``routes`` gives exact paths a limit of their own (uploads are larger than JSON bodies).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.routes = routes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.routes.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         received = 0
         started = False
@@ -46,8 +51,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -59,10 +64,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracked_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
-        body = _error_body(self.max_bytes)
+    async def _reject(self, send: Send, limit: int) -> None:
+        body = _error_body(limit)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

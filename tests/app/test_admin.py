@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ingest.settings import Settings
 from tests.app.conftest import authed
 from tests.utils.corpus import corpus_document_count, write_corpus
 from tests.utils.jobs import job_settings, write_many
+from tests.utils.pdf import text_pdf
 from tests.utils.server import serve_in_thread
 
 
@@ -125,6 +128,57 @@ def test_uploads_refused_store_nothing(
     response = admin.post("/v1/admin/documents", files=files)
     assert response.status_code == status and message in response.json()["error"]["message"]
     assert not (settings.uploads_dir / "default").exists() or not any((settings.uploads_dir / "default").iterdir())
+
+
+def zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("inside.txt", "a zip, renamed .pdf\n" * 20)
+    return buffer.getvalue()
+
+
+def test_hostile_uploads_become_per_document_errors_and_the_worker_lives_on(
+    database: Database, tmp_path: Path, docs: Path, keys: dict[str, str]
+) -> None:
+    """Broken, lying and binary files are stored (their type is allowed), then skipped by the job with a reason.
+
+    The upload route has its own body limit: files larger than the JSON limit (max_body_bytes) are accepted.
+    """
+    settings = job_settings(
+        database, tmp_path, [docs, tmp_path / "data" / "uploads"], worker_in_process=True,
+        upload_max_bytes=512 * 1024, upload_max_files=10, max_body_bytes=4096,
+    )  # fmt: skip
+    lying = text_pdf("Visitors sign in at the front desk.", claimed_pages=2_000_000_000)
+    hostile = {  # name -> (content, reason given on the job)
+        "truncated.pdf": (lying[: len(lying) // 2], "corrupt PDF"),
+        "archive.pdf": (zip_bytes(), "no %PDF header"),
+        "bomb.pdf": (text_pdf("x", inflate_to=200_000_000), "corrupt PDF"),  # ~200 KB inflating to 200 MB
+        "garbage.txt": (bytes(range(256)) * 8, "binary content"),
+        "garbage.md": (b"\x89\xff\xc3(" * 500, "not valid UTF-8"),
+    }
+    files = [("files", (name, body, "application/octet-stream")) for name, (body, _) in hostile.items()]
+    files.append(("files", ("lying.pdf", lying, "application/pdf")))  # claims 2e9 pages, has one
+    with authed(TestClient(create_app(settings)), keys["admin"]) as admin:
+        response = admin.post("/v1/admin/documents", files=files)
+        assert response.status_code == 202, response.text
+        job = wait(admin, response.json()["job_id"])
+        assert job["status"] == "succeeded", job
+        assert job["result"]["counts"]["added"] == 1  # lying.pdf, with its one real page
+        reasons = {e["source"]: e["reason"] for e in job["errors"]}
+        assert set(reasons) == set(hostile)
+        for name, (_, reason) in hostile.items():
+            assert reason in reasons[name], reasons[name]
+
+        after = admin.post("/v1/admin/documents", files=[("files", ("after.md", b"# After\n\nStill here.\n"))])
+        assert wait(admin, after.json()["job_id"])["status"] == "succeeded"  # the worker survived
+
+        too_big = admin.post("/v1/admin/documents", files=[("files", ("big.txt", b"x" * (512 * 1024 + 1)))])
+        assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "UploadTooLarge"
+        many = [("files", (f"f{i}.md", b"# f\n")) for i in range(11)]
+        assert admin.post("/v1/admin/documents", files=many).status_code == 413
+        body = b"x" * (settings.upload_body_max_bytes + 1)
+        whole = admin.post("/v1/admin/documents", content=body, headers={"content-type": "multipart/form-data"})
+        assert whole.status_code == 413 and whole.json()["error"]["type"] == "BodyTooLarge"
 
 
 @pytest.mark.parametrize("source", ["../docs", "/etc", "docs/../../etc", "escape"])

@@ -24,15 +24,19 @@ from psycopg.conninfo import make_conninfo
 
 from app.keys import create_key
 from app.main import create_app
+from ingest import jobs, store
 from ingest.config import load_config
 from ingest.db import Database, EmbeddedPostgres
 from ingest.embedding import Embedder
-from ingest.errors import EmbeddingError
+from ingest.errors import EmbeddingError, RagopsError
+from ingest.jobs import Worker
 from ingest.migrations import migrate
 from ingest.pipeline import IngestPipeline
 from tests.app.conftest import authed, make_settings
 from tests.app.test_api import parse_sse
 from tests.conftest import REPO
+from tests.ingest.test_jobs import chunk_consistency
+from tests.utils.jobs import job_settings, write_many
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, find_vllm_python
 
@@ -113,6 +117,70 @@ def test_postgres_restart_is_503_then_recovers_without_a_restart(
     with database.connect() as conn:  # requests after the restart are in the ledger again
         row = conn.execute("SELECT count(*) FROM ledger WHERE status = 200").fetchone()
     assert row and row[0] >= 2
+
+
+def restart(server: EmbeddedPostgres, down_s: float, database: Database) -> None:
+    """Stop the server, keep it down ``down_s``, start it again on the same data folder.
+
+    ``down_s`` 0: a restart faster than the client notices, i.e. every connection is cut and the server
+    answers again at once (what a quick restart or a failover looks like to the worker).
+    """
+    if down_s == 0:
+        with database.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
+        return
+    server.stop()
+    time.sleep(down_s)
+    restarted = EmbeddedPostgres(server.pgdata)
+    restarted.start()
+    server._server = restarted._server  # the fixture stops whichever runs now
+
+
+def job_when_back(database: Database, job_id: int, timeout_s: float = 240) -> jobs.Job:
+    """The job once finished, asking through connection failures while the server comes back."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with database.connect() as conn:
+                job = jobs.get_job(conn, job_id)
+            if job is not None and job.finished:
+                return job
+        except (psycopg.OperationalError, RagopsError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
+
+
+@pytest.mark.parametrize("down_s", [0, 0.5, 4.0], ids=["instant", "blip", "outage"])
+def test_postgres_restart_during_a_full_reindex_job_resumes_it_without_loss_or_duplicates(
+    own_postgres: tuple[EmbeddedPostgres, Database, str], tmp_path: Path, down_s: float
+) -> None:
+    """The worker's connections die mid-build; the job is resumed (same version, finished batches kept)."""
+    server, database, _ = own_postgres
+    root = write_many(tmp_path / "big" / "corpus.jsonl", 300).parent
+    settings = job_settings(database, tmp_path, [root], job_stale_after_s=2.0)
+    with database.connect() as conn:
+        job = jobs.enqueue_reindex(conn, settings, source=str(root), mode="full", activate=True)
+    worker = Worker(database, settings, batch_documents=10, poll_s=0.2)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        with database.connect() as conn:
+            while (current := jobs.get_job(conn, job.id)) is not None and current.docs_done < 30:
+                assert current.status in ("queued", "running") and time.monotonic() < deadline, current
+                time.sleep(0.05)
+        restart(server, down_s, database)
+        ended = job_when_back(database, job.id)
+    finally:
+        worker.stop()
+    assert ended.status == "succeeded", ended.error
+    assert ended.activated and ended.attempts >= 2 and ended.error  # it says what happened
+    with database.connect() as conn:
+        assert chunk_consistency(conn, ended.index_version_id or 0) == (300, 300, 300)  # nothing lost or doubled
+        live = store.active_index_version(conn)
+        assert live is not None and live.id == ended.index_version_id and live.status == "ready"
+        versions = store.list_index_versions(conn)
+    assert len(versions) == 2  # the first build and this one: no orphan from the interrupted run
 
 
 # ---------------------------------------------------------------- embedding model missing

@@ -10,6 +10,7 @@ from pypdf import PdfWriter
 
 from ingest.loaders import LoadResult, load_bytes
 from tests.utils.corpus import DOCS
+from tests.utils.pdf import text_pdf
 
 
 def _one(source: str, data: bytes) -> LoadResult:
@@ -68,33 +69,8 @@ def test_jsonl_beir_records_become_documents_and_bad_lines_are_reported() -> Non
     assert any("duplicate _id" in r for r in reasons)
 
 
-def _pdf_with_text(text: str) -> bytes:
-    # pypdf cannot lay out text; build a minimal one-page PDF with a content stream by hand.
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    for offset in offsets:
-        out.write(f"{offset:010d} 00000 n \n".encode())
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-    return out.getvalue()
-
-
 def test_pdf_text_is_extracted_per_page() -> None:
-    doc = _one("manual.pdf", _pdf_with_text("Backups run nightly at 02:00")).document
+    doc = _one("manual.pdf", text_pdf("Backups run nightly at 02:00")).document
     assert doc is not None
     assert "Backups run nightly at 02:00" in doc.text
     assert doc.section_at(0) == ("page 1",)
