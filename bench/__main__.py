@@ -16,6 +16,7 @@ MODULES = {
     "pii": "pii",
     "load": "load",
     "reindex": "reindex",
+    "hostile": "hostile",
     "report": "report",
 }
 

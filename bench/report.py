@@ -237,6 +237,21 @@ def reindex_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def hostile_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the schemathesis run."""
+    modes = r["modes"]
+    calls = sum(m["calls"] for m in modes.values())
+    failures = sum(m["failures"] for m in modes.values())
+    detail = ", ".join(f"{name} {m['calls']}" for name, m in modes.items())
+    return [
+        (
+            f"schemathesis on the OpenAPI schema ({next(iter(modes.values()))['operations']} operations, auth on)",
+            f"{calls} generated requests ({detail}), {failures} operations with a failure",
+            "target 0 failures (no 5xx, no schema violation)",
+        )
+    ]
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "quality": quality_rows,
@@ -247,6 +262,7 @@ RENDERERS = {
     "pii": pii_rows,
     "load": load_rows,
     "reindex": reindex_rows,
+    "hostile": hostile_rows,
 }
 
 

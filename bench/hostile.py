@@ -1,0 +1,90 @@
+"""Schemathesis against the service's own OpenAPI schema, more examples than the test suite runs.
+
+Every route, authenticated with an admin key, valid and invalid inputs: counts calls and
+failures (5xx or a response outside the schema). The "valid data is accepted" check is off for
+the reason given in tests/app/test_schemathesis.py.
+
+    python -m bench hostile [--examples 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from app.keys import create_key
+from app.main import create_app
+from bench.common import bench_server, fresh_database, write_result
+from ingest.config import load_config
+from ingest.embedding import get_embedder
+from ingest.pipeline import IngestPipeline
+from ingest.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import schemathesis
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode, checks
+
+    parser = argparse.ArgumentParser(prog="python -m bench hostile")
+    parser.add_argument("--examples", type=int, default=20, help="per operation and mode")
+    args = parser.parse_args(argv)
+    config = load_config("default", ROOT / "configs")
+    result: dict[str, Any] = {"examples_per_operation": args.examples, "modes": {}}
+    with bench_server() as admin_uri:
+        database = fresh_database(admin_uri, "hostile_bench")
+        with database.connect() as conn:
+            IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
+            key = create_key(conn, "bench", ["query", "admin"])[1]
+        app_settings = Settings(
+            database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",
+            data_dir=Path(tempfile.mkdtemp(prefix="ragops-hostile-")), vllm_url=None, worker_in_process=False,
+        )  # fmt: skip
+        with TestClient(create_app(app_settings)) as client:
+            schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+            operations = [r.ok() for r in schema.get_all_operations()]  # type: ignore[union-attr]
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                calls = failures = 0
+                failed: list[str] = []
+                for operation in operations:
+
+                    @given(case=operation.as_strategy(generation_mode=mode))
+                    @settings(
+                        max_examples=args.examples, deadline=None, suppress_health_check=list(HealthCheck),
+                        database=None,
+                    )  # fmt: skip
+                    def run(case: schemathesis.Case) -> None:
+                        nonlocal calls
+                        calls += 1
+                        case.call_and_validate(
+                            headers={"Authorization": f"Bearer {key}"},
+                            excluded_checks=[checks.positive_data_acceptance],
+                        )
+
+                    try:
+                        run()
+                    except Unsatisfiable:
+                        pass
+                    except Exception as exc:  # a failing check: count it, name the operation
+                        failures += 1
+                        failed.append(f"{operation.label}: {type(exc).__name__}")
+                result["modes"][mode.value] = {
+                    "operations": len(operations), "calls": calls, "failures": failures, "failed": failed,
+                }  # fmt: skip
+                print(json.dumps({mode.value: result["modes"][mode.value]}), flush=True)
+    path = write_result("hostile", result)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
