@@ -65,26 +65,24 @@ class PiiSession:
 
     def filter_question(self, text: str) -> str:
         """Filter caller input; raises :class:`PiiBlocked` naming the blocked types found."""
-        if not self.applies("question"):
-            return text
-        spans = self._analyze(text)
-        if spans is None:
-            return text
-        blocked = sorted({s.entity_type for s in spans if self.policy.entities.get(s.entity_type) == "block"})
-        self._count("question", spans)
-        if blocked:
-            raise PiiBlocked(blocked, self.report())
-        return self._replace(text, spans, caller=True)
+        return self._filter(text, "question")
 
     def filter_context(self, text: str) -> str:
         """Filter a retrieved chunk before it reaches the prompt (``block`` redacts here)."""
-        if not self.applies("context"):
+        return self._filter(text, "context")
+
+    def _filter(self, text: str, stage: Stage) -> str:
+        if not self.applies(stage):
             return text
         spans = self._analyze(text)
         if spans is None:
             return text
-        self._count("context", spans)
-        return self._replace(text, spans, caller=False)
+        self._count(stage, spans)
+        caller = stage == "question"  # only what the caller sent may be blocked or given back
+        blocked = sorted({s.entity_type for s in spans if self.policy.entities.get(s.entity_type) == "block"})
+        if caller and blocked:
+            raise PiiBlocked(blocked, self.report())
+        return self._replace(text, spans, caller=caller)
 
     def filter_answer(self, text: str) -> str:
         """Filter a whole model output, then give the caller back their own pseudonymized values."""

@@ -26,7 +26,7 @@ from ingest.embedding import Embedder, get_embedder
 from ingest.migrations import migrate
 from ingest.settings import get_settings
 from tests.utils.tiny_llama import write_tiny_llama
-from tests.utils.vllm_server import VllmServer, find_vllm_python
+from tests.utils.vllm_server import VllmServer, require_vllm_python
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "ragops_template"
@@ -81,12 +81,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer
 
     Skipped when the vLLM venv is missing, unless RAGOPS_REQUIRE_VLLM=1 (``./dev.sh test``), then failed.
     """
-    python = find_vllm_python()
-    if python is None:
-        message = "vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)"
-        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    python = require_vllm_python()
     model_dir = write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     server = VllmServer(model_dir, python=python, served_model_name="ragops-llm", max_model_len=2048)
     server.start()

@@ -38,7 +38,7 @@ from tests.conftest import REPO
 from tests.ingest.test_jobs import chunk_consistency
 from tests.utils.jobs import job_settings, write_many
 from tests.utils.tiny_llama import write_tiny_llama
-from tests.utils.vllm_server import VllmServer, find_vllm_python
+from tests.utils.vllm_server import VllmServer, require_vllm_python
 
 QUESTION = {"question": "How many PTO days do new employees get?"}
 
@@ -219,11 +219,7 @@ def test_serve_exits_with_a_clear_message_without_its_embedding_model(tmp_path: 
 @pytest.fixture(scope="module")
 def fault_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     """A vLLM of this module's own: the tests freeze and kill it."""
-    python = find_vllm_python()
-    if python is None:
-        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
-            pytest.fail("vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)")
-        pytest.skip("vLLM venv missing: run scripts/vllm_venv.sh")
+    python = require_vllm_python()
     model_dir = write_tiny_llama(tmp_path_factory.mktemp("fault-llama"))
     server = VllmServer(model_dir, python=python, served_model_name="ragops-llm", max_model_len=2048)
     server.start()

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.utils.tiny_llama import write_tiny_llama
-from tests.utils.vllm_server import BASE_ENV, find_vllm_python, free_port
+from tests.utils.vllm_server import BASE_ENV, free_port, require_vllm_python
 
 SERVER_SECTION = """generation:
   model: {name}
@@ -89,12 +89,7 @@ def get_json(url: str, timeout: float) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def vllm_python() -> Path:
     """The vLLM venv's interpreter (module scope: found before per-test settings isolation drops RAGOPS_*)."""
-    python = find_vllm_python()
-    if python is None:
-        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
-            pytest.fail("vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)")
-        pytest.skip("vLLM venv missing: run scripts/vllm_venv.sh")
-    return python
+    return require_vllm_python()
 
 
 def test_llm_serve_starts_a_real_vllm_that_answers(tmp_path: Path, vllm_python: Path) -> None:

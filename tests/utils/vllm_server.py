@@ -76,6 +76,19 @@ def default_vllm_venv() -> Path:
     return Path(env) if env else REPO_ROOT / ".ragops" / "vllm-venv"
 
 
+def require_vllm_python() -> Path:
+    """The vLLM venv's python; skips the test without it, or fails it when RAGOPS_REQUIRE_VLLM=1 (CI)."""
+    import pytest
+
+    python = find_vllm_python()
+    if python is None:
+        message = "vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)"
+        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
 def find_vllm_python() -> Path | None:
     """Return the python of the vLLM venv, or ``None`` when it is not installed.
 
