@@ -28,6 +28,17 @@ def test_the_known_entity_list_matches_presidio(engine: PiiEngine) -> None:
     assert {"PERSON", "EMAIL_ADDRESS", "US_SSN", "IBAN_CODE"} <= PRESIDIO_ENTITIES
 
 
+def test_the_spacy_pipeline_is_trimmed_and_computes_through_numpy(engine: PiiEngine) -> None:
+    """What the latency budget rests on (bench/pii.py): only tok2vec + NER run, products via OpenBLAS."""
+    spacy_nlp = engine._nlp.nlp["en"]  # type: ignore[attr-defined]
+    assert spacy_nlp.pipe_names == ["tok2vec", "ner", "ragops_lower_lemma"]
+    nodes = [node for _, pipe in spacy_nlp.pipeline if hasattr(pipe, "model") for node in pipe.model.walk()]
+    assert nodes and all(node.ops.use_blis is False for node in nodes)
+    doc = spacy_nlp("Dana Whitfield flew to Chicago.")
+    assert [(e.text, e.label_) for e in doc.ents] == [("Dana Whitfield", "PERSON"), ("Chicago", "GPE")]
+    assert [t.lemma_ for t in doc][:2] == ["dana", "whitfield"]
+
+
 def test_only_configured_types_are_reported(engine: PiiEngine) -> None:
     text = "Mail ana@example.org or call 312-555-0147."
     only_email = PiiSettings(entities={"EMAIL_ADDRESS": "redact"})
