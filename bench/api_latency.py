@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from pydantic import SecretStr
 
 from app.keys import create_key
@@ -27,16 +26,9 @@ from ingest.config import load_config
 from ingest.embedding import get_embedder
 from ingest.pipeline import IngestPipeline
 from ingest.settings import Settings
+from tests.utils.server import serve_in_thread  # the tests' loopback server, reused
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_load(url: str, questions: list[str], concurrency: int, total: int, key: str | None) -> dict[str, Any]:
@@ -81,6 +73,30 @@ def run_load(url: str, questions: list[str], concurrency: int, total: int, key: 
     }  # fmt: skip
 
 
+def accounting_overhead(
+    metered_url: str, bare_url: str, questions: list[str], key: str, rounds: int = 5
+) -> dict[str, Any]:
+    """Metered vs bare in interleaved rounds at concurrency 1: the same machine state for both."""
+    pairs: dict[str, list[float]] = {"metered": [], "bare": [], "bare_overhead": [], "metered_overhead": []}
+    for _ in range(rounds):
+        metered_run = run_load(metered_url, questions, 1, 40, key)
+        bare_run = run_load(bare_url, questions, 1, 40, None)
+        pairs["metered"].append(metered_run["p50_ms"])
+        pairs["bare"].append(bare_run["p50_ms"])
+        pairs["metered_overhead"].append(metered_run["api_overhead_p50_ms"])
+        pairs["bare_overhead"].append(bare_run["api_overhead_p50_ms"])
+    return {
+        "metered_p50_ms": round(median(pairs["metered"]), 2),
+        "bare_p50_ms": round(median(pairs["bare"]), 2),
+        "overhead_p50_ms": round(median([m - b for m, b in zip(pairs["metered"], pairs["bare"], strict=True)]), 2),
+        # Per request: end-to-end minus embed, search and generation, medians of the rounds.
+        "api_overhead_bare_p50_ms": round(median(pairs["bare_overhead"]), 2),
+        "api_overhead_metered_p50_ms": round(median(pairs["metered_overhead"]), 2),
+        "accounting_overhead_p50_ms": round(median(pairs["metered_overhead"]) - median(pairs["bare_overhead"]), 2),
+        "rounds": rounds,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench api")
     parser.add_argument("--requests", type=int, default=200)
@@ -98,48 +114,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",
             vllm_url=None, db_pool_max=20,
         )  # fmt: skip
-        runs = {}
         # Production (auth + budget reservation + ledger) and bare (all three off), served alternately.
-        for name, metering in (("metered", True), ("bare", False)):
-            port = free_port()
-            app = create_app(settings, metering=metering)
-            server = uvicorn.Server(
-                uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=60)
-            )
-            thread = threading.Thread(target=server.run, daemon=True)
-            thread.start()
-            while not server.started:
-                time.sleep(0.1)
-            runs[name] = (server, thread, f"http://127.0.0.1:{port}")
-        metered_url, bare_url = runs["metered"][2], runs["bare"][2]
-        run_load(metered_url, questions, 1, 20, key)  # warm-up
-        run_load(bare_url, questions, 1, 20, None)
-        for concurrency in (1, 16):
-            level = run_load(metered_url, questions, concurrency, args.requests, key)
-            result["levels"][str(concurrency)] = level
-            print(json.dumps({concurrency: level}), flush=True)
-        pairs: dict[str, list[float]] = {"metered": [], "bare": [], "bare_overhead": [], "metered_overhead": []}
-        for _ in range(5):  # interleaved rounds at concurrency 1: same machine state for both
-            metered_run = run_load(metered_url, questions, 1, 40, key)
-            bare_run = run_load(bare_url, questions, 1, 40, None)
-            pairs["metered"].append(metered_run["p50_ms"])
-            pairs["bare"].append(bare_run["p50_ms"])
-            pairs["metered_overhead"].append(metered_run["api_overhead_p50_ms"])
-            pairs["bare_overhead"].append(bare_run["api_overhead_p50_ms"])
-        result["accounting_overhead"] = {
-            "metered_p50_ms": round(median(pairs["metered"]), 2),
-            "bare_p50_ms": round(median(pairs["bare"]), 2),
-            "overhead_p50_ms": round(median([m - b for m, b in zip(pairs["metered"], pairs["bare"], strict=True)]), 2),
-            # Per request: end-to-end minus embed, search and generation, medians of the rounds.
-            "api_overhead_bare_p50_ms": round(median(pairs["bare_overhead"]), 2),
-            "api_overhead_metered_p50_ms": round(median(pairs["metered_overhead"]), 2),
-            "accounting_overhead_p50_ms": round(median(pairs["metered_overhead"]) - median(pairs["bare_overhead"]), 2),
-            "rounds": 5,
-        }
-        print(json.dumps(result["accounting_overhead"]), flush=True)
-        for server, thread, _ in runs.values():
-            server.should_exit = True
-            thread.join(10)
+        with (
+            serve_in_thread(create_app(settings, metering=True), keep_alive_s=60) as metered_url,
+            serve_in_thread(create_app(settings, metering=False), keep_alive_s=60) as bare_url,
+        ):
+            run_load(metered_url, questions, 1, 20, key)  # warm-up
+            run_load(bare_url, questions, 1, 20, None)
+            for concurrency in (1, 16):
+                level = run_load(metered_url, questions, concurrency, args.requests, key)
+                result["levels"][str(concurrency)] = level
+                print(json.dumps({concurrency: level}), flush=True)
+            result["accounting_overhead"] = accounting_overhead(metered_url, bare_url, questions, key)
+            print(json.dumps(result["accounting_overhead"]), flush=True)
     path = write_result("api", result)
     print(f"wrote {path}")
     return result

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
             key = create_key(conn, "load", ["query"])[1]
             admin_key = create_key(conn, "load-admin", ["admin"])[1] if args.reindex else None
-        from bench.api_latency import free_port
+        from tests.utils.server import free_port
 
         port = free_port()
         extra_env = _pairs(args.api_env)

@@ -26,12 +26,12 @@ from app.catalog import Catalog
 from app.keys import create_key
 from app.main import create_app
 from app.rag import Question, RagPipeline
-from bench.api_latency import free_port
 from bench.common import bench_server, fresh_database, percentile, write_result
 from ingest.config import load_config
 from ingest.embedding import get_embedder
 from ingest.pipeline import IngestPipeline
 from ingest.settings import Settings
+from tests.utils.server import free_port
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, find_vllm_python
 

@@ -49,14 +49,20 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+def clone_template(pg_server: str, name: str) -> Database:
+    """Database ``name``, made anew from the migrated template (a previous one of that name is dropped)."""
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    return Database(url=make_conninfo(pg_server, dbname=name))
+
+
 @pytest.fixture
 def database(pg_server: str) -> Iterator[Database]:
     """A fresh, migrated database for one test."""
     name = f"test_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
     try:
-        yield Database(url=make_conninfo(pg_server, dbname=name))
+        yield clone_template(pg_server, name)
     finally:
         with psycopg.connect(pg_server, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
 from app.keys import create_key
@@ -18,7 +16,7 @@ from ingest.db import Database
 from ingest.embedding import Embedder
 from ingest.pipeline import IngestPipeline
 from ingest.settings import Settings
-from tests.conftest import REPO, TEMPLATE_DB
+from tests.conftest import REPO, clone_template
 
 SAMPLES = REPO / "samples"
 
@@ -26,10 +24,7 @@ SAMPLES = REPO / "samples"
 @pytest.fixture(scope="session")
 def served_database(pg_server: str, embedder: Embedder) -> Iterator[Database]:
     """A database holding the bundled samples, ingested once with configs/default.yaml."""
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute("DROP DATABASE IF EXISTS served WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE served TEMPLATE {TEMPLATE_DB}")
-    database = Database(url=make_conninfo(pg_server, dbname="served"))
+    database = clone_template(pg_server, "served")
     with database.connect() as conn:
         IngestPipeline(conn, load_config("default", REPO / "configs"), embedder).run(SAMPLES)
     yield database

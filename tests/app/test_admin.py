@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 
 from app.keys import create_key
 from app.main import create_app
+from ingest import store
+from ingest.config import EmbeddingSettings, IndexSettings
 from ingest.db import Database
 from ingest.settings import Settings
 from tests.app.conftest import authed
@@ -90,6 +92,36 @@ def test_reindex_activate_and_roll_back(admin: TestClient, docs: Path) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFound"
     assert admin.post(f"/v1/admin/jobs/{first['id']}/cancel").status_code == 409  # already succeeded
     assert admin.get("/v1/admin/jobs/999999").status_code == 404
+
+
+def test_index_of_another_embedding_model_is_refused(
+    admin: TestClient, docs: Path, settings: Settings, keys: dict[str, str]
+) -> None:
+    """A version whose vectors come from another model: activation 409 unless forced, then queries 409.
+
+    The other model's version is registered with an empty chunk table (only MiniLM is installed
+    here); nothing reads its vectors, which is the point.
+    """
+    built = reindex(admin, source=str(docs))
+    assert built["status"] == "succeeded" and built["activated"]
+    other = IndexSettings(embedding=EmbeddingSettings(model="/models/e5-large-v2"))
+    with Database(url=settings.database_url.get_secret_value()).connect() as conn:  # type: ignore[union-attr]
+        version = store.mark_version_ready(conn, store.ensure_index_version(conn, other, 1024, "test"))
+
+    refused = admin.post(f"/v1/admin/indexes/{version.id}/activate")
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "IndexModelMismatch" and "e5-large-v2" in error["message"], error
+    assert "all-MiniLM-L6-v2" in error["message"] and "reindex" in error["message"]
+    assert admin.get("/v1/admin/indexes").json()["indexes"][0]["active"] is False  # nothing switched
+
+    assert admin.post(f"/v1/admin/indexes/{version.id}/activate", params={"force": True}).status_code == 200
+    query = admin.post(
+        "/v1/query", json={"question": "How many PTO days?"}, headers={"Authorization": f"Bearer {keys['query']}"}
+    )
+    assert query.status_code == 409 and query.json()["error"]["type"] == "IndexModelMismatch", query.text
+    back = admin.post(f"/v1/admin/indexes/{built['index_version_id']}/activate")
+    assert back.status_code == 200 and back.json()["previous_id"] == version.id
 
 
 def test_upload_then_delete_documents(admin: TestClient, settings: Settings) -> None:

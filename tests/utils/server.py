@@ -20,13 +20,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, *, lifespan: bool = True, timeout_s: float = 60.0) -> Iterator[str]:
+def serve_in_thread(
+    app: FastAPI, *, lifespan: bool = True, timeout_s: float = 60.0, keep_alive_s: int = 5
+) -> Iterator[str]:
     """Serve ``app`` with uvicorn until the block ends; yields its base URL.
 
     ``lifespan=False`` serves an app whose lifespan already runs elsewhere (e.g. in a TestClient).
+    ``keep_alive_s`` longer than uvicorn's 5 s keeps benchmark clients' connections between rounds.
     """
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on" if lifespan else "off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on" if lifespan else "off",
+        timeout_keep_alive=keep_alive_s,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
