@@ -62,6 +62,7 @@ def http_status(exc: BaseException) -> int:
     from ingest.errors import (
         ConfigError,
         DatabaseError,
+        IndexModelMismatch,
         IngestBusy,
         PiiUnavailable,
         UnsupportedFileType,
@@ -83,6 +84,7 @@ def http_status(exc: BaseException) -> int:
         (ConfigError, 404),
         (Conflict, 409),
         (IngestBusy, 409),
+        (IndexModelMismatch, 409),
         (UploadTooLarge, 413),
         (UnsupportedFileType, 415),
         (NoActiveIndex, 503),

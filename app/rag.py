@@ -28,7 +28,7 @@ from ingest.embedding import Embedder, get_embedder
 from ingest.pii import PiiEngine, get_pii_engine
 from ingest.pipeline import DEFAULT_COLLECTION
 from ingest.settings import Settings
-from ingest.store import IndexVersion, get_index_version
+from ingest.store import IndexVersion, check_embedding_model, get_index_version
 from ingest.tokens import count_tokens
 
 Role = Literal["system", "user", "assistant"]
@@ -306,6 +306,8 @@ class RagPipeline:
         top_k = question.top_k or settings.retrieval.top_k
         with self.pool.connection() as conn:
             index = get_index_version(conn, question.index_version) if question.index_version else active_version(conn)
+            if vector is not None:
+                check_embedding_model(index, config)
             # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
             hits = (
                 []

@@ -122,9 +122,15 @@ def index_list() -> None:
 @index_app.command("activate")
 def index_activate(
     version_id: Annotated[int, typer.Argument(help="Index version id (see `index list`).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Even when the default configuration embeds with another model.")
+    ] = False,
 ) -> None:
     """Switch queries to another index version, atomically."""
     with open_runtime() as rt:
+        if not force:
+            default = load_config(rt.settings.config, rt.settings.configs_dir)
+            store.check_embedding_model(store.get_index_version(rt.conn, version_id), default)
         version = store.activate_index_version(rt.conn, version_id)
     out.print(f"active index version: {version.name}")
 

@@ -27,6 +27,14 @@ class IndexVersionError(RagopsError):
     """An index version does not exist or cannot be changed as asked."""
 
 
+class IndexModelMismatch(RagopsError):
+    """An index version's vectors come from another embedding model than the configuration's (409).
+
+    Searching them with that configuration's question vectors would return neighbours of noise:
+    refused, rather than answered badly.
+    """
+
+
 class IngestBusy(RagopsError):
     """Another ingest is already writing to the same index version."""
 

@@ -18,8 +18,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ingest.chunking import Chunk
-from ingest.config import IndexSettings
-from ingest.errors import IndexVersionError, IngestBusy
+from ingest.config import IndexSettings, LoadedConfig
+from ingest.errors import IndexModelMismatch, IndexVersionError, IngestBusy
 from ingest.migrations import default_sql_dir
 
 HNSW_M = 16
@@ -190,6 +190,17 @@ def list_index_versions(conn: psycopg.Connection) -> list[tuple[IndexVersion, in
         documents, chunks = int(row.pop("documents")), int(row.pop("chunks"))
         result.append((_version(row), documents, chunks))
     return result
+
+
+def check_embedding_model(version: IndexVersion, config: LoadedConfig) -> None:
+    """Raise :class:`IndexModelMismatch` unless ``version`` was built with ``config``'s embedding model."""
+    model = config.config.index.embedding.model
+    if version.embedding_model != model:
+        raise IndexModelMismatch(
+            f"index version {version.name} was built with the embedding model {version.embedding_model!r}, but "
+            f"configuration {config.name!r} embeds with {model!r}: reindex with this configuration "
+            "or activate a version built with its model"
+        )
 
 
 def activate_index_version(conn: psycopg.Connection, version_id: int) -> IndexVersion:

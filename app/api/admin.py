@@ -247,10 +247,23 @@ def read_indexes(pipeline: Pipeline, key: AdminKey) -> IndexesResponse:
 
 
 @router.post("/indexes/{version_id}/activate", response_model=ActivateResponse, responses=ERRORS)
-def activate_index(version_id: int, pipeline: Pipeline, key: AdminKey) -> ActivateResponse:
-    """Switch queries to this version in one transaction; activating the previous one rolls back."""
+def activate_index(
+    version_id: int,
+    pipeline: Pipeline,
+    key: AdminKey,
+    force: Annotated[
+        bool, Query(description="Activate even when the default configuration embeds with another model.")
+    ] = False,
+) -> ActivateResponse:
+    """Switch queries to this version in one transaction; activating the previous one rolls back.
+
+    A version built with another embedding model than the default configuration's is refused (409):
+    every query embedding with that configuration would be refused until the next activation.
+    """
     with pipeline.pool.connection() as conn:
-        _version_or_404(conn, version_id)
+        candidate = _version_or_404(conn, version_id)
+        if not force:
+            store.check_embedding_model(candidate, pipeline.catalog.config(None))
         previous = store.active_index_version(conn)
         version = store.activate_index_version(conn, version_id)
     return ActivateResponse(active=IndexOut.of(version), previous_id=previous.id if previous else None)

@@ -58,6 +58,24 @@ def test_bad_input_is_one_clear_line_and_exit_1(database: Database, args: list[s
     assert "Traceback" not in result.stderr
 
 
+def test_activating_an_index_of_another_embedding_model_needs_force(database: Database) -> None:
+    """Registered with an empty chunk table: only MiniLM is installed here, and nothing reads the vectors."""
+    from ingest import store
+    from ingest.config import EmbeddingSettings, IndexSettings
+
+    other = IndexSettings(embedding=EmbeddingSettings(model="/models/e5-large-v2"))
+    with database.connect() as conn:
+        version = store.mark_version_ready(conn, store.ensure_index_version(conn, other, 1024, "test"))
+    refused = ragops("index", "activate", str(version.id), database=database, cwd=REPO)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "was built with the embedding model '/models/e5-large-v2'" in refused.stderr
+    with database.connect() as conn:
+        assert store.active_index_version(conn) is None
+    forced = ragops("index", "activate", str(version.id), "--force", database=database, cwd=REPO)
+    assert forced.returncode == 0, forced.stderr
+    assert f"active index version: {version.name}" in forced.stdout
+
+
 def test_the_embedded_database_is_used_when_no_url_is_set(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGOPS_") and k != "DATABASE_URL"}
     env["RAGOPS_DATA_DIR"] = str(tmp_path / "state")
