@@ -26,6 +26,12 @@ class EvalQuestion(BaseModel):
     sources: list[str] = Field(default_factory=list)
     kind: Kind = "answerable"
     pii: list[str] = Field(default_factory=list, description="Raw personal values in the question (never reported).")
+    key_fact: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=80,
+        description="A short string a correct answer contains (a number, a date, a name): ragas StringPresence.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalQuestion:
@@ -35,6 +41,10 @@ class EvalQuestion(BaseModel):
             raise ValueError("an answerable question needs at least one source")
         if self.kind == "pii" and not self.pii:
             raise ValueError("a pii question lists its personal values in 'pii'")
+        if self.kind == "unanswerable" and self.key_fact:
+            raise ValueError("an unanswerable question has no key_fact")
+        if self.key_fact and self.key_fact not in self.reference:
+            raise ValueError("key_fact must appear in the reference answer")
         return self
 
     def redacted(self, text: str) -> str:

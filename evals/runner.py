@@ -67,10 +67,13 @@ def build_index(rt: Runtime, config: LoadedConfig, samples: Path, pipeline: RagP
     return report.index_version
 
 
-def ragas_scores(answer: str, reference: str, retrieved: list[str], reference_contexts: list[str]) -> dict[str, float]:
-    """ragas' non-LLM metrics: ROUGE-L of the answer, and string-matched context recall and precision."""
+def ragas_scores(
+    answer: str, reference: str, retrieved: list[str], reference_contexts: list[str], key_fact: str | None = None
+) -> dict[str, float]:
+    """ragas' non-LLM metrics: ROUGE-L of the answer, string-matched context recall and precision, and
+    string presence of the question's short key fact (a whole reference sentence is never verbatim)."""
     from ragas.dataset_schema import SingleTurnSample
-    from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall, RougeScore
+    from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall, RougeScore, StringPresence
 
     sample = SingleTurnSample(
         user_input="", response=answer, reference=reference, retrieved_contexts=retrieved or [""],
@@ -80,6 +83,9 @@ def ragas_scores(answer: str, reference: str, retrieved: list[str], reference_co
     if reference_contexts and retrieved:
         scores["context_recall"] = float(NonLLMContextRecall().single_turn_score(sample))
         scores["context_precision"] = float(NonLLMContextPrecisionWithReference().single_turn_score(sample))
+    if key_fact:
+        fact = SingleTurnSample(response=answer, reference=key_fact)
+        scores["string_presence"] = float(StringPresence().single_turn_score(fact))
     return scores
 
 
@@ -107,7 +113,7 @@ def score_question(
         "hit_at_k": hit_at_k(ranked, relevant, top_k),
         "answered": 0.0 if refused else 1.0,
         "semantic_similarity": similarity,
-        **ragas_scores(answer.text, q.reference, retrieved or [], reference_contexts or []),
+        **ragas_scores(answer.text, q.reference, retrieved or [], reference_contexts or [], q.key_fact),
     }
     if q.kind == "pii":
         metrics["pii_leak"] = 1.0 if any(value in answer.text for value in q.pii) else 0.0

@@ -21,6 +21,8 @@ def test_the_bundled_eval_set_is_valid_and_covers_every_kind() -> None:
             assert (REPO / "samples" / source.split("#", 1)[0]).is_file(), source
         for value in q.pii:
             assert value in q.question and value not in q.redacted(q.question)
+    answerable = [q for q in dataset.questions if q.kind != "unanswerable"]
+    assert all(q.key_fact for q in answerable)  # string presence is scored on every answerable question
 
 
 GOOD = {"id": "a", "question": "q?", "reference": "r", "sources": ["x.md"], "kind": "answerable"}
@@ -36,6 +38,8 @@ GOOD = {"id": "a", "question": "q?", "reference": "r", "sources": ["x.md"], "kin
         ([json.dumps({**GOOD, "kind": "unanswerable"})], "an unanswerable question has no sources"),
         ([json.dumps({**GOOD, "kind": "pii"})], "lists its personal values"),
         ([json.dumps({**GOOD, "kind": "maybe"})], ":1: kind: Input should be"),
+        ([json.dumps({**GOOD, "key_fact": "$95"})], "key_fact must appear in the reference answer"),
+        ([json.dumps({**GOOD, "sources": [], "kind": "unanswerable", "key_fact": "r"})], "has no key_fact"),
         ([], "has no questions"),
     ],
 )

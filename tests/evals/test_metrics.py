@@ -1,4 +1,4 @@
-"""Retrieval metrics against hand-computed values."""
+"""Retrieval metrics against hand-computed values; ragas non-LLM answer metrics on known answers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import pytest
 
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
+from evals.runner import ragas_scores
 
 
 def test_perfect_and_empty_rankings() -> None:
@@ -37,3 +38,17 @@ def test_recall_mrr_hit() -> None:
 
 def test_unique_in_order() -> None:
     assert unique_in_order(["a", "b", "a", "c", "b"]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "key_fact", "expected"),
+    [
+        ("The Starter plan costs $149 per month [1].", "$149", 1.0),
+        ("The Starter plan costs 149 dollars a month [1].", "$149", 0.0),  # verbatim, as ragas defines it
+        ("The Starter plan costs $149 per month [1].", None, None),  # no key fact: not scored
+    ],
+)
+def test_string_presence_of_the_key_fact(answer: str, key_fact: str | None, expected: float | None) -> None:
+    scores = ragas_scores(answer, "The Starter plan costs $149 per month.", [], [], key_fact)
+    assert scores.get("string_presence") == expected
+    assert 0.0 < scores["rouge_l"] <= 1.0
