@@ -175,8 +175,10 @@ class StreamFilter:
         if not self.session.applies("answer"):
             return delta
         self._pending += delta
-        # Analyze once at least half a window of new text can go: fewer analyses, a little more latency.
-        if not self.incremental or len(self._pending) < self.window + self.window // 2:
+        # The first text goes as soon as a word clears the window (time to first text); after that,
+        # analyze once at least half a window of new text can go: fewer analyses, a little more latency.
+        batch = self.window // 2 if self._released else 1
+        if not self.incremental or len(self._pending) < self.window + batch:
             return ""
         cut = self._cut_point(len(self._pending) - self.window)
         if cut <= 0:

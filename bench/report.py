@@ -138,7 +138,18 @@ def streaming_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"direct p50 {r['direct_ttft_ms']['p50']:.1f} ms, service p50 {r['service_ttft_ms']['p50']:.1f} ms "
             f"(incl. embed + search)",
             f"service overhead beyond embed + search p50 {r['service_overhead_ms']['p50']:.1f} ms (target <= 10 ms)",
-        )
+        ),
+        *(
+            [
+                (
+                    f"streaming with PII on: first text after a word clears the {r['stream_window_chars']}-char window",
+                    f"TTFT p50 {r['service_ttft_pii_ms']['p50']:.1f} ms vs {r['service_ttft_ms']['p50']:.1f} ms off",
+                    f"+{r['pii_first_text_delay_ms']['p50']:.0f} ms p50: the time the model takes to write the window",
+                )
+            ]
+            if "pii_first_text_delay_ms" in r
+            else []
+        ),
     ]
 
 

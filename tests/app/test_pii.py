@@ -101,6 +101,30 @@ def test_streamed_output_is_filtered_even_when_entities_straddle_deltas(name: st
     assert sum(1 for piece in released if piece) > 1  # it streams, rather than holding everything
 
 
+def test_the_first_text_leaves_once_a_word_clears_the_window_and_later_text_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Time to first text is one window of generation, not one and a half; later releases are batched."""
+    text = " ".join(["Carried-over PTO days expire on 31 March unless your manager approves"] * 6)
+    pii = session()
+    analyses: list[int] = []
+    analyze = pii.answer_spans
+    monkeypatch.setattr(pii, "answer_spans", lambda t: analyses.append(len(t)) or analyze(t))
+    stream = pii.stream()
+    window = POLICY.stream_window_chars
+    fed, first_at, released = 0, None, ""
+    for word in re.findall(r"\S+\s*", text):
+        fed += len(word)
+        piece = stream.feed(word)
+        if piece and first_at is None:
+            first_at = fed
+        released += piece
+    released += stream.flush()
+    assert released == text
+    assert first_at is not None and first_at <= window + 2 * max(len(w) for w in text.split())
+    assert len(analyses) <= len(text) // (window // 2) + 2
+
+
 class EchoGenerator(Generator):
     """Repeats the question and the first retrieved passage back, five characters per delta.
 
