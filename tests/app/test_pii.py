@@ -125,6 +125,26 @@ def test_the_first_text_leaves_once_a_word_clears_the_window_and_later_text_in_b
     assert len(analyses) <= len(text) // (window // 2) + 2
 
 
+PEM = (
+    "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEAq7BFUpkGp3+LQmlQ\n"
+    "Yx2eqzDV+xeG8kx/sQFV18S5JhzGeIJNA72wSeukEPojtqUyX2J0CciPBh7eqclQ\n-----END PRIVATE KEY-----"
+)
+KEY_ANSWER = f"Never paste keys into tickets. The one you sent was:\n{PEM}\nRotate it today."
+
+
+@pytest.mark.parametrize(("name", "deltas"), list(chunkings(KEY_ANSWER)), ids=[n for n, _ in chunkings(KEY_ANSWER)])
+def test_a_private_key_longer_than_the_window_never_streams_out(name: str, deltas: list[str]) -> None:
+    """The SECRET pattern runs to the key's end (or the text's), so the filter holds the key back whole."""
+    whole = session().filter_answer(KEY_ANSWER)
+    assert whole == "Never paste keys into tickets. The one you sent was:\n<SECRET>\nRotate it today."
+    stream = session().stream()
+    sent = ""
+    for delta in deltas:
+        sent += stream.feed(delta)
+        assert "MIIBVQ" not in sent and "-----BEGIN" not in sent, name
+    assert sent + stream.flush() == whole
+
+
 class EchoGenerator(Generator):
     """Repeats the question and the first retrieved passage back, five characters per delta.
 
@@ -228,6 +248,7 @@ SEEDED = {
     "email": "teodor.lindqvist@example.net",
     "phone": "206-555-0119",
     "employee": "KF-917342",
+    "secret": "AKIAZ7Q4M2X9K3LPW8RT",
 }
 
 
@@ -257,7 +278,10 @@ def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     s = SEEDED
-    question = f"This is {s['name']}, {s['email']}, {s['phone']}, staff id {s['employee']}. How do PTO days carry over?"
+    question = (
+        f"This is {s['name']}, {s['email']}, {s['phone']}, staff id {s['employee']}, AWS key {s['secret']}. "
+        "How do PTO days carry over?"
+    )
     # Every answering endpoint, streamed and not.
     chat = [{"role": "user", "content": question}]
     calls = [
@@ -271,7 +295,7 @@ def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
     for path, payload in calls:
         response = client.post(path, json=payload)
         assert response.status_code == 200, (path, response.text)
-        for key in ("email", "phone", "employee"):  # redacted types never come back, even to the caller
+        for key in ("email", "phone", "employee", "secret"):  # redacted types never come back, even to the caller
             assert s[key] not in response.text, (path, key)
     # The CLI.
     from app import cli
