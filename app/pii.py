@@ -11,6 +11,7 @@ values never are.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ from ingest.errors import PiiUnavailable
 from ingest.pii import PiiEngine, PiiSpan, mask, replace_spans
 
 log = logging.getLogger(__name__)
+transcript_log = logging.getLogger("ragops.transcript")  # opt-in (RAGOPS_LOG_TEXT), filtered text only
 
 Stage = Literal["question", "context", "answer"]
 # Placeholders this filter writes: never re-detected, restorable, never cut in two by a stream.
@@ -49,6 +51,9 @@ class PiiSession:
         self._pseudonyms: dict[tuple[str, str], str] = {}  # (type, value) -> <TYPE_n>
         self._originals: dict[str, str] = {}  # <TYPE_n> -> the caller's value
         self._per_type: Counter[str] = Counter()
+        # Filtered text as it went on (answer pseudonyms not restored), for the opt-in transcript log.
+        self._filtered: dict[Stage, list[str]] = {"question": [], "answer": []}
+        self._passed_unfiltered = False
 
     @property
     def active(self) -> bool:
@@ -82,7 +87,10 @@ class PiiSession:
         blocked = sorted({s.entity_type for s in spans if self.policy.entities.get(s.entity_type) == "block"})
         if caller and blocked:
             raise PiiBlocked(blocked, self.report())
-        return self._replace(text, spans, caller=caller)
+        filtered = self._replace(text, spans, caller=caller)
+        if stage == "question":
+            self._filtered["question"].append(filtered)
+        return filtered
 
     def filter_answer(self, text: str) -> str:
         """Filter a whole model output, then give the caller back their own pseudonymized values."""
@@ -98,7 +106,15 @@ class PiiSession:
     def redact_answer(self, text: str, spans: list[PiiSpan]) -> str:
         """Apply spans found by :meth:`answer_spans` to (a prefix of) the analyzed text; count them."""
         self._count("answer", spans)
-        return self.restore(self._replace(text, spans, caller=False))
+        filtered = self._replace(text, spans, caller=False)
+        self._filtered["answer"].append(filtered)
+        return self.restore(filtered)
+
+    def filtered_transcript(self) -> dict[str, str] | None:
+        """The question (with history) and answer as filtered, pseudonyms kept; None unless both were filtered."""
+        if not (self.applies("question") and self.applies("answer")) or self._passed_unfiltered:
+            return None
+        return {"question": "\n".join(self._filtered["question"]), "answer": "".join(self._filtered["answer"])}
 
     def restore(self, text: str) -> str:
         """Pseudonyms of the caller's own values back to the values, when the policy allows."""
@@ -120,6 +136,7 @@ class PiiSession:
             self.failures += 1
             if self.policy.on_error == "fail":
                 raise
+            self._passed_unfiltered = True
             log.warning("PII filter failed; text passed unfiltered because pii.on_error is 'pass'")
             return None
         finally:
@@ -152,6 +169,17 @@ class PiiSession:
         if caller:  # only what the caller sent may be given back to the caller
             self._originals.setdefault(placeholder, value)
         return placeholder
+
+
+def log_transcript(request_id: str, config: str, session: PiiSession) -> None:
+    """Opt-in (``RAGOPS_LOG_TEXT``): one request's filtered question and answer, for debugging answers."""
+    transcript = session.filtered_transcript()
+    if transcript is None:
+        transcript_log.info("request %s: text not logged; configuration %r does not filter question and answer",
+                            request_id, config)  # fmt: skip
+        return
+    transcript_log.info("request %s config %s question=%s answer=%s", request_id, config,
+                        json.dumps(transcript["question"]), json.dumps(transcript["answer"]))  # fmt: skip
 
 
 class StreamFilter:

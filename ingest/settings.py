@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     db_pool_max: int = Field(default=8, ge=1, le=256)
     log_level: str = "INFO"
+    log_text: bool = Field(
+        default=False,
+        description="Log each answered request's question and answer after PII filtering (logger "
+        "ragops.transcript), for debugging answers; never for a configuration that does not filter both.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     vllm_url: str | None = Field(

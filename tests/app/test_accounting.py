@@ -111,6 +111,7 @@ def test_success_is_one_ledger_row_with_tokens_cost_and_versions(priced: TestCli
     row = ledger_row(served_database, body["request_id"])
     assert row is not None
     assert row["status"] == 200 and row["route"] == "/v1/query" and row["key_name"] == "tests"
+    assert row["error_kind"] is None  # a complete answer is not a client that left
     assert row["prompt_tokens"] == body["usage"]["prompt_tokens"] > 0
     assert row["completion_tokens"] == body["usage"]["completion_tokens"]
     assert row["model"] == "extractive" and row["config_version"] == body["versions"]["config"]

@@ -243,6 +243,34 @@ def test_an_analyzer_failure_mid_stream_ends_the_stream_with_an_error(
         assert value not in text  # nothing unfiltered got out before the failure
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_transcript_logging_is_opt_in_and_carries_only_filtered_text(
+    client: TestClient, echo: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """RAGOPS_LOG_TEXT logs the question and answer as filtered, with pseudonyms (never restored values)."""
+    question = f"I'm {NAME}, reach me at {EMAIL}. How do PTO days carry over?"
+    caplog.set_level(logging.INFO, logger="ragops.transcript")
+    assert client.post("/v1/query", json={"question": question, "stream": stream}).status_code == 200
+    assert not [r for r in caplog.records if r.name == "ragops.transcript"]  # off by default
+
+    monkeypatch.setattr(client.app.state.pipeline.settings, "log_text", True)  # type: ignore[attr-defined]
+    response = client.post("/v1/query", json={"question": question, "stream": stream})
+    assert response.status_code == 200 and NAME in response.text  # the caller gets their name back
+    (record,) = [r.getMessage() for r in caplog.records if r.name == "ragops.transcript"]
+    assert response.headers["X-Request-Id"] in record
+    assert "question=\"I'm <PERSON_1>, reach me at <EMAIL_ADDRESS>." in record
+    assert "answer=" in record and "<PERSON_1>" in record.split("answer=")[1]  # echoed, pseudonym kept
+    assert NAME not in record and EMAIL not in record
+
+
+def test_transcript_is_never_logged_for_a_configuration_without_filtering() -> None:
+    off = PiiSession(get_pii_engine(), POLICY.model_copy(update={"enabled": False}))
+    assert off.filter_question(f"I'm {NAME}.") == f"I'm {NAME}." and off.filtered_transcript() is None
+    no_answer = session(POLICY.model_copy(update={"apply_to": POLICY.apply_to.model_copy(update={"answer": False})}))
+    no_answer.filter_question(f"I'm {NAME}.")
+    assert no_answer.filtered_transcript() is None
+
+
 SEEDED = {
     "name": "Teodor Lindqvist-Amaro",
     "email": "teodor.lindqvist@example.net",
