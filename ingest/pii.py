@@ -42,8 +42,6 @@ NER_ENTITIES = frozenset({"PERSON", "LOCATION", "NRP", "DATE_TIME", "ORGANIZATIO
 # lowercase form replaces at equal recall and precision on evals/datasets/pii.jsonl.
 _UNUSED_PIPES = ("parser", "tagger", "attribute_ruler", "lemmatizer")
 _LOWER_LEMMA = "ragops_lower_lemma"
-
-
 _TIDY_ENTITIES = "ragops_tidy_entities"
 # spaCy's small model labels many unfamiliar personal names ORG ("Ewan MacLeod", "Camila Rodrigues").
 # An ORG span shaped like a name (2-4 capitalized words, name particles allowed, no word that names
@@ -105,9 +103,9 @@ def _tidy_entities(doc: Doc) -> Doc:
 def _use_numpy_blas(spacy_nlp: Language) -> None:
     """Matrix products through numpy's OpenBLAS instead of thinc's bundled BLIS.
 
-    On these machines BLIS's generic kernels are ~3x slower for the model's small products
-    (bench/pii.py: spaCy on a 150-token answer 17.6 -> 11-12 ms); results are the same floats
-    up to summation order, and detection on evals/datasets/pii.jsonl is unchanged.
+    On these machines BLIS is ~3x slower than OpenBLAS on the model's small products (spaCy on
+    bench/pii.py's 150-token answer: 17.6 -> 11-12 ms); results are the same floats up to
+    summation order, and detection on evals/datasets/pii.jsonl is unchanged.
     """
     from thinc.api import NumpyOps
 
