@@ -204,6 +204,13 @@ class IngestPipeline:
         report = IngestReport(run_id=run_id, index_version=version)
         progress = IngestProgress(docs_total=sum(f.estimated_documents() for f in files), skipped=report.skipped)
         embedded_before = self.embedder.texts_embedded
+
+        def finish_run(status: str, error: str | None) -> None:
+            report.texts_embedded = self.embedder.texts_embedded - embedded_before
+            report.total_seconds = time.perf_counter() - started
+            store.finish_run(self.conn, run_id, status=status, counts=report.counts, skipped=report.skipped,
+                             timings=report.timings, error=error)  # fmt: skip
+
         try:
             known = store.known_documents(self.conn, version.id, self.collection)
             seen: set[str] = set()
@@ -229,28 +236,9 @@ class IngestPipeline:
             version = self._finish_version(version, report, activate)
             report.index_version = version
         except BaseException as exc:
-            report.texts_embedded = self.embedder.texts_embedded - embedded_before
-            report.total_seconds = time.perf_counter() - started
-            store.finish_run(
-                self.conn,
-                run_id,
-                status="failed",
-                counts=report.counts,
-                skipped=report.skipped,
-                timings=report.timings,
-                error=f"{type(exc).__name__}: {exc}"[:2000],
-            )
+            finish_run("failed", f"{type(exc).__name__}: {exc}"[:2000])
             raise
-        report.texts_embedded = self.embedder.texts_embedded - embedded_before
-        report.total_seconds = time.perf_counter() - started
-        store.finish_run(
-            self.conn,
-            run_id,
-            status="succeeded",
-            counts=report.counts,
-            skipped=report.skipped,
-            timings=report.timings,
-        )
+        finish_run("succeeded", None)
         if on_progress:
             on_progress(progress)
         return report
