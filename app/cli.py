@@ -47,6 +47,43 @@ def _mount_plugins() -> None:
 _mount_plugins()
 
 
+@config_app.command("pii")
+def config_pii(
+    text: Annotated[str, typer.Argument(help="Text to filter; '-' reads standard input.")],
+    config: Annotated[str | None, typer.Option(help="Configuration whose pii policy applies.")] = None,
+    stage: Annotated[str, typer.Option(help="question (caller input: block refuses) or answer.")] = "question",
+) -> None:
+    """Show what a configuration's PII policy finds in a text and what the text becomes: for tuning it."""
+    from rich.table import Table
+
+    from app.catalog import Catalog
+    from app.errors import PiiBlocked
+    from app.pii import PiiSession
+    from ingest.pii import get_pii_engine
+
+    if stage not in ("question", "answer"):
+        raise RagopsError(f"--stage must be question or answer, not {stage!r}")
+    settings = get_settings()
+    loaded = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config).config(config)
+    policy = loaded.config.pii
+    if not policy.enabled:
+        raise RagopsError(f"configuration {loaded.name!r} has PII filtering off (pii.enabled: false)")
+    value = sys.stdin.read() if text == "-" else text
+    pii = PiiSession(get_pii_engine(policy.nlp_model), policy)
+    spans = pii.engine.analyze(value, policy) if pii.engine else []
+    table = Table("type", "start", "end", "score", "action")
+    for span in spans:
+        table.add_row(span.entity_type, str(span.start), str(span.end), f"{span.score:.2f}",
+                      policy.entities.get(span.entity_type, "redact"))  # fmt: skip
+    out.print(table)
+    try:
+        filtered = pii.filter_question(value) if stage == "question" else pii.filter_answer(value)
+    except PiiBlocked as blocked:
+        out.print(f"refused (422): {blocked}")
+        return
+    out.print(filtered, markup=False, highlight=False)
+
+
 @config_app.command("validate")
 def config_validate() -> None:
     """Validate every file in configs/ and prompts/; exit 1 with the first problem."""

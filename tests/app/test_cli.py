@@ -175,3 +175,24 @@ def test_serve_creates_and_then_reuses_a_local_demo_key(tmp_path: Path, monkeypa
     monkeypatch.setenv("RAGOPS_AUTH_ENABLED", "false")
     get_settings.cache_clear()
     assert ensure_demo_key() is None  # no key when auth is off
+
+
+@pytest.mark.parametrize(
+    ("args", "shows", "exit_code"),
+    [
+        (["I'm Corinne Abelard, key AKIAZ7Q4M2X9K3LPW8RT."], ["PERSON", "SECRET", "I'm <PERSON_1>, key <SECRET>."], 0),
+        (["My card is 4487 5749 1186 2520."], ["CREDIT_CARD", "block", "refused (422)"], 0),
+        (["--stage", "answer", "Mail dana.w@example.org."], ["EMAIL_ADDRESS", "Mail <EMAIL_ADDRESS>."], 0),
+        (["--stage", "later", "x"], ["--stage must be question or answer"], 1),
+    ],
+)
+def test_config_pii_shows_what_the_policy_finds(args: list[str], shows: list[str], exit_code: int) -> None:
+    from typer.testing import CliRunner
+
+    from app import cli
+
+    result = CliRunner().invoke(cli.app, ["config", "pii", *args])
+    assert result.exit_code == exit_code, result.output
+    shown = result.output + str(result.exception or "")  # errors reach the user through cli.main's one line
+    for text in shows:
+        assert text in shown
