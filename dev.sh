@@ -25,7 +25,7 @@ setup() {
     "$PY" -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
     echo "$want" > "$stamp"
   fi
-  "$PY" -m ingest.tokens seed
+  "$PY" -m core.tokens seed
 }
 
 cmd="${1:-}"; shift || true
@@ -40,12 +40,12 @@ case "$cmd" in
     exec "$VENV/bin/ragops" ingest "${@:-samples}" ;;
   lint)
     setup
-    "$VENV/bin/ruff" check app ingest evals tests bench
+    "$VENV/bin/ruff" check core app ingest evals tests bench
     "$VENV/bin/mypy" ;;
   test)
     setup
-    "$VENV/bin/ruff" check app ingest evals tests bench
-    "$VENV/bin/ruff" format --check app ingest evals tests bench
+    "$VENV/bin/ruff" check core app ingest evals tests bench
+    "$VENV/bin/ruff" format --check core app ingest evals tests bench
     "$VENV/bin/mypy"
     if [ "${RAGOPS_SKIP_GATE:-0}" != "1" ]; then
       # The repository gates itself: its own eval against the committed baseline (exit 1 on regression).

@@ -26,25 +26,9 @@ from psycopg_pool import ConnectionPool
 
 from app.keys import ApiKey, VerifiedKeys
 from app.pricing import Pricing
-from ingest.errors import RagopsError
+from core.errors import BudgetExceeded, RateLimited
 
 log = logging.getLogger(__name__)
-
-
-class BudgetExceeded(RagopsError):
-    """The key's budget cannot cover this request's worst-case cost (429)."""
-
-    def __init__(self, message: str, reset_at: datetime) -> None:
-        super().__init__(message)
-        self.retry_after_s = max(1, int((reset_at - datetime.now(UTC)).total_seconds()))
-
-
-class RateLimited(RagopsError):
-    """Too many requests or tokens this minute (429 with Retry-After)."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass

@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 
 from app.model_server import llm_app
+from core.errors import RagopsError
+from core.settings import get_settings
 from ingest import cli as ingest_cli
-from ingest.errors import RagopsError
-from ingest.settings import get_settings
 
 app = typer.Typer(
     name="ragops",
@@ -56,10 +56,10 @@ def config_pii(
     """Show what a configuration's PII policy finds in a text and what the text becomes: for tuning it."""
     from rich.table import Table
 
-    from app.catalog import Catalog
-    from app.errors import PiiBlocked
     from app.pii import PiiSession
-    from ingest.pii import get_pii_engine
+    from core.catalog import Catalog
+    from core.errors import PiiBlocked
+    from core.pii import get_pii_engine
 
     if stage not in ("question", "answer"):
         raise RagopsError(f"--stage must be question or answer, not {stage!r}")
@@ -87,8 +87,8 @@ def config_pii(
 @config_app.command("validate")
 def config_validate() -> None:
     """Validate every file in configs/ and prompts/; exit 1 with the first problem."""
-    from app.catalog import Catalog
     from app.pricing import load_pricing
+    from core.catalog import Catalog
 
     settings = get_settings()
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
@@ -114,7 +114,7 @@ def keys_create(
 ) -> None:
     """Create a key and print it ONCE (only a salted hash is stored)."""
     from app.keys import create_key
-    from ingest.runtime import open_runtime
+    from core.runtime import open_runtime
 
     with open_runtime() as rt:
         key, secret = create_key(
@@ -131,7 +131,7 @@ def keys_list() -> None:
     from rich.table import Table
 
     from app.keys import list_keys
-    from ingest.runtime import open_runtime
+    from core.runtime import open_runtime
 
     with open_runtime() as rt:
         keys = list_keys(rt.conn)
@@ -149,7 +149,7 @@ def keys_list() -> None:
 def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix (see `keys list`).")]) -> None:
     """Revoke a key: requests with it get 401 from now on."""
     from app.keys import revoke_key
-    from ingest.runtime import open_runtime
+    from core.runtime import open_runtime
 
     with open_runtime() as rt:
         revoked = revoke_key(rt.conn, key)
@@ -167,7 +167,7 @@ def usage_table(
     from rich.table import Table
 
     from app.accounting import GROUPS, usage
-    from ingest.runtime import open_runtime
+    from core.runtime import open_runtime
 
     if group_by not in GROUPS:
         raise RagopsError(f"--group-by must be one of {', '.join(GROUPS)}")
@@ -186,8 +186,9 @@ def usage_table(
 
 def ensure_demo_key() -> str | None:
     """The local demo key (created once, kept in the data folder), for the embedded set-up only."""
-    from app.keys import AuthError, create_key, verify_key
-    from ingest.runtime import open_runtime
+    from app.keys import create_key, verify_key
+    from core.errors import AuthError
+    from core.runtime import open_runtime
 
     settings = get_settings()
     if settings.database_url is not None or not settings.auth_enabled:
@@ -215,10 +216,10 @@ def serve(
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
-    from app.catalog import Catalog
     from app.main import create_app
-    from ingest.embedding import get_embedder
-    from ingest.runtime import pin_malloc_mmap_threshold
+    from core.catalog import Catalog
+    from core.embedding import get_embedder
+    from core.runtime import pin_malloc_mmap_threshold
 
     pin_malloc_mmap_threshold()  # RSS flat under load, not +1.7 GiB of retained heap
     settings = get_settings()
@@ -247,9 +248,9 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
 ) -> None:
     """Answer a question from the command line, with citations."""
-    from app.catalog import Catalog
     from app.rag import Question, RagPipeline
-    from ingest.runtime import open_runtime
+    from core.catalog import Catalog
+    from core.runtime import open_runtime
 
     settings = get_settings()
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)

@@ -20,18 +20,10 @@ from decimal import Decimal
 import psycopg
 from psycopg.rows import dict_row
 
-from ingest.errors import RagopsError
+from core.errors import AuthError, RagopsError, ScopeError
 
 SCOPES = frozenset({"query", "admin"})
 _KEY_PREFIX = "rgo"
-
-
-class AuthError(RagopsError):
-    """Missing, malformed, unknown or revoked API key (401)."""
-
-
-class ScopeError(RagopsError):
-    """The key lacks the scope the route needs (403)."""
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,29 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.accounting import Accountant, BudgetExceeded, LedgerEntry, RateLimited
+from app.accounting import Accountant, LedgerEntry
 from app.api import admin, openai_compat, query, system, usage
 from app.api.limits import BodyLimitMiddleware
-from app.catalog import Catalog
-from app.errors import GenerationError, GeneratorUnavailable, PiiBlocked, http_status
 from app.metering import Meter
 from app.metrics import Metrics
 from app.pricing import load_pricing
 from app.rag import RagPipeline
-from ingest.db import Database
-from ingest.embedding import get_embedder
-from ingest.errors import PiiUnavailable, RagopsError
-from ingest.jobs import Worker
-from ingest.migrations import migrate
-from ingest.settings import Settings, get_settings
+from core.catalog import Catalog
+from core.db import Database
+from core.embedding import get_embedder
+from core.errors import (
+    BudgetExceeded,
+    GenerationError,
+    GeneratorUnavailable,
+    PiiBlocked,
+    PiiUnavailable,
+    RagopsError,
+    RateLimited,
+    http_status,
+)
+from core.migrations import migrate
+from core.settings import Settings, get_settings
+from ingest.worker import Worker
 
 log = logging.getLogger("ragops")
 METERED_PREFIX = "/v1/"

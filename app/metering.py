@@ -15,7 +15,7 @@ from app.keys import ApiKey
 from app.metrics import Metrics
 from app.pii import PiiSession
 from app.rag import Answer, Prepared
-from ingest.tokens import count_tokens
+from core.tokens import count_tokens
 
 
 @dataclass

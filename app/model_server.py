@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from ingest.config import LoadedConfig, load_config
-from ingest.errors import ConfigError, RagopsError
-from ingest.settings import get_settings
+from core.config import LoadedConfig, load_config
+from core.errors import ConfigError, RagopsError
+from core.settings import get_settings
 
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 

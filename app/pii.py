@@ -18,10 +18,9 @@ import time
 from collections import Counter
 from typing import Literal
 
-from app.errors import PiiBlocked
-from ingest.config import PiiSettings
-from ingest.errors import PiiUnavailable
-from ingest.pii import PiiEngine, PiiSpan, mask, replace_spans
+from core.config import PiiSettings
+from core.errors import PiiBlocked, PiiUnavailable
+from core.pii import PiiEngine, PiiSpan, mask, replace_spans
 
 log = logging.getLogger(__name__)
 transcript_log = logging.getLogger("ragops.transcript")  # opt-in (RAGOPS_LOG_TEXT), filtered text only

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ingest.config import format_validation_error
-from ingest.errors import ConfigError
+from core.config import format_validation_error
+from core.errors import ConfigError
 
 PRICING_FILE = "pricing.yaml"
 

@@ -15,21 +15,21 @@ from typing import Any, Literal
 
 from psycopg_pool import ConnectionPool
 
-from app.catalog import Catalog
-from app.errors import BadRequest
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, Usage
 from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
 from app.pii import PiiSession, without_placeholders
-from app.prompts import Prompt
 from app.retrieval import RetrievalQuery, active_version, search
-from ingest.config import LoadedConfig
-from ingest.embedding import Embedder, get_embedder
-from ingest.pii import PiiEngine, get_pii_engine
+from core.catalog import Catalog
+from core.config import LoadedConfig
+from core.embedding import Embedder, get_embedder
+from core.errors import BadRequest
+from core.pii import PiiEngine, get_pii_engine
+from core.prompts import Prompt
+from core.settings import Settings
+from core.tokens import count_tokens
 from ingest.pipeline import DEFAULT_COLLECTION
-from ingest.settings import Settings
-from ingest.store import IndexVersion, check_embedding_model, get_index_version
-from ingest.tokens import count_tokens
+from ingest.versions import IndexVersion, check_embedding_model, get_index_version
 
 Role = Literal["system", "user", "assistant"]
 _SNIPPET_CHARS = 240

@@ -16,11 +16,13 @@ from langchain_core.retrievers import BaseRetriever
 from psycopg_pool import ConnectionPool
 from pydantic import ConfigDict
 
-from app.errors import NoActiveIndex
-from ingest import store
-from ingest.config import RetrievalSettings
-from ingest.embedding import Embedder
-from ingest.store import ChunkHit, IndexVersion
+from app import search_sql
+from app.search_sql import ChunkHit
+from core.config import RetrievalSettings
+from core.embedding import Embedder
+from core.errors import NoActiveIndex
+from ingest import versions
+from ingest.versions import IndexVersion
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class RetrievalQuery:
 
 def active_version(conn: psycopg.Connection) -> IndexVersion:
     """The active index version, or :class:`NoActiveIndex` with what to do about it."""
-    version = store.active_index_version(conn)
+    version = versions.active_index_version(conn)
     if version is None:
         raise NoActiveIndex("no active index: ingest documents first (ragops ingest PATH)")
     return version
@@ -51,13 +53,13 @@ def search(
     """Run the configured mode; ``vector`` may be None only in keyword mode."""
     common: dict[str, Any] = {"collection": query.collection, "metadata": query.filters or None}
     if settings.mode == "keyword":
-        hits = store.search_keyword(conn, version, query.text, query.top_k, **common)
+        hits = search_sql.search_keyword(conn, version, query.text, query.top_k, **common)
     elif settings.mode == "vector":
         assert vector is not None
-        hits = store.search_vector(conn, version, vector, query.top_k, ef_search=settings.ef_search, **common)
+        hits = search_sql.search_vector(conn, version, vector, query.top_k, ef_search=settings.ef_search, **common)
     else:
         assert vector is not None
-        hits = store.search_hybrid(
+        hits = search_sql.search_hybrid(
             conn,
             version,
             vector,

@@ -22,11 +22,11 @@ from pydantic import SecretStr
 from app.keys import create_key
 from app.main import create_app
 from bench.common import bench_server, fresh_database, median, percentile, write_result
-from ingest.config import load_config
-from ingest.embedding import get_embedder
+from core.config import load_config
+from core.embedding import get_embedder
+from core.settings import Settings
 from ingest.pipeline import IngestPipeline
-from ingest.settings import Settings
-from tests.utils.server import serve_in_thread  # the tests' loopback server, reused
+from tests.utils.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from ingest.db import Database, EmbeddedPostgres
-from ingest.migrations import migrate
+from core.db import Database, EmbeddedPostgres
+from core.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -20,10 +20,10 @@ from pydantic import SecretStr
 from app.keys import create_key
 from app.main import create_app
 from bench.common import bench_server, fresh_database, write_result
-from ingest.config import load_config
-from ingest.embedding import get_embedder
+from core.config import load_config
+from core.embedding import get_embedder
+from core.settings import Settings
 from ingest.pipeline import IngestPipeline
-from ingest.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

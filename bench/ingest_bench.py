@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from app import search_sql
 from bench.common import DATASETS, bench_server, fresh_database, read_jsonl, write_result
-from ingest import store
+from core.config import LoadedConfig, RagConfig
+from core.embedding import Embedder, get_embedder
+from ingest import versions
 from ingest.chunking import Chunker
-from ingest.config import LoadedConfig, RagConfig
-from ingest.embedding import Embedder, get_embedder
 from ingest.loaders import load_file
 from ingest.pipeline import IngestPipeline
 
@@ -83,16 +84,16 @@ def langchain_ingest(admin_uri: str, texts: list[str], embedder: Embedder) -> di
 def hnsw_recall(database: Any, embedder: Embedder, queries: list[str], k: int = 10) -> dict[str, float]:
     """Mean overlap of HNSW top-k with exact top-k, plus median latencies of both."""
     with database.connect() as conn:
-        version = store.active_index_version(conn)
+        version = versions.active_index_version(conn)
         assert version is not None
         vectors = embedder.embed_batch(queries)
         recalls, t_hnsw, t_exact = [], [], []
         for vector in vectors:
             t0 = time.perf_counter()
-            approx = store.search_vector(conn, version, vector, k)
+            approx = search_sql.search_vector(conn, version, vector, k)
             t_hnsw.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            exact = store.search_vector(conn, version, vector, k, exact=True)
+            exact = search_sql.search_vector(conn, version, vector, k, exact=True)
             t_exact.append(time.perf_counter() - t0)
             recalls.append(len({h.chunk_id for h in approx} & {h.chunk_id for h in exact}) / max(len(exact), 1))
     return {

@@ -38,9 +38,9 @@ import httpx
 
 from app.keys import create_key
 from bench.common import RESULTS, bench_server, fresh_database, percentile, write_result
-from ingest.config import load_config
-from ingest.db import Database
-from ingest.embedding import get_embedder
+from core.config import load_config
+from core.db import Database
+from core.embedding import get_embedder
 from ingest.pipeline import IngestPipeline
 
 ROOT = Path(__file__).resolve().parent.parent

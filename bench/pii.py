@@ -29,14 +29,14 @@ from app.generators.base import Delta, Finished, GenerationRequest, Generator, U
 from app.keys import create_key
 from app.main import create_app
 from bench.common import bench_server, fresh_database, median, percentile, write_result
+from core.config import load_config
+from core.embedding import get_embedder
+from core.pii import get_pii_engine
+from core.settings import Settings
+from core.tokens import count_tokens
 from evals.pii import load_pii_set, score_detection
-from ingest.config import load_config
-from ingest.embedding import get_embedder
-from ingest.pii import get_pii_engine
 from ingest.pipeline import IngestPipeline
-from ingest.settings import Settings
-from ingest.tokens import count_tokens
-from tests.utils.server import free_port, serve_in_thread  # the tests' loopback server, reused
+from tests.utils.server import free_port, serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "I'm Corinne Abelard (corinne.abelard@example.org, 312-555-0147). Which hotel rates may I book?"

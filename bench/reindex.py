@@ -20,13 +20,13 @@ from pydantic import SecretStr
 
 from bench.common import DATASETS, ROOT, bench_server, fresh_database, read_jsonl, write_result
 from bench.ingest_bench import CHUNK_OVERLAP, CHUNK_SIZE, write_corpus
-from ingest import jobs
-from ingest.config import EmbeddingSettings
-from ingest.embedding import get_embedder
-from ingest.settings import Settings
+from core.config import EmbeddingSettings
+from core.embedding import get_embedder
+from core.settings import Settings
+from ingest import jobs, worker
 
 
-def run_job(worker: jobs.Worker, database: Any, settings: Settings, **request: Any) -> dict[str, Any]:
+def run_job(worker: worker.Worker, database: Any, settings: Settings, **request: Any) -> dict[str, Any]:
     """Queue one reindex job, let the worker run it, and return its timings and counts."""
     with database.connect() as conn:
         job = jobs.enqueue_reindex(conn, settings, **request)
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             database_url=SecretStr(database.url), data_dir=folder / "data", configs_dir=configs,
             prompts_dir=ROOT / "prompts", source_roots=[folder / "source"],
         )  # fmt: skip
-        worker = jobs.Worker(database, settings)
-        full = run_job(worker, database, settings, source=str(corpus), config="bench", mode="full", activate=True)
-        incremental = run_job(worker, database, settings, source=str(corpus), config="bench", mode="incremental")
+        job_worker = worker.Worker(database, settings)
+        full = run_job(job_worker, database, settings, source=str(corpus), config="bench", mode="full", activate=True)
+        incremental = run_job(job_worker, database, settings, source=str(corpus), config="bench", mode="incremental")
     assert incremental["counts"]["unchanged"] == full["counts"]["added"], (full, incremental)
     result["full"] = full
     result["incremental_unchanged"] = incremental

@@ -22,11 +22,12 @@ import numpy as np
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from app import search_sql
 from bench.common import DATASETS, bench_server, fresh_database, percentile, read_jsonl, write_result
-from ingest import store
-from ingest.config import IndexSettings, RetrievalSettings
-from ingest.embedding import get_embedder
-from ingest.store import IndexVersion
+from core.config import IndexSettings, RetrievalSettings
+from core.embedding import get_embedder
+from ingest import versions
+from ingest.versions import IndexVersion
 
 NOISE = 0.03
 EF = RetrievalSettings().ef_search  # the default every configuration gets
@@ -97,18 +98,18 @@ def measure(conn: Any, version: IndexVersion, queries: list[str], vectors: np.nd
     lat: dict[str, list[float]] = {"vector": [], "keyword": [], "hybrid": [], "vector_filtered": []}
     recall, recall_filtered = [], []
     for text, vector in zip(queries, vectors, strict=True):
-        hits, ms = timed(store.search_vector, conn, version, vector, 10, ef_search=EF)
+        hits, ms = timed(search_sql.search_vector, conn, version, vector, 10, ef_search=EF)
         lat["vector"].append(ms)
-        exact = store.search_vector(conn, version, vector, 10, exact=True)
+        exact = search_sql.search_vector(conn, version, vector, 10, exact=True)
         recall.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / 10)
-        _, ms = timed(store.search_keyword, conn, version, text, 10)
+        _, ms = timed(search_sql.search_keyword, conn, version, text, 10)
         lat["keyword"].append(ms)
-        _, ms = timed(store.search_hybrid, conn, version, vector, text, 10, ef_search=EF)
+        _, ms = timed(search_sql.search_hybrid, conn, version, vector, text, 10, ef_search=EF)
         lat["hybrid"].append(ms)
         flt = {"bucket": 0}
-        hits, ms = timed(store.search_vector, conn, version, vector, 10, metadata=flt, ef_search=EF)
+        hits, ms = timed(search_sql.search_vector, conn, version, vector, 10, metadata=flt, ef_search=EF)
         lat["vector_filtered"].append(ms)
-        exact = store.search_vector(conn, version, vector, 10, metadata=flt, exact=True)
+        exact = search_sql.search_vector(conn, version, vector, 10, metadata=flt, exact=True)
         recall_filtered.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / max(len(exact), 1))
     out: dict[str, Any] = {
         f"{name}_ms": {"p50": round(percentile(v, 50), 2), "p95": round(percentile(v, 95), 2)}
@@ -151,12 +152,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for size in args.sizes:
             database = fresh_database(admin_uri, f"latency_{size}")
             with database.connect() as conn:
-                version = store.ensure_index_version(conn, settings, embedder.dimension, "bench")
+                version = versions.ensure_index_version(conn, settings, embedder.dimension, "bench")
                 t0 = time.perf_counter()
                 load_rows(conn, version, texts, base, size)
                 load_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                store.mark_version_ready(conn, version)
+                versions.mark_version_ready(conn, version)
                 index_s = time.perf_counter() - t0
                 measure(conn, version, queries[:20], query_vectors[:20])  # warm the caches
                 entry = {"load_s": round(load_s, 1), "hnsw_build_s": round(index_s, 1)}

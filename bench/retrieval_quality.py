@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import DATASETS, bench_server, fresh_database, write_result
+from core.config import LoadedConfig, RetrievalSettings, load_config
+from core.embedding import get_embedder
 from evals.beir import BeirDataset, evaluate_retrieval, load_beir
-from ingest import store
-from ingest.config import LoadedConfig, RetrievalSettings, load_config
-from ingest.embedding import get_embedder
+from ingest import versions
 from ingest.pipeline import IngestPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t0 = time.perf_counter()
             with database.connect() as conn:
                 report = IngestPipeline(conn, config, embedder).run(dataset.corpus)
-                version = store.active_index_version(conn)
+                version = versions.active_index_version(conn)
                 assert version is not None
                 splits: dict[str, BeirDataset] = {"test": dataset}
                 if dev_split:

@@ -25,15 +25,15 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from app.catalog import Catalog
 from app.keys import create_key
 from app.main import create_app
 from app.rag import Question, RagPipeline
 from bench.common import bench_server, fresh_database, percentile, write_result
-from ingest.config import load_config
-from ingest.embedding import get_embedder
+from core.catalog import Catalog
+from core.config import load_config
+from core.embedding import get_embedder
+from core.settings import Settings
 from ingest.pipeline import IngestPipeline
-from ingest.settings import Settings
 from tests.utils.server import serve_in_thread
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, find_vllm_python

@@ -15,10 +15,10 @@ import numpy as np
 import psycopg
 
 from app.retrieval import RetrievalQuery, search
+from core.config import RetrievalSettings
+from core.errors import SourceError
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
-from ingest.config import RetrievalSettings
-from ingest.errors import SourceError
-from ingest.store import IndexVersion
+from ingest.versions import IndexVersion
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from app.retrieval import RetrievalQuery, search
+from core.embedding import get_embedder
+from core.errors import EvalInputError, SourceError
+from core.runtime import Runtime
 from evals.beir import corpus_id, load_beir
-from evals.errors import EvalInputError
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
 from evals.runner import REPORT_FORMAT, aggregate, git_head, load_catalog
-from ingest.embedding import get_embedder
-from ingest.errors import SourceError
 from ingest.pipeline import IngestPipeline
-from ingest.runtime import Runtime
 
 CHUNK_POOL = 30  # chunks retrieved per query before folding them into documents
 

@@ -14,12 +14,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from core.errors import EvalInputError, RagopsError
+from core.runtime import open_runtime
+from core.settings import get_settings
 from evals.compare import UNUSABLE, compare, html_report, load_gate, load_report, markdown
 from evals.dataset import load_dataset
-from evals.errors import EvalInputError
-from ingest.errors import RagopsError
-from ingest.runtime import open_runtime
-from ingest.settings import get_settings
 
 app = typer.Typer(help="Evaluate configurations and gate changes on quality.", no_args_is_help=True)
 out = Console(stderr=True)

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evals.errors import EvalInputError
+from core.errors import EvalInputError
 from evals.runner import LOWER_IS_BETTER, REPORT_FORMAT
 
 PASS, REGRESSION, UNUSABLE = 0, 1, 2

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evals.errors import EvalInputError
+from core.errors import EvalInputError
 
 Kind = Literal["answerable", "unanswerable", "pii"]
 

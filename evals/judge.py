@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ragas.embeddings.base import BaseRagasEmbedding
 
-from ingest.embedding import Embedder
+from core.embedding import Embedder
 
 JUDGE_METRICS = ("faithfulness", "answer_relevancy")
 

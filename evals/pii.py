@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evals.errors import EvalInputError
-from ingest.config import PiiSettings
-from ingest.pii import PiiEngine
+from core.config import PiiSettings
+from core.errors import EvalInputError
+from core.pii import PiiEngine
 
 # Found by fixed formats and checksums; held to a higher recall than names and places.
 PATTERN_TYPES = frozenset({"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS"})

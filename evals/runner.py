@@ -15,20 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.catalog import Catalog
 from app.generators.base import NOT_FOUND_ANSWER
 from app.pricing import load_pricing
 from app.rag import Answer, AnswerDone, Question, RagPipeline
+from core.catalog import Catalog
+from core.config import LoadedConfig, list_config_names
+from core.embedding import Embedder
+from core.errors import ConfigError, EvalInputError
+from core.runtime import Runtime
+from core.settings import Settings
 from evals.dataset import EvalQuestion, EvalSet
-from evals.errors import EvalInputError
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
-from ingest.config import LoadedConfig, list_config_names
-from ingest.embedding import Embedder
-from ingest.errors import ConfigError
+from ingest.documents import chunk_texts
 from ingest.pipeline import IngestPipeline
-from ingest.runtime import Runtime
-from ingest.settings import Settings
-from ingest.store import IndexVersion, chunk_texts
+from ingest.versions import IndexVersion
 
 if TYPE_CHECKING:  # ragas is imported only when a judge is configured
     from evals.judge import Judge, JudgeScores

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from ingest.config import ChunkingSettings
+from core.config import ChunkingSettings
+from core.tokens import get_encoding
 from ingest.loaders import SECTION_SEPARATOR, Document
-from ingest.tokens import get_encoding
 
 # Paragraphs, then lines, then sentences, then words: split at the largest unit that fits.
 _SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]

@@ -7,22 +7,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ingest import store
-from ingest.config import load_config
-from ingest.embedding import get_embedder
-from ingest.migrations import migrate
+from core.config import load_config
+from core.embedding import get_embedder
+from core.migrations import migrate
+from core.runtime import open_runtime
+from ingest import versions
 from ingest.pipeline import DEFAULT_COLLECTION, IngestPipeline, IngestProgress, IngestReport
-from ingest.runtime import open_runtime
 
 console = Console(stderr=True)
 out = Console()
@@ -100,7 +93,7 @@ def print_report(report: IngestReport) -> None:
 def index_list() -> None:
     """Index versions with their settings, status and size."""
     with open_runtime() as rt:
-        rows = store.list_index_versions(rt.conn)
+        rows = versions.list_index_versions(rt.conn)
     table = Table("id", "name", "status", "active", "model", "dim", "chunk size/overlap", "docs", "chunks", "created")
     for version, documents, chunks in rows:
         s = version.settings
@@ -130,8 +123,8 @@ def index_activate(
     with open_runtime() as rt:
         if not force:
             default = load_config(rt.settings.config, rt.settings.configs_dir)
-            store.check_embedding_model(store.get_index_version(rt.conn, version_id), default)
-        version = store.activate_index_version(rt.conn, version_id)
+            versions.check_embedding_model(versions.get_index_version(rt.conn, version_id), default)
+        version = versions.activate_index_version(rt.conn, version_id)
     out.print(f"active index version: {version.name}")
 
 
@@ -141,7 +134,7 @@ def index_drop(
 ) -> None:
     """Delete an inactive index version and its chunks."""
     with open_runtime() as rt:
-        version = store.drop_index_version(rt.conn, version_id)
+        version = versions.drop_index_version(rt.conn, version_id)
     out.print(f"dropped index version {version.name}")
 
 
@@ -167,8 +160,8 @@ def worker(
     """Run reindex jobs from the queue (several workers never run the same job)."""
     import logging
 
-    from ingest.jobs import Worker
-    from ingest.runtime import pin_malloc_mmap_threshold
+    from core.runtime import pin_malloc_mmap_threshold
+    from ingest.worker import Worker
 
     pin_malloc_mmap_threshold()
     logging.getLogger("ingest").setLevel(logging.INFO)
@@ -210,7 +203,7 @@ def jobs_watch(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs lis
     """Follow a job with a live progress bar until it ends; exit 1 unless it succeeded."""
     import time
 
-    from ingest.errors import RagopsError
+    from core.errors import RagopsError
     from ingest.jobs import get_job
 
     with open_runtime() as rt:
@@ -246,7 +239,7 @@ def jobs_watch(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs lis
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs list`).")]) -> None:
     """Cancel a queued job, or stop a running one at its next batch."""
-    from ingest.errors import RagopsError
+    from core.errors import RagopsError
     from ingest.jobs import cancel_job
 
     with open_runtime() as rt:

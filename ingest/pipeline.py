@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from ingest import store
+from core.config import LoadedConfig
+from core.embedding import Embedder
+from core.errors import IngestBusy, SourceError
+from core.pii import get_pii_engine
+from ingest import documents, runs, versions
 from ingest.chunking import Chunker
-from ingest.config import LoadedConfig
-from ingest.embedding import Embedder
-from ingest.errors import IngestBusy, SourceError
+from ingest.documents import PreparedDocument
 from ingest.loaders import SUPPORTED_SUFFIXES, Document, load_file
-from ingest.pii import get_pii_engine
-from ingest.store import IndexVersion, PreparedDocument
+from ingest.versions import IndexVersion
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class IngestPipeline:
 
     def index_version(self) -> IndexVersion:
         """Get or create the version for this configuration's index settings."""
-        return store.ensure_index_version(
+        return versions.ensure_index_version(
             self.conn, self.config.config.index, self.embedder.dimension, self.config.version
         )
 
@@ -180,14 +181,14 @@ class IngestPipeline:
         """
         files = scan_source(root)
         version = version or self.index_version()
-        if not store.try_lock_version(self.conn, version.id):
+        if not versions.try_lock_version(self.conn, version.id):
             raise IngestBusy(f"another ingest is writing to index version {version.name}; try again when it ends")
         self.on_progress = on_progress
         try:
             return self._run_locked(root, files, version, sync=sync, activate=activate, on_progress=on_progress)
         finally:
             self.on_progress = None
-            store.unlock_version(self.conn, version.id)
+            versions.unlock_version(self.conn, version.id)
 
     def _run_locked(
         self,
@@ -200,7 +201,7 @@ class IngestPipeline:
         on_progress: ProgressCallback | None,
     ) -> IngestReport:
         started = time.perf_counter()
-        run_id = store.start_run(self.conn, version.id, self.collection, str(root), self.config.version)
+        run_id = runs.start_run(self.conn, version.id, self.collection, str(root), self.config.version)
         report = IngestReport(run_id=run_id, index_version=version)
         progress = IngestProgress(docs_total=sum(f.estimated_documents() for f in files), skipped=report.skipped)
         embedded_before = self.embedder.texts_embedded
@@ -208,11 +209,11 @@ class IngestPipeline:
         def finish_run(status: str, error: str | None) -> None:
             report.texts_embedded = self.embedder.texts_embedded - embedded_before
             report.total_seconds = time.perf_counter() - started
-            store.finish_run(self.conn, run_id, status=status, counts=report.counts, skipped=report.skipped,
+            runs.finish_run(self.conn, run_id, status=status, counts=report.counts, skipped=report.skipped,
                              timings=report.timings, error=error)  # fmt: skip
 
         try:
-            known = store.known_documents(self.conn, version.id, self.collection)
+            known = documents.known_documents(self.conn, version.id, self.collection)
             seen: set[str] = set()
             files_with_skips: set[str] = set()
             pending: list[tuple[Document, bool]] = []  # (document, is_update)
@@ -232,7 +233,7 @@ class IngestPipeline:
                     for source, doc in known.items()
                     if source not in seen and source.split("#", 1)[0] not in files_with_skips
                 ]
-                report.deleted = store.delete_documents(self.conn, gone)
+                report.deleted = documents.delete_documents(self.conn, gone)
             version = self._finish_version(version, report, activate)
             report.index_version = version
         except BaseException as exc:
@@ -246,7 +247,7 @@ class IngestPipeline:
     def _changed_documents(
         self,
         files: list[SourceFile],
-        known: dict[str, store.KnownDocument],
+        known: dict[str, documents.KnownDocument],
         report: IngestReport,
         seen: set[str],
         files_with_skips: set[str],
@@ -306,7 +307,7 @@ class IngestPipeline:
         self,
         version: IndexVersion,
         pending: list[tuple[Document, bool]],
-        known: dict[str, store.KnownDocument],
+        known: dict[str, documents.KnownDocument],
         report: IngestReport,
         progress: IngestProgress,
     ) -> None:
@@ -317,7 +318,7 @@ class IngestPipeline:
         chunked = [(doc, self.chunker.split(doc)) for doc, _ in pending]
         report.load_seconds += time.perf_counter() - t0
         updated_ids = [known[doc.source].id for doc, is_update in pending if is_update]
-        reusable = store.reusable_vectors(self.conn, version, updated_ids)
+        reusable = documents.reusable_vectors(self.conn, version, updated_ids)
         to_embed: dict[str, str] = {}
         for _, chunks in chunked:
             for chunk in chunks:
@@ -356,7 +357,7 @@ class IngestPipeline:
             report.chunks_written += len(chunks)
             report.chunks_reused += sum(1 for c in chunks if c.content_hash in reusable)
         t0 = time.perf_counter()
-        store.write_documents(self.conn, version, self.collection, prepared)
+        documents.write_documents(self.conn, version, self.collection, prepared)
         report.write_seconds += time.perf_counter() - t0
         for _, is_update in pending:
             if is_update:
@@ -369,9 +370,9 @@ class IngestPipeline:
     def _finish_version(self, version: IndexVersion, report: IngestReport, activate: bool | None) -> IndexVersion:
         """Index and mark ready after a complete build; activate when asked (or when none is active)."""
         if version.status != "ready" or not version.hnsw_built:
-            version = store.mark_version_ready(self.conn, version)
-        should_activate = activate if activate is not None else store.active_index_version(self.conn) is None
+            version = versions.mark_version_ready(self.conn, version)
+        should_activate = activate if activate is not None else versions.active_index_version(self.conn) is None
         if should_activate and not version.is_active:
-            version = store.activate_index_version(self.conn, version.id)
+            version = versions.activate_index_version(self.conn, version.id)
             report.activated = True
         return version

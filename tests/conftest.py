@@ -20,11 +20,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 
-from ingest.config import EmbeddingSettings
-from ingest.db import Database, EmbeddedPostgres
-from ingest.embedding import Embedder, get_embedder
-from ingest.migrations import migrate
-from ingest.settings import get_settings
+from core.config import EmbeddingSettings
+from core.db import Database, EmbeddedPostgres
+from core.embedding import Embedder, get_embedder
+from core.migrations import migrate
+from core.settings import get_settings
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, require_vllm_python
 

@@ -80,7 +80,7 @@ def test_dockerfile_pins_cpu_torch_runs_unprivileged_and_bakes_models() -> None:
     assert "-c constraints.txt" in text and "constraints.txt" in text.split("COPY", 2)[1]
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
-    assert "python -m ingest.tokens seed" in text
+    assert "python -m core.tokens seed" in text
     assert "get_embedder" in text  # the embedding model is loaded once at build: no network at start
     assert "HF_HUB_OFFLINE=1" in text
     ignored = (REPO / ".dockerignore").read_text().split()

@@ -8,11 +8,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, Field
 
+from app import uploads
 from app.api.deps import AdminKey, Pipeline
 from app.api.schemas import ErrorResponse, Strict
-from app.errors import Conflict, NotFound
-from ingest import jobs, store, uploads
-from ingest.errors import IndexVersionError, UploadTooLarge
+from core.errors import Conflict, IndexVersionError, NotFound, UploadTooLarge
+from ingest import jobs, versions
 from ingest.pipeline import DEFAULT_COLLECTION
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -103,7 +103,7 @@ class IndexOut(BaseModel):
     activated_at: datetime | None
 
     @classmethod
-    def of(cls, version: store.IndexVersion, documents: int | None = None, chunks: int | None = None) -> IndexOut:
+    def of(cls, version: versions.IndexVersion, documents: int | None = None, chunks: int | None = None) -> IndexOut:
         """The API view of a version."""
         return cls(
             id=version.id, name=version.name, status=version.status, active=version.is_active,
@@ -155,9 +155,9 @@ def _job_or_404(job: jobs.Job | None, job_id: int) -> jobs.Job:
     return job
 
 
-def _version_or_404(conn: Any, version_id: int) -> store.IndexVersion:
+def _version_or_404(conn: Any, version_id: int) -> versions.IndexVersion:
     try:
-        return store.get_index_version(conn, version_id)
+        return versions.get_index_version(conn, version_id)
     except IndexVersionError:
         raise NotFound(f"no index version {version_id}") from None
 
@@ -242,7 +242,7 @@ def delete_document(document_id: int, pipeline: Pipeline, key: AdminKey) -> Docu
 def read_indexes(pipeline: Pipeline, key: AdminKey) -> IndexesResponse:
     """Index versions with status, settings and size."""
     with pipeline.pool.connection() as conn:
-        rows = store.list_index_versions(conn)
+        rows = versions.list_index_versions(conn)
     return IndexesResponse(indexes=[IndexOut.of(v, docs, chunks) for v, docs, chunks in rows])
 
 
@@ -263,9 +263,9 @@ def activate_index(
     with pipeline.pool.connection() as conn:
         candidate = _version_or_404(conn, version_id)
         if not force:
-            store.check_embedding_model(candidate, pipeline.catalog.config(None))
-        previous = store.active_index_version(conn)
-        version = store.activate_index_version(conn, version_id)
+            versions.check_embedding_model(candidate, pipeline.catalog.config(None))
+        previous = versions.active_index_version(conn)
+        version = versions.activate_index_version(conn, version_id)
     return ActivateResponse(active=IndexOut.of(version), previous_id=previous.id if previous else None)
 
 
@@ -276,4 +276,4 @@ def delete_index(version_id: int, pipeline: Pipeline, key: AdminKey) -> IndexOut
         version = _version_or_404(conn, version_id)
         if version.is_active:
             raise Conflict(f"index version {version.name} is active; activate another version before deleting it")
-        return IndexOut.of(store.drop_index_version(conn, version_id))
+        return IndexOut.of(versions.drop_index_version(conn, version_id))

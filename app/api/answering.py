@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from app.errors import http_status
 from app.metering import Meter
 from app.pii import log_transcript
 from app.rag import Answer, AnswerDelta, AnswerDone, Prepared, Question, RagPipeline
+from core.errors import http_status
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 

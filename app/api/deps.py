@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.accounting import Accountant, LedgerEntry, check_rate
-from app.keys import ApiKey, AuthError
+from app.keys import ApiKey
 from app.metering import Meter
 from app.rag import RagPipeline
+from core.errors import AuthError
 
 
 def get_pipeline(request: Request) -> RagPipeline:

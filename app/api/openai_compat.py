@@ -13,9 +13,9 @@ from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
 from app.api.query import ERRORS, STREAMED
 from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut
 from app.api.sse import guarded, sse
-from app.errors import BadRequest
 from app.metering import Meter
 from app.rag import Answer, AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
+from core.errors import BadRequest
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from ingest.errors import RagopsError
+from core.errors import RagopsError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from app.api.deps import Pipeline, QueryKey
 from app.api.schemas import ConfigOut, ConfigsResponse
 from app.retrieval import active_version
-from ingest.errors import RagopsError
+from core.errors import RagopsError
 
 router = APIRouter(tags=["system"])
 

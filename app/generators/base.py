@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ingest.config import LoadedConfig
-from ingest.store import ChunkHit
-from ingest.tokens import count_tokens
+from app.search_sql import ChunkHit
+from core.config import LoadedConfig
+from core.tokens import count_tokens
 
 NOT_FOUND_ANSWER = "The documents do not contain this information."
 # ChatML wraps each message in a few tokens; counted so that estimates are not low.

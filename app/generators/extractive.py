@@ -20,9 +20,9 @@ from app.generators.base import (
     Usage,
     count_prompt_tokens,
 )
-from ingest.config import ExtractiveSettings, LoadedConfig
-from ingest.embedding import Embedder
-from ingest.tokens import count_tokens
+from core.config import ExtractiveSettings, LoadedConfig
+from core.embedding import Embedder
+from core.tokens import count_tokens
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])|\n+")
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")

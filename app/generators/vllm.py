@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from app.errors import GenerationError, GenerationTimeout, GeneratorUnavailable, PromptTooLong
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Usage
+from core.errors import GenerationError, GenerationTimeout, GeneratorUnavailable, PromptTooLong
 
 log = logging.getLogger(__name__)
 

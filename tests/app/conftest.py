@@ -11,11 +11,11 @@ from pydantic import SecretStr
 
 from app.keys import create_key
 from app.main import create_app
-from ingest.config import load_config
-from ingest.db import Database
-from ingest.embedding import Embedder
+from core.config import load_config
+from core.db import Database
+from core.embedding import Embedder
+from core.settings import Settings
 from ingest.pipeline import IngestPipeline
-from ingest.settings import Settings
 from tests.conftest import REPO, clone_template
 
 SAMPLES = REPO / "samples"

@@ -17,9 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.generators.base import Delta, Finished, GenerationRequest, Generator
-from app.keys import AuthError, VerifiedKeys, create_key, revoke_key
+from app.keys import VerifiedKeys, create_key, revoke_key
 from app.main import create_app
-from ingest.db import Database
+from core.db import Database
+from core.errors import AuthError
 from tests.app.conftest import authed, make_settings
 from tests.conftest import REPO
 from tests.utils.ledger import ledger_row

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from app.keys import create_key
 from app.main import create_app
-from ingest import store
-from ingest.config import EmbeddingSettings, IndexSettings
-from ingest.db import Database
-from ingest.settings import Settings
+from core.config import EmbeddingSettings, IndexSettings
+from core.db import Database
+from core.settings import Settings
+from ingest import versions
 from tests.app.conftest import authed
 from tests.utils.corpus import corpus_document_count, write_corpus
 from tests.utils.jobs import job_settings, write_many
@@ -106,7 +106,7 @@ def test_index_of_another_embedding_model_is_refused(
     assert built["status"] == "succeeded" and built["activated"]
     other = IndexSettings(embedding=EmbeddingSettings(model="/models/e5-large-v2"))
     with Database(url=settings.database_url.get_secret_value()).connect() as conn:  # type: ignore[union-attr]
-        version = store.mark_version_ready(conn, store.ensure_index_version(conn, other, 1024, "test"))
+        version = versions.mark_version_ready(conn, versions.ensure_index_version(conn, other, 1024, "test"))
 
     refused = admin.post(f"/v1/admin/indexes/{version.id}/activate")
     assert refused.status_code == 409, refused.text

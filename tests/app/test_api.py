@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.generators.base import NOT_FOUND_ANSWER
-from ingest.config import load_config
-from ingest.db import Database
-from ingest.embedding import Embedder
+from core.config import load_config
+from core.db import Database
+from core.embedding import Embedder
 from ingest.pipeline import IngestPipeline
 from tests.conftest import REPO
 from tests.utils.server import serve_in_thread

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.db import Database
+from core.db import Database
 from tests.utils.corpus import corpus_document_count, write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,17 +60,17 @@ def test_bad_input_is_one_clear_line_and_exit_1(database: Database, args: list[s
 
 def test_activating_an_index_of_another_embedding_model_needs_force(database: Database) -> None:
     """Registered with an empty chunk table: only MiniLM is installed here, and nothing reads the vectors."""
-    from ingest import store
-    from ingest.config import EmbeddingSettings, IndexSettings
+    from core.config import EmbeddingSettings, IndexSettings
+    from ingest import versions
 
     other = IndexSettings(embedding=EmbeddingSettings(model="/models/e5-large-v2"))
     with database.connect() as conn:
-        version = store.mark_version_ready(conn, store.ensure_index_version(conn, other, 1024, "test"))
+        version = versions.mark_version_ready(conn, versions.ensure_index_version(conn, other, 1024, "test"))
     refused = ragops("index", "activate", str(version.id), database=database, cwd=REPO)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "was built with the embedding model '/models/e5-large-v2'" in refused.stderr
     with database.connect() as conn:
-        assert store.active_index_version(conn) is None
+        assert versions.active_index_version(conn) is None
     forced = ragops("index", "activate", str(version.id), "--force", database=database, cwd=REPO)
     assert forced.returncode == 0, forced.stderr
     assert f"active index version: {version.name}" in forced.stdout
@@ -164,7 +164,7 @@ def test_keys_create_refuses_unknown_scopes(database: Database) -> None:
 
 def test_serve_creates_and_then_reuses_a_local_demo_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from app.cli import DEMO_KEY_FILE, ensure_demo_key
-    from ingest.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("RAGOPS_DATA_DIR", str(tmp_path / "state"))
     get_settings.cache_clear()

@@ -6,9 +6,9 @@ import pytest
 
 from app.generators.base import NOT_FOUND_ANSWER, GenerationRequest, Passage
 from app.generators.extractive import ExtractiveGenerator, word_weights
-from ingest.config import ExtractiveSettings
-from ingest.embedding import Embedder
-from ingest.store import ChunkHit
+from app.search_sql import ChunkHit
+from core.config import ExtractiveSettings
+from core.embedding import Embedder
 
 PASSAGES = [
     "Kestrel Freight was founded in 2009 in Port Aldane. Kestrel Freight employs 640 people in four offices.",

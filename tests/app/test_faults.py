@@ -24,14 +24,14 @@ from psycopg.conninfo import make_conninfo
 
 from app.keys import create_key
 from app.main import create_app
-from ingest import jobs, store
-from ingest.config import load_config
-from ingest.db import Database, EmbeddedPostgres
-from ingest.embedding import Embedder
-from ingest.errors import EmbeddingError, RagopsError
-from ingest.jobs import Worker
-from ingest.migrations import migrate
+from core.config import load_config
+from core.db import Database, EmbeddedPostgres
+from core.embedding import Embedder
+from core.errors import EmbeddingError, RagopsError
+from core.migrations import migrate
+from ingest import jobs, versions
 from ingest.pipeline import IngestPipeline
+from ingest.worker import Worker
 from tests.app.conftest import authed, make_settings
 from tests.app.test_api import parse_sse
 from tests.conftest import REPO
@@ -177,10 +177,10 @@ def test_postgres_restart_during_a_full_reindex_job_resumes_it_without_loss_or_d
     assert ended.activated and ended.attempts >= 2 and ended.error  # it says what happened
     with database.connect() as conn:
         assert chunk_consistency(conn, ended.index_version_id or 0) == (300, 300, 300)  # nothing lost or doubled
-        live = store.active_index_version(conn)
+        live = versions.active_index_version(conn)
         assert live is not None and live.id == ended.index_version_id and live.status == "ready"
-        versions = store.list_index_versions(conn)
-    assert len(versions) == 2  # the first build and this one: no orphan from the interrupted run
+        all_versions = versions.list_index_versions(conn)
+    assert len(all_versions) == 2  # the first build and this one: no orphan from the interrupted run
 
 
 # ---------------------------------------------------------------- embedding model missing

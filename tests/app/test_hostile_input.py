@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from app.catalog import Catalog
 from app.main import create_app
 from app.rag import Question, RagPipeline, Turn
-from ingest.config import load_config
-from ingest.db import Database
-from ingest.embedding import Embedder
+from core.catalog import Catalog
+from core.config import load_config
+from core.db import Database
+from core.embedding import Embedder
 from ingest.pipeline import IngestPipeline
 from tests.app.conftest import authed, make_settings
 from tests.conftest import REPO

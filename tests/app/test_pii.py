@@ -19,16 +19,16 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.errors import PiiBlocked
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Usage
 from app.pii import PiiSession
+from core.config import PiiSettings, load_config
+from core.db import Database
+from core.errors import PiiBlocked
+from core.pii import get_pii_engine
+from core.runtime import Runtime
+from core.settings import Settings
 from evals.dataset import load_dataset
 from evals.runner import run_eval
-from ingest.config import PiiSettings, load_config
-from ingest.db import Database
-from ingest.pii import get_pii_engine
-from ingest.runtime import Runtime
-from ingest.settings import Settings
 from tests.conftest import REPO
 from tests.utils.ledger import ledger_row
 

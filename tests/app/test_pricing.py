@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.pricing import ModelPrice, load_pricing
-from ingest.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import REPO
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from app.retrieval import RagopsRetriever, RetrievalQuery, active_version, search
-from ingest.config import RetrievalSettings
-from ingest.db import Database
-from ingest.embedding import Embedder
+from core.config import RetrievalSettings
+from core.db import Database
+from core.embedding import Embedder
 
 QUESTION = "How many days of parental leave does the primary caregiver get?"
 EXPECTED = "handbook/parental_leave.md"

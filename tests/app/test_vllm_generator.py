@@ -12,9 +12,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from app.errors import GenerationError, GenerationTimeout, GeneratorUnavailable, PromptTooLong
 from app.generators.base import GenerationRequest
 from app.generators.vllm import VllmGenerator
+from core.errors import GenerationError, GenerationTimeout, GeneratorUnavailable, PromptTooLong
 
 REQUEST = GenerationRequest(
     question="q", messages=[{"role": "user", "content": "q"}], passages=[], model="m", max_tokens=8

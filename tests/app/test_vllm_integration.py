@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from ingest.db import Database
+from core.db import Database
 from tests.app.conftest import authed, make_settings
 from tests.app.test_api import parse_sse
 from tests.conftest import REPO

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
-from ingest.embedding import Embedder
-from ingest.runtime import Runtime
-from ingest.settings import Settings
+from core.embedding import Embedder
+from core.runtime import Runtime
+from core.settings import Settings
 from tests.conftest import REPO, clone_template
 
 

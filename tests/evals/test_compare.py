@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from core.errors import EvalInputError
 from evals.compare import PASS, REGRESSION, Gate, compare, markdown
-from evals.errors import EvalInputError
 
 GATE = Gate.model_validate(
     {

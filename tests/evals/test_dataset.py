@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import EvalInputError
 from evals.dataset import load_dataset
-from evals.errors import EvalInputError
 from tests.conftest import REPO
 
 

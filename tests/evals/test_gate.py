@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from core.runtime import Runtime
 from evals import cli as eval_cli
 from evals.compare import PASS, REGRESSION, compare, load_gate
 from evals.dataset import load_dataset
 from evals.runner import run_eval
-from ingest.runtime import Runtime
 from tests.conftest import REPO
 
 DATASET = load_dataset(REPO / "evals" / "datasets" / "sample.jsonl")

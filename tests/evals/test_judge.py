@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from core.embedding import Embedder
+from core.runtime import Runtime
 from evals.compare import PASS, compare, load_gate, markdown
 from evals.dataset import EvalSet, load_dataset
 from evals.judge import JUDGE_METRICS, Judge
 from evals.runner import run_eval
-from ingest.embedding import Embedder
-from ingest.runtime import Runtime
 from tests.conftest import REPO
 from tests.utils.fake_judge import FakeJudge, fake_judge
 from tests.utils.vllm_server import VllmServer, free_port

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from evals.errors import EvalInputError
+from core.config import PiiSettings, load_config
+from core.errors import EvalInputError
+from core.pii import get_pii_engine
 from evals.pii import PATTERN_TYPES, load_pii_set, score_detection
-from ingest.config import PiiSettings, load_config
-from ingest.pii import get_pii_engine
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
+from core.config import ChunkingSettings
+from core.tokens import count_tokens
 from ingest.chunking import Chunker
-from ingest.config import ChunkingSettings
 from ingest.loaders import load_bytes
-from ingest.tokens import count_tokens
 
 LONG_MD = "# Handbook\n\n" + "\n\n".join(
     f"## Part {i}\n\n" + " ".join(f"Sentence {i}.{j} explains rule number {j} of part {i}." for j in range(12))

@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ingest import jobs, store
-from ingest.db import Database
-from ingest.embedding import Embedder
-from ingest.errors import SourceError
-from ingest.jobs import Worker
-from ingest.settings import Settings
+from core.db import Database
+from core.embedding import Embedder
+from core.errors import SourceError
+from core.settings import Settings
+from ingest import jobs, sources, versions
+from ingest.worker import Worker
 from tests.conftest import REPO
 from tests.utils.corpus import corpus_document_count, write_corpus
 from tests.utils.jobs import job_settings, write_many
@@ -46,7 +46,7 @@ def run(conn: psycopg.Connection, settings: Settings, database: Database, **requ
 
 def chunk_consistency(conn: psycopg.Connection, version_id: int) -> tuple[int, int, int]:
     """(documents, chunks in the table, chunks the version's documents claim): equal counts mean no duplicates."""
-    version = store.get_index_version(conn, version_id)
+    version = versions.get_index_version(conn, version_id)
     rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(version.table)).fetchone()
     docs, claimed = conn.execute(
         "SELECT count(*), coalesce(sum(chunk_count), 0) FROM index_documents WHERE index_version_id = %s",
@@ -63,7 +63,7 @@ def test_incremental_then_full_builds(
     assert first.status == "succeeded", first.error
     assert first.result and first.result["counts"]["added"] == corpus_document_count()
     assert first.activated and first.docs_done == first.docs_total == corpus_document_count()
-    live = store.active_index_version(conn)
+    live = versions.active_index_version(conn)
     assert live is not None and live.id == first.index_version_id
 
     embedded_before = embedder.texts_embedded
@@ -74,13 +74,13 @@ def test_incremental_then_full_builds(
 
     rebuild = run(conn, settings, database, mode="full")  # same settings: a fresh version, left inactive
     assert rebuild.status == "succeeded" and rebuild.index_version_id not in (None, live.id)
-    assert not rebuild.activated and store.active_index_version(conn) == live
+    assert not rebuild.activated and versions.active_index_version(conn) == live
     assert rebuild.index_version_id is not None
-    assert store.get_index_version(conn, rebuild.index_version_id).status == "ready"
+    assert versions.get_index_version(conn, rebuild.index_version_id).status == "ready"
 
     small = run(conn, settings, database, mode="full", config="small", activate=True)
     assert small.status == "succeeded" and small.activated
-    active = store.active_index_version(conn)
+    active = versions.active_index_version(conn)
     assert active is not None and active.id == small.index_version_id and active.settings["chunk_size"] == 24
     n_docs, n_chunks, claimed = chunk_consistency(conn, active.id)
     assert n_docs == corpus_document_count() and n_chunks == claimed > chunk_consistency(conn, live.id)[1]
@@ -102,8 +102,8 @@ def test_cancel_queued_and_running(
     worker.run_job(claimed)
     ended = jobs.get_job(conn, job.id)
     assert ended is not None and ended.status == "cancelled" and not ended.activated
-    assert store.active_index_version(conn) is None
-    assert store.list_index_versions(conn) == []  # the unfinished fresh version was dropped
+    assert versions.active_index_version(conn) is None
+    assert versions.list_index_versions(conn) == []  # the unfinished fresh version was dropped
 
 
 def test_two_workers_racing_claim_each_job_once(database: Database, settings: Settings, docs: Path) -> None:
@@ -175,8 +175,8 @@ def test_killed_worker_process_resumes_without_partial_activation_or_duplicates(
             proc.kill()
     killed = jobs.get_job(conn, job.id)
     assert killed is not None and killed.status == "running" and killed.index_version_id is not None
-    half = store.get_index_version(conn, killed.index_version_id)
-    assert half.status == "building" and store.active_index_version(conn) is None  # nothing half-built is live
+    half = versions.get_index_version(conn, killed.index_version_id)
+    assert half.status == "building" and versions.active_index_version(conn) is None  # nothing half-built is live
     docs_half, chunks_half, claimed_half = chunk_consistency(conn, half.id)
     assert 0 < docs_half < 300 and chunks_half == claimed_half  # whole batches only
 
@@ -188,7 +188,7 @@ def test_killed_worker_process_resumes_without_partial_activation_or_duplicates(
     assert resumed.result and resumed.result["counts"]["unchanged"] == docs_half  # the finished batches were kept
     assert resumed.index_version_id == half.id
     assert chunk_consistency(conn, half.id) == (300, 300, 300)
-    live = store.active_index_version(conn)
+    live = versions.active_index_version(conn)
     assert live is not None and live.id == half.id and live.status == "ready"
 
 
@@ -239,12 +239,12 @@ def test_sources_outside_the_allowed_roots_are_refused(tmp_path: Path, make: obj
     outside.mkdir()
     (outside / "secret.md").write_text("# secret\n\nnot for the index\n")
     with pytest.raises(SourceError, match=message):
-        jobs.resolve_source(make(root, outside), [root])  # type: ignore[operator]
+        sources.resolve_source(make(root, outside), [root])  # type: ignore[operator]
 
 
 def test_sources_inside_the_roots_resolve(tmp_path: Path) -> None:
     root = write_corpus(tmp_path / "root")
     (root / "inner-link").symlink_to(root / "guide")  # a link that stays inside is fine
-    assert jobs.resolve_source("guide", [root]) == (root / "guide").resolve()
-    assert jobs.resolve_source(str(root / "kb.jsonl"), [root]) == (root / "kb.jsonl").resolve()
-    assert jobs.resolve_source("inner-link", [root]) == (root / "guide").resolve()
+    assert sources.resolve_source("guide", [root]) == (root / "guide").resolve()
+    assert sources.resolve_source(str(root / "kb.jsonl"), [root]) == (root / "kb.jsonl").resolve()
+    assert sources.resolve_source("inner-link", [root]) == (root / "guide").resolve()

@@ -8,10 +8,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ingest import store
-from ingest.config import LoadedConfig, RagConfig
-from ingest.embedding import Embedder
-from ingest.errors import IndexVersionError, IngestBusy, SourceError
+from app import search_sql
+from core.config import LoadedConfig, RagConfig
+from core.embedding import Embedder
+from core.errors import IndexVersionError, IngestBusy, SourceError
+from ingest import documents, versions
 from ingest.pipeline import IngestPipeline, IngestReport
 from tests.utils.corpus import DOCS, corpus_document_count, write_corpus
 
@@ -28,7 +29,7 @@ def ingest(conn: psycopg.Connection, embedder: Embedder, root: Path, **kwargs: o
     return pipeline.run(root, **kwargs)  # type: ignore[arg-type]
 
 
-def chunk_rows(conn: psycopg.Connection, version: store.IndexVersion) -> dict[str, list[tuple[int, str]]]:
+def chunk_rows(conn: psycopg.Connection, version: versions.IndexVersion) -> dict[str, list[tuple[int, str]]]:
     """Chunk ids and hashes per document source."""
     rows = conn.execute(
         sql.SQL(
@@ -84,7 +85,7 @@ def test_editing_one_file_replaces_only_its_chunks(
         if source != "notes/coffee.txt":
             assert after[source] == before[source], source
     assert after["notes/coffee.txt"] != before["notes/coffee.txt"]
-    hits = store.search_keyword(conn, first.index_version, "descaled Monday", 3)
+    hits = search_sql.search_keyword(conn, first.index_version, "descaled Monday", 3)
     assert hits[0].source == "notes/coffee.txt" and "Monday" in hits[0].text
 
 
@@ -116,7 +117,7 @@ def test_sync_removes_documents_whose_source_disappeared(
     assert report.deleted == 1
     assert "guide/oncall.md" not in chunk_rows(conn, first.index_version)
     assert conn.execute("SELECT count(*) FROM documents WHERE source = 'guide/oncall.md'").fetchone() == (0,)
-    hits = store.search_keyword(conn, first.index_version, "on-call rotation Tuesday", 5)
+    hits = search_sql.search_keyword(conn, first.index_version, "on-call rotation Tuesday", 5)
     assert all(h.source != "guide/oncall.md" for h in hits)
 
 
@@ -141,16 +142,16 @@ def test_new_chunk_size_builds_a_new_version_beside_the_active_one(
     assert second.index_version.id != first.index_version.id
     assert second.added == corpus_document_count()  # the new version embeds everything once
     assert not second.activated and not second.index_version.is_active
-    active = store.active_index_version(conn)
+    active = versions.active_index_version(conn)
     assert active is not None and active.id == first.index_version.id
     assert chunk_rows(conn, first.index_version)  # untouched
-    store.activate_index_version(conn, second.index_version.id)
-    active = store.active_index_version(conn)
+    versions.activate_index_version(conn, second.index_version.id)
+    active = versions.active_index_version(conn)
     assert active is not None and active.id == second.index_version.id
     with pytest.raises(IndexVersionError, match="is active"):
-        store.drop_index_version(conn, second.index_version.id)
-    store.drop_index_version(conn, first.index_version.id)
-    assert [v.id for v, _, _ in store.list_index_versions(conn)] == [second.index_version.id]
+        versions.drop_index_version(conn, second.index_version.id)
+    versions.drop_index_version(conn, first.index_version.id)
+    assert [v.id for v, _, _ in versions.list_index_versions(conn)] == [second.index_version.id]
     assert conn.execute("SELECT to_regclass(%s)", (f"chunks_v{first.index_version.id}",)).fetchone() == (None,)
 
 
@@ -185,13 +186,13 @@ def test_a_crash_mid_batch_leaves_no_partial_document(
     version = first.index_version
     for rel in DOCS:
         (root / rel).write_text((root / rel).read_text() + "\n\nAppendix: revised on 2026-11-01.\n")
-    original = store.copy_chunks
+    original = documents.copy_chunks
 
     def copy_then_crash(*args: object, **kwargs: object) -> None:
         original(*args, **kwargs)  # type: ignore[arg-type]
         raise RuntimeError("simulated crash after COPY, before commit")
 
-    monkeypatch.setattr(store, "copy_chunks", copy_then_crash)
+    monkeypatch.setattr(documents, "copy_chunks", copy_then_crash)
     before = chunk_rows(conn, version)
     hashes_before = dict(conn.execute("SELECT source, content_hash FROM documents").fetchall())
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -199,7 +200,7 @@ def test_a_crash_mid_batch_leaves_no_partial_document(
     assert chunk_rows(conn, version) == before
     assert dict(conn.execute("SELECT source, content_hash FROM documents").fetchall()) == hashes_before
     assert conn.execute("SELECT status FROM ingest_runs ORDER BY id DESC LIMIT 1").fetchone() == ("failed",)
-    monkeypatch.setattr(store, "copy_chunks", original)
+    monkeypatch.setattr(documents, "copy_chunks", original)
     retry = ingest(conn, embedder, root)
     assert retry.updated == len(DOCS)
     after = chunk_rows(conn, version)
@@ -212,10 +213,10 @@ def test_a_second_writer_on_the_same_version_is_refused(
     root = write_corpus(tmp_path)
     first = ingest(conn, embedder, root)
     with database.connect() as other:  # type: ignore[attr-defined]
-        assert store.try_lock_version(other, first.index_version.id)
+        assert versions.try_lock_version(other, first.index_version.id)
         with pytest.raises(IngestBusy, match="another ingest"):
             ingest(conn, embedder, root)
-        store.unlock_version(other, first.index_version.id)
+        versions.unlock_version(other, first.index_version.id)
 
 
 @pytest.mark.parametrize(
@@ -232,15 +233,15 @@ def test_vector_and_keyword_search_find_the_right_document(
     conn: psycopg.Connection, embedder: Embedder, tmp_path: Path, question: str, expected: str
 ) -> None:
     version = ingest(conn, embedder, write_corpus(tmp_path)).index_version
-    vector_hits = store.search_vector(conn, version, embedder.embed_query(question), 3)
+    vector_hits = search_sql.search_vector(conn, version, embedder.embed_query(question), 3)
     assert vector_hits[0].source == expected
-    keyword_hits = store.search_keyword(conn, version, question, 3)
+    keyword_hits = search_sql.search_keyword(conn, version, question, 3)
     assert expected in [h.source for h in keyword_hits]
 
 
 def test_metadata_filters_restrict_results(conn: psycopg.Connection, embedder: Embedder, tmp_path: Path) -> None:
     version = ingest(conn, embedder, write_corpus(tmp_path)).index_version
     vector = embedder.embed_query("API requests per minute")
-    hits = store.search_vector(conn, version, vector, 5, metadata={"tier": "pro"})
+    hits = search_sql.search_vector(conn, version, vector, 5, metadata={"tier": "pro"})
     assert [h.source for h in hits] == ["kb.jsonl#kb-2"]
-    assert store.search_keyword(conn, version, "webhooks", 5, metadata={"tier": "pro"}) == []
+    assert search_sql.search_keyword(conn, version, "webhooks", 5, metadata={"tier": "pro"}) == []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from ingest.db import Database
-from ingest.settings import Settings
+from core.db import Database
+from core.settings import Settings
 from tests.conftest import REPO
 
 SMALL_CHUNKS = "index:\n  chunking:\n    chunk_size: 24\n    chunk_overlap: 4\n"

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from ingest.db import Database
+from core.db import Database
 
 
 def ledger_row(database: Database, request_id: str, wait_s: float = 0.0) -> dict[str, Any] | None:

@@ -15,10 +15,10 @@ from typing import BinaryIO
 
 import psycopg
 
-from ingest import store
-from ingest.config import NAME_PATTERN
-from ingest.errors import SourceError, UnsupportedFileType, UploadTooLarge
-from ingest.settings import Settings
+from core.config import NAME_PATTERN
+from core.errors import SourceError, UnsupportedFileType, UploadTooLarge
+from core.settings import Settings
+from ingest import documents
 
 _READ_BYTES = 1 << 16
 
@@ -83,7 +83,7 @@ def delete_document(conn: psycopg.Connection, settings: Settings, document_id: i
     if row is None:
         return None
     collection, source = row
-    store.delete_documents(conn, [document_id])
+    documents.delete_documents(conn, [document_id])
     folder = settings.uploads_dir.resolve() / collection
     path = (folder / source.split("#", 1)[0]).resolve()
     if path.is_file() and path.is_relative_to(folder) and "#" not in source:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ingest.runtime import pin_malloc_mmap_threshold
+from core.runtime import pin_malloc_mmap_threshold
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest.errors import MigrationError
-from ingest.migrations import default_sql_dir, discover, migrate
+from core.errors import MigrationError
+from core.migrations import default_sql_dir, discover, migrate
 
 
 def test_repository_migrations_are_numbered_and_applied(conn: psycopg.Connection) -> None:

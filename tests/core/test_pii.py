@@ -7,9 +7,9 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from ingest.config import PRESIDIO_ENTITIES, PiiSettings, RagConfig
-from ingest.errors import PiiUnavailable
-from ingest.pii import PiiEngine, PiiSpan, get_pii_engine, mask, resolve_overlaps
+from core.config import PRESIDIO_ENTITIES, PiiSettings, RagConfig
+from core.errors import PiiUnavailable
+from core.pii import PiiEngine, PiiSpan, get_pii_engine, mask, resolve_overlaps
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.config import EmbeddingSettings
-from ingest.errors import EmbeddingError
+from core.config import EmbeddingSettings
+from core.errors import EmbeddingError
 
 BUNDLED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 

@@ -22,8 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ingest.config import PiiSettings
-from ingest.errors import ConfigError, PiiUnavailable
+from core.config import PiiSettings
+from core.errors import ConfigError, PiiUnavailable
 
 if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine

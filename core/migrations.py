@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from ingest.errors import MigrationError
+from core.errors import MigrationError
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Any constant works; it only has to be the same in every process that migrates.

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import NotFound
-from app.prompts import Prompt, list_prompt_names, load_prompt
-from ingest.config import LoadedConfig, list_config_names, load_config
-from ingest.errors import ConfigError
+from core.config import LoadedConfig, list_config_names, load_config
+from core.errors import ConfigError, NotFound
+from core.prompts import Prompt, list_prompt_names, load_prompt
 
 
 @dataclass(frozen=True)

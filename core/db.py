@@ -19,8 +19,8 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
-from ingest.errors import DatabaseError
-from ingest.settings import Settings
+from core.errors import DatabaseError
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from ingest.db import Database
-from ingest.migrations import migrate
-from ingest.settings import Settings, get_settings
+from core.db import Database
+from core.migrations import migrate
+from core.settings import Settings, get_settings
 
 
 @dataclass

@@ -80,9 +80,9 @@ def count_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     return len(get_encoding(encoding).encode(text, disallowed_special=()))
 
 
-if __name__ == "__main__":  # ./dev.sh setup runs `python -m ingest.tokens seed`
+if __name__ == "__main__":  # ./dev.sh setup runs `python -m core.tokens seed`
     if sys.argv[1:] != ["seed"]:
-        sys.exit("usage: python -m ingest.tokens seed")
+        sys.exit("usage: python -m core.tokens seed")
     files = seed_tiktoken_cache()
     get_encoding.cache_clear()
     assert count_tokens("hello world") == 2

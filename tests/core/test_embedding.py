@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from ingest.embedding import Embedder
+from core.embedding import Embedder
 
 
 def test_embedding_batches_run_at_most_one_per_core(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import IndexSettings, list_config_names, load_config
-from ingest.errors import ConfigError
+from core.config import IndexSettings, list_config_names, load_config
+from core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

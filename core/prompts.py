@@ -15,8 +15,8 @@ import yaml
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ingest.config import NAME_PATTERN, format_validation_error, git_commit
-from ingest.errors import ConfigError
+from core.config import NAME_PATTERN, format_validation_error, git_commit
+from core.errors import ConfigError
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n(.*)\Z", re.DOTALL)
 _PART = re.compile(r"^##\s+(system|user)\s*$", re.MULTILINE | re.IGNORECASE)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.catalog import Catalog
-from app.prompts import load_prompt
-from ingest.errors import ConfigError
+from core.catalog import Catalog
+from core.errors import ConfigError
+from core.prompts import load_prompt
 from tests.conftest import REPO
 
 GOOD = """---

@@ -1,0 +1,1 @@
+"""What every layer shares: settings, configuration, database, errors, tokens, embeddings, PII."""

@@ -1,0 +1,182 @@
+"""Documents and their chunks in an index version: what is known, what is written, what is deleted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ingest.chunking import Chunk
+from ingest.versions import IndexVersion
+
+
+@dataclass(frozen=True)
+class PreparedDocument:
+    """A document ready to write: its chunks and one vector per chunk."""
+
+    source: str
+    title: str
+    content_hash: str
+    metadata: dict[str, Any]
+    chunks: list[Chunk]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class KnownDocument:
+    """A stored document as one index version sees it."""
+
+    id: int
+    source: str
+    content_hash: str
+    indexed_hash: str | None  # None: not (yet) in this version
+
+
+def known_documents(conn: psycopg.Connection, version_id: int, collection: str) -> dict[str, KnownDocument]:
+    """Every stored document of ``collection``, with the hash this version indexed (if any)."""
+    rows = conn.execute(
+        """SELECT d.id, d.source, d.content_hash, i.content_hash
+           FROM documents d
+           LEFT JOIN index_documents i ON i.document_id = d.id AND i.index_version_id = %s
+           WHERE d.collection = %s""",
+        (version_id, collection),
+    ).fetchall()
+    return {row[1]: KnownDocument(id=row[0], source=row[1], content_hash=row[2], indexed_hash=row[3]) for row in rows}
+
+
+def reusable_vectors(
+    conn: psycopg.Connection, version: IndexVersion, document_ids: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Vectors already stored for these documents' chunks, by chunk content hash."""
+    if not document_ids:
+        return {}
+    rows = conn.execute(
+        sql.SQL("SELECT content_hash, embedding FROM {} WHERE document_id = ANY(%s)").format(version.table),
+        (list(document_ids),),
+    ).fetchall()
+    return {row[0]: np.asarray(row[1], dtype=np.float32) for row in rows}
+
+
+_COPY_COLUMNS = (
+    ("document_id", "bigint"),
+    ("ordinal", "integer"),
+    ("collection", "text"),
+    ("title", "text"),
+    ("section", "text"),
+    ("text", "text"),
+    ("token_count", "integer"),
+    ("char_start", "integer"),
+    ("char_end", "integer"),
+    ("content_hash", "text"),
+    ("metadata", "jsonb"),
+    ("embedding", "vector"),
+)
+
+
+def write_documents(
+    conn: psycopg.Connection, version: IndexVersion, collection: str, documents: Sequence[PreparedDocument]
+) -> dict[str, int]:
+    """Write a batch of documents and their chunks in ONE transaction; returns ids by source.
+
+    A failure anywhere rolls the whole batch back: no document is ever half-written, and its
+    old hash stays, so the next run retries it.
+    """
+    if not documents:
+        return {}
+    with conn.transaction():
+        rows = conn.execute(
+            """INSERT INTO documents (collection, source, title, content_hash, metadata)
+               SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[])
+               ON CONFLICT (collection, source) DO UPDATE
+                 SET title = excluded.title, content_hash = excluded.content_hash,
+                     metadata = excluded.metadata, updated_at = now()
+               RETURNING source, id""",
+            (
+                collection,
+                [d.source for d in documents],
+                [d.title for d in documents],
+                [d.content_hash for d in documents],
+                [Jsonb(d.metadata) for d in documents],
+            ),
+        ).fetchall()
+        ids = {source: doc_id for source, doc_id in rows}
+        conn.execute(sql.SQL("DELETE FROM {} WHERE document_id = ANY(%s)").format(version.table), (list(ids.values()),))
+        copy_chunks(conn, version, collection, documents, ids)
+        conn.execute(
+            """INSERT INTO index_documents (index_version_id, document_id, content_hash, chunk_count)
+               SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::int[])
+               ON CONFLICT (index_version_id, document_id) DO UPDATE
+                 SET content_hash = excluded.content_hash, chunk_count = excluded.chunk_count,
+                     indexed_at = now()""",
+            (
+                version.id,
+                [ids[d.source] for d in documents],
+                [d.content_hash for d in documents],
+                [len(d.chunks) for d in documents],
+            ),
+        )
+    return ids
+
+
+def copy_chunks(
+    conn: psycopg.Connection,
+    version: IndexVersion,
+    collection: str,
+    documents: Iterable[PreparedDocument],
+    ids: dict[str, int],
+) -> None:
+    """Binary COPY of the chunks into the version's table (the fastest path into PostgreSQL)."""
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in _COPY_COLUMNS)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(version.table, columns)
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types([kind for _, kind in _COPY_COLUMNS])
+        for doc in documents:
+            metadata = Jsonb(doc.metadata)
+            for chunk, vector in zip(doc.chunks, doc.vectors, strict=True):
+                copy.write_row(
+                    (
+                        ids[doc.source],
+                        chunk.ordinal,
+                        collection,
+                        chunk.title,
+                        chunk.section,
+                        chunk.text,
+                        chunk.token_count,
+                        chunk.char_start,
+                        chunk.char_end,
+                        chunk.content_hash,
+                        metadata,
+                        vector,
+                    )
+                )
+
+
+def chunk_texts(
+    conn: psycopg.Connection, version: IndexVersion, collection: str, sources: Sequence[str]
+) -> dict[str, list[str]]:
+    """The chunk texts of these documents in this version, in order (reference contexts for evals)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT d.source, c.text FROM {} c JOIN documents d ON d.id = c.document_id "
+            "WHERE d.collection = %s AND d.source = ANY(%s) ORDER BY d.source, c.ordinal"
+        ).format(version.table),
+        (collection, list(sources)),
+    ).fetchall()
+    result: dict[str, list[str]] = {}
+    for source, text in rows:
+        result.setdefault(source, []).append(text)
+    return result
+
+
+def delete_documents(conn: psycopg.Connection, document_ids: Sequence[int]) -> int:
+    """Delete documents; their chunks in every version go with them (ON DELETE CASCADE)."""
+    if not document_ids:
+        return 0
+    with conn.transaction():
+        cur = conn.execute("DELETE FROM documents WHERE id = ANY(%s)", (list(document_ids),))
+    return cur.rowcount

@@ -1,0 +1,74 @@
+"""Reindex sources: paths a job may read, sandboxed under the allowed roots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+
+from core.errors import SourceError
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def resolve_source(raw: str, roots: Sequence[Path]) -> Path:
+    """The real path of a reindex source, or :class:`SourceError` when it is not under an allowed root.
+
+    Relative paths are looked up under each root, then under the working directory. ``..``
+    is refused outright; symlinks are followed, and one leading out of the roots (the source
+    itself or any entry below it) is refused.
+    """
+    allowed = [root.resolve() for root in roots]
+    where = ", ".join(str(root) for root in allowed)
+    if not raw.strip():
+        raise SourceError("source must not be empty")
+    path = Path(raw)
+    if ".." in path.parts:
+        raise SourceError(f"source {raw!r} must not contain '..'; give a path under the allowed roots ({where})")
+    candidates = [path] if path.is_absolute() else [*(root / path for root in allowed), Path.cwd() / path]
+    for candidate in candidates:
+        if not candidate.exists():
+            continue
+        resolved = candidate.resolve()
+        if not _inside(resolved, allowed):
+            raise SourceError(f"source {raw!r} is outside the allowed roots ({where}) or a symlink leading out of them")
+        _refuse_escaping_links(raw, resolved, allowed)
+        return resolved
+    if path.is_absolute() and not _inside(path.resolve(), allowed):
+        raise SourceError(f"source {raw!r} is outside the allowed roots ({where})")
+    raise SourceError(f"source {raw!r} does not exist under the allowed roots ({where})")
+
+
+def _refuse_escaping_links(raw: str, resolved: Path, allowed: Sequence[Path]) -> None:
+    if not resolved.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(resolved):
+        for name in (*dirnames, *filenames):
+            entry = Path(dirpath) / name
+            if entry.is_symlink() and not _inside(entry.resolve(), allowed):
+                raise SourceError(
+                    f"source {raw!r} contains a symlink leading outside the allowed roots: "
+                    f"{entry.relative_to(resolved).as_posix()}"
+                )
+
+
+def default_sources(conn: psycopg.Connection, collection: str, roots: Sequence[Path]) -> list[Path]:
+    """Where ``collection`` was ingested from before (successful runs), still under the allowed roots."""
+    rows = conn.execute(
+        """SELECT source FROM ingest_runs WHERE collection = %s AND status = 'succeeded'
+           GROUP BY source ORDER BY max(id)""",
+        (collection,),
+    ).fetchall()
+    found: list[Path] = []
+    for (source,) in rows:
+        try:
+            path = resolve_source(source, roots)
+        except SourceError:
+            continue
+        if path not in found:
+            found.append(path)
+    return found
