@@ -33,11 +33,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Reservation:
-    """Money held for one request until it settles."""
+    """Money held for one request until it settles: one ``budget_holds`` row per budget period."""
 
+    request_id: str
     key_id: int
     amount: Decimal
     periods: list[tuple[str, date]]
+
+
+@dataclass
+class RateHold:
+    """Tokens counted against a key's tokens-per-minute window while its request runs."""
+
+    key_id: int
+    window_start: datetime
+    tokens: int
 
 
 @dataclass
@@ -74,27 +84,56 @@ def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:
     }
 
 
-def reserve_budget(conn: psycopg.Connection, key: ApiKey, amount: float, now: datetime | None = None) -> Reservation:
-    """Hold ``amount`` USD against the key's day and month budgets, atomically, or raise BudgetExceeded."""
-    value = Decimal(str(round(amount, 9)))
-    periods = period_starts(now or datetime.now(UTC))
-    budgets = [("day", key.budget_usd_day), ("month", key.budget_usd_month)]
+def _usd(amount: float) -> Decimal:
+    return Decimal(str(round(amount, 9)))
+
+
+def reserve_budget(
+    conn: psycopg.Connection,
+    key: ApiKey,
+    amount: float,
+    request_id: str,
+    *,
+    now: datetime | None = None,
+    stale_after_s: float | None = None,
+) -> Reservation:
+    """Hold ``amount`` USD against the key's day and month budgets, atomically, or raise BudgetExceeded.
+
+    A refusal first releases the key's holds older than ``stale_after_s`` (left by a process that
+    died mid-request) and tries once more, so a crash never freezes a budget.
+    """
+    try:
+        return _reserve(conn, key, _usd(amount), request_id, now or datetime.now(UTC))
+    except BudgetExceeded:
+        if stale_after_s is None or not release_stale_holds(conn, stale_after_s, key_id=key.id):
+            raise
+    return _reserve(conn, key, _usd(amount), request_id, now or datetime.now(UTC))
+
+
+def _reserve(conn: psycopg.Connection, key: ApiKey, value: Decimal, request_id: str, now: datetime) -> Reservation:
+    periods = period_starts(now)
+    budgets = [(period, budget) for period, budget in (("day", key.budget_usd_day), ("month", key.budget_usd_month))
+               if budget is not None]  # fmt: skip
     held: list[tuple[str, date]] = []
-    budgets = [(period, budget) for period, budget in budgets if budget is not None]
-    # One budget: its single upsert is atomic by itself. Two: both or neither, in one transaction.
+    # One budget: its single statement is atomic by itself. Two: both or neither, in one transaction.
     with conn.transaction() if len(budgets) > 1 else contextlib.nullcontext():
         for period, budget in budgets:
             start, reset_at = periods[period]
-            # One upsert: insert the period's row, or add to it, only while the budget covers it.
+            # Add to the period's reservation only while the budget covers it, and record the hold.
             row = conn.execute(
-                """INSERT INTO key_spend AS s (key_id, period, period_start, reserved_usd)
-                   SELECT %(key)s, %(period)s, %(start)s, %(amount)s WHERE %(amount)s <= %(budget)s
-                   ON CONFLICT (key_id, period, period_start) DO UPDATE
-                     SET reserved_usd = s.reserved_usd + excluded.reserved_usd
-                     WHERE s.spent_usd + s.reserved_usd + excluded.reserved_usd <= %(budget)s
-                   RETURNING s.spent_usd""",
-                {"amount": value, "key": key.id, "period": period, "start": start, "budget": budget},
-            ).fetchone()
+                """WITH spend AS (
+                       INSERT INTO key_spend AS s (key_id, period, period_start, reserved_usd)
+                       SELECT %(key)s, %(period)s, %(start)s, %(amount)s WHERE %(amount)s <= %(budget)s
+                       ON CONFLICT (key_id, period, period_start) DO UPDATE
+                         SET reserved_usd = s.reserved_usd + excluded.reserved_usd
+                         WHERE s.spent_usd + s.reserved_usd + excluded.reserved_usd <= %(budget)s
+                       RETURNING s.key_id)
+                   INSERT INTO budget_holds (request_id, key_id, period, period_start, amount_usd)
+                   SELECT %(request)s, key_id, %(period)s, %(start)s, %(amount)s FROM spend
+                   RETURNING 1""",
+                {"amount": value, "key": key.id, "period": period, "start": start, "budget": budget,
+                 "request": request_id},
+            ).fetchone()  # fmt: skip
             if row is None:
                 spent = conn.execute(
                     "SELECT spent_usd + reserved_usd FROM key_spend WHERE key_id = %s AND period = %s "
@@ -109,33 +148,75 @@ def reserve_budget(conn: psycopg.Connection, key: ApiKey, amount: float, now: da
                     reset_at,
                 )
             held.append((period, start))
-    return Reservation(key_id=key.id, amount=value, periods=held)
+    return Reservation(request_id=request_id, key_id=key.id, amount=value, periods=held)
 
 
 def settle_budget(conn: psycopg.Connection, reservation: Reservation, actual: float) -> None:
-    """Replace the hold by the actual cost (0 when the request failed before any token)."""
+    """Replace the hold by the actual cost (0 when the request failed before any token).
+
+    Only what is still held is released: a hold the sweeper already released is not subtracted twice.
+    """
     if not reservation.periods:
         return
-    value = Decimal(str(round(actual, 9)))
     conn.execute(
-        """UPDATE key_spend SET reserved_usd = greatest(reserved_usd - %s, 0), spent_usd = spent_usd + %s
-           WHERE key_id = %s AND (period, period_start) IN (SELECT * FROM unnest(%s::text[], %s::date[]))""",
-        (reservation.amount, value, reservation.key_id, [p for p, _ in reservation.periods],
-         [d for _, d in reservation.periods]),
+        """WITH released AS (
+               DELETE FROM budget_holds WHERE request_id = %(request)s
+               RETURNING period, period_start, amount_usd)
+           UPDATE key_spend s
+              SET reserved_usd = greatest(s.reserved_usd - coalesce(r.amount_usd, 0), 0),
+                  spent_usd = s.spent_usd + %(actual)s
+             FROM (SELECT p.period, p.start, rel.amount_usd
+                     FROM unnest(%(periods)s::text[], %(starts)s::date[]) AS p(period, start)
+                     LEFT JOIN released rel ON rel.period = p.period AND rel.period_start = p.start) r
+            WHERE s.key_id = %(key)s AND s.period = r.period AND s.period_start = r.start""",
+        {"request": reservation.request_id, "actual": _usd(actual), "key": reservation.key_id,
+         "periods": [p for p, _ in reservation.periods], "starts": [d for _, d in reservation.periods]},
     )  # fmt: skip
 
 
+def release_stale_holds(conn: psycopg.Connection, older_than_s: float, *, key_id: int | None = None) -> int:
+    """Release budget holds older than ``older_than_s`` (their process died); returns how many."""
+    rows = conn.execute(
+        """WITH stale AS (
+               DELETE FROM budget_holds
+                WHERE created_at < now() - make_interval(secs => %(age)s)
+                  AND (%(key)s::bigint IS NULL OR key_id = %(key)s)
+               RETURNING key_id, period, period_start, amount_usd),
+           total AS (
+               SELECT key_id, period, period_start, sum(amount_usd) AS amount, count(*) AS holds
+                 FROM stale GROUP BY 1, 2, 3),
+           released AS (
+               UPDATE key_spend s SET reserved_usd = greatest(s.reserved_usd - t.amount, 0)
+                 FROM total t
+                WHERE s.key_id = t.key_id AND s.period = t.period AND s.period_start = t.period_start
+               RETURNING 1)
+           SELECT coalesce(sum(holds), 0) FROM total""",
+        {"age": older_than_s, "key": key_id},
+    ).fetchone()
+    released = int(rows[0]) if rows else 0
+    if released:
+        log.warning("released %d budget hold(s) older than %g s (their requests never settled)", released, older_than_s)
+    return released
+
+
+def _minute(now: datetime | None) -> datetime:
+    return (now or datetime.now(UTC)).replace(second=0, microsecond=0)
+
+
 def check_rate(conn: psycopg.Connection, key: ApiKey, now: datetime | None = None) -> None:
-    """Count this request in the key's current minute; raise RateLimited past rpm or tpm."""
+    """Count this request in the key's current minute; raise RateLimited past rpm or tpm.
+
+    The minute's tokens include the holds of requests still running, so concurrent requests
+    cannot together pass the tokens-per-minute limit before any of them finishes.
+    """
     if key.rpm is None and key.tpm is None:
         return
     now = now or datetime.now(UTC)
-    window = now.replace(second=0, microsecond=0)
     row = conn.execute(
         """INSERT INTO rate_windows (key_id, window_start, requests) VALUES (%s, %s, 1)
            ON CONFLICT (key_id, window_start) DO UPDATE SET requests = rate_windows.requests + 1
            RETURNING requests, tokens""",
-        (key.id, window),
+        (key.id, _minute(now)),
     ).fetchone()
     assert row is not None
     retry_after = 60 - now.second
@@ -145,14 +226,21 @@ def check_rate(conn: psycopg.Connection, key: ApiKey, now: datetime | None = Non
         raise RateLimited(f"rate limit of {key.tpm} tokens per minute reached; retry in {retry_after}s", retry_after)
 
 
-def add_rate_tokens(conn: psycopg.Connection, key_id: int, tokens: int, now: datetime | None = None) -> None:
-    """Count tokens against the key's current minute."""
-    window = (now or datetime.now(UTC)).replace(second=0, microsecond=0)
+def add_rate_tokens(conn: psycopg.Connection, key_id: int, tokens: int, window_start: datetime | None = None) -> None:
+    """Add ``tokens`` (negative to give back) to the key's window, the current minute unless named."""
     conn.execute(
-        """INSERT INTO rate_windows (key_id, window_start, tokens) VALUES (%s, %s, %s)
-           ON CONFLICT (key_id, window_start) DO UPDATE SET tokens = rate_windows.tokens + excluded.tokens""",
-        (key_id, window, tokens),
+        """INSERT INTO rate_windows (key_id, window_start, tokens) VALUES (%s, %s, greatest(%s, 0))
+           ON CONFLICT (key_id, window_start) DO UPDATE
+             SET tokens = greatest(rate_windows.tokens + %s, 0)""",
+        (key_id, window_start or _minute(None), tokens, tokens),
     )
+
+
+def hold_rate_tokens(conn: psycopg.Connection, key_id: int, tokens: int) -> RateHold:
+    """Count a running request's worst-case tokens in the current minute; settled by :meth:`Accountant.record`."""
+    window = _minute(None)
+    add_rate_tokens(conn, key_id, tokens, window)
+    return RateHold(key_id=key_id, window_start=window, tokens=tokens)
 
 
 def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
@@ -168,7 +256,7 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
            ON CONFLICT (request_id) DO NOTHING""",
         {
             **entry.__dict__,
-            "cost_usd": Decimal(str(round(entry.cost_usd, 9))),
+            "cost_usd": _usd(entry.cost_usd),
             "latency_ms": Jsonb({k: round(v, 3) for k, v in entry.latency_ms.items()}),
             "pii_counts": Jsonb(entry.pii_counts),
         },
@@ -204,12 +292,19 @@ class Accountant:
     """Shared by every request: the pool, the prices, and whether auth is on."""
 
     def __init__(
-        self, pool: ConnectionPool, pricing: Pricing, *, auth_enabled: bool = True, key_cache_ttl_s: float = 0.0
+        self,
+        pool: ConnectionPool,
+        pricing: Pricing,
+        *,
+        auth_enabled: bool = True,
+        key_cache_ttl_s: float = 0.0,
+        hold_max_age_s: float = 900.0,
     ) -> None:
         self.pool = pool
         self.pricing = pricing
         self.auth_enabled = auth_enabled
         self.keys = VerifiedKeys(key_cache_ttl_s)
+        self.hold_max_age_s = hold_max_age_s  # a budget hold older than this belongs to a dead request
 
     def cost(self, entry: LedgerEntry, embedding_model: str) -> float:
         """USD for the tokens an entry records (0 when no model answered)."""
@@ -220,8 +315,8 @@ class Accountant:
             entry.embedding_tokens,
         )  # fmt: skip
 
-    def record(self, entry: LedgerEntry, reservation: Reservation | None = None, rate_tokens: int = 0) -> None:
-        """Settle the reservation, count tokens per minute and write the ledger row, in one transaction.
+    def record(self, entry: LedgerEntry, reservation: Reservation | None = None, rate: RateHold | None = None) -> None:
+        """Settle the reservation and the tokens-per-minute hold, and write the ledger row, in one transaction.
 
         A database failure is logged, never raised into the response.
         """
@@ -229,8 +324,9 @@ class Accountant:
             with self.pool.connection() as conn, conn.transaction():
                 if reservation is not None:
                     settle_budget(conn, reservation, entry.cost_usd)
-                if rate_tokens and entry.key_id is not None:
-                    add_rate_tokens(conn, entry.key_id, rate_tokens)
+                if rate is not None:
+                    used = entry.prompt_tokens + entry.completion_tokens
+                    add_rate_tokens(conn, rate.key_id, used - rate.tokens, rate.window_start)
                 write_ledger(conn, entry)
         except (psycopg.Error, OSError) as exc:
             log.error("ledger write failed for request %s: %s", entry.request_id, type(exc).__name__)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.accounting import Accountant, LedgerEntry
+from app.accounting import Accountant, LedgerEntry, release_stale_holds
 from app.api import admin, openai_compat, query, system, usage
+from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.metering import Meter
 from app.metrics import Metrics
@@ -29,13 +31,12 @@ from core.db import Database
 from core.embedding import get_embedder
 from core.errors import (
     BudgetExceeded,
+    DatabaseError,
     GenerationError,
-    GeneratorUnavailable,
     PiiBlocked,
     PiiUnavailable,
     RagopsError,
     RateLimited,
-    http_status,
 )
 from core.migrations import migrate
 from core.settings import Settings, get_settings
@@ -43,15 +44,7 @@ from ingest.worker import Worker
 
 log = logging.getLogger("ragops")
 METERED_PREFIX = "/v1/"
-DB_RETRY_AFTER_S = 2
 HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
-
-
-def error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
-    """The one error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": status}}, status_code=status
-    )
 
 
 def _meter(request: Request) -> Meter | None:
@@ -59,9 +52,11 @@ def _meter(request: Request) -> Meter | None:
 
 
 class RequestContext:
-    """Request id, the request's meter, and its ledger row once the response is out.
+    """Request id, and the request's meter from before the route runs until after the response is over.
 
-    Plain ASGI: Starlette's ``@app.middleware("http")`` wrapper cost about a millisecond a request.
+    The one owner of the meter's lifetime: it is closed here for every outcome (a whole answer, a
+    stream read to its end, an error, a client that hung up mid-stream or before the stream began).
+    Plain ASGI: Starlette's ``@app.middleware("http")`` wrapper costs more per request.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, metering: bool) -> None:
@@ -81,7 +76,7 @@ class RequestContext:
         if self.metering and accountant is not None and scope["path"].startswith(METERED_PREFIX):
             meter = Meter(accountant, self.metrics, LedgerEntry(request_id=request_id, route=scope["path"][:200]))
             state["meter"] = meter
-        status = 500
+        status: int | None = None  # None until a response starts: a client gone before it is a 499
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -93,8 +88,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if meter is not None and not meter.streaming:
-                # The response is out: the client does not wait for the ledger.
+            if meter is not None:
+                # The response is over (or abandoned): the client does not wait for the ledger.
                 await run_in_threadpool(meter.close, status)
 
 
@@ -111,21 +106,30 @@ def _start_worker(database: Database, settings: Settings) -> Worker | None:
     return worker
 
 
-def create_app(settings: Settings | None = None, *, metering: bool = True) -> FastAPI:
-    """Build the application; nothing is started until the lifespan runs.
+def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: ConnectionPool, metering: bool) -> None:
+    """Build what the routes use (prices, pipeline, accountant) and load every model now, not on a request."""
+    pricing = load_pricing(settings.configs_dir)
+    pipeline = RagPipeline(settings, catalog, pool)
+    for config in catalog.configs.values():  # every model a config can answer with has a price
+        pricing.model(pipeline.generator(config).model_for_config(config))
+        pipeline.pii_engine(config)
+    pipeline.embedder(catalog.config(None))
+    app.state.settings, app.state.catalog, app.state.pool, app.state.pipeline = settings, catalog, pool, pipeline
+    app.state.accountant = Accountant(
+        pool, pricing, auth_enabled=settings.auth_enabled and metering, key_cache_ttl_s=settings.auth_cache_ttl_s,
+        hold_max_age_s=settings.budget_hold_max_age_s,
+    )  # fmt: skip
+    with pool.connection() as conn:  # holds a crashed process left behind
+        release_stale_holds(conn, settings.budget_hold_max_age_s)
 
-    ``metering=False`` (benchmarks only) skips keys, budgets and the ledger, to measure their cost.
-    """
-    settings = settings or get_settings()
-    metrics = Metrics()
 
+def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
-        pricing = load_pricing(settings.configs_dir)
         if not settings.auth_enabled:
             log.warning("authentication is OFF (RAGOPS_AUTH_ENABLED=false): every /v1 route is open")
         # Load the embedding model first: a bad model path stops start-up with its own message.
+        catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
         get_embedder(catalog.config(None).config.index.embedding)
         database = Database.from_settings(settings)
         try:
@@ -134,18 +138,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
                     migrate(conn)
             pool = database.pool(settings.db_pool_max, async_commit=True, timeout_s=settings.db_pool_timeout_s)
             try:
-                pipeline = RagPipeline(settings, catalog, pool)
-                for config in catalog.configs.values():  # every model a config can answer with has a price
-                    pricing.model(pipeline.generator(config).model_for_config(config))
-                pipeline.embedder(catalog.config(None))  # load the models now, not on the first request
-                for config in catalog.configs.values():
-                    pipeline.pii_engine(config)
-                app.state.pipeline = pipeline
-                app.state.accountant = Accountant(
-                    pool, pricing, auth_enabled=settings.auth_enabled and metering,
-                    key_cache_ttl_s=settings.auth_cache_ttl_s,
-                )  # fmt: skip
-                app.state.metrics = metrics
+                _open_services(app, settings, catalog, pool, metering)
                 worker = _start_worker(database, settings)
                 try:
                     yield
@@ -157,85 +150,92 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         finally:
             database.close()
 
-    app = FastAPI(
-        title="ragops",
-        version="0.1.0",
-        summary="Grounded answers from your documents, with citations, usage, cost and versions.",
-        lifespan=lifespan,
-    )
-    app.include_router(system.router)
-    app.include_router(query.router)
-    app.include_router(openai_compat.router)
-    app.include_router(usage.router)
-    app.include_router(admin.router)
-    uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)
+    return lifespan
 
-    app.add_middleware(RequestContext, metrics=metrics, metering=metering)
 
-    def failed(request: Request, exc: BaseException, status: int) -> None:
-        meter = _meter(request)
+def _record_failure(metrics: Metrics, request: Request, exc: BaseException) -> None:
+    """Tag the request's ledger row with the error and count it in the metrics."""
+    meter = _meter(request)
+    if meter is not None:
+        meter.entry.error_kind = meter.entry.error_kind or type(exc).__name__
+    if isinstance(exc, BudgetExceeded):
+        metrics.budget_rejections.inc()
+    elif isinstance(exc, RateLimited):
+        metrics.rate_limited.inc()
+    elif isinstance(exc, GenerationError):
+        metrics.generator_errors.labels(type(exc).__name__).inc()
+    elif isinstance(exc, PiiBlocked):
+        metrics.pii_blocked.inc()
         if meter is not None:
-            meter.entry.error_kind = meter.entry.error_kind or type(exc).__name__
-        if isinstance(exc, BudgetExceeded):
-            metrics.budget_rejections.inc()
-        elif isinstance(exc, RateLimited):
-            metrics.rate_limited.inc()
-        elif isinstance(exc, GenerationError):
-            metrics.generator_errors.labels(type(exc).__name__).inc()
-        elif isinstance(exc, PiiBlocked):
-            metrics.pii_blocked.inc()
-            if meter is not None:
-                meter.entry.pii_counts = exc.counts
-        elif isinstance(exc, PiiUnavailable) and (meter is None or meter.pii is None):
-            metrics.pii_failures.inc()  # failed before the meter saw the request's PII session
+            meter.entry.pii_counts = exc.counts
+    elif isinstance(exc, PiiUnavailable) and (meter is None or meter.pii is None):
+        metrics.pii_failures.inc()  # failed before the meter saw the request's PII session
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Every error, ours or the framework's, answered in the one shape (app/api/errors.py)."""
+
+    def respond(request: Request, exc: BaseException, body: dict[str, Any]) -> JSONResponse:
+        _record_failure(metrics, request, exc)
+        headers = {}
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after:
+            headers["Retry-After"] = str(retry_after)
+        if body["error"]["code"] == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return error_response(body, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        failed(request, exc, 422)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
         field = ".".join(loc) or None
         message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-        return error_response(422, message, "invalid_request", field)
+        return respond(request, exc, error_body(422, message, "invalid_request", field))
 
     @app.exception_handler(RagopsError)
     async def ragops_error(request: Request, exc: RagopsError) -> JSONResponse:
-        status = http_status(exc)
-        failed(request, exc, status)
-        response = error_response(status, str(exc), type(exc).__name__, getattr(exc, "field", None))
-        retry_after = getattr(exc, "retry_after_s", None)
-        if isinstance(exc, GeneratorUnavailable | BudgetExceeded | RateLimited | PiiUnavailable) and retry_after:
-            response.headers["Retry-After"] = str(retry_after)
-        elif status == 503:  # database or index unavailable: worth retrying shortly
-            response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
-        if status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return respond(request, exc, error_of(exc, request.state.request_id))
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
     async def database_down(request: Request, exc: Exception) -> JSONResponse:
-        failed(request, exc, 503)
         log.warning("database unavailable: %s", type(exc).__name__)
-        response = error_response(503, "database unavailable; retry shortly", "DatabaseError")
-        response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
-        return response
+        unavailable = DatabaseError("database unavailable; retry shortly")
+        return respond(request, unavailable, error_of(unavailable, request.state.request_id))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         """The framework's own errors (unknown route, wrong method, unparsable or oversized body), in our shape."""
-        failed(request, exc, exc.status_code)
         kind = HTTP_ERROR_KINDS.get(exc.status_code, "invalid_request")
-        response = error_response(exc.status_code, str(exc.detail), kind)
+        response = respond(request, exc, error_body(exc.status_code, str(exc.detail), kind))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        failed(request, exc, 500)
-        log.exception("unhandled error (request %s)", getattr(request.state, "request_id", "?"))
-        return error_response(500, "internal error", "InternalError")
+        return respond(request, exc, error_of(exc, getattr(request.state, "request_id", "?")))
 
+
+def create_app(settings: Settings | None = None, *, metering: bool = True) -> FastAPI:
+    """Build the application; nothing is started until the lifespan runs.
+
+    ``metering=False`` (benchmarks only) skips keys, budgets and the ledger, to measure their cost.
+    """
+    settings = settings or get_settings()
+    metrics = Metrics()
+    app = FastAPI(
+        title="ragops",
+        version="0.1.0",
+        summary="Grounded answers from your documents, with citations, usage, cost and versions.",
+        lifespan=_lifespan(settings, metering),
+    )
+    app.state.metrics = metrics
+    for api in (system, query, openai_compat, usage, admin):
+        app.include_router(api.router)
+    uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)
+    app.add_middleware(RequestContext, metrics=metrics, metering=metering)
+    _install_error_handlers(app, metrics)
     return app

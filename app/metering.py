@@ -1,21 +1,31 @@
 """One request's accounting, from authentication to its ledger row.
 
-Created per request by the API layer; holds the ledger entry that the route, the stream and
-the error handlers fill in, and settles the budget reservation exactly once.
+The request middleware owns the meter: it creates it before the route runs and closes it once
+the response is over, whether the answer was returned whole, streamed to its end, cut by an
+error, or abandoned by a client that hung up (even before the stream's first byte). Routes only
+``begin`` it once retrieval is done and ``watch`` the answer's events; everything else follows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from app.accounting import Accountant, LedgerEntry, Reservation, reserve_budget
+from app.accounting import Accountant, LedgerEntry, RateHold, Reservation, hold_rate_tokens, reserve_budget
+from app.answers import Answer, AnswerDone, Prepared
 from app.generators.base import count_prompt_tokens
 from app.keys import ApiKey
 from app.metrics import Metrics
 from app.pii import PiiSession
-from app.rag import Answer, Prepared
+from core.errors import status_of
 from core.tokens import count_tokens
+
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
+STAGES = ("auth", "pii", "embed", "retrieve", "ttft", "generate")
+E = TypeVar("E")
 
 
 @dataclass
@@ -27,41 +37,76 @@ class Meter:
     entry: LedgerEntry
     started: float = field(default_factory=time.perf_counter)
     key: ApiKey | None = None
-    pii: PiiSession | None = None
+    prepared: Prepared | None = None
+    prompt_tokens: int = 0  # counted when the request began, before the model reported any
     reservation: Reservation | None = None
-    embedding_model: str = ""
-    streaming: bool = False
-    recorded: bool = False
+    rate: RateHold | None = None
+    failed_status: int | None = None
     settled: bool = False
+    closed: bool = False
+    _events: Generator[object, None, None] | None = field(default=None, repr=False)
+
+    @property
+    def pii(self) -> PiiSession | None:
+        """The request's PII session, once retrieval began."""
+        return self.prepared.pii if self.prepared is not None else None
 
     def begin(self, prepared: Prepared) -> None:
-        """Retrieval is done: note versions and stage times, then reserve the worst-case cost."""
+        """Retrieval is done: note versions and stage times, then hold the worst-case cost and tokens."""
+        self.prepared = prepared
         e = self.entry
         e.config_version, e.prompt_version, e.index_version = (
             prepared.config.version, prepared.prompt.version, prepared.index.name,
         )  # fmt: skip
         e.embedding_tokens = prepared.embedding_tokens
-        self.pii = prepared.pii
         if prepared.pii.active:
             e.latency_ms["pii"] = prepared.timings.pii_ms
         e.latency_ms["embed"] = prepared.timings.embed_ms
         e.latency_ms["retrieve"] = prepared.timings.retrieve_ms
-        self.embedding_model = prepared.config.config.index.embedding.model
         self.metrics.retrievals.inc()
         if not prepared.citations:
             self.metrics.retrieval_empty.inc()
-        if self.key is None or (self.key.budget_usd_day is None and self.key.budget_usd_month is None):
+        self.prompt_tokens = count_prompt_tokens(prepared.request.messages)
+        key = self.key
+        if key is None or (key.tpm is None and key.budget_usd_day is None and key.budget_usd_month is None):
             return
-        model = prepared.generator_model
-        worst = self.accountant.pricing.request_cost(
-            model, self.embedding_model, count_prompt_tokens(prepared.request.messages), prepared.request.max_tokens,
-            0, prepared.embedding_tokens,
-        )  # fmt: skip
         with self.accountant.pool.connection() as conn:
-            self.reservation = reserve_budget(conn, self.key, worst)
+            if key.tpm is not None:
+                self.rate = hold_rate_tokens(conn, key.id, self.prompt_tokens + prepared.request.max_tokens)
+            if key.budget_usd_day is not None or key.budget_usd_month is not None:
+                worst = self.accountant.pricing.request_cost(
+                    prepared.generator_model, prepared.embedding_model, self.prompt_tokens,
+                    prepared.request.max_tokens, 0, prepared.embedding_tokens,
+                )  # fmt: skip
+                self.reservation = reserve_budget(
+                    conn, key, worst, e.request_id, stale_after_s=self.accountant.hold_max_age_s
+                )
+
+    def watch(self, events: Iterator[E]) -> Iterator[E]:
+        """The answer's events, accounted: finished by the last one, failed by an error.
+
+        A stream nobody read to its end is closed, and settled as a hang-up, when the meter closes.
+        """
+        watched = self._watch(events)
+        self._events = watched
+        return watched
+
+    def _watch(self, events: Iterator[E]) -> Generator[E, None, None]:
+        try:
+            for event in events:
+                if isinstance(event, AnswerDone):
+                    self.finish(event.answer)
+                yield event
+        except Exception as exc:
+            self.fail(type(exc).__name__, status_of(exc))
+            raise
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()  # the generator's own clean-up (e.g. the model server's connection) runs now
 
     def finish(self, answer: Answer) -> None:
-        """The answer is complete: record its tokens and cost, settle the reservation."""
+        """The answer is complete: record its tokens and cost, settle."""
         e = self.entry
         e.model = answer.versions.model
         e.prompt_tokens, e.completion_tokens = answer.usage.prompt_tokens, answer.usage.completion_tokens
@@ -71,56 +116,74 @@ class Meter:
         e.latency_ms["generate"] = answer.timings.generate_ms
         self._settle()
 
-    def fail(self, error_kind: str, model: str | None, partial_text: str) -> None:
-        """Generation failed or the client left: record the tokens actually produced, settle."""
+    def fail(self, error_kind: str, status: int | None = None) -> None:
+        """Generation failed or the client left: bill what was spent, settle.
+
+        Once the request reached the model, its prompt tokens are spent, and so is every
+        completion token produced, including text the PII filter was still holding back.
+        """
+        if self.settled:
+            return
         e = self.entry
         e.error_kind = e.error_kind or error_kind
-        e.model = e.model or model
-        if partial_text and not e.completion_tokens:
-            e.completion_tokens = count_tokens(partial_text)
+        self.failed_status = self.failed_status or status
+        prepared = self.prepared
+        if prepared is not None and prepared.generation_started:
+            e.model = e.model or prepared.generator_model
+            e.prompt_tokens = e.prompt_tokens or self.prompt_tokens
+            produced = "".join(prepared.generated)
+            if produced and not e.completion_tokens:
+                e.completion_tokens = count_tokens(produced)
         self._settle()
 
     def _settle(self) -> None:
-        """Price the recorded tokens; the budget and rate rows are written with the ledger row in :meth:`close`."""
+        """Price the recorded tokens; the holds are settled with the ledger row in :meth:`close`."""
         if self.settled:
             return
         self.settled = True
         e = self.entry
+        embedding_model = self.prepared.embedding_model if self.prepared is not None else ""
         try:
-            e.cost_usd = self.accountant.cost(e, self.embedding_model)
-        except Exception:
+            e.cost_usd = self.accountant.cost(e, embedding_model)
+        except Exception:  # an unpriced model: the ledger still gets its row
             e.cost_usd = 0.0
 
-    def close(self, status: int) -> None:
-        """Write the ledger row and the metrics, once."""
-        if self.recorded:
+    def close(self, status: int | None) -> None:
+        """Settle whatever is left, write the ledger row and the metrics; once.
+
+        ``status`` is the response's, or None when none was sent (the client left before it began).
+        """
+        if self.closed:
             return
-        if self.reservation is not None and not self.settled:
-            self.fail("aborted", None, "")
-        self.recorded = True
+        self.closed = True
+        if self._events is not None:
+            with contextlib.suppress(ValueError):  # "generator already executing": it ends by itself
+                self._events.close()
         e = self.entry
-        e.status = status
+        if self.prepared is not None and not self.settled:  # begun, never finished
+            if status is None or status < 400:
+                self.fail("client_disconnected", CLIENT_CLOSED)  # the client left
+            else:
+                self.fail(e.error_kind or "aborted", status)
+        e.status = self.failed_status or status or CLIENT_CLOSED
         if self.pii is not None:
             e.pii_counts = self.pii.report()
         e.latency_ms["total"] = (time.perf_counter() - self.started) * 1000
-        if not e.cost_usd and e.model:
-            try:
-                e.cost_usd = self.accountant.cost(e, self.embedding_model)
-            except Exception:
-                e.cost_usd = 0.0
-        # One connection, after the response: settlement, tokens per minute and the ledger row.
-        # Until it lands the worst-case hold stays reserved, so a budget is never overrun.
-        rate_tokens = e.prompt_tokens + e.completion_tokens if self.key is not None and self.key.tpm else 0
-        self.accountant.record(e, self.reservation, rate_tokens)
+        # One connection, after the response: settlement, the token window and the ledger row.
+        # Until it lands the worst-case holds stay in place, so a budget is never overrun.
+        self.accountant.record(e, self.reservation, self.rate)
+        self._observe(e)
+
+    def _observe(self, e: LedgerEntry) -> None:
         m = self.metrics
-        m.requests.labels(e.route, str(status)).inc()
+        m.requests.labels(e.route, str(e.status)).inc()
         m.latency.labels(e.route).observe(e.latency_ms["total"] / 1000)
         for stage, counts in e.pii_counts.items():
             for entity_type, n in counts.items():
                 m.pii_detections.labels(entity_type, stage).inc(n)
         if self.pii is not None and self.pii.failures:
             m.pii_failures.inc(self.pii.failures)
-        for stage in ("auth", "pii", "embed", "retrieve", "ttft", "generate"):
+        for stage in STAGES:
             if stage in e.latency_ms:
                 m.stage.labels(stage).observe(e.latency_ms[stage] / 1000)
         if e.model:

@@ -16,16 +16,12 @@ from typing import Annotated
 import typer
 
 from core.config import LoadedConfig, load_config
-from core.errors import ConfigError, RagopsError
+from core.errors import ConfigError, VllmMissing
 from core.settings import get_settings
 
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
 llm_app = typer.Typer(help="Run the language model server (vLLM) from a configuration.", no_args_is_help=True)
-
-
-class VllmMissing(RagopsError):
-    """vLLM is not installed in the interpreter that should run it."""
 
 
 def vllm_command(config: LoadedConfig, python: str, host: str, port: int) -> list[str]:

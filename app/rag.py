@@ -10,11 +10,21 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from app.answers import (
+    Answer,
+    AnswerDelta,
+    AnswerDone,
+    AnswerUsage,
+    Citation,
+    Prepared,
+    Question,
+    Timings,
+    Turn,
+)
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, Usage
 from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
@@ -25,152 +35,14 @@ from core.config import LoadedConfig
 from core.embedding import Embedder, get_embedder
 from core.errors import BadRequest
 from core.pii import PiiEngine, get_pii_engine
-from core.prompts import Prompt
 from core.settings import Settings
 from core.tokens import count_tokens
 from ingest.pipeline import DEFAULT_COLLECTION
-from ingest.versions import IndexVersion, check_embedding_model, get_index_version
+from ingest.versions import check_embedding_model, get_index_version
 
-Role = Literal["system", "user", "assistant"]
 _SNIPPET_CHARS = 240
 # A follow-up this short ("and for contractors?") is retrieved together with the turn before it.
 _FOLLOW_UP_WORDS = 8
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One chat message."""
-
-    role: Role
-    content: str
-
-
-@dataclass(frozen=True)
-class Question:
-    """A question, or the last user turn of a chat, with retrieval options."""
-
-    text: str
-    history: tuple[Turn, ...] = ()
-    config: str | None = None
-    top_k: int | None = None
-    filters: dict[str, Any] | None = None
-    collection: str | None = None
-    index_version: int | None = None  # None: the active version (the eval harness pins its own)
-
-
-@dataclass(frozen=True)
-class Citation:
-    """A retrieved chunk the answer may cite as ``[n]``."""
-
-    n: int
-    document_id: int
-    source: str
-    title: str
-    section: str
-    chunk_id: int
-    score: float
-    snippet: str
-
-
-@dataclass(frozen=True)
-class Versions:
-    """Exactly what produced an answer."""
-
-    config: str
-    prompt: str
-    index: str
-    model: str
-    git_commit: str | None = None
-
-
-@dataclass
-class Timings:
-    """Milliseconds per stage."""
-
-    embed_ms: float = 0.0
-    retrieve_ms: float = 0.0
-    generate_ms: float = 0.0
-    ttft_ms: float | None = None
-    total_ms: float = 0.0
-    pii_ms: float = 0.0  # question and context filtering, before generation
-    pii_answer_ms: float = 0.0  # output filtering (already inside generate_ms)
-
-
-@dataclass
-class Prepared:
-    """A question ready for generation: retrieval is done, the prompt rendered."""
-
-    question: Question
-    config: LoadedConfig
-    prompt: Prompt
-    index: IndexVersion
-    citations: list[Citation]
-    request: GenerationRequest
-    generator: Generator
-    embedding_tokens: int
-    timings: Timings
-    pii: PiiSession
-    started: float = field(default_factory=time.perf_counter)
-    # Raw model output so far, in memory only: what a failed or abandoned stream is billed for,
-    # including text the PII filter was still holding back.
-    generated: list[str] = field(default_factory=list)
-
-    @property
-    def generator_model(self) -> str:
-        """The model that will answer."""
-        return self.generator.model_for(self.request)
-
-    def versions(self, model: str) -> Versions:
-        """Versions record, with the model that actually answered."""
-        return Versions(
-            config=self.config.version,
-            prompt=self.prompt.version,
-            index=self.index.name,
-            model=model,
-            git_commit=self.config.git_commit,
-        )
-
-
-@dataclass(frozen=True)
-class AnswerUsage:
-    """Tokens of one answer."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    embedding_tokens: int
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class Answer:
-    """A complete answer."""
-
-    text: str
-    citations: list[Citation]
-    usage: AnswerUsage
-    versions: Versions
-    timings: Timings
-    finish_reason: str = "stop"
-    pii: dict[str, dict[str, int]] = field(default_factory=dict)  # entities filtered, per stage and type
-
-
-@dataclass(frozen=True)
-class AnswerDelta:
-    """Streamed answer text."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class AnswerDone:
-    """The end of a streamed answer."""
-
-    answer: Answer
 
 
 def format_context(citations: list[Citation], texts: list[str]) -> str:
@@ -382,6 +254,7 @@ class RagPipeline:
         parts: list[str] = []
         output = prepared.pii.stream(incremental=incremental)
         for event in prepared.generator.stream(prepared.request):
+            prepared.generation_started = True
             if isinstance(event, Delta):
                 prepared.generated.append(event.text)
                 text = output.feed(event.text)

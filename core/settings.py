@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         default=2.0, ge=0, le=300,
         description="Reuse a verified API key this long (revocation takes effect within it); 0 = verify every time.",
     )  # fmt: skip
+    budget_hold_max_age_s: float = Field(
+        default=900.0, ge=60,
+        description="A budget hold older than this was left by a request whose process died: it is released.",
+    )  # fmt: skip
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
     )

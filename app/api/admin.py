@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from app import uploads
-from app.api.deps import AdminKey, Pipeline
+from app.api.deps import AdminKey, AppSettings, Configs, DbPool
 from app.api.schemas import ErrorResponse, Strict
 from core.errors import Conflict, IndexVersionError, NotFound, UploadTooLarge
 from ingest import jobs, versions
@@ -163,11 +163,11 @@ def _version_or_404(conn: Any, version_id: int) -> versions.IndexVersion:
 
 
 @router.post("/reindex", status_code=202, response_model=JobAccepted, responses=ERRORS)
-def create_reindex(body: ReindexRequest, pipeline: Pipeline, key: AdminKey) -> JobAccepted:
+def create_reindex(body: ReindexRequest, pool: DbPool, settings: AppSettings, key: AdminKey) -> JobAccepted:
     """Queue a reindex job; watch it at /v1/admin/jobs/{id}."""
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         job = jobs.enqueue_reindex(
-            conn, pipeline.settings, source=body.source, config=body.config, collection=body.collection,
+            conn, settings, source=body.source, config=body.config, collection=body.collection,
             mode=body.mode, activate=body.activate, sync=body.sync,
         )  # fmt: skip
     return JobAccepted(job_id=job.id, status=job.status)
@@ -175,27 +175,27 @@ def create_reindex(body: ReindexRequest, pipeline: Pipeline, key: AdminKey) -> J
 
 @router.get("/jobs", response_model=JobsResponse, responses=ERRORS)
 def read_jobs(
-    pipeline: Pipeline,
+    pool: DbPool,
     key: AdminKey,
     status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsResponse:
     """Jobs, newest first."""
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         return JobsResponse(jobs=[JobOut.of(j) for j in jobs.list_jobs(conn, status=status, limit=limit)])
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-def read_job(job_id: int, pipeline: Pipeline, key: AdminKey) -> JobOut:
+def read_job(job_id: int, pool: DbPool, key: AdminKey) -> JobOut:
     """A job's status, counts, docs/s, ETA and per-document errors."""
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         return JobOut.of(_job_or_404(jobs.get_job(conn, job_id), job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
-def cancel_job(job_id: int, pipeline: Pipeline, key: AdminKey) -> JobOut:
+def cancel_job(job_id: int, pool: DbPool, key: AdminKey) -> JobOut:
     """Cancel a queued job, or stop a running one at its next batch (its index is never activated)."""
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         job = _job_or_404(jobs.cancel_job(conn, job_id), job_id)
     if job.finished and job.status != "cancelled":
         raise Conflict(f"job {job_id} already {job.status}")
@@ -204,14 +204,14 @@ def cancel_job(job_id: int, pipeline: Pipeline, key: AdminKey) -> JobOut:
 
 @router.post("/documents", status_code=202, response_model=UploadAccepted, responses=ERRORS)
 def create_documents(
-    pipeline: Pipeline,
+    pool: DbPool,
+    settings: AppSettings,
     key: AdminKey,
     files: Annotated[list[UploadFile], File(description="One or more documents (.md .txt .html .pdf .jsonl).")],
     collection: Annotated[str, Form(max_length=64)] = DEFAULT_COLLECTION,
     config: Annotated[str | None, Form()] = None,
 ) -> UploadAccepted:
     """Store uploaded documents and queue the job that ingests them."""
-    settings = pipeline.settings
     if len(files) > settings.upload_max_files:
         raise UploadTooLarge(f"{len(files)} files in one upload; at most {settings.upload_max_files}")
     for upload in files:  # refuse the whole request before storing anything
@@ -219,7 +219,7 @@ def create_documents(
         if upload.size is not None and upload.size > settings.upload_max_bytes:
             raise UploadTooLarge(f"{upload.filename} is larger than {settings.upload_max_bytes} bytes")
     saved = [uploads.save_upload(settings, collection, u.filename, u.file) for u in files]
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         job = jobs.enqueue_reindex(
             conn, settings, source=str(uploads.upload_folder(settings, collection).resolve()), config=config,
             collection=collection,
@@ -229,19 +229,19 @@ def create_documents(
 
 
 @router.delete("/documents/{document_id}", response_model=DocumentDeleted, responses=ERRORS)
-def delete_document(document_id: int, pipeline: Pipeline, key: AdminKey) -> DocumentDeleted:
+def delete_document(document_id: int, pool: DbPool, settings: AppSettings, key: AdminKey) -> DocumentDeleted:
     """Delete a document from every index version (and its uploaded file)."""
-    with pipeline.pool.connection() as conn:
-        deleted = uploads.delete_document(conn, pipeline.settings, document_id)
+    with pool.connection() as conn:
+        deleted = uploads.delete_document(conn, settings, document_id)
     if deleted is None:
         raise NotFound(f"no document {document_id}")
     return DocumentDeleted(id=document_id, collection=deleted[0], source=deleted[1])
 
 
 @router.get("/indexes", response_model=IndexesResponse, responses=ERRORS)
-def read_indexes(pipeline: Pipeline, key: AdminKey) -> IndexesResponse:
+def read_indexes(pool: DbPool, key: AdminKey) -> IndexesResponse:
     """Index versions with status, settings and size."""
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         rows = versions.list_index_versions(conn)
     return IndexesResponse(indexes=[IndexOut.of(v, docs, chunks) for v, docs, chunks in rows])
 
@@ -249,7 +249,8 @@ def read_indexes(pipeline: Pipeline, key: AdminKey) -> IndexesResponse:
 @router.post("/indexes/{version_id}/activate", response_model=ActivateResponse, responses=ERRORS)
 def activate_index(
     version_id: int,
-    pipeline: Pipeline,
+    pool: DbPool,
+    catalog: Configs,
     key: AdminKey,
     force: Annotated[
         bool, Query(description="Activate even when the default configuration embeds with another model.")
@@ -260,19 +261,19 @@ def activate_index(
     A version built with another embedding model than the default configuration's is refused (409):
     every query embedding with that configuration would be refused until the next activation.
     """
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         candidate = _version_or_404(conn, version_id)
         if not force:
-            versions.check_embedding_model(candidate, pipeline.catalog.config(None))
+            versions.check_embedding_model(candidate, catalog.config(None))
         previous = versions.active_index_version(conn)
         version = versions.activate_index_version(conn, version_id)
     return ActivateResponse(active=IndexOut.of(version), previous_id=previous.id if previous else None)
 
 
 @router.delete("/indexes/{version_id}", response_model=IndexOut, responses=ERRORS)
-def delete_index(version_id: int, pipeline: Pipeline, key: AdminKey) -> IndexOut:
+def delete_index(version_id: int, pool: DbPool, key: AdminKey) -> IndexOut:
     """Drop an inactive version and its chunks; the active one is refused (409)."""
-    with pipeline.pool.connection() as conn:
+    with pool.connection() as conn:
         version = _version_or_404(conn, version_id)
         if version.is_active:
             raise Conflict(f"index version {version.name} is active; activate another version before deleting it")

@@ -6,18 +6,39 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request
+from psycopg_pool import ConnectionPool
 
 from app.accounting import Accountant, LedgerEntry, check_rate
 from app.keys import ApiKey
 from app.metering import Meter
 from app.rag import RagPipeline
+from core.catalog import Catalog
 from core.errors import AuthError
+from core.settings import Settings
 
 
 def get_pipeline(request: Request) -> RagPipeline:
     """The process's RAG pipeline."""
     pipeline: RagPipeline = request.app.state.pipeline
     return pipeline
+
+
+def get_pool(request: Request) -> ConnectionPool:
+    """The process's database pool."""
+    pool: ConnectionPool = request.app.state.pool
+    return pool
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_catalog(request: Request) -> Catalog:
+    """The configurations and prompts this process serves."""
+    catalog: Catalog = request.app.state.catalog
+    return catalog
 
 
 def get_accountant(request: Request) -> Accountant:
@@ -31,7 +52,7 @@ def get_meter(request: Request) -> Meter:
     meter: Meter | None = getattr(request.state, "meter", None)
     if meter is None:
         meter = Meter(get_accountant(request), request.app.state.metrics, LedgerEntry(request.state.request_id, ""))
-        meter.recorded = True  # nothing is written
+        meter.closed = True  # nothing is written
         request.state.meter = meter
     return meter
 
@@ -73,6 +94,9 @@ def require_admin(request: Request) -> ApiKey | None:
 
 
 Pipeline = Annotated[RagPipeline, Depends(get_pipeline)]
+DbPool = Annotated[ConnectionPool, Depends(get_pool)]
+AppSettings = Annotated[Settings, Depends(get_app_settings)]
+Configs = Annotated[Catalog, Depends(get_catalog)]
 RequestId = Annotated[str, Depends(get_request_id)]
 CurrentMeter = Annotated[Meter, Depends(get_meter)]
 QueryKey = Annotated[ApiKey | None, Depends(require_query)]

@@ -7,6 +7,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import error_body
+
 
 class BodyTooLarge(HTTPException):
     """The request body passed the limit while it was being received (413).
@@ -19,8 +21,7 @@ class BodyTooLarge(HTTPException):
 
 
 def _error_body(limit: int) -> bytes:
-    message = BodyTooLarge(limit).detail
-    return json.dumps({"error": {"message": message, "type": "BodyTooLarge", "param": None, "code": 413}}).encode()
+    return json.dumps(error_body(413, BodyTooLarge(limit).detail, "BodyTooLarge")).encode()
 
 
 class BodyLimitMiddleware:

@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.answering import answer_events, complete, prepare
+from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question, Turn
+from app.api.answering import STREAM_HEADERS, answer_events, complete, prepare
 from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
 from app.api.query import ERRORS, STREAMED
-from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut
+from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut, usage_out
 from app.api.sse import guarded, sse
 from app.metering import Meter
-from app.rag import Answer, AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
+from app.rag import RagPipeline
 from core.errors import BadRequest
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
@@ -25,14 +26,7 @@ def _extras(answer_or_prepared: Answer | Prepared) -> dict[str, object]:
 
 
 def _usage(answer: Answer, cost_usd: float) -> dict[str, object]:
-    u = answer.usage
-    return {
-        "cost_usd": round(cost_usd, 9),
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-    }
+    return usage_out(answer, cost_usd).openai()
 
 
 def _chunks(
@@ -70,22 +64,17 @@ def create_chat_completion(
         for m in body.messages
         if m.role != "tool"
     ]
-    if not turns or turns[-1].role != "user":
-        raise BadRequest("the last message must have role 'user'", field="messages")
     if body.stream_options is not None and not body.stream:
         raise BadRequest("stream_options is only allowed when stream is true", field="stream_options")
-    question = Question(
-        text=turns[-1].content, history=tuple(turns[:-1]), config=body.model, top_k=body.top_k, filters=body.filters
-    )
+    question = Question.from_turns(turns, config=body.model, top_k=body.top_k, filters=body.filters)
     prepared = prepare(pipeline, meter, question)
     completion_id = f"chatcmpl-{request_id}"
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        meter.streaming = True
         return StreamingResponse(
             guarded(_chunks(pipeline, prepared, meter, completion_id, body.model, include_usage), request_id, None),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=STREAM_HEADERS,
         )
     answer = complete(pipeline, prepared, meter)
     return {

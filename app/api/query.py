@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 
-from app.api.answering import answer_events, complete, prepare
+from app.answers import AnswerDelta, AnswerDone, Prepared, Question, Turn
+from app.api.answering import STREAM_HEADERS, answer_events, complete, prepare
 from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
 from app.api.schemas import (
     ChatRequest,
@@ -22,7 +24,7 @@ from app.api.schemas import (
 )
 from app.api.sse import guarded, sse
 from app.metering import Meter
-from app.rag import AnswerDelta, AnswerDone, Prepared, Question, RagPipeline, Turn
+from app.rag import RagPipeline
 
 router = APIRouter(prefix="/v1", tags=["answers"])
 ERROR_CODES = (400, 401, 403, 404, 413, 422, 429, 502, 503)
@@ -38,15 +40,8 @@ STREAMED: dict[int | str, dict[str, object]] = {
 }
 
 
-def _question(text: str, options: RetrievalOptions, history: tuple[Turn, ...] = ()) -> Question:
-    return Question(
-        text=text,
-        history=history,
-        config=options.config,
-        top_k=options.top_k,
-        filters=options.filters,
-        collection=options.collection,
-    )
+def _options(body: RetrievalOptions) -> dict[str, Any]:
+    return {"config": body.config, "top_k": body.top_k, "filters": body.filters, "collection": body.collection}
 
 
 def _events(pipeline: RagPipeline, prepared: Prepared, meter: Meter, request_id: str) -> Iterator[bytes]:
@@ -72,11 +67,10 @@ def _events(pipeline: RagPipeline, prepared: Prepared, meter: Meter, request_id:
 def _respond(pipeline: RagPipeline, meter: Meter, question: Question, stream: bool, request_id: str) -> object:
     prepared = prepare(pipeline, meter, question)
     if stream:
-        meter.streaming = True
         return StreamingResponse(
             guarded(_events(pipeline, prepared, meter, request_id), request_id),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=STREAM_HEADERS,
         )
     answer = complete(pipeline, prepared, meter)
     # Serialized once here: FastAPI would dump, re-validate and dump the model again (~0.5 ms).
@@ -89,7 +83,7 @@ def create_query(
     body: QueryRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
 ) -> object:
     """Answer one question from the indexed documents, with citations."""
-    return _respond(pipeline, meter, _question(body.question, body), body.stream, request_id)
+    return _respond(pipeline, meter, Question(text=body.question, **_options(body)), body.stream, request_id)
 
 
 @router.post("/chat", response_model=QueryResponse, responses={**ERRORS, **STREAMED})
@@ -97,5 +91,5 @@ def create_chat(
     body: ChatRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
 ) -> object:
     """Answer the last user message of a conversation, using earlier turns for context."""
-    history = tuple(Turn(role=m.role, content=m.content) for m in body.messages[:-1])
-    return _respond(pipeline, meter, _question(body.messages[-1].content, body, history), body.stream, request_id)
+    turns = [Turn(role=m.role, content=m.content) for m in body.messages]
+    return _respond(pipeline, meter, Question.from_turns(turns, **_options(body)), body.stream, request_id)

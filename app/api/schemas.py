@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.rag import Answer, Citation
+from app.answers import Answer, Citation
 
 MAX_QUESTION_CHARS = 20_000
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused with a 422 naming the field
@@ -50,13 +50,6 @@ class ChatRequest(RetrievalOptions):
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=100)
 
-    @field_validator("messages")
-    @classmethod
-    def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if messages[-1].role != "user":
-            raise ValueError("the last message must have role 'user'")
-        return messages
-
 
 class CitationOut(BaseModel):
     """A retrieved chunk the answer may cite as [n]."""
@@ -85,6 +78,16 @@ class UsageOut(BaseModel):
     cached_tokens: int = 0
     total_tokens: int
     cost_usd: float = Field(description="Priced from recorded usage with configs/pricing.yaml.")
+
+    def openai(self) -> dict[str, object]:
+        """The same usage in OpenAI's shape (cached tokens under ``prompt_tokens_details``)."""
+        return {
+            "cost_usd": self.cost_usd,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
 
 
 class VersionsOut(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Pipeline, QueryKey
+from app.api.deps import AppSettings, Configs, DbPool, Pipeline, QueryKey
 from app.api.schemas import ConfigOut, ConfigsResponse
 from app.retrieval import active_version
 from core.errors import RagopsError
@@ -26,12 +26,12 @@ def read_health() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "Not ready: the failing check says why."}})
-def read_readiness(pipeline: Pipeline) -> JSONResponse:
+def read_readiness(pipeline: Pipeline, pool: DbPool, settings: AppSettings) -> JSONResponse:
     """The database answers, an index is active, and the generator really answers in time."""
     checks: dict[str, str] = {}
-    timeout = pipeline.settings.readiness_timeout_s
+    timeout = settings.readiness_timeout_s
     try:
-        with pipeline.pool.connection(timeout=timeout) as conn:
+        with pool.connection(timeout=timeout) as conn:
             conn.execute("SELECT 1")
             checks["index"] = active_version(conn).name
         checks["database"] = "ok"
@@ -51,9 +51,8 @@ def read_readiness(pipeline: Pipeline) -> JSONResponse:
 
 
 @router.get("/v1/configs", response_model=ConfigsResponse)
-def read_configs(pipeline: Pipeline, key: QueryKey) -> ConfigsResponse:
+def read_configs(catalog: Configs, key: QueryKey) -> ConfigsResponse:
     """Configurations and prompt versions this process serves."""
-    catalog = pipeline.catalog
     configs = []
     for name, loaded in sorted(catalog.configs.items()):
         prompt = catalog.prompt_for(loaded)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, BeforeValidator
 
 from app.accounting import usage
-from app.api.deps import Accounts, AdminKey
+from app.api.deps import AdminKey, DbPool
 from app.api.query import ERRORS
 
 router = APIRouter(prefix="/v1", tags=["usage"])
@@ -58,7 +58,7 @@ def _as_datetime(value: date | datetime) -> datetime:
 
 @router.get("/usage", response_model=UsageResponse, responses=ERRORS)
 def read_usage(
-    accountant: Accounts,
+    pool: DbPool,
     key: AdminKey,
     start: Annotated[When, Query(alias="from", description="Inclusive; default 30 days ago.")] = None,
     end: Annotated[When, Query(alias="to", description="Exclusive; default now.")] = None,
@@ -67,7 +67,7 @@ def read_usage(
     """Requests, tokens and cost from the ledger, grouped by key, day, configuration or model."""
     until = _as_datetime(end) if end else datetime.now(UTC) + timedelta(seconds=1)
     since = _as_datetime(start) if start else until - timedelta(days=30)
-    with accountant.pool.connection() as conn:
+    with pool.connection() as conn:
         rows = [UsageRow(**r) for r in usage(conn, since, until, group_by)]
     return UsageResponse(
         start=since, end=until, group_by=group_by, rows=rows,

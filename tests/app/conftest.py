@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +19,7 @@ from core.embedding import Embedder
 from core.settings import Settings
 from ingest.pipeline import IngestPipeline
 from tests.conftest import REPO, clone_template
+from tests.utils.accounts import PRICED
 
 SAMPLES = REPO / "samples"
 
@@ -61,3 +64,23 @@ def client(served_database: Database, api_key: str, tmp_path_factory: pytest.Tem
     app = create_app(make_settings(served_database, tmp_path_factory.mktemp("app"), vllm_url=None))
     with authed(TestClient(app), api_key) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def priced_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's configs with a pricing file that makes extractive answers cost money."""
+    folder = tmp_path_factory.mktemp("priced")
+    shutil.copy(REPO / "configs" / "default.yaml", folder / "default.yaml")
+    (folder / "pricing.yaml").write_text(PRICED)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def priced_app(served_database: Database, priced_configs: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return create_app(make_settings(served_database, tmp_path_factory.mktemp("pa"), configs_dir=priced_configs))
+
+
+@pytest.fixture(scope="module")
+def priced(priced_app: Any, api_key: str) -> Iterator[TestClient]:
+    with authed(TestClient(priced_app), api_key) as client:
+        yield client

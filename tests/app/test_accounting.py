@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,51 +15,14 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from app.generators.base import Delta, Finished, GenerationRequest, Generator
 from app.keys import VerifiedKeys, create_key, revoke_key
 from app.main import create_app
 from core.db import Database
 from core.errors import AuthError
 from tests.app.conftest import authed, make_settings
-from tests.conftest import REPO
+from tests.utils.accounts import QUESTION, new_key
 from tests.utils.ledger import ledger_row
 from tests.utils.server import serve_in_thread
-
-QUESTION = {"question": "How many PTO days do new employees get in their first year?"}
-PRICED = """models:
-  extractive:
-    prompt_usd_per_million: 1000
-    completion_usd_per_million: 0
-  ragops-llm:
-    prompt_usd_per_million: 1
-    completion_usd_per_million: 1
-embeddings: {}
-"""
-
-
-@pytest.fixture(scope="module")
-def priced_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's configs with a pricing file that makes extractive answers cost money."""
-    folder = tmp_path_factory.mktemp("priced")
-    shutil.copy(REPO / "configs" / "default.yaml", folder / "default.yaml")
-    (folder / "pricing.yaml").write_text(PRICED)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def priced_app(served_database: Database, priced_configs: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return create_app(make_settings(served_database, tmp_path_factory.mktemp("pa"), configs_dir=priced_configs))
-
-
-@pytest.fixture(scope="module")
-def priced(priced_app: Any, api_key: str) -> Iterator[TestClient]:
-    with authed(TestClient(priced_app), api_key) as client:
-        yield client
-
-
-def new_key(database: Database, scopes: list[str], **limits: Any) -> str:
-    with database.connect() as conn:
-        return create_key(conn, f"k-{time.monotonic_ns()}", scopes, **limits)[1]
 
 
 @pytest.mark.parametrize(
@@ -143,54 +105,6 @@ def test_a_generator_failure_is_recorded(
     row = ledger_row(served_database, response.headers["X-Request-Id"])
     assert row is not None and row["status"] == 503 and row["error_kind"] == "GeneratorUnavailable"
     assert row["completion_tokens"] == 0 and float(row["cost_usd"]) == 0
-
-
-class SlowGenerator(Generator):
-    """The real extractive generator, slowed down between deltas.
-
-    A fake in one respect only: a real generator answers these short texts faster than a
-    client can hang up, so the disconnect could not be placed mid-stream.
-    """
-
-    name = "extractive"
-
-    def __init__(self, inner: Generator) -> None:
-        self.inner = inner
-
-    def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
-        for event in self.inner.stream(request):
-            time.sleep(0.2)
-            yield event
-
-    def model_for(self, request: GenerationRequest) -> str:
-        return self.inner.model_for(request)
-
-
-def test_a_client_that_disconnects_mid_stream_is_recorded_with_partial_tokens(
-    priced_app: Any, priced: TestClient, served_database: Database, api_key: str
-) -> None:
-    pipeline = priced_app.state.pipeline  # the lifespan runs in the `priced` client
-    full = priced.post("/v1/query", json=QUESTION).json()["usage"]["completion_tokens"]
-    config = pipeline.catalog.config(None)
-    real = pipeline.generator(config)
-    pipeline._generators[f"extractive:{config.name}"] = SlowGenerator(real)
-    if True:
-        try:
-            with serve_in_thread(priced_app, lifespan=False) as url, httpx.Client(timeout=30) as http:
-                headers = {"Authorization": f"Bearer {api_key}"}
-                with http.stream("POST", f"{url}/v1/query", json={**QUESTION, "stream": True}, headers=headers) as r:
-                    request_id = r.headers["X-Request-Id"]
-                    for line in r.iter_lines():
-                        if line.startswith("event: delta"):
-                            break  # hang up after the first token
-                row = ledger_row(served_database, request_id, wait_s=10)
-        finally:
-            pipeline._generators[f"extractive:{config.name}"] = real
-    assert row is not None
-    assert row["status"] == 499 and row["error_kind"] == "client_disconnected"
-    # The tokens generated until the hang-up (some still held back by the PII filter), not the whole answer.
-    assert 1 <= row["completion_tokens"] < full
-    assert float(row["cost_usd"]) == 0  # this pricing charges prompts only... and no Finished usage arrived
 
 
 def test_budget_holds_under_20_concurrent_requests(
