@@ -38,13 +38,22 @@ class Meter:
     started: float = field(default_factory=time.perf_counter)
     key: ApiKey | None = None
     prepared: Prepared | None = None
-    prompt_tokens: int = 0  # counted when the request began, before the model reported any
+    _prompt_tokens: int | None = field(default=None, repr=False)
     reservation: Reservation | None = None
     rate: RateHold | None = None
     failed_status: int | None = None
     settled: bool = False
     closed: bool = False
     _events: Generator[object, None, None] | None = field(default=None, repr=False)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The rendered prompt's tokens as counted here (0 before retrieval), before the model reports any."""
+        if self._prompt_tokens is None:
+            if self.prepared is None:
+                return 0
+            self._prompt_tokens = count_prompt_tokens(self.prepared.request.messages)
+        return self._prompt_tokens
 
     @property
     def pii(self) -> PiiSession | None:
@@ -66,7 +75,6 @@ class Meter:
         self.metrics.retrievals.inc()
         if not prepared.citations:
             self.metrics.retrieval_empty.inc()
-        self.prompt_tokens = count_prompt_tokens(prepared.request.messages)
         key = self.key
         if key is None or (key.tpm is None and key.budget_usd_day is None and key.budget_usd_month is None):
             return
