@@ -3,12 +3,13 @@
 Budgets hold under concurrency because spending is two-phase: before generation a request
 reserves its worst-case cost with a conditional UPDATE that only succeeds while
 ``spent + reserved + cost <= budget``; afterwards it settles the actual cost and releases the
-rest. The ledger never stores question or answer text.
+rest. Each hold is also a ``budget_holds`` row, so a hold whose process died is found and
+released (``release_stale_holds``). The ledger never stores question or answer text.
 
 The API's pool commits with ``synchronous_commit = off`` (``Database.pool(async_commit=True)``):
-accounting writes stay atomic and consistent but do not wait for the WAL flush (three fsyncs
-added ~40 ms per request here). A database crash can lose the last fraction of a second of
-ledger rows and settlements, never corrupt them. Each write is one statement where possible.
+accounting writes stay atomic and consistent but do not wait for the WAL flush, which would
+cost an fsync per write on every request. A database crash can lose the last fraction of a
+second of ledger rows and settlements, never corrupt them. Each write is one statement where possible.
 """
 
 from __future__ import annotations
@@ -152,12 +153,22 @@ def _reserve(conn: psycopg.Connection, key: ApiKey, value: Decimal, request_id: 
 
 
 def settle_budget(conn: psycopg.Connection, reservation: Reservation, actual: float) -> None:
-    """Replace the hold by the actual cost (0 when the request failed before any token).
+    """Replace the hold by the actual cost (0 when the request failed before any token); inside a transaction.
 
     Only what is still held is released: a hold the sweeper already released is not subtracted twice.
     """
     if not reservation.periods:
         return
+    periods, starts = [p for p, _ in reservation.periods], [d for _, d in reservation.periods]
+    params = {"request": reservation.request_id, "actual": _usd(actual), "key": reservation.key_id,
+              "periods": periods, "starts": starts}  # fmt: skip
+    if len(periods) > 1:  # lock the rows in the order a reservation takes them, or two could deadlock
+        conn.execute(
+            """SELECT 1 FROM key_spend WHERE key_id = %(key)s
+                 AND (period, period_start) IN (SELECT * FROM unnest(%(periods)s::text[], %(starts)s::date[]))
+               ORDER BY period FOR UPDATE""",
+            params,
+        )
     conn.execute(
         """WITH released AS (
                DELETE FROM budget_holds WHERE request_id = %(request)s
@@ -169,34 +180,34 @@ def settle_budget(conn: psycopg.Connection, reservation: Reservation, actual: fl
                      FROM unnest(%(periods)s::text[], %(starts)s::date[]) AS p(period, start)
                      LEFT JOIN released rel ON rel.period = p.period AND rel.period_start = p.start) r
             WHERE s.key_id = %(key)s AND s.period = r.period AND s.period_start = r.start""",
-        {"request": reservation.request_id, "actual": _usd(actual), "key": reservation.key_id,
-         "periods": [p for p, _ in reservation.periods], "starts": [d for _, d in reservation.periods]},
-    )  # fmt: skip
+        params,
+    )
 
 
 def release_stale_holds(conn: psycopg.Connection, older_than_s: float, *, key_id: int | None = None) -> int:
     """Release budget holds older than ``older_than_s`` (their process died); returns how many."""
-    rows = conn.execute(
-        """WITH stale AS (
-               DELETE FROM budget_holds
+    with conn.transaction():
+        stale = conn.execute(
+            """DELETE FROM budget_holds
                 WHERE created_at < now() - make_interval(secs => %(age)s)
                   AND (%(key)s::bigint IS NULL OR key_id = %(key)s)
-               RETURNING key_id, period, period_start, amount_usd),
-           total AS (
-               SELECT key_id, period, period_start, sum(amount_usd) AS amount, count(*) AS holds
-                 FROM stale GROUP BY 1, 2, 3),
-           released AS (
-               UPDATE key_spend s SET reserved_usd = greatest(s.reserved_usd - t.amount, 0)
-                 FROM total t
-                WHERE s.key_id = t.key_id AND s.period = t.period AND s.period_start = t.period_start
-               RETURNING 1)
-           SELECT coalesce(sum(holds), 0) FROM total""",
-        {"age": older_than_s, "key": key_id},
-    ).fetchone()
-    released = int(rows[0]) if rows else 0
-    if released:
-        log.warning("released %d budget hold(s) older than %g s (their requests never settled)", released, older_than_s)
-    return released
+               RETURNING key_id, period, period_start, amount_usd""",
+            {"age": older_than_s, "key": key_id},
+        ).fetchall()
+        totals: dict[tuple[int, str, date], Decimal] = {}
+        for key, period, start, amount in stale:
+            totals[(key, period, start)] = totals.get((key, period, start), Decimal(0)) + amount
+        for (key, period, start), amount in sorted(totals.items()):  # the order reservations lock rows in
+            conn.execute(
+                """UPDATE key_spend SET reserved_usd = greatest(reserved_usd - %s, 0)
+                   WHERE key_id = %s AND period = %s AND period_start = %s""",
+                (amount, key, period, start),
+            )
+    if stale:
+        log.warning(
+            "released %d budget hold(s) older than %g s (their requests never settled)", len(stale), older_than_s
+        )
+    return len(stale)
 
 
 def _minute(now: datetime | None) -> datetime:

@@ -73,7 +73,7 @@ def _respond(pipeline: RagPipeline, meter: Meter, question: Question, stream: bo
             headers=STREAM_HEADERS,
         )
     answer = complete(pipeline, prepared, meter)
-    # Serialized once here: FastAPI would dump, re-validate and dump the model again (~0.5 ms).
+    # Serialized once here: FastAPI would dump, re-validate and dump the model again.
     body = QueryResponse.of(answer, request_id, meter.entry.cost_usd).model_dump_json()
     return Response(content=body, media_type="application/json")
 

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +22,7 @@ from core.db import Database
 from tests.app.conftest import authed, make_settings
 from tests.app.test_api import parse_sse
 from tests.conftest import REPO
+from tests.utils.ledger import ledger_row
 from tests.utils.server import serve_in_thread
 from tests.utils.vllm_server import VllmServer, free_port
 
@@ -101,12 +103,23 @@ def test_openai_client_streams_through_the_service(vclient: TestClient, api_key:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-def test_client_disconnecting_mid_stream_leaves_the_service_healthy(vclient: TestClient) -> None:
+def test_a_hang_up_mid_stream_is_billed_and_leaves_the_service_healthy(
+    vclient: TestClient, served_database: Database, api_key: str
+) -> None:
+    """On a real socket: vLLM reports usage only in its last chunk, which a hung-up client never gets."""
     payload = {"question": "Describe the deployment process.", "stream": True}
-    with vclient.stream("POST", "/v1/query", json=payload) as response:
-        for line in response.iter_lines():
-            if line.startswith("event: delta"):
-                break  # hang up after the first token
+    app = vclient.app  # its lifespan runs in the vclient fixture
+    with serve_in_thread(app, lifespan=False) as url, httpx.Client(timeout=60) as http:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        with http.stream("POST", f"{url}/v1/query", json=payload, headers=headers) as response:
+            request_id = response.headers["X-Request-Id"]
+            for line in response.iter_lines():
+                if line.startswith("event: delta"):
+                    break  # hang up after the first token
+    row = ledger_row(served_database, request_id, wait_s=10)
+    assert row is not None and row["status"] == 499 and row["error_kind"] == "client_disconnected"
+    assert row["model"] == MODEL
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] >= 1  # the prompt was read, tokens were made
     after = vclient.post("/v1/query", json={"question": "Describe the deployment process."})
     assert after.status_code == 200
 
