@@ -371,8 +371,7 @@ class IngestPipeline:
         """Index and mark ready after a complete build; activate when asked (or when none is active)."""
         if version.status != "ready" or not version.hnsw_built:
             version = versions.mark_version_ready(self.conn, version)
-        should_activate = activate if activate is not None else versions.active_index_version(self.conn) is None
-        if should_activate and not version.is_active:
-            version = versions.activate_index_version(self.conn, version.id)
-            report.activated = True
+        was_active = version.is_active
+        version, _ = versions.activate_as_asked(self.conn, version, activate)
+        report.activated = version.is_active and not was_active
         return version

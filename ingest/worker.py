@@ -296,14 +296,12 @@ class Worker:
                 raise JobLost("job taken over")
             if row[0]:
                 raise JobCancelled("cancelled")
-            activate = params.activate if params.activate is not None else versions.active_index_version(conn) is None
-            if activate and not version.is_active:
-                version = versions.activate_index_version(conn, version.id)
+            version, activated = versions.activate_as_asked(conn, version, params.activate)
             conn.execute(
                 """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s,
                        finished_at = now(), updated_at = now() WHERE id = %s""",
                 (
-                    activate,
+                    activated,
                     Jsonb({"counts": counts, "timings": timings, "index_version": version.name}),
                     job.id,
                 ),
