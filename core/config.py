@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from core.errors import ConfigError
+from core.git import git_commit
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Bump when chunking or loading code changes the chunks it produces for the same settings,
@@ -275,22 +274,6 @@ class LoadedConfig(BaseModel):
     def version(self) -> str:
         """``name@sha12``: changes whenever the file's bytes change."""
         return f"{self.name}@{self.sha256[:12]}"
-
-
-@lru_cache(maxsize=8)
-def git_commit(path: Path) -> str | None:
-    """The commit checked out around ``path``, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:

@@ -15,8 +15,9 @@ import yaml
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.config import NAME_PATTERN, format_validation_error, git_commit
+from core.config import NAME_PATTERN, format_validation_error
 from core.errors import ConfigError
+from core.git import git_commit
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n(.*)\Z", re.DOTALL)
 _PART = re.compile(r"^##\s+(system|user)\s*$", re.MULTILINE | re.IGNORECASE)

@@ -9,10 +9,11 @@ from typing import Any
 from app.retrieval import RetrievalQuery, search
 from core.embedding import get_embedder
 from core.errors import EvalInputError, SourceError
+from core.git import git_commit
 from core.runtime import Runtime
 from evals.beir import corpus_id, load_beir
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
-from evals.runner import REPORT_FORMAT, aggregate, git_head, load_catalog
+from evals.runner import REPORT_FORMAT, aggregate, load_catalog
 from ingest.pipeline import IngestPipeline
 
 CHUNK_POOL = 30  # chunks retrieved per query before folding them into documents
@@ -63,7 +64,7 @@ def run_beir(
     return {
         "format": REPORT_FORMAT,
         "dataset": {"name": dataset.name, "sha256": _digest(dataset.corpus, folder, split), "questions": len(ids)},
-        "versions": {"config": config.version, "index": version.name, "git_commit": git_head(configs_dir)},
+        "versions": {"config": config.version, "index": version.name, "git_commit": git_commit(configs_dir.resolve())},
         "repeats": 1,
         "index_build_seconds": round(build, 2),
         "total_seconds": round(time.perf_counter() - started, 2),

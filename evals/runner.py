@@ -8,7 +8,6 @@ real, and the answers come from the same :class:`RagPipeline` the API serves.
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from core.catalog import Catalog
 from core.config import LoadedConfig, list_config_names
 from core.embedding import Embedder
 from core.errors import ConfigError, EvalInputError
+from core.git import git_commit
 from core.runtime import Runtime
 from core.settings import Settings
 from evals.dataset import EvalQuestion, EvalSet
@@ -37,16 +37,6 @@ REPORT_FORMAT = 1
 EVAL_COLLECTION = "eval-samples"
 # Metrics where lower is better; every other metric is "higher is better".
 LOWER_IS_BETTER = frozenset({"pii_leak", "cost_usd", "latency_ms"})
-
-
-def git_head(cwd: Path) -> str | None:
-    """The checked-out commit, for the report."""
-    try:
-        out = subprocess.run(["git", "-C", str(cwd), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)  # fmt: skip
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 def load_catalog(configs_dir: Path, prompts_dir: Path, config_name: str) -> Catalog:
@@ -250,7 +240,7 @@ def run_eval(
             "index": index.name,
             "model": model,
             "pricing": pricing.version,
-            "git_commit": git_head(configs_dir),
+            "git_commit": git_commit(configs_dir.resolve()),
         },
         "repeats": repeats,
         "judge": judge_summary,
