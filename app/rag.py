@@ -21,7 +21,7 @@ from app.generators.vllm import VllmGenerator
 from app.pii import PiiSession, without_placeholders
 from app.retrieval import RetrievalQuery, active_version, search
 from core.catalog import Catalog
-from core.config import LoadedConfig
+from core.config import MAX_TOP_K, LoadedConfig
 from core.embedding import Embedder, get_embedder
 from core.errors import BadRequest
 from core.pii import PiiEngine, get_pii_engine
@@ -267,8 +267,8 @@ class RagPipeline:
         tokens = count_tokens(question.text)
         if tokens > limit:
             raise BadRequest(f"question has {tokens} tokens; the limit is {limit}", field="question")
-        if question.top_k is not None and not 1 <= question.top_k <= 50:
-            raise BadRequest("top_k must be between 1 and 50", field="top_k")
+        if question.top_k is not None and not 1 <= question.top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}", field="top_k")
         # PostgreSQL text and jsonb cannot hold NUL: refuse it here rather than fail in the query.
         for name, value in (("question", question.text), ("collection", question.collection or "")):
             if "\x00" in value:

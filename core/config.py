@@ -22,6 +22,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Bump when chunking or loading code changes the chunks it produces for the same settings,
 # so that a new index version is built instead of silently mixing two chunkers.
 CHUNKER_VERSION = 1
+# The most chunks one question may retrieve: a configuration's top_k, and a request's.
+MAX_TOP_K = 50
 
 
 class StrictModel(BaseModel):
@@ -97,7 +99,7 @@ class RetrievalSettings(StrictModel):
     """How chunks are found for a question."""
 
     mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
-    top_k: int = Field(default=5, ge=1, le=50, description="Chunks handed to the generator.")
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="Chunks handed to the generator.")
     candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
     # Defaults tuned on WikiQA dev (bench/retrieval_quality.py); see configs/default.yaml.
     rrf_k: int = Field(default=10, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
