@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,12 +19,13 @@ import psycopg
 
 from core.config import LoadedConfig
 from core.embedding import Embedder
-from core.errors import IngestBusy, SourceError
+from core.errors import IngestBusy
 from core.pii import get_pii_engine
 from ingest import documents, runs, versions
 from ingest.chunking import Chunk, Chunker
 from ingest.documents import PreparedDocument
 from ingest.loaders import SUPPORTED_SUFFIXES, Document, load_file
+from ingest.sources import SourceFile, scan_source
 from ingest.versions import IndexVersion
 
 log = logging.getLogger(__name__)
@@ -94,43 +94,6 @@ class IngestReport:
             "write": round(self.write_seconds, 3),
             "total": round(self.total_seconds, 3),
         }
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One file found under the ingest root."""
-
-    path: Path
-    source: str  # relative to the root, '/'-separated
-
-    def estimated_documents(self) -> int:
-        """1, or the number of non-empty lines of a JSONL file (for progress totals)."""
-        if self.path.suffix.lower() != ".jsonl":
-            return 1
-        try:
-            with self.path.open("rb") as handle:
-                return sum(1 for line in handle if line.strip())
-        except OSError:
-            return 1
-
-
-def scan_source(root: Path) -> list[SourceFile]:
-    """Files to ingest under ``root`` (a folder or one file), sorted; hidden entries skipped."""
-    if not root.exists():
-        raise SourceError(f"source {root} does not exist")
-    if root.is_file():
-        return [SourceFile(path=root, source=root.name)]
-    if not root.is_dir():
-        raise SourceError(f"source {root} is neither a file nor a folder")
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            files.append(SourceFile(path=path, source=path.relative_to(root).as_posix()))
-    return files
 
 
 ProgressCallback = Callable[[IngestProgress], None]

@@ -28,8 +28,8 @@ from core.errors import IndexVersionError, IngestBusy, JobCancelled, JobLost, Ra
 from core.settings import Settings
 from ingest import versions
 from ingest.jobs import Job, JobStatus, ReindexParams, claim_job, drop_unfinished_version, get_job, recover_stale_jobs
-from ingest.pipeline import IngestPipeline, IngestProgress, scan_source
-from ingest.sources import resolve_source
+from ingest.pipeline import IngestPipeline, IngestProgress
+from ingest.sources import resolve_source, scan_source
 
 log = logging.getLogger(__name__)
 
