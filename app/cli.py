@@ -222,7 +222,7 @@ def serve(
     from core.embedding import get_embedder
     from core.runtime import pin_malloc_mmap_threshold
 
-    pin_malloc_mmap_threshold()  # RSS flat under load, not +1.7 GiB of retained heap
+    pin_malloc_mmap_threshold()  # RSS stays flat under load instead of growing with fragmented heap
     settings = get_settings()
     configure_logging(settings.log_level)
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)  # refuse a bad file

@@ -108,7 +108,8 @@ class RetrievalSettings(StrictModel):
     min_score: float | None = Field(
         default=None, description="Drop hits below this score (cosine, ts_rank or fused, per mode); unset = none."
     )
-    # pgvector's default of 40 gave recall@10 0.947 at 100k chunks; 100 gives 0.99 for ~0.3 ms more.
+    # pgvector's default of 40 gave recall@10 0.947 at 100k chunks, 100 gives 0.99, for a little more
+    # latency per query (bench/retrieval_latency.py measures both on the machine at hand).
     ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size per query.")
 
 
