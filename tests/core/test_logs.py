@@ -14,11 +14,14 @@ from core.settings import Settings
 
 @pytest.fixture
 def logger_levels() -> Iterator[None]:
+    """The logging set-up as it was before the test."""
     names = ["", *OWN_LOGGERS]
     levels = {name: logging.getLogger(name).level for name in names}
+    handlers = list(logging.getLogger().handlers)
     yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+    logging.getLogger().handlers[:] = handlers
 
 
 def test_log_level_is_read_in_any_case_and_refused_when_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
