@@ -31,7 +31,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
     RAGAS_DO_NOT_TRACK=true TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS= \
     TIKTOKEN_CACHE_DIR=/opt/ragops/tiktoken \
-    RAGOPS_ENVIRONMENT=production RAGOPS_HOST=0.0.0.0 RAGOPS_PORT=8000 RAGOPS_DATA_DIR=/var/lib/ragops
+    RAGOPS_HOST=0.0.0.0 RAGOPS_PORT=8000 RAGOPS_DATA_DIR=/var/lib/ragops
 RUN groupadd --system --gid 10001 ragops \
     && useradd --system --uid 10001 --gid ragops --home-dir /srv/ragops --shell /usr/sbin/nologin ragops
 COPY --from=build /opt/venv /opt/venv

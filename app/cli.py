@@ -12,6 +12,7 @@ from rich.console import Console
 
 from app.model_server import llm_app
 from core.errors import RagopsError
+from core.logs import configure_logging
 from core.settings import get_settings
 from ingest import cli as ingest_cli
 
@@ -221,8 +222,9 @@ def serve(
     from core.embedding import get_embedder
     from core.runtime import pin_malloc_mmap_threshold
 
-    pin_malloc_mmap_threshold()  # RSS flat under load, not +1.7 GiB of retained heap
+    pin_malloc_mmap_threshold()  # RSS stays flat under load instead of growing with fragmented heap
     settings = get_settings()
+    configure_logging(settings.log_level)
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)  # refuse a bad file
     get_embedder(catalog.config(None).config.index.embedding)  # and a model that does not load (kept for the app)
     generator = f"vLLM at {settings.vllm_url}" if settings.vllm_url else "the extractive generator (no RAGOPS_VLLM_URL)"
@@ -237,7 +239,7 @@ def serve(
             highlight=False,
             soft_wrap=True,  # one line, so it can be copied as is
         )
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning")
+    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level=settings.log_level.lower())
 
 
 @app.command("query")
@@ -275,7 +277,7 @@ def query(
 
 def main() -> None:
     """Entry point: known errors become one line on stderr and exit code 1."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING)  # one-shot commands; serve and worker use RAGOPS_LOG_LEVEL
     try:
         app()
     except RagopsError as exc:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 from psycopg_pool import ConnectionPool
 
 from app.answers import (
@@ -30,15 +31,17 @@ from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
 from app.pii import PiiSession, without_placeholders
 from app.retrieval import RetrievalQuery, active_version, search
+from app.search_sql import ChunkHit
 from core.catalog import Catalog
-from core.config import LoadedConfig
+from core.config import MAX_TOP_K, LoadedConfig
 from core.embedding import Embedder, get_embedder
 from core.errors import BadRequest
 from core.pii import PiiEngine, get_pii_engine
+from core.prompts import Prompt
 from core.settings import Settings
 from core.tokens import count_tokens
 from ingest.pipeline import DEFAULT_COLLECTION
-from ingest.versions import check_embedding_model, get_index_version
+from ingest.versions import IndexVersion, check_embedding_model, get_index_version
 
 _SNIPPET_CHARS = 240
 # A follow-up this short ("and for contractors?") is retrieved together with the turn before it.
@@ -85,6 +88,73 @@ def retrieval_text(question: Question) -> str:
         return text
     previous = [without_placeholders(t.content) for t in question.history if t.role == "user"]
     return f"{previous[-1]}\n{text}" if previous else text
+
+
+def filtered_question(question: Question, pii: PiiSession) -> Question:
+    """The question and its history through the PII policy, before retrieval and the model (blocked types raise)."""
+    if not pii.applies("question"):
+        return question
+    return dataclasses.replace(
+        question,
+        text=pii.filter_question(question.text),
+        history=tuple(Turn(t.role, pii.filter_question(t.content)) for t in question.history),
+    )
+
+
+def fit_context(hits: list[ChunkHit], budget: int) -> tuple[list[Citation], list[Passage]]:
+    """The hits that fit in ``budget`` tokens, best first, numbered ``[1]``, ``[2]``... for citation."""
+    citations: list[Citation] = []
+    passages: list[Passage] = []
+    for hit in hits:
+        cost = count_tokens(hit.text) + 24  # the <document> wrapper
+        if cost > budget:
+            break
+        budget -= cost
+        n = len(citations) + 1
+        snippet = hit.text if len(hit.text) <= _SNIPPET_CHARS else hit.text[: _SNIPPET_CHARS - 1] + "…"
+        citations.append(
+            Citation(
+                n=n,
+                document_id=hit.document_id,
+                source=hit.source,
+                title=hit.title,
+                section=hit.section,
+                chunk_id=hit.chunk_id,
+                score=round(hit.score, 6),
+                snippet=snippet,
+            )
+        )
+        passages.append(Passage(n=n, hit=hit))
+    return citations, passages
+
+
+def generation_request(
+    question: Question, prompt: Prompt, citations: list[Citation], passages: list[Passage], config: LoadedConfig
+) -> GenerationRequest:
+    """The rendered prompt (system message, chat history, then the question with its context) and its limits."""
+    context = format_context(citations, [p.hit.text for p in passages])
+    rendered = prompt.render(question=question.text, context=context)
+    history = [{"role": t.role, "content": t.content} for t in question.history if t.role != "system"]
+    generation = config.config.generation
+    return GenerationRequest(
+        question=without_placeholders(question.text),
+        messages=[rendered[0], *history, *rendered[1:]],
+        passages=passages,
+        model=generation.model,
+        max_tokens=generation.max_tokens,
+        temperature=generation.temperature,
+    )
+
+
+def final_answer(events: Iterable[AnswerDelta | AnswerDone]) -> Answer:
+    """Run an answer's event stream to its end and return the complete answer it closes with."""
+    answer = None
+    for event in events:
+        if isinstance(event, AnswerDone):
+            answer = event.answer
+    if answer is None:
+        raise RuntimeError("generation ended without an answer")
+    return answer
 
 
 class RagPipeline:
@@ -139,8 +209,8 @@ class RagPipeline:
         tokens = count_tokens(question.text)
         if tokens > limit:
             raise BadRequest(f"question has {tokens} tokens; the limit is {limit}", field="question")
-        if question.top_k is not None and not 1 <= question.top_k <= 50:
-            raise BadRequest("top_k must be between 1 and 50", field="top_k")
+        if question.top_k is not None and not 1 <= question.top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}", field="top_k")
         # PostgreSQL text and jsonb cannot hold NUL: refuse it here rather than fail in the query.
         for name, value in (("question", question.text), ("collection", question.collection or "")):
             if "\x00" in value:
@@ -153,97 +223,58 @@ class RagPipeline:
         started = time.perf_counter()
         config = self.catalog.config(question.config)
         self.validate(question, config)
-        settings = config.config
         prompt = self.catalog.prompt_for(config)
         generator = self.generator(config)
         timings = Timings()
-        pii = PiiSession(self.pii_engine(config), settings.pii)
-        if pii.applies("question"):  # before retrieval and before the model; blocked types raise here
-            question = dataclasses.replace(
-                question,
-                text=pii.filter_question(question.text),
-                history=tuple(Turn(t.role, pii.filter_question(t.content)) for t in question.history),
-            )
+        pii = PiiSession(self.pii_engine(config), config.config.pii)
+        question = filtered_question(question, pii)
         query_text = retrieval_text(question)
-        vector = None
-        embedding_tokens = 0
-        if settings.retrieval.mode != "keyword":
-            t0 = time.perf_counter()
-            vector = self.embedder(config).embed_query(query_text)
-            timings.embed_ms = (time.perf_counter() - t0) * 1000
-            embedding_tokens = count_tokens(query_text)
-        t0 = time.perf_counter()
-        top_k = question.top_k or settings.retrieval.top_k
-        with self.pool.connection() as conn:
-            index = get_index_version(conn, question.index_version) if question.index_version else active_version(conn)
-            if vector is not None:
-                check_embedding_model(index, config)
-            # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
-            hits = (
-                []
-                if has_nul(question.filters)
-                else search(
-                    conn,
-                    index,
-                    settings.retrieval,
-                    # Collections are namespaces: an eval run's copy of the samples must not answer users.
-                    RetrievalQuery(query_text, top_k, question.filters, question.collection or DEFAULT_COLLECTION),
-                    vector,
-                )
-            )
-        timings.retrieve_ms = (time.perf_counter() - t0) * 1000
-        citations: list[Citation] = []
-        texts: list[str] = []
-        passages: list[Passage] = []
-        budget = settings.generation.context_tokens
+        vector, embedding_tokens = self._embed_query(config, query_text, timings)
+        index, hits = self._retrieve(question, config, query_text, vector, timings)
         if pii.applies("context"):
             hits = [dataclasses.replace(hit, text=pii.filter_context(hit.text)) for hit in hits]
         timings.pii_ms = pii.elapsed_ms  # question and context: all the analysis so far
-        for hit in hits:  # best first, until the context budget is spent
-            cost = count_tokens(hit.text) + 24  # the <document> wrapper
-            if cost > budget:
-                break
-            budget -= cost
-            n = len(citations) + 1
-            snippet = hit.text if len(hit.text) <= _SNIPPET_CHARS else hit.text[: _SNIPPET_CHARS - 1] + "…"
-            citations.append(
-                Citation(
-                    n=n,
-                    document_id=hit.document_id,
-                    source=hit.source,
-                    title=hit.title,
-                    section=hit.section,
-                    chunk_id=hit.chunk_id,
-                    score=round(hit.score, 6),
-                    snippet=snippet,
-                )
-            )
-            texts.append(hit.text)
-            passages.append(Passage(n=n, hit=hit))
-        rendered = prompt.render(question=question.text, context=format_context(citations, texts))
-        history = [{"role": t.role, "content": t.content} for t in question.history if t.role != "system"]
-        messages = [rendered[0], *history, *rendered[1:]]
-        request = GenerationRequest(
-            question=without_placeholders(question.text),
-            messages=messages,
-            passages=passages,
-            model=settings.generation.model,
-            max_tokens=settings.generation.max_tokens,
-            temperature=settings.generation.temperature,
-        )
+        citations, passages = fit_context(hits, config.config.generation.context_tokens)
         return Prepared(
             question=question,
             config=config,
             prompt=prompt,
             index=index,
             citations=citations,
-            request=request,
+            request=generation_request(question, prompt, citations, passages, config),
             generator=generator,
             embedding_tokens=embedding_tokens,
             timings=timings,
             pii=pii,
             started=started,
         )
+
+    def _embed_query(self, config: LoadedConfig, text: str, timings: Timings) -> tuple[np.ndarray | None, int]:
+        """The query vector and the tokens it cost; keyword mode needs none."""
+        if config.config.retrieval.mode == "keyword":
+            return None, 0
+        t0 = time.perf_counter()
+        vector = self.embedder(config).embed_query(text)
+        timings.embed_ms = (time.perf_counter() - t0) * 1000
+        return vector, count_tokens(text)
+
+    def _retrieve(
+        self, question: Question, config: LoadedConfig, text: str, vector: np.ndarray | None, timings: Timings
+    ) -> tuple[IndexVersion, list[ChunkHit]]:
+        """The index version that answers (the active one unless the question pins one) and its best hits."""
+        t0 = time.perf_counter()
+        settings = config.config.retrieval
+        # Collections are namespaces: an eval run's copy of the samples must not answer users.
+        collection = question.collection or DEFAULT_COLLECTION
+        query = RetrievalQuery(text, question.top_k or settings.top_k, question.filters, collection)
+        with self.pool.connection() as conn:
+            index = get_index_version(conn, question.index_version) if question.index_version else active_version(conn)
+            if vector is not None:
+                check_embedding_model(index, config)
+            # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
+            hits = [] if has_nul(question.filters) else search(conn, index, settings, query, vector)
+        timings.retrieve_ms = (time.perf_counter() - t0) * 1000
+        return index, hits
 
     def stream(self, prepared: Prepared, *, incremental: bool = True) -> Iterator[AnswerDelta | AnswerDone]:
         """Generate, yielding filtered deltas, then the complete :class:`Answer`.
@@ -274,11 +305,7 @@ class RagPipeline:
 
     def answer(self, question: Question) -> Answer:
         """Prepare and generate a whole answer."""
-        prepared = self.prepare(question)
-        for event in self.stream(prepared, incremental=False):
-            if isinstance(event, AnswerDone):
-                return event.answer
-        raise RuntimeError("generation ended without an answer")
+        return final_answer(self.stream(self.prepare(question), incremental=False))
 
     def _answer(
         self, prepared: Prepared, text: str, usage: Usage, model: str, finish_reason: str, generate_started: float

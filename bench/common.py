@@ -54,17 +54,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """BEIR qrels: query id -> {corpus id: relevance}."""
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as handle:
-        next(handle)
-        for line in handle:
-            qid, cid, score = line.rstrip("\n").split("\t")
-            qrels.setdefault(qid, {})[cid] = int(score)
-    return qrels
-
-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100) by linear interpolation."""
     if not values:

@@ -66,7 +66,9 @@ def _env(database: Database, data_dir: Path, extra: dict[str, str] | None = None
     env = {
         **os.environ, "RAGOPS_DATABASE_URL": database.url, "RAGOPS_DB_POOL_MAX": "20", "RAGOPS_CONFIG": "default",
         "RAGOPS_CONFIGS_DIR": str(ROOT / "configs"), "RAGOPS_PROMPTS_DIR": str(ROOT / "prompts"),
-        "RAGOPS_DATA_DIR": str(data_dir), "RAGOPS_WORKER_IN_PROCESS": "false", **(extra or {}),
+        "RAGOPS_DATA_DIR": str(data_dir), "RAGOPS_WORKER_IN_PROCESS": "false",
+        "RAGOPS_LOG_LEVEL": "WARNING",  # no access log line per request: the load measures answering
+        **(extra or {}),
     }  # fmt: skip
     env.pop("RAGOPS_VLLM_URL", None)
     return env

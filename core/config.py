@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from core.errors import ConfigError
+from core.git import git_commit
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Bump when chunking or loading code changes the chunks it produces for the same settings,
 # so that a new index version is built instead of silently mixing two chunkers.
 CHUNKER_VERSION = 1
+# The most chunks one question may retrieve: a configuration's top_k, and a request's.
+MAX_TOP_K = 50
 
 
 class StrictModel(BaseModel):
@@ -98,7 +99,7 @@ class RetrievalSettings(StrictModel):
     """How chunks are found for a question."""
 
     mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
-    top_k: int = Field(default=5, ge=1, le=50, description="Chunks handed to the generator.")
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="Chunks handed to the generator.")
     candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
     # Defaults tuned on WikiQA dev (bench/retrieval_quality.py); see configs/default.yaml.
     rrf_k: int = Field(default=10, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
@@ -107,7 +108,8 @@ class RetrievalSettings(StrictModel):
     min_score: float | None = Field(
         default=None, description="Drop hits below this score (cosine, ts_rank or fused, per mode); unset = none."
     )
-    # pgvector's default of 40 gave recall@10 0.947 at 100k chunks; 100 gives 0.99 for ~0.3 ms more.
+    # pgvector's default of 40 gave recall@10 0.947 at 100k chunks, 100 gives 0.99, for a little more
+    # latency per query (bench/retrieval_latency.py measures both on the machine at hand).
     ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size per query.")
 
 
@@ -275,22 +277,6 @@ class LoadedConfig(BaseModel):
     def version(self) -> str:
         """``name@sha12``: changes whenever the file's bytes change."""
         return f"{self.name}@{self.sha256[:12]}"
-
-
-@lru_cache(maxsize=8)
-def git_commit(path: Path) -> str | None:
-    """The commit checked out around ``path``, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:

@@ -27,7 +27,7 @@ class Embedder(ABC):
         self.calls = 0
         self._count_lock = threading.Lock()
         # Model batches running at once, across threads. One batch already spreads over every core;
-        # more in parallel (32 request threads) only multiplied activation memory and thread teams.
+        # more in parallel (one per request thread) only multiplies activation memory and thread teams.
         self._slots = threading.BoundedSemaphore(_cores())
 
     @abstractmethod

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 # any overlap, and a span with digits in it is not a name or a place.
 NER_ENTITIES = frozenset({"PERSON", "LOCATION", "NRP", "DATE_TIME", "ORGANIZATION"})
 # Presidio reads tokens, entities and lemmas (to match context words). The parser is unused, and
-# the tagger + attribute ruler + lemmatizer chain costs ~15% of the time to produce lemmas that a
-# lowercase form replaces at equal recall and precision on evals/datasets/pii.jsonl.
+# the tagger + attribute ruler + lemmatizer chain takes a sizeable share of the time to produce
+# lemmas that a lowercase form replaces at equal recall and precision on evals/datasets/pii.jsonl.
 _UNUSED_PIPES = ("parser", "tagger", "attribute_ruler", "lemmatizer")
 _LOWER_LEMMA = "ragops_lower_lemma"
 _TIDY_ENTITIES = "ragops_tidy_entities"
@@ -103,9 +103,9 @@ def _tidy_entities(doc: Doc) -> Doc:
 def _use_numpy_blas(spacy_nlp: Language) -> None:
     """Matrix products through numpy's OpenBLAS instead of thinc's bundled BLIS.
 
-    On these machines BLIS is ~3x slower than OpenBLAS on the model's small products (spaCy on
-    bench/pii.py's 150-token answer: 17.6 -> 11-12 ms); results are the same floats up to
-    summation order, and detection on evals/datasets/pii.jsonl is unchanged.
+    BLIS can be several times slower than OpenBLAS on the model's small products (bench/pii.py
+    times the filter); results are the same floats up to summation order, and detection on
+    evals/datasets/pii.jsonl is the same either way.
     """
     from thinc.api import NumpyOps
 

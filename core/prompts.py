@@ -15,8 +15,9 @@ import yaml
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.config import NAME_PATTERN, format_validation_error, git_commit
+from core.config import NAME_PATTERN, format_validation_error
 from core.errors import ConfigError
+from core.git import git_commit
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n(.*)\Z", re.DOTALL)
 _PART = re.compile(r"^##\s+(system|user)\s*$", re.MULTILINE | re.IGNORECASE)
@@ -70,6 +71,26 @@ def parse_prompt(path: Path, raw: bytes) -> Prompt:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8") from None
+    meta, body = _front_matter(path, text)
+    parts = _PART.split(body)
+    sections = {parts[i].lower(): parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+    for role in ("system", "user"):
+        if not sections.get(role):
+            raise ConfigError(f"{path}: missing or empty '## {role}' part")
+    prompt = Prompt(
+        meta=meta,
+        system=sections["system"],
+        user=sections["user"],
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        git_commit=git_commit(path.parent.resolve()),
+    )
+    _check_variables(prompt)
+    return prompt
+
+
+def _front_matter(path: Path, text: str) -> tuple[PromptMeta, str]:
+    """The validated YAML front matter of a prompt file, and the text after it."""
     match = _FRONT_MATTER.match(text)
     if not match:
         raise ConfigError(f"{path}: missing YAML front matter between '---' lines")
@@ -85,24 +106,17 @@ def parse_prompt(path: Path, raw: bytes) -> Prompt:
         raise ConfigError(format_validation_error(path, exc)) from None
     if meta.name != path.stem:
         raise ConfigError(f"{path}: front matter name {meta.name!r} differs from the file name {path.stem!r}")
-    parts = _PART.split(match.group(2))
-    sections = {parts[i].lower(): parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
-    for role in ("system", "user"):
-        if not sections.get(role):
-            raise ConfigError(f"{path}: missing or empty '## {role}' part")
-    prompt = Prompt(
-        meta=meta,
-        system=sections["system"],
-        user=sections["user"],
-        path=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
-        git_commit=git_commit(path.parent.resolve()),
-    )
+    return meta, match.group(2)
+
+
+def _check_variables(prompt: Prompt) -> None:
+    """The templates parse, use exactly the declared variables, and use the question and the context."""
+    path = prompt.path
     try:
         used = set(prompt.template().input_variables)
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"{path}: invalid template: {exc}") from None
-    declared = set(meta.variables)
+    declared = set(prompt.meta.variables)
     if used != declared:
         raise ConfigError(
             f"{path}: variables declared {sorted(declared)} but the templates use {sorted(used)}"
@@ -111,7 +125,6 @@ def parse_prompt(path: Path, raw: bytes) -> Prompt:
     required = {"question", "context"}
     if not required <= used:
         raise ConfigError(f"{path}: the templates must use {sorted(required)}; missing {sorted(required - used)}")
-    return prompt
 
 
 def load_prompt(name: str, prompts_dir: Path) -> Prompt:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,7 +19,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RAGOPS_", env_file=".env", extra="ignore")
 
-    environment: Literal["development", "production"] = "development"
     database_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("RAGOPS_DATABASE_URL", "DATABASE_URL"),
@@ -31,7 +30,9 @@ class Settings(BaseSettings):
     config: str = Field(default="default", description="RAG configuration used when a request names none.")
     migrate_on_start: bool = True
     db_pool_max: int = Field(default=8, ge=1, le=256)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Lowest level `ragops serve` and `ragops worker` log (any case)."
+    )
     log_text: bool = Field(
         default=False,
         description="Log each answered request's question and answer after PII filtering (logger "
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     )
     job_stale_after_s: float = Field(default=30.0, gt=0, description="A running job silent this long is recovered.")
     job_max_attempts: int = Field(default=3, ge=1, description="Runs of a job before a crash marks it failed.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def pgdata(self) -> Path:

@@ -1,7 +1,7 @@
 """BEIR-layout datasets (corpus, queries, qrels) and retrieval evaluation through ragops' own search.
 
-The benchmarks and ``ragops eval run --beir`` share this harness, so a number quoted in a
-closing note is the number the gate computes.
+The benchmarks and ``ragops eval run --beir`` share this harness, so a benchmark's number and
+the gate's are computed the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from core.config import RetrievalSettings
 from core.errors import SourceError
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
 from ingest.versions import IndexVersion
+
+CHUNK_POOL = 30  # chunks retrieved per query before folding them into documents
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,18 @@ def corpus_id(source: str) -> str:
     return source.split("#", 1)[1] if "#" in source else source
 
 
+def ranked_documents(
+    conn: psycopg.Connection,
+    version: IndexVersion,
+    settings: RetrievalSettings,
+    query: RetrievalQuery,
+    vector: np.ndarray | None,
+) -> list[str]:
+    """BEIR corpus ids in rank order: chunks are retrieved, then folded to their documents."""
+    hits = search(conn, version, settings, query, vector)
+    return unique_in_order([corpus_id(h.source) for h in hits])
+
+
 def evaluate_retrieval(
     conn: psycopg.Connection,
     version: IndexVersion,
@@ -86,14 +100,13 @@ def evaluate_retrieval(
     vectors: dict[str, np.ndarray],
     *,
     k: int = 10,
-    chunk_pool: int = 30,
+    chunk_pool: int = CHUNK_POOL,
 ) -> RetrievalScores:
     """Document-level metrics: chunks are retrieved, then folded to their documents in rank order."""
     totals = {"ndcg": 0.0, "recall": 0.0, "mrr": 0.0, "hit": 0.0}
     per_query: dict[str, float] = {}
     for qid, text in dataset.queries.items():
-        hits = search(conn, version, settings, RetrievalQuery(text, chunk_pool), vectors.get(qid))
-        ranked = unique_in_order([corpus_id(h.source) for h in hits])
+        ranked = ranked_documents(conn, version, settings, RetrievalQuery(text, chunk_pool), vectors.get(qid))
         relevant = dataset.qrels[qid]
         per_query[qid] = ndcg_at_k(ranked, relevant, k)
         totals["ndcg"] += per_query[qid]

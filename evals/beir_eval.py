@@ -6,16 +6,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.retrieval import RetrievalQuery, search
+import numpy as np
+import psycopg
+
+from app.retrieval import RetrievalQuery
+from core.config import RetrievalSettings
 from core.embedding import get_embedder
 from core.errors import EvalInputError, SourceError
+from core.git import git_commit
 from core.runtime import Runtime
-from evals.beir import corpus_id, load_beir
-from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
-from evals.runner import REPORT_FORMAT, aggregate, git_head, load_catalog
+from evals.beir import CHUNK_POOL, BeirDataset, load_beir, ranked_documents
+from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k
+from evals.runner import REPORT_FORMAT, aggregate, load_catalog
 from ingest.pipeline import IngestPipeline
-
-CHUNK_POOL = 30  # chunks retrieved per query before folding them into documents
+from ingest.versions import IndexVersion
 
 
 def run_beir(
@@ -39,18 +43,38 @@ def run_beir(
     build = time.perf_counter() - started
     ids = list(dataset.queries)
     vectors = dict(zip(ids, embedder.embed_batch([dataset.queries[i] for i in ids]), strict=True))
-    settings = config.config.retrieval
+    questions = score_queries(rt.conn, version, config.config.retrieval, dataset, vectors, collection)
+    return {
+        "format": REPORT_FORMAT,
+        "dataset": {"name": dataset.name, "sha256": _digest(dataset.corpus, folder, split), "questions": len(ids)},
+        "versions": {"config": config.version, "index": version.name, "git_commit": git_commit(configs_dir.resolve())},
+        "repeats": 1,
+        "index_build_seconds": round(build, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "aggregates": aggregate(questions),
+        "questions": questions,
+    }
+
+
+def score_queries(
+    conn: psycopg.Connection,
+    version: IndexVersion,
+    settings: RetrievalSettings,
+    dataset: BeirDataset,
+    vectors: dict[str, np.ndarray],
+    collection: str,
+) -> list[dict[str, Any]]:
+    """Every query's report entry: its documents' ranking, scored against its qrels."""
     k = settings.top_k
     questions = []
-    for qid in ids:
+    for qid, text in dataset.queries.items():
         t0 = time.perf_counter()
-        hits = search(rt.conn, version, settings, RetrievalQuery(dataset.queries[qid], CHUNK_POOL, None, collection),
-                      vectors[qid])  # fmt: skip
-        ranked = unique_in_order([corpus_id(h.source) for h in hits])
+        ranked = ranked_documents(conn, version, settings, RetrievalQuery(text, CHUNK_POOL, None, collection),
+                                  vectors[qid])  # fmt: skip
         relevant = dataset.qrels[qid]
         questions.append(
             {
-                "id": qid, "kind": "answerable", "question": dataset.queries[qid], "answer": "", "reference": "",
+                "id": qid, "kind": "answerable", "question": text, "answer": "", "reference": "",
                 "retrieved": ranked[:10], "gold": sorted(d for d, g in relevant.items() if g > 0),
                 "metrics": {
                     "recall_at_k": recall_at_k(ranked, relevant, k), "mrr_at_k": mrr_at_k(ranked, relevant, k),
@@ -60,16 +84,7 @@ def run_beir(
                 },
             }
         )  # fmt: skip
-    return {
-        "format": REPORT_FORMAT,
-        "dataset": {"name": dataset.name, "sha256": _digest(dataset.corpus, folder, split), "questions": len(ids)},
-        "versions": {"config": config.version, "index": version.name, "git_commit": git_head(configs_dir)},
-        "repeats": 1,
-        "index_build_seconds": round(build, 2),
-        "total_seconds": round(time.perf_counter() - started, 2),
-        "aggregates": aggregate(questions),
-        "questions": questions,
-    }
+    return questions
 
 
 def _digest(corpus: Path, folder: Path, split: str) -> str:

@@ -146,8 +146,10 @@ def judge_note(report: dict[str, Any], name: str) -> str:
     return f"{counts['scored']} scored" + (f", failed: {failed}" if failed else "")
 
 
-def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> Comparison:
-    """Apply the gate; raises :class:`EvalInputError` when the reports are not comparable."""
+def paired_questions(
+    baseline: dict[str, Any], candidate: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Both reports' questions by id; :class:`EvalInputError` unless they answer the same dataset."""
     if baseline["dataset"]["sha256"] != candidate["dataset"]["sha256"]:
         raise EvalInputError(
             f"the baseline was made on another dataset ({baseline['dataset']['name']} "
@@ -158,6 +160,48 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> 
     cand = {q["id"]: q for q in candidate["questions"]}
     if set(base) != set(cand):
         raise EvalInputError("baseline and candidate answer different questions")
+    return base, cand
+
+
+def check_metric(
+    name: str, rule: MetricRule, b: np.ndarray, c: np.ndarray, bootstrap: Bootstrap, note: str
+) -> MetricResult:
+    """One metric's paired scores against its rule: means, the interval of the change, broken limits."""
+    diffs = c - b
+    low, high = bootstrap_ci(diffs, bootstrap)
+    result = MetricResult(name, float(b.mean()), float(c.mean()), float(diffs.mean()), low, high, len(b),
+                          advisory=rule.advisory, note=note)  # fmt: skip
+    lower_is_better = name in LOWER_IS_BETTER
+    drop = result.diff if lower_is_better else -result.diff  # > 0: the candidate is worse
+    significant = low > 0 if lower_is_better else high < 0
+    if rule.floor is not None and result.candidate < rule.floor:
+        result.failures.append(f"below floor {rule.floor}")
+    if rule.ceiling is not None and result.candidate > rule.ceiling:
+        result.failures.append(f"above ceiling {rule.ceiling}")
+    if rule.max_drop is not None and drop > rule.max_drop and significant:
+        result.failures.append(f"worse by {drop:.3f} > {rule.max_drop} (95% CI excludes 0)")
+    return result
+
+
+def worst_questions(
+    regressions: dict[str, float], base: dict[str, dict[str, Any]], cand: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The ten questions that lost the most, worst first, with both answers and what each retrieved."""
+    worst = sorted((i for i in regressions if regressions[i] < 0), key=lambda i: regressions[i])[:10]
+    return [
+        {
+            "id": i, "kind": cand[i]["kind"], "question": cand[i]["question"], "score_change": round(regressions[i], 3),
+            "baseline_answer": base[i]["answer"], "candidate_answer": cand[i]["answer"],
+            "baseline_retrieved": base[i].get("retrieved", []), "candidate_retrieved": cand[i].get("retrieved", []),
+            "gold": cand[i].get("gold", []),
+        }
+        for i in worst
+    ]  # fmt: skip
+
+
+def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> Comparison:
+    """Apply the gate; raises :class:`EvalInputError` when the reports are not comparable."""
+    base, cand = paired_questions(baseline, candidate)
     results = []
     regressions: dict[str, float] = {}
     for name, rule in gate.metrics.items():
@@ -173,39 +217,19 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> 
             raise EvalInputError(f"metric {name!r} of the gate is in neither report")
         b = np.array([base[i]["metrics"][name] for i in ids])
         c = np.array([cand[i]["metrics"][name] for i in ids])
-        diffs = c - b
-        low, high = bootstrap_ci(diffs, gate.bootstrap)
-        result = MetricResult(name, float(b.mean()), float(c.mean()), float(diffs.mean()), low, high, len(ids),
-                              advisory=rule.advisory, note=note)  # fmt: skip
-        lower_is_better = name in LOWER_IS_BETTER
-        drop = result.diff if lower_is_better else -result.diff  # > 0: the candidate is worse
-        significant = low > 0 if lower_is_better else high < 0
-        if rule.floor is not None and result.candidate < rule.floor:
-            result.failures.append(f"below floor {rule.floor}")
-        if rule.ceiling is not None and result.candidate > rule.ceiling:
-            result.failures.append(f"above ceiling {rule.ceiling}")
-        if rule.max_drop is not None and drop > rule.max_drop and significant:
-            result.failures.append(f"worse by {drop:.3f} > {rule.max_drop} (95% CI excludes 0)")
-        results.append(result)
+        results.append(check_metric(name, rule, b, c, gate.bootstrap, note))
         if rule.advisory:  # noisy judge scores do not decide which questions are listed first
             continue
-        for i, d in zip(ids, diffs, strict=True):  # sum of per-question losses, for "worst first"
+        lower_is_better = name in LOWER_IS_BETTER
+        for i, d in zip(ids, c - b, strict=True):  # sum of per-question losses, for "worst first"
             regressions[i] = regressions.get(i, 0.0) + float(min(0.0, -d if lower_is_better else d))
     ceilings = []
     for name, limit in gate.ceilings.items():
         value = float(candidate["aggregates"].get(name, float("nan")))
         ceilings.append((name, value, limit, bool(value <= limit)))
-    worst = sorted((i for i in regressions if regressions[i] < 0), key=lambda i: regressions[i])[:10]
-    worst_questions = [
-        {
-            "id": i, "kind": cand[i]["kind"], "question": cand[i]["question"], "score_change": round(regressions[i], 3),
-            "baseline_answer": base[i]["answer"], "candidate_answer": cand[i]["answer"],
-            "baseline_retrieved": base[i].get("retrieved", []), "candidate_retrieved": cand[i].get("retrieved", []),
-            "gold": cand[i].get("gold", []),
-        }
-        for i in worst
-    ]  # fmt: skip
-    return Comparison(results, ceilings, worst_questions, baseline["versions"], candidate["versions"])
+    return Comparison(
+        results, ceilings, worst_questions(regressions, base, cand), baseline["versions"], candidate["versions"]
+    )
 
 
 def markdown(comparison: Comparison) -> str:

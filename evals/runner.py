@@ -8,20 +8,21 @@ real, and the answers come from the same :class:`RagPipeline` the API serves.
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.generators.base import NOT_FOUND_ANSWER
-from app.pricing import load_pricing
-from app.rag import Answer, AnswerDone, Question, RagPipeline
+from app.pricing import Pricing, load_pricing
+from app.rag import Answer, Question, RagPipeline, final_answer
 from core.catalog import Catalog
 from core.config import LoadedConfig, list_config_names
 from core.embedding import Embedder
 from core.errors import ConfigError, EvalInputError
+from core.git import git_commit
 from core.runtime import Runtime
 from core.settings import Settings
 from evals.dataset import EvalQuestion, EvalSet
@@ -37,16 +38,6 @@ REPORT_FORMAT = 1
 EVAL_COLLECTION = "eval-samples"
 # Metrics where lower is better; every other metric is "higher is better".
 LOWER_IS_BETTER = frozenset({"pii_leak", "cost_usd", "latency_ms"})
-
-
-def git_head(cwd: Path) -> str | None:
-    """The checked-out commit, for the report."""
-    try:
-        out = subprocess.run(["git", "-C", str(cwd), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)  # fmt: skip
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 def load_catalog(configs_dir: Path, prompts_dir: Path, config_name: str) -> Catalog:
@@ -164,6 +155,77 @@ def record_judged(judged: list[JudgeScores]) -> dict[str, Any]:
     return {"scores": scores, "failures": failures}
 
 
+@dataclass(frozen=True)
+class EvalContext:
+    """What answering and scoring every question of one run needs, built once."""
+
+    config_name: str
+    config: LoadedConfig
+    pipeline: RagPipeline
+    index: IndexVersion
+    pricing: Pricing
+    embedder: Embedder
+    judge: Judge | None
+    gold_chunks: dict[str, list[str]]  # source -> its chunks' texts in the eval index
+
+
+# One repeat of one question: the answer, its metrics, and the judge's scores when a judge ran.
+QuestionRun = tuple[Answer, dict[str, float], "JudgeScores | None"]
+
+
+def answer_and_score(ctx: EvalContext, q: EvalQuestion) -> QuestionRun:
+    """One repeat of one question: answer it through the serving pipeline, price it, score it (and judge it)."""
+    question = Question(text=q.question, config=ctx.config_name, collection=EVAL_COLLECTION,
+                        index_version=ctx.index.id)  # fmt: skip
+    prepared = ctx.pipeline.prepare(question)
+    answer = final_answer(ctx.pipeline.stream(prepared))
+    vectors = ctx.embedder.embed_batch([answer.text, q.reference])
+    u = answer.usage
+    cost = ctx.pricing.request_cost(
+        answer.versions.model, ctx.config.config.index.embedding.model, u.prompt_tokens, u.completion_tokens,
+        u.cached_tokens, u.embedding_tokens,
+    )  # fmt: skip
+    retrieved = [p.hit.text for p in prepared.request.passages]
+    reference_contexts = [t for source in q.sources for t in ctx.gold_chunks.get(source, [])]
+    similarity = float(vectors[0] @ vectors[1])
+    top_k = ctx.config.config.retrieval.top_k
+    metrics = score_question(q, answer, top_k, similarity, cost, retrieved, reference_contexts)
+    judged = None
+    if ctx.judge is not None and "answered" in metrics and metrics["answered"]:
+        judged = ctx.judge.score(prepared.request.question, answer.text, retrieved)
+    return answer, metrics, judged
+
+
+def question_record(q: EvalQuestion, runs: list[QuestionRun]) -> dict[str, Any]:
+    """A question's entry in the report: the first repeat's answer, each metric's mean over the repeats."""
+    answer = runs[0][0]
+    metrics = {name: statistics.fmean(m[name] for _, m, _ in runs) for name in runs[0][1]}
+    judge_record = record_judged([j for *_, j in runs if j is not None])
+    metrics |= {name: statistics.fmean(values) for name, values in judge_record.get("scores", {}).items()}
+    return {
+        "id": q.id,
+        "kind": q.kind,
+        "question": q.redacted(q.question),
+        "reference": q.reference,
+        "answer": q.redacted(answer.text),
+        "retrieved": unique_in_order([c.source for c in answer.citations]),
+        "gold": q.sources,
+        "metrics": metrics,
+        **({"judge": judge_record} if judge_record else {}),
+    }
+
+
+def answer_questions(ctx: EvalContext, questions: list[EvalQuestion], repeats: int) -> tuple[list[dict[str, Any]], str]:
+    """Every question's report entry, and the model that answered (the last answer's)."""
+    results = []
+    model = ""
+    for q in questions:
+        runs = [answer_and_score(ctx, q) for _ in range(repeats)]
+        model = runs[-1][0].versions.model
+        results.append(question_record(q, runs))
+    return results, model
+
+
 def run_eval(
     rt: Runtime,
     config_name: str,
@@ -193,50 +255,10 @@ def run_eval(
         build_seconds = time.perf_counter() - started
         embedder = pipeline.embedder(config)
         judge = make_judge(settings, judge_url, judge_model, config.config.generation.model, embedder)
-        top_k = config.config.retrieval.top_k
         all_sources = sorted({s for q in dataset.questions for s in q.sources})
         gold_chunks = chunk_texts(rt.conn, index, EVAL_COLLECTION, all_sources)
-        results = []
-        model = ""
-        for q in dataset.questions:
-            runs = []
-            for _ in range(repeats):
-                question = Question(text=q.question, config=config_name, collection=EVAL_COLLECTION,
-                                    index_version=index.id)  # fmt: skip
-                prepared = pipeline.prepare(question)
-                answer = next(e.answer for e in pipeline.stream(prepared) if isinstance(e, AnswerDone))
-                model = answer.versions.model
-                vectors = embedder.embed_batch([answer.text, q.reference])
-                u = answer.usage
-                cost = pricing.request_cost(
-                    model, config.config.index.embedding.model, u.prompt_tokens, u.completion_tokens,
-                    u.cached_tokens, u.embedding_tokens,
-                )  # fmt: skip
-                retrieved = [p.hit.text for p in prepared.request.passages]
-                reference_contexts = [t for source in q.sources for t in gold_chunks.get(source, [])]
-                similarity = float(vectors[0] @ vectors[1])
-                metrics = score_question(q, answer, top_k, similarity, cost, retrieved, reference_contexts)
-                judged = None
-                if judge is not None and "answered" in metrics and metrics["answered"]:
-                    judged = judge.score(prepared.request.question, answer.text, retrieved)
-                runs.append((answer, metrics, judged))
-            answer = runs[0][0]
-            metrics = {name: statistics.fmean(m[name] for _, m, _ in runs) for name in runs[0][1]}
-            judge_record = record_judged([j for *_, j in runs if j is not None])
-            metrics |= {name: statistics.fmean(values) for name, values in judge_record.get("scores", {}).items()}
-            results.append(
-                {
-                    "id": q.id,
-                    "kind": q.kind,
-                    "question": q.redacted(q.question),
-                    "reference": q.reference,
-                    "answer": q.redacted(answer.text),
-                    "retrieved": unique_in_order([c.source for c in answer.citations]),
-                    "gold": q.sources,
-                    "metrics": metrics,
-                    **({"judge": judge_record} if judge_record else {}),
-                }
-            )
+        ctx = EvalContext(config_name, config, pipeline, index, pricing, embedder, judge, gold_chunks)
+        results, model = answer_questions(ctx, dataset.questions, repeats)
         judge_summary = None
         if judge is not None:
             judge_summary = judge.summary()
@@ -250,7 +272,7 @@ def run_eval(
             "index": index.name,
             "model": model,
             "pricing": pricing.version,
-            "git_commit": git_head(configs_dir),
+            "git_commit": git_commit(configs_dir.resolve()),
         },
         "repeats": repeats,
         "judge": judge_summary,

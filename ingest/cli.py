@@ -158,14 +158,15 @@ def worker(
     ] = 256,
 ) -> None:
     """Run reindex jobs from the queue (several workers never run the same job)."""
-    import logging
-
+    from core.logs import configure_logging
     from core.runtime import pin_malloc_mmap_threshold
+    from core.settings import get_settings
     from ingest.worker import Worker
 
     pin_malloc_mmap_threshold()
-    logging.getLogger("ingest").setLevel(logging.INFO)
-    with open_runtime() as rt:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    with open_runtime(settings) as rt:
         job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents)
         console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,12 +19,13 @@ import psycopg
 
 from core.config import LoadedConfig
 from core.embedding import Embedder
-from core.errors import IngestBusy, SourceError
+from core.errors import IngestBusy
 from core.pii import get_pii_engine
 from ingest import documents, runs, versions
-from ingest.chunking import Chunker
+from ingest.chunking import Chunk, Chunker
 from ingest.documents import PreparedDocument
 from ingest.loaders import SUPPORTED_SUFFIXES, Document, load_file
+from ingest.sources import SourceFile, scan_source
 from ingest.versions import IndexVersion
 
 log = logging.getLogger(__name__)
@@ -94,43 +94,6 @@ class IngestReport:
             "write": round(self.write_seconds, 3),
             "total": round(self.total_seconds, 3),
         }
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One file found under the ingest root."""
-
-    path: Path
-    source: str  # relative to the root, '/'-separated
-
-    def estimated_documents(self) -> int:
-        """1, or the number of non-empty lines of a JSONL file (for progress totals)."""
-        if self.path.suffix.lower() != ".jsonl":
-            return 1
-        try:
-            with self.path.open("rb") as handle:
-                return sum(1 for line in handle if line.strip())
-        except OSError:
-            return 1
-
-
-def scan_source(root: Path) -> list[SourceFile]:
-    """Files to ingest under ``root`` (a folder or one file), sorted; hidden entries skipped."""
-    if not root.exists():
-        raise SourceError(f"source {root} does not exist")
-    if root.is_file():
-        return [SourceFile(path=root, source=root.name)]
-    if not root.is_dir():
-        raise SourceError(f"source {root} is neither a file nor a folder")
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            files.append(SourceFile(path=path, source=path.relative_to(root).as_posix()))
-    return files
 
 
 ProgressCallback = Callable[[IngestProgress], None]
@@ -214,26 +177,9 @@ class IngestPipeline:
 
         try:
             known = documents.known_documents(self.conn, version.id, self.collection)
-            seen: set[str] = set()
-            files_with_skips: set[str] = set()
-            pending: list[tuple[Document, bool]] = []  # (document, is_update)
-            pending_chunks = 0
-            for document, is_update in self._changed_documents(files, known, report, seen, files_with_skips, progress):
-                pending.append((document, is_update))
-                pending_chunks += max(1, len(document.text) // 800)
-                if len(pending) >= self.batch_documents or pending_chunks >= self.batch_chunks:
-                    self._write_batch(version, pending, known, report, progress)
-                    pending, pending_chunks = [], 0
-                if on_progress:
-                    on_progress(progress)
-            self._write_batch(version, pending, known, report, progress)
+            seen, files_with_skips = self._write_changed(files, version, known, report, progress, on_progress)
             if sync:
-                gone = [
-                    doc.id
-                    for source, doc in known.items()
-                    if source not in seen and source.split("#", 1)[0] not in files_with_skips
-                ]
-                report.deleted = documents.delete_documents(self.conn, gone)
+                report.deleted = self._delete_gone(known, seen, files_with_skips)
             version = self._finish_version(version, report, activate)
             report.index_version = version
         except BaseException as exc:
@@ -243,6 +189,42 @@ class IngestPipeline:
         if on_progress:
             on_progress(progress)
         return report
+
+    def _write_changed(
+        self,
+        files: list[SourceFile],
+        version: IndexVersion,
+        known: dict[str, documents.KnownDocument],
+        report: IngestReport,
+        progress: IngestProgress,
+        on_progress: ProgressCallback | None,
+    ) -> tuple[set[str], set[str]]:
+        """Write every new or changed document, batch by batch; returns the sources seen and the files with skips."""
+        seen: set[str] = set()
+        files_with_skips: set[str] = set()
+        pending: list[tuple[Document, bool]] = []  # (document, is_update)
+        pending_chunks = 0
+        for document, is_update in self._changed_documents(files, known, report, seen, files_with_skips, progress):
+            pending.append((document, is_update))
+            pending_chunks += max(1, len(document.text) // 800)
+            if len(pending) >= self.batch_documents or pending_chunks >= self.batch_chunks:
+                self._write_batch(version, pending, known, report, progress)
+                pending, pending_chunks = [], 0
+            if on_progress:
+                on_progress(progress)
+        self._write_batch(version, pending, known, report, progress)
+        return seen, files_with_skips
+
+    def _delete_gone(
+        self, known: dict[str, documents.KnownDocument], seen: set[str], files_with_skips: set[str]
+    ) -> int:
+        """Delete the documents whose source is gone; a file with skipped entries keeps the documents it had."""
+        gone = [
+            doc.id
+            for source, doc in known.items()
+            if source not in seen and source.split("#", 1)[0] not in files_with_skips
+        ]
+        return documents.delete_documents(self.conn, gone)
 
     def _changed_documents(
         self,
@@ -319,12 +301,35 @@ class IngestPipeline:
         report.load_seconds += time.perf_counter() - t0
         updated_ids = [known[doc.source].id for doc, is_update in pending if is_update]
         reusable = documents.reusable_vectors(self.conn, version, updated_ids)
+        chunks_before = progress.chunks_done
+        vectors = self._embed_new(chunked, reusable, report, progress)
+        prepared = []
+        for doc, chunks in chunked:
+            prepared.append(self._prepared(doc, chunks, vectors))
+            report.chunks_written += len(chunks)
+            report.chunks_reused += sum(1 for c in chunks if c.content_hash in reusable)
+        t0 = time.perf_counter()
+        documents.write_documents(self.conn, version, self.collection, prepared)
+        report.write_seconds += time.perf_counter() - t0
+        updates = sum(1 for _, is_update in pending if is_update)
+        report.updated += updates
+        report.added += len(pending) - updates
+        progress.docs_done += len(pending)
+        progress.chunks_done = chunks_before + sum(len(chunks) for _, chunks in chunked)
+
+    def _embed_new(
+        self,
+        chunked: list[tuple[Document, list[Chunk]]],
+        reusable: dict[str, np.ndarray],
+        report: IngestReport,
+        progress: IngestProgress,
+    ) -> dict[str, np.ndarray]:
+        """A vector for every chunk of the batch, by content hash: stored ones reused, each new text embedded once."""
         to_embed: dict[str, str] = {}
         for _, chunks in chunked:
             for chunk in chunks:
-                key = chunk.content_hash
-                if key not in reusable and key not in to_embed:
-                    to_embed[key] = chunk.embed_text
+                if chunk.content_hash not in reusable:
+                    to_embed.setdefault(chunk.content_hash, chunk.embed_text)
         t0 = time.perf_counter()
         chunks_before = progress.chunks_done
 
@@ -337,42 +342,29 @@ class IngestPipeline:
         report.embed_seconds += time.perf_counter() - t0
         vectors = dict(reusable)
         vectors.update(zip(to_embed.keys(), fresh, strict=True))
-        prepared = []
-        for doc, chunks in chunked:
-            matrix = (
-                np.stack([vectors[c.content_hash] for c in chunks])
-                if chunks
-                else np.zeros((0, self.embedder.dimension), dtype=np.float32)
-            )
-            prepared.append(
-                PreparedDocument(
-                    source=doc.source,
-                    title=doc.title,
-                    content_hash=doc.content_hash,
-                    metadata=doc.metadata,
-                    chunks=chunks,
-                    vectors=matrix,
-                )
-            )
-            report.chunks_written += len(chunks)
-            report.chunks_reused += sum(1 for c in chunks if c.content_hash in reusable)
-        t0 = time.perf_counter()
-        documents.write_documents(self.conn, version, self.collection, prepared)
-        report.write_seconds += time.perf_counter() - t0
-        for _, is_update in pending:
-            if is_update:
-                report.updated += 1
-            else:
-                report.added += 1
-        progress.docs_done += len(pending)
-        progress.chunks_done = chunks_before + sum(len(chunks) for _, chunks in chunked)
+        return vectors
+
+    def _prepared(self, doc: Document, chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> PreparedDocument:
+        """A document ready to write: its chunks and their vectors as one matrix, a row per chunk."""
+        matrix = (
+            np.stack([vectors[c.content_hash] for c in chunks])
+            if chunks
+            else np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        )
+        return PreparedDocument(
+            source=doc.source,
+            title=doc.title,
+            content_hash=doc.content_hash,
+            metadata=doc.metadata,
+            chunks=chunks,
+            vectors=matrix,
+        )
 
     def _finish_version(self, version: IndexVersion, report: IngestReport, activate: bool | None) -> IndexVersion:
         """Index and mark ready after a complete build; activate when asked (or when none is active)."""
         if version.status != "ready" or not version.hnsw_built:
             version = versions.mark_version_ready(self.conn, version)
-        should_activate = activate if activate is not None else versions.active_index_version(self.conn) is None
-        if should_activate and not version.is_active:
-            version = versions.activate_index_version(self.conn, version.id)
-            report.activated = True
+        was_active = version.is_active
+        version, _ = versions.activate_as_asked(self.conn, version, activate)
+        report.activated = version.is_active and not was_active
         return version

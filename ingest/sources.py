@@ -1,9 +1,10 @@
-"""Reindex sources: paths a job may read, sandboxed under the allowed roots."""
+"""Sources: the files an ingest reads under one, and the paths a reindex job may read (under the allowed roots)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -72,3 +73,40 @@ def default_sources(conn: psycopg.Connection, collection: str, roots: Sequence[P
         if path not in found:
             found.append(path)
     return found
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file found under the ingest root."""
+
+    path: Path
+    source: str  # relative to the root, '/'-separated
+
+    def estimated_documents(self) -> int:
+        """1, or the number of non-empty lines of a JSONL file (for progress totals)."""
+        if self.path.suffix.lower() != ".jsonl":
+            return 1
+        try:
+            with self.path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        except OSError:
+            return 1
+
+
+def scan_source(root: Path) -> list[SourceFile]:
+    """Files to ingest under ``root`` (a folder or one file), sorted; hidden entries skipped."""
+    if not root.exists():
+        raise SourceError(f"source {root} does not exist")
+    if root.is_file():
+        return [SourceFile(path=root, source=root.name)]
+    if not root.is_dir():
+        raise SourceError(f"source {root} is neither a file nor a folder")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            files.append(SourceFile(path=path, source=path.relative_to(root).as_posix()))
+    return files

@@ -181,6 +181,19 @@ def activate_index_version(conn: psycopg.Connection, version_id: int) -> IndexVe
     return get_index_version(conn, version_id)
 
 
+def activate_as_asked(
+    conn: psycopg.Connection, version: IndexVersion, activate: bool | None
+) -> tuple[IndexVersion, bool]:
+    """Activate a built ``version`` when ``activate`` says so; None: only when no version is active yet.
+
+    Returns the version as it now is, and the decision (True also when it was active already).
+    """
+    wanted = activate if activate is not None else active_index_version(conn) is None
+    if wanted and not version.is_active:
+        version = activate_index_version(conn, version.id)
+    return version, wanted
+
+
 def drop_index_version(conn: psycopg.Connection, version_id: int) -> IndexVersion:
     """Delete a version and its chunk table; the active version is refused."""
     with conn.transaction():

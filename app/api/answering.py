@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
 from app.metering import Meter
 from app.pii import log_transcript
-from app.rag import RagPipeline
+from app.rag import RagPipeline, final_answer
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -36,7 +36,4 @@ def answer_events(
 
 def complete(pipeline: RagPipeline, prepared: Prepared, meter: Meter) -> Answer:
     """The whole answer at once."""
-    for event in answer_events(pipeline, prepared, meter, incremental=False):
-        if isinstance(event, AnswerDone):
-            return event.answer
-    raise RuntimeError("generation ended without an answer")
+    return final_answer(answer_events(pipeline, prepared, meter, incremental=False))

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.answers import Answer, Citation
+from core.config import MAX_TOP_K
 
 MAX_QUESTION_CHARS = 20_000
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused with a 422 naming the field
@@ -22,7 +23,9 @@ class RetrievalOptions(Strict):
     """Options shared by /v1/query and /v1/chat."""
 
     config: str | None = Field(default=None, description="Configuration name (configs/NAME.yaml); default if unset.")
-    top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to retrieve; the config's if unset.")
+    top_k: int | None = Field(
+        default=None, ge=1, le=MAX_TOP_K, description="Chunks to retrieve; the config's if unset."
+    )
     filters: dict[str, Any] | None = Field(
         default=None, description="Metadata the chunks' documents must contain (JSON containment)."
     )
@@ -193,7 +196,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    top_k: int | None = Field(default=None, ge=1, le=50)
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
     filters: dict[str, Any] | None = None
 
 

@@ -1,10 +1,10 @@
-"""The generator seam: one abstract method, ``stream``; ``generate`` collects it."""
+"""The generator seam: one abstract method, ``stream``."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.search_sql import ChunkHit
 from core.config import LoadedConfig
@@ -65,17 +65,6 @@ class Finished:
     finish_reason: str = "stop"
 
 
-@dataclass
-class Generation:
-    """A whole answer."""
-
-    text: str
-    usage: Usage
-    model: str
-    finish_reason: str = "stop"
-    deltas: list[str] = field(default_factory=list)
-
-
 class Generator(ABC):
     """Turns a request into answer text."""
 
@@ -84,22 +73,6 @@ class Generator(ABC):
     @abstractmethod
     def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
         """Yield deltas, then exactly one :class:`Finished`; raise a GenerationError on failure."""
-
-    def generate(self, request: GenerationRequest) -> Generation:
-        """The whole answer at once."""
-        parts: list[str] = []
-        for event in self.stream(request):
-            if isinstance(event, Delta):
-                parts.append(event.text)
-            else:
-                return Generation(
-                    text="".join(parts),
-                    usage=event.usage,
-                    model=event.model,
-                    finish_reason=event.finish_reason,
-                    deltas=parts,
-                )
-        raise RuntimeError(f"generator {self.name} ended without a Finished event")
 
     def model_for(self, request: GenerationRequest) -> str:
         """The model name that will answer ``request`` (what the ledger and prices key on)."""

@@ -9,6 +9,7 @@ from app.generators.extractive import ExtractiveGenerator, word_weights
 from app.search_sql import ChunkHit
 from core.config import ExtractiveSettings
 from core.embedding import Embedder
+from tests.utils.generation import generate
 
 PASSAGES = [
     "Kestrel Freight was founded in 2009 in Port Aldane. Kestrel Freight employs 640 people in four offices.",
@@ -41,5 +42,5 @@ def test_answers_from_the_passages_and_refuses_what_they_do_not_say(
     embedder: Embedder, question: str, answered: bool
 ) -> None:
     generator = ExtractiveGenerator(embedder, ExtractiveSettings())
-    text = generator.generate(request(question)).text
+    text, _ = generate(generator, request(question))
     assert (text != NOT_FOUND_ANSWER) is answered, text

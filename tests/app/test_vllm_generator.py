@@ -15,6 +15,7 @@ import pytest
 from app.generators.base import GenerationRequest
 from app.generators.vllm import VllmGenerator
 from core.errors import GenerationError, GenerationTimeout, GeneratorUnavailable, PromptTooLong
+from tests.utils.generation import generate
 
 REQUEST = GenerationRequest(
     question="q", messages=[{"role": "user", "content": "q"}], passages=[], model="m", max_tokens=8
@@ -48,9 +49,10 @@ def ok_stream(request: httpx.Request) -> httpx.Response:
 
 
 def test_stream_yields_text_and_usage_with_cached_tokens() -> None:
-    result = generator(ok_stream).generate(REQUEST)
-    assert result.text == "Hello there" and result.finish_reason == "length"
-    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.cached_tokens) == (11, 2, 8)
+    text, finished = generate(generator(ok_stream), REQUEST)
+    assert text == "Hello there" and finished.finish_reason == "length"
+    usage = finished.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (11, 2, 8)
 
 
 def test_refused_connection_is_retried_before_any_token() -> None:
@@ -62,7 +64,7 @@ def test_refused_connection_is_retried_before_any_token() -> None:
             raise httpx.ConnectError("connection refused")
         return ok_stream(request)
 
-    assert generator(flaky).generate(REQUEST).text == "Hello there"
+    assert generate(generator(flaky), REQUEST)[0] == "Hello there"
     assert len(calls) == 3
 
 
@@ -103,6 +105,6 @@ def test_failures_map_to_clear_errors(
     handler: Callable[[httpx.Request], httpx.Response], error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error) as info:
-        generator(handler).generate(REQUEST)
+        generate(generator(handler), REQUEST)
     assert message in str(info.value)
     assert type(info.value) is error or issubclass(type(info.value), error)
