@@ -11,6 +11,10 @@ cd "$(dirname "$0")"
 VENV="${RAGOPS_VENV:-.venv}"
 PY="$VENV/bin/python"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAGAS_DO_NOT_TRACK=true TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=
+# One OpenBLAS thread per calling thread: requests are already answered in parallel, and OpenBLAS's
+# fork handler deadlocks a process that forks (pg_ctl, git) while another thread is inside a
+# multi-threaded BLAS call (the PII model's matrix products).
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 
 setup() {
   if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

@@ -220,9 +220,10 @@ def serve(
     from app.main import create_app
     from core.catalog import Catalog
     from core.embedding import get_embedder
-    from core.runtime import pin_malloc_mmap_threshold
+    from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
 
     pin_malloc_mmap_threshold()  # RSS stays flat under load instead of growing with fragmented heap
+    limit_blas_threads()
     settings = get_settings()
     configure_logging(settings.log_level)
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)  # refuse a bad file

@@ -58,3 +58,17 @@ def pin_malloc_mmap_threshold() -> bool:
         return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     except (OSError, AttributeError):  # musl or another libc
         return False
+
+
+def limit_blas_threads() -> None:
+    """One OpenBLAS thread per calling thread, in long-running processes (unless the environment says otherwise).
+
+    Requests are already answered in parallel, so BLAS threads only oversubscribe the cores; and
+    OpenBLAS's fork handler deadlocks a process that forks (``pg_ctl``, ``git``) while another
+    thread is inside a multi-threaded BLAS call, such as the PII model's matrix products.
+    """
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")

@@ -159,11 +159,12 @@ def worker(
 ) -> None:
     """Run reindex jobs from the queue (several workers never run the same job)."""
     from core.logs import configure_logging
-    from core.runtime import pin_malloc_mmap_threshold
+    from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
     from core.settings import get_settings
     from ingest.worker import Worker
 
     pin_malloc_mmap_threshold()
+    limit_blas_threads()
     settings = get_settings()
     configure_logging(settings.log_level)
     with open_runtime(settings) as rt:
