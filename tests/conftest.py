@@ -19,6 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in serve and worker: see core.runtime.limit_blas_threads
+
+from threadpoolctl import threadpool_limits
 
 from core.config import EmbeddingSettings
 from core.db import Database, EmbeddedPostgres
@@ -27,6 +30,9 @@ from core.migrations import migrate
 from core.settings import get_settings
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, require_vllm_python
+
+# In case a plugin loaded numpy before the variable above was set.
+threadpool_limits(limits=int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "ragops_template"
