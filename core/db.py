@@ -181,7 +181,7 @@ def configure_connection(conn: psycopg.Connection) -> None:
     register_vector(conn)
     # Filtered HNSW queries otherwise stop after ef_search candidates and return too few rows.
     conn.execute("SET hnsw.iterative_scan = relaxed_order")
-    # JIT compiles costly-looking plans (vector scans look costly) for ~10 ms: wasted on millisecond queries.
+    # JIT compiles plans that look costly (vector scans do) for longer than such a query takes to run.
     conn.execute("SET jit = off")
     if not conn.autocommit:
         conn.commit()
