@@ -27,6 +27,16 @@ from tests.utils.ledger import ledger_row
 from tests.utils.server import serve_in_thread
 
 STREAMED = {**QUESTION, "stream": True}
+# Every answering route, streamed: a hang-up on any of them is settled the same way.
+STREAMED_ROUTES = {
+    "/v1/query": STREAMED,
+    "/v1/chat": {"messages": [{"role": "user", "content": QUESTION["question"]}], "stream": True},
+    "/v1/chat/completions": {
+        "model": "default",
+        "messages": [{"role": "user", "content": QUESTION["question"]}],
+        "stream": True,
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +88,12 @@ def ledger_rows(database: Database, key: str) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def hang_up_before_the_body(base: str, key: str) -> None:
-    """Send a streamed query and close the socket without reading a byte of the response."""
+def hang_up_before_the_body(base: str, key: str, route: str = "/v1/query") -> None:
+    """Send a streamed request and close the socket without reading a byte of the response."""
     host, port = base.removeprefix("http://").split(":")
-    body = json.dumps(STREAMED).encode()
+    body = json.dumps(STREAMED_ROUTES[route]).encode()
     head = (
-        f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"POST {route} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -120,9 +130,12 @@ def test_a_hang_up_mid_stream_bills_the_prompt_and_every_token_produced(
     wait_for(lambda: holds(served_database, key) == (0, 0))
 
 
-def test_a_hang_up_before_the_body_has_a_ledger_row_and_no_hold(url: str, served_database: Database) -> None:
+@pytest.mark.parametrize("route", sorted(STREAMED_ROUTES))
+def test_a_hang_up_before_the_body_has_a_ledger_row_and_no_hold(
+    url: str, served_database: Database, route: str
+) -> None:
     key = new_key(served_database, ["query"], budget_usd_day=1000.0)
-    hang_up_before_the_body(url, key)
+    hang_up_before_the_body(url, key, route)
     wait_for(lambda: len(ledger_rows(served_database, key)) == 1)
     [row] = ledger_rows(served_database, key)
     assert row["status"] == 499 and row["error_kind"] == "client_disconnected", row
