@@ -41,6 +41,7 @@ from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, require_vllm_python
 
 QUESTION = {"question": "How many PTO days do new employees get?"}
+JOB_DOCS = 1200
 
 
 def assert_unavailable(response: object) -> None:
@@ -157,7 +158,8 @@ def test_postgres_restart_during_a_full_reindex_job_resumes_it_without_loss_or_d
 ) -> None:
     """The worker's connections die mid-build; the job is resumed (same version, finished batches kept)."""
     server, database, _ = own_postgres
-    root = write_many(tmp_path / "big" / "corpus.jsonl", 300).parent
+    # Enough documents that the build is still running when the server goes away, even on a fast machine.
+    root = write_many(tmp_path / "big" / "corpus.jsonl", JOB_DOCS).parent
     settings = job_settings(database, tmp_path, [root], job_stale_after_s=2.0)
     with database.connect() as conn:
         job = jobs.enqueue_reindex(conn, settings, source=str(root), mode="full", activate=True)
@@ -169,6 +171,7 @@ def test_postgres_restart_during_a_full_reindex_job_resumes_it_without_loss_or_d
             while (current := jobs.get_job(conn, job.id)) is not None and current.docs_done < 30:
                 assert current.status in ("queued", "running") and time.monotonic() < deadline, current
                 time.sleep(0.05)
+        assert current is not None and current.docs_done < JOB_DOCS, "the build ended before the restart"
         restart(server, down_s, database)
         ended = job_when_back(database, job.id)
     finally:
@@ -176,7 +179,8 @@ def test_postgres_restart_during_a_full_reindex_job_resumes_it_without_loss_or_d
     assert ended.status == "succeeded", ended.error
     assert ended.activated and ended.attempts >= 2 and ended.error  # it says what happened
     with database.connect() as conn:
-        assert chunk_consistency(conn, ended.index_version_id or 0) == (300, 300, 300)  # nothing lost or doubled
+        # Nothing lost or doubled.
+        assert chunk_consistency(conn, ended.index_version_id or 0) == (JOB_DOCS, JOB_DOCS, JOB_DOCS)
         live = versions.active_index_version(conn)
         assert live is not None and live.id == ended.index_version_id and live.status == "ready"
         all_versions = versions.list_index_versions(conn)

@@ -117,9 +117,12 @@ def test_a_hang_up_mid_stream_is_billed_and_leaves_the_service_healthy(
                 if line.startswith("event: delta"):
                     break  # hang up after the first token
     row = ledger_row(served_database, request_id, wait_s=10)
-    assert row is not None and row["status"] == 499 and row["error_kind"] == "client_disconnected"
-    assert row["model"] == MODEL
-    assert row["prompt_tokens"] > 0 and row["completion_tokens"] >= 1  # the prompt was read, tokens were made
+    assert row is not None and row["model"] == MODEL
+    # The tiny model may finish its few tokens before the server sees the hang-up (then it is a
+    # complete answer with vLLM's usage); either way the prompt and the tokens made are billed.
+    # tests/app/test_billing.py places the hang-up deterministically with a slowed generator.
+    assert (row["status"], row["error_kind"]) in ((499, "client_disconnected"), (200, None)), row
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] >= 1
     after = vclient.post("/v1/query", json={"question": "Describe the deployment process."})
     assert after.status_code == 200
 
