@@ -72,7 +72,11 @@ def median(values: list[float]) -> float:
 
 
 # The code whose change makes a result stale; `bench report` flags results older than it.
-MEASURED_CODE = ("core", "app", "ingest", "evals", "sql", "configs", "prompts", "bench", "pyproject.toml")
+MEASURED_CODE = (
+    *("core", "app", "ingest", "evals", "sql", "configs", "prompts", "bench", "pyproject.toml"),
+    ":(exclude)bench/report.py",  # renders results, measures nothing
+    ":(exclude)bench/results",
+)
 
 
 def code_changed_since(commit: str) -> bool | None:
@@ -101,7 +105,7 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "commit": commit,
         # Uncommitted edits to the measured code: the commit alone does not name what ran.
-        "uncommitted_changes": bool(commit) and code_changed_since(commit) is True,
+        "uncommitted_changes": commit is not None and code_changed_since(commit) is True,
         **result,
     }
     path = RESULTS / f"{name}.json"
