@@ -72,22 +72,26 @@ def median(values: list[float]) -> float:
 
 
 # The code whose change makes a result stale; `bench report` flags results older than it.
-MEASURED_CODE = (
-    *("core", "app", "ingest", "evals", "sql", "configs", "prompts", "bench", "pyproject.toml"),
-    ":(exclude)bench/report.py",  # renders results, measures nothing
-    ":(exclude)bench/results",
-)
+# Every benchmark measures the service's code; each also measures its own script (BENCH_SCRIPTS).
+MEASURED_CODE = ("core", "app", "ingest", "evals", "sql", "configs", "prompts", "pyproject.toml", "bench/common.py")
+BENCH_SCRIPTS = {
+    "ingest": "bench/ingest_bench.py", "quality": "bench/retrieval_quality.py",
+    "latency": "bench/retrieval_latency.py", "api": "bench/api_latency.py", "streaming": "bench/streaming.py",
+    "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",
+    "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",
+}  # fmt: skip
 
 
-def code_changed_since(commit: str) -> bool | None:
+def code_changed_since(commit: str, benchmark: str | None = None) -> bool | None:
     """Whether a commit after ``commit`` (or an uncommitted edit) touched the measured code; None if unknown."""
+    paths = [*MEASURED_CODE, BENCH_SCRIPTS.get(benchmark or "", "bench")]
     try:
         later = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-list", f"{commit}..HEAD", "--", *MEASURED_CODE],
+            ["git", "-C", str(ROOT), "rev-list", f"{commit}..HEAD", "--", *paths],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", *MEASURED_CODE],
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", *paths],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -105,7 +109,7 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "commit": commit,
         # Uncommitted edits to the measured code: the commit alone does not name what ran.
-        "uncommitted_changes": commit is not None and code_changed_since(commit) is True,
+        "uncommitted_changes": commit is not None and code_changed_since(commit, name) is True,
         **result,
     }
     path = RESULTS / f"{name}.json"

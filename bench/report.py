@@ -341,7 +341,7 @@ def provenance(result: dict[str, Any]) -> str:
         return "commit not recorded: measured before results were stamped"
     if result.get("uncommitted_changes"):
         return f"commit {commit} plus uncommitted changes"
-    if code_changed_since(commit):
+    if code_changed_since(commit, result.get("benchmark")):
         return f"STALE: measured at {commit}, the measured code changed since"
     return f"commit {commit}"
 
