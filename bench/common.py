@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from core.db import Database, EmbeddedPostgres
+from core.git import git_commit
 from core.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +71,45 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+# The code whose change makes a result stale; `bench report` flags results older than it.
+# Every benchmark measures the service's code; each also measures its own script (BENCH_SCRIPTS).
+MEASURED_CODE = ("core", "app", "ingest", "evals", "sql", "configs", "prompts", "pyproject.toml", "bench/common.py")
+BENCH_SCRIPTS = {
+    "ingest": "bench/ingest_bench.py", "quality": "bench/retrieval_quality.py",
+    "latency": "bench/retrieval_latency.py", "api": "bench/api_latency.py", "streaming": "bench/streaming.py",
+    "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",
+    "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",
+}  # fmt: skip
+
+
+def code_changed_since(commit: str, benchmark: str | None = None) -> bool | None:
+    """Whether a commit after ``commit`` (or an uncommitted edit) touched the measured code; None if unknown."""
+    paths = [*MEASURED_CODE, BENCH_SCRIPTS.get(benchmark or "", "bench")]
+    try:
+        later = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-list", f"{commit}..HEAD", "--", *paths],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", *paths],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(later or dirty)
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Save a benchmark's result with the machine it ran on."""
+    """Save a benchmark's result with the machine it ran on and the commit it measured."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    commit = git_commit(ROOT)
     result = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "commit": commit,
+        # Uncommitted edits to the measured code: the commit alone does not name what ran.
+        "uncommitted_changes": commit is not None and code_changed_since(commit, name) is True,
         **result,
     }
     path = RESULTS / f"{name}.json"

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from app.keys import create_key
-from bench.common import RESULTS, bench_server, fresh_database, percentile, write_result
+from bench.common import bench_server, fresh_database, percentile, write_result
 from core.config import load_config
 from core.db import Database
 from core.embedding import get_embedder
@@ -127,12 +127,14 @@ async def run_load(
     admin_key: str | None = None,
     api_pid: int | None = None,
     sample_every_s: float = 5.0,
+    slo_s: float = 10.0,
 ) -> dict[str, Any]:
     """``clients`` concurrent loops of POST /v1/query for ``seconds``.
 
     With ``admin_key``, full reindex jobs (activated when built) run back to back through the admin
     API, and the load goes on until the last one has ended. With ``api_pid``, the API's RSS and
-    thread count are sampled every ``sample_every_s``.
+    thread count are sampled every ``sample_every_s``. An answer slower than ``slo_s`` is a failure
+    (the client gives up at the SLO, as a user's client would), not a slow success.
     """
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -154,6 +156,8 @@ async def run_load(
                 if ok:
                     index = response.json()["versions"]["index"]
                     versions[index] = versions.get(index, 0) + 1
+            except httpx.TimeoutException:
+                ok, kind = False, f"slower than the {slo_s:g} s SLO"
             except httpx.HTTPError as exc:
                 ok, kind = False, type(exc).__name__
             if ok:
@@ -195,7 +199,7 @@ async def run_load(
 
     limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
     async with httpx.AsyncClient(
-        base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=300
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=slo_s
     ) as http:
         background = [asyncio.ensure_future(sampler())] if api_pid is not None else []
         loads = [asyncio.ensure_future(client_loop(n, http)) for n in range(clients)]
@@ -211,13 +215,15 @@ async def run_load(
     result: dict[str, Any] = {
         "clients": clients, "seconds": round(window, 1), "requests": len(latencies) + sum(errors.values()),
         "requests_per_s": round(in_window / window, 2), "p50_ms": round(percentile(latencies, 50), 1),
-        "p95_ms": round(percentile(latencies, 95), 1), "drain_s": round(drain, 1), "errors": sum(errors.values()),
+        "p95_ms": round(percentile(latencies, 95), 1), "p99_ms": round(percentile(latencies, 99), 1),
+        "slo_s": slo_s, "drain_s": round(drain, 1), "errors": sum(errors.values()),
         "error_kinds": errors, "answers_by_index_version": versions,
     }  # fmt: skip
     if admin_key is not None:
         result["reindexes"] = reindexes
     if samples:
         result["api_memory"] = samples
+        result["api_rss_mb_peak_under_load"] = max(sample["rss_mb"] for sample in samples)
     return result
 
 
@@ -234,12 +240,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reindex", action="store_true", help="Full reindex jobs (admin API) during the load.")
     parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="Extra API env.")
     parser.add_argument("--no-save", action="store_true", help="Print the result only (experiments).")
+    parser.add_argument("--slo", type=float, default=10.0, help="Seconds; a slower answer counts as a failure.")
     args = parser.parse_args(argv)
     questions = [json.loads(line)["question"] for line in (ROOT / "evals/datasets/sample.jsonl").open()]
     config = load_config("default", ROOT / "configs")
-    path = RESULTS / "load.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    result: dict[str, Any] = {k: v for k, v in previous.items() if k in ("load", "soak")}
     data_dir = Path(tempfile.mkdtemp(prefix="ragops-load-"))
     seconds = args.soak if args.soak else args.seconds
     with bench_server() as admin_uri:
@@ -262,17 +266,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             every = max(5.0, seconds / 20)
             run = asyncio.run(
                 run_load(url, key, questions, args.clients, seconds, admin_key=admin_key, api_pid=api.pid,
-                         sample_every_s=every)
+                         sample_every_s=every, slo_s=args.slo)
             )  # fmt: skip
+            # "end" is read after the clients stopped; the peak under load is in api_rss_mb_peak_under_load.
             run["api_rss_mb_start"], run["api_rss_mb_end"] = round(rss_start, 1), round(rss_mb(api.pid), 1)
     run["generator"] = "extractive"
     run["reindex_runs_in"] = "ragops worker process" if args.reindex else None
     if extra_env:
         run["api_env"] = extra_env
     print(json.dumps(run), flush=True)
-    if not args.no_save:
-        result["soak" if args.soak else "load"] = run
-        print(f"wrote {write_result('load', result)}")
+    kind = "soak" if args.soak else "load"
+    result: dict[str, Any] = {kind: run}
+    if not args.no_save:  # load and soak are separate results, each with its own date and commit
+        print(f"wrote {write_result(kind, result)}")
     return result
 
 

@@ -6,7 +6,7 @@ Both answer with the same fixed ~150-token text (sample prose with a name and an
 it), streamed word by word like a model would: the extractive generator's work depends on the
 question's wording, which filtering changes, and its variance would swamp the filter's cost.
 
-    python -m bench pii [--rounds 7 --requests 30]
+    python -m bench pii [--rounds 7 --requests 30] [--detection-only]
 """
 
 from __future__ import annotations
@@ -42,11 +42,17 @@ ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "I'm Corinne Abelard (corinne.abelard@example.org, 312-555-0147). Which hotel rates may I book?"
 
 
-def detection() -> dict[str, Any]:
-    """Recall and precision per type on evals/datasets/pii.jsonl (LOCATION on, to score it too)."""
+DEVELOPMENT_SET = "evals/datasets/pii.jsonl"
+# Written before its first scoring and never used to tune the recognizers: the honest figure.
+HELD_OUT_SET = "evals/datasets/pii_heldout.jsonl"
+
+
+def detection(dataset: str = DEVELOPMENT_SET) -> dict[str, Any]:
+    """Recall and precision per type on ``dataset`` (LOCATION on, to score it too)."""
     pii = load_config("default", ROOT / "configs").config.pii
     policy = pii.model_copy(update={"entities": {**pii.entities, "LOCATION": "redact"}})
-    return score_detection(get_pii_engine(), policy, load_pii_set(ROOT / "evals/datasets/pii.jsonl")).as_dict()
+    result = score_detection(get_pii_engine(), policy, load_pii_set(ROOT / dataset)).as_dict()
+    return {"dataset": dataset, **result}
 
 
 ANSWER = (
@@ -97,9 +103,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench pii")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=30, help="per configuration and round")
+    parser.add_argument("--detection-only", action="store_true", help="score both sets, skip the overhead runs")
     args = parser.parse_args(argv)
-    result: dict[str, Any] = {"detection": detection()}
-    print(json.dumps(result["detection"]), flush=True)
+    result: dict[str, Any] = {"detection": detection(), "held_out": detection(HELD_OUT_SET)}
+    print(json.dumps({"detection": result["detection"], "held_out": result["held_out"]}), flush=True)
+    if args.detection_only:
+        path = write_result("pii_detection", result)
+        print(f"wrote {path}")
+        return result
     folder = configs_folder()
     config = load_config("default", folder)
     try:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -24,13 +25,44 @@ from tests.utils.accounts import PRICED
 SAMPLES = REPO / "samples"
 
 
-@pytest.fixture(scope="session")
-def served_database(pg_server: str, embedder: Embedder) -> Iterator[Database]:
-    """A database holding the bundled samples, ingested once with configs/default.yaml."""
-    database = clone_template(pg_server, "served")
+def serve_samples(pg_server: str, embedder: Embedder, name: str) -> Database:
+    """Database ``name`` holding the bundled samples, ingested with configs/default.yaml."""
+    database = clone_template(pg_server, name)
     with database.connect() as conn:
         IngestPipeline(conn, load_config("default", REPO / "configs"), embedder).run(SAMPLES)
+    return database
+
+
+def index_state(database: Database) -> list[tuple[Any, ...]]:
+    """What a read-only API test must leave as it found: documents, index versions, queued jobs."""
+    with database.connect() as conn:
+        return [
+            *conn.execute("SELECT 'document', id, content_hash FROM documents ORDER BY id").fetchall(),
+            *conn.execute("SELECT 'index', id, status, is_active FROM index_versions ORDER BY id").fetchall(),
+            *conn.execute("SELECT 'job', id, kind FROM jobs ORDER BY id").fetchall(),
+        ]
+
+
+@pytest.fixture(scope="session")
+def served_database(pg_server: str, embedder: Embedder) -> Iterator[Database]:
+    """The samples, shared by every API test that only reads them; its index must end as it began.
+
+    Tests that delete documents, queue jobs or activate versions take ``private_database``:
+    otherwise what the later tests see would depend on the order the files run in.
+    """
+    database = serve_samples(pg_server, embedder, "served")
+    before = index_state(database)
     yield database
+    assert index_state(database) == before, "a test changed the shared index: give it private_database"
+
+
+@pytest.fixture(scope="module")
+def private_database(pg_server: str, embedder: Embedder, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """The samples in a database of the test module's own, for tests that change the index or queue jobs."""
+    name = "private_" + request.module.__name__.rsplit(".", 1)[-1]
+    yield serve_samples(pg_server, embedder, name)
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def make_settings(database: Database, tmp: Path, **overrides: object) -> Settings:

@@ -146,12 +146,13 @@ def test_over_budget_is_a_429_with_budget_spend_and_reset(priced: TestClient, se
 
 
 def test_rate_limit_is_a_429_with_retry_after(priced: TestClient, served_database: Database) -> None:
-    key = new_key(served_database, ["query"], rpm=2)
-    headers = {"Authorization": f"Bearer {key}"}
-    statuses = [priced.post("/v1/query", json=QUESTION, headers=headers).status_code for _ in range(3)]
-    if statuses != [200, 200, 429]:  # the minute may have turned between requests: try once more
+    for _ in range(2):  # the minute may turn inside one burst: a second burst, on a fresh key, cannot straddle two
+        key = new_key(served_database, ["query"], rpm=2)
+        headers = {"Authorization": f"Bearer {key}"}
         statuses = [priced.post("/v1/query", json=QUESTION, headers=headers).status_code for _ in range(3)]
-    assert statuses[-1] == 429
+        if statuses == [200, 200, 429]:
+            break
+    assert statuses == [200, 200, 429]  # exactly rpm requests pass, the next one is refused
     response = priced.post("/v1/query", json=QUESTION, headers=headers)
     assert response.status_code == 429 and 1 <= int(response.headers["Retry-After"]) <= 60
     assert "requests per minute" in response.json()["error"]["message"]

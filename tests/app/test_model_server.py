@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.utils import vllm_server
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import BASE_ENV, free_port, require_vllm_python
 
@@ -86,6 +87,13 @@ def get_json(url: str, timeout: float) -> dict[str, object]:
         return dict(json.loads(response.read()))
 
 
+def post_json(url: str, body: dict[str, object], timeout: float) -> dict[str, object]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with opener.open(request, timeout=timeout) as response:
+        return dict(json.loads(response.read()))
+
+
 @pytest.fixture(scope="module")
 def vllm_python() -> Path:
     """The vLLM venv's interpreter (module scope: found before per-test settings isolation drops RAGOPS_*)."""
@@ -117,6 +125,15 @@ def test_llm_serve_starts_a_real_vllm_that_answers(tmp_path: Path, vllm_python: 
                 time.sleep(1)
         assert models is not None, (tmp_path / "vllm.log").read_text()[-3000:]
         assert [m["id"] for m in models["data"]] == ["tiny-served"]  # type: ignore[index, union-attr]
+        # Listing models proves only that the API server is up: ask the engine for tokens.
+        body = {"model": "tiny-served", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
+        completion = post_json(f"http://127.0.0.1:{port}/v1/chat/completions", body, timeout=120)
+        choice = completion["choices"][0]  # type: ignore[index]
+        assert choice["finish_reason"] in ("length", "stop"), completion
+        usage = completion["usage"]  # type: ignore[index]
+        assert usage["prompt_tokens"] > 0 and 1 <= usage["completion_tokens"] <= 3, usage  # type: ignore[index]
+        # The flag ragops' pricing depends on: cached prompt tokens are reported only with it.
+        assert "cached_tokens" in (usage["prompt_tokens_details"] or {}), usage  # type: ignore[index]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -127,3 +144,15 @@ def test_llm_serve_starts_a_real_vllm_that_answers(tmp_path: Path, vllm_python: 
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # the engine process, if it outlived the API server
         log.close()
+
+
+def test_a_required_vllm_tier_fails_rather_than_skips_inside_a_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Called from a test (after the settings isolation dropped RAGOPS_*), the requirement still holds."""
+    monkeypatch.setattr(vllm_server, "STARTUP_ENV", {"RAGOPS_REQUIRE_VLLM": "1"})
+    monkeypatch.setattr(vllm_server, "find_vllm_python", lambda: None)
+    assert "RAGOPS_REQUIRE_VLLM" not in os.environ  # what the autouse isolation leaves a test
+    try:
+        with pytest.raises(pytest.fail.Exception, match="vLLM venv missing"):
+            require_vllm_python()
+    except pytest.skip.Exception:
+        pytest.fail("a required vLLM tier skipped silently")

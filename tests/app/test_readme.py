@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app import cli
+from app.keys import create_key
+from app.main import create_app
+from core.db import Database
+from tests.app.conftest import authed, make_settings
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def api_key(private_database: Database) -> str:
+    """An all-scopes key on this module's own database."""
+    with private_database.connect() as conn:
+        return create_key(conn, "tests", ["query", "admin"])[1]
+
+
+@pytest.fixture(scope="module")
+def client(private_database: Database, api_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The API over a database of this module's own: its requests queue jobs and delete what they find."""
+    app = create_app(make_settings(private_database, tmp_path_factory.mktemp("own"), vllm_url=None))
+    with authed(TestClient(app), api_key) as test_client:
+        yield test_client
+
+
 CURL = re.compile(
     r"curl -[sN] (?:localhost|127\.0\.0\.1):8000(/\S+) -H \"Authorization: Bearer \$KEY\" "
     r"-H 'content-type: application/json' \\\n\s+-d '(.*?)'",

@@ -52,6 +52,13 @@ def test_langchain_retriever(served_database: Database, embedder: Embedder) -> N
     with served_database.pool(2) as pool:
         retriever = RagopsRetriever(pool=pool, embedder=embedder, settings=RetrievalSettings(top_k=3))
         documents = retriever.invoke(QUESTION)
-    assert len(documents) == 3
-    assert documents[0].metadata["source"] == EXPECTED or EXPECTED in [d.metadata["source"] for d in documents]
-    assert documents[0].metadata["index_version"].startswith("v")
+        with pool.connection() as conn:  # the retriever is search() in LangChain's types: same hits, same order
+            version = active_version(conn)
+            hits = search(
+                conn, version, RetrievalSettings(top_k=3), RetrievalQuery(QUESTION, 3), embedder.embed_query(QUESTION)
+            )
+    assert [(d.page_content, d.metadata["chunk_id"], d.metadata["score"]) for d in documents] == [
+        (h.text, h.chunk_id, h.score) for h in hits
+    ]
+    assert EXPECTED in [d.metadata["source"] for d in documents]
+    assert {d.metadata["index_version"] for d in documents} == {version.name}

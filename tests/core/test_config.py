@@ -51,10 +51,21 @@ def test_invalid_files_get_a_precise_message(tmp_path: Path, text: str, message:
     assert "bad.yaml" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["missing", "../etc/passwd", ""])
-def test_unknown_or_unsafe_names_are_refused(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ConfigError):
-        load_config(name, tmp_path)
+def test_unknown_names_are_refused_with_the_known_ones(tmp_path: Path) -> None:
+    (tmp_path / "small.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"unknown configuration 'missing': no file .*known: small"):
+        load_config("missing", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../outside", "sub/../../outside", "/abs/outside", ""])
+def test_unsafe_names_are_refused_before_any_file_is_read(tmp_path: Path, name: str) -> None:
+    """A valid file waits where the traversal points: only the name check stands between it and the loader."""
+    configs = tmp_path / "configs"
+    (configs / "sub").mkdir(parents=True)
+    (tmp_path / "outside.yaml").write_text("{}\n")
+    (configs / "outside.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"invalid configuration name .*use letters, digits"):
+        load_config(name, configs)
 
 
 def test_index_version_hash_ignores_batch_size_but_not_chunking() -> None:

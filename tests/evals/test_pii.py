@@ -42,3 +42,12 @@ def test_mislabelled_offsets_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(EvalInputError, match=r"pii\.jsonl:1: offsets of EMAIL_ADDRESS"):
         load_pii_set(path)
+
+
+def test_the_held_out_set_is_separate_and_well_formed() -> None:
+    """At least 60 texts, every labelled type present, no text shared with the development set."""
+    held_out = load_pii_set(REPO / "evals" / "datasets" / "pii_heldout.jsonl")
+    development = load_pii_set(REPO / "evals" / "datasets" / "pii.jsonl")
+    assert len(held_out) >= 60 and sum(not t.entities for t in held_out) >= 10
+    assert {t.text for t in held_out}.isdisjoint(t.text for t in development)
+    assert {e.type for t in development for e in t.entities} <= {e.type for t in held_out for e in t.entities}

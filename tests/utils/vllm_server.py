@@ -70,9 +70,19 @@ class VllmServerError(RuntimeError):
     """The vLLM server failed to start or to answer; the message holds its log tail."""
 
 
+# Read once, at import (collection), before the autouse settings isolation drops every RAGOPS_*
+# variable for the test: read inside a function-scoped fixture or a test, they would be gone, and a
+# required vLLM tier would skip silently instead of failing.
+STARTUP_ENV = {
+    key: os.environ[key]
+    for key in ("RAGOPS_REQUIRE_VLLM", "RAGOPS_VLLM_VENV", "RAGOPS_VLLM_PYTHON")
+    if key in os.environ
+}
+
+
 def default_vllm_venv() -> Path:
     """Return the vLLM venv location: ``$RAGOPS_VLLM_VENV`` or ``<repo>/.ragops/vllm-venv``."""
-    env = os.environ.get("RAGOPS_VLLM_VENV")
+    env = STARTUP_ENV.get("RAGOPS_VLLM_VENV")
     return Path(env) if env else REPO_ROOT / ".ragops" / "vllm-venv"
 
 
@@ -83,7 +93,7 @@ def require_vllm_python() -> Path:
     python = find_vllm_python()
     if python is None:
         message = "vLLM venv missing: run scripts/vllm_venv.sh (./dev.sh test does)"
-        if os.environ.get("RAGOPS_REQUIRE_VLLM") == "1":
+        if STARTUP_ENV.get("RAGOPS_REQUIRE_VLLM") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return python
@@ -96,7 +106,7 @@ def find_vllm_python() -> Path | None:
     :func:`default_vllm_venv`, but only when ``scripts/vllm_venv.sh`` finished
     (its stamp file exists).
     """
-    explicit = os.environ.get("RAGOPS_VLLM_PYTHON")
+    explicit = STARTUP_ENV.get("RAGOPS_VLLM_PYTHON")
     if explicit:
         path = Path(explicit)
         return path if path.exists() else None
