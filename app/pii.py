@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from core.config import PiiSettings
 from core.errors import PiiBlocked, PiiUnavailable
-from core.pii import PiiEngine, PiiSpan, mask, replace_spans
+from core.pii import NER_ENTITIES, PiiEngine, PiiSpan, mask, replace_spans
 
 log = logging.getLogger(__name__)
 transcript_log = logging.getLogger("ragops.transcript")  # opt-in (RAGOPS_LOG_TEXT), filtered text only
@@ -61,7 +61,7 @@ class PiiSession:
         self.elapsed_ms = 0.0  # time spent analyzing, all stages
         self._pseudonyms: dict[tuple[str, str], str] = {}  # (type, value) -> <TYPE_n>
         self._issued: set[str] = set()  # placeholders this session wrote: the only ones exempt from detection
-        self._context: dict[str, str] = {}  # document text -> filtered (titles and sources repeat across hits)
+        self._context: dict[tuple[str, bool], str] = {}  # retrieved text -> filtered (titles repeat across hits)
         self._originals: dict[str, str] = {}  # <TYPE_n> -> the caller's value
         self._per_type: Counter[str] = Counter()
         # Filtered text as it went on (answer pseudonyms not restored), for the opt-in transcript log.
@@ -88,23 +88,27 @@ class PiiSession:
         """Filter caller input; raises :class:`PiiBlocked` naming the blocked types found."""
         return self._filter(text, "question")
 
-    def filter_context(self, text: str) -> str:
+    def filter_context(self, text: str, *, prose: bool = True) -> str:
         """Filter retrieved text (a chunk, a title, a source) before the prompt and citations (``block`` redacts).
 
         ``apply_to.context: sensitive`` leaves pseudonymized types (names) in documents as they are.
         Spans of a document text are cached by the engine: a chunk is analyzed once per process.
+        ``prose=False`` (file names, paths) keeps only pattern types: the NER model reads path parts
+        as names ("engineering/vulnerability_disclosure.html" became "engineering/<PERSON_1>").
         """
         if not self.applies("context") or not text.strip():
             return text
-        if text in self._context:
-            return self._context[text]
+        if (text, prose) in self._context:
+            return self._context[text, prose]
         spans = self._analyze(text, cached=True)
         if spans is None:
             return text
         if self.policy.apply_to.context == "sensitive":
             spans = [s for s in spans if self.policy.entities.get(s.entity_type) != "pseudonymize"]
+        if not prose:
+            spans = [s for s in spans if s.entity_type not in NER_ENTITIES]
         self._count("context", spans)
-        self._context[text] = filtered = self._replace(text, spans, caller=False)
+        self._context[text, prose] = filtered = self._replace(text, spans, caller=False)
         return filtered
 
     def _filter(self, text: str, stage: Stage) -> str:

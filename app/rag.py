@@ -110,7 +110,7 @@ def filtered_hits(hits: list[ChunkHit], pii: PiiSession) -> list[ChunkHit]:
             hit,
             text=pii.filter_context(hit.text),
             title=pii.filter_context(hit.title),
-            source=pii.filter_context(hit.source),
+            source=pii.filter_context(hit.source, prose=False),
             section=pii.filter_context(hit.section),
         )
         for hit in hits

@@ -7,6 +7,7 @@ for the raw values. Real Presidio, the real API over a real database.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from app.answers import Question
 from app.keys import create_key
 from app.main import create_app
-from app.pii import PiiSession, neutralize_links
+from app.pii import PLACEHOLDER, PiiSession, neutralize_links
 from core.config import PiiSettings, load_config
 from core.db import Database
 from core.embedding import Embedder
@@ -31,6 +32,7 @@ from tests.app.test_pii import chunkings
 from tests.conftest import REPO, clone_template
 
 POLICY = load_config("default", REPO / "configs").config.pii
+OWN_WORDS_FALSE_ALARMS_TODAY = 2  # the target (issue 15); measured 1 of 105 (3 before the allow list grew)
 # Made-up values in valid formats (the IBAN's check digits are right, or Presidio ignores it).
 DOCUMENT_VALUES = {
     "name": "Marisol Quintero-Hale",
@@ -218,3 +220,21 @@ def test_citation_titles_and_sources_are_filtered(leaky: TestClient) -> None:
     (citation,) = [c for c in body["citations"] if c["source"] == "handbook/payroll_escalations.md"][:1]
     assert "<PERSON_" in citation["title"] and "<US_SSN>" in citation["snippet"]
     assert body["pii"]["context"]["US_SSN"] >= 1
+
+
+def own_words_false_alarms(client: TestClient) -> list[str]:
+    """Answers over evals/datasets/own_words.jsonl (no personal data in them) that show a placeholder."""
+    flagged = []
+    for line in (REPO / "evals" / "datasets" / "own_words.jsonl").read_text().splitlines():
+        question = json.loads(line)["question"]
+        response = client.post("/v1/query", json={"question": question})
+        assert response.status_code == 200, response.text
+        if PLACEHOLDER.search(response.json()["answer"]):
+            flagged.append(question)
+    return flagged
+
+
+def test_own_words_are_not_taken_for_personal_data(client: TestClient) -> None:
+    flagged = own_words_false_alarms(client)
+    print(f"own-words answers with a placeholder: {len(flagged)}: {flagged}")
+    assert len(flagged) <= OWN_WORDS_FALSE_ALARMS_TODAY, flagged  # at most 2 in 100
