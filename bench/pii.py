@@ -1,6 +1,7 @@
 """PII filtering: detection quality on the labelled set, and its latency cost on ``/v1/query``.
 
-Overhead: one server, two configurations that differ only in ``pii.enabled``, asked the same
+Overhead: one server, three configurations that differ only in ``pii.enabled`` and
+``pii.apply_to.context`` (all: the default; off: question and answer only), asked the same
 ~30-token question (a name, an e-mail address and a phone number in it) in interleaved rounds.
 Both answer with the same fixed ~150-token text (sample prose with a name and an address in
 it), streamed word by word like a model would: the extractive generator's work depends on the
@@ -28,6 +29,7 @@ from pydantic import SecretStr
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Usage, count_prompt_tokens
 from app.keys import create_key
 from app.main import create_app
+from app.pii import PLACEHOLDER
 from bench.common import bench_server, fresh_database, median, percentile, write_result
 from core.config import load_config
 from core.embedding import get_embedder
@@ -66,6 +68,29 @@ ANSWER = (
 )
 
 
+OWN_WORDS = ROOT / "evals" / "datasets" / "own_words.jsonl"
+
+
+def own_words() -> list[str]:
+    """Questions over the samples whose answers hold no personal data (not the eval set's wording)."""
+    return [json.loads(line)["question"] for line in OWN_WORDS.read_text().splitlines() if line.strip()]
+
+
+def false_alarms(client: httpx.Client, url: str, config: str = "default") -> dict[str, Any]:
+    """Answers (and citation snippets) over the team's own words that show a placeholder: each is a false alarm."""
+    answers, snippets = [], 0
+    questions = own_words()
+    for question in questions:
+        response = client.post(f"{url}/v1/query", json={"question": question, "config": config})
+        response.raise_for_status()
+        body = response.json()
+        if PLACEHOLDER.search(body["answer"]):
+            answers.append({"question": question, "answer": body["answer"][:200]})
+        snippets += any(PLACEHOLDER.search(c["snippet"] + c["title"] + c["section"]) for c in body["citations"])
+    return {"questions": len(questions), "answers_with_placeholder": len(answers),
+            "responses_with_placeholder_in_citations": snippets, "flagged": answers}  # fmt: skip
+
+
 class CannedGenerator(Generator):
     """The same answer for every question, one word per delta (a stand-in that costs the same both sides)."""
 
@@ -78,11 +103,13 @@ class CannedGenerator(Generator):
 
 
 def configs_folder() -> Path:
-    """default.yaml twice, with PII on and off."""
+    """default.yaml three times: PII on (context included), question and answer only, and off."""
     folder = Path(tempfile.mkdtemp(prefix="ragops-pii-bench-"))
     shutil.copy(ROOT / "configs" / "pricing.yaml", folder / "pricing.yaml")
     raw = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     (folder / "default.yaml").write_text(yaml.safe_dump(raw))
+    raw["pii"]["apply_to"]["context"] = "off"
+    (folder / "qaonly.yaml").write_text(yaml.safe_dump(raw))
     raw["pii"]["enabled"] = False
     (folder / "nopii.yaml").write_text(yaml.safe_dump(raw))
     return folder
@@ -104,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=30, help="per configuration and round")
     parser.add_argument("--detection-only", action="store_true", help="score both sets, skip the overhead runs")
+    parser.add_argument("--false-alarms-only", action="store_true", help="count placeholders in own-words answers")
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"detection": detection(), "held_out": detection(HELD_OUT_SET)}
     print(json.dumps({"detection": result["detection"], "held_out": result["held_out"]}), flush=True)
@@ -126,17 +154,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             app = create_app(settings)
             headers = {"Authorization": f"Bearer {key}"}
             with serve_in_thread(app) as url, httpx.Client(timeout=60, headers=headers) as client:
-                for name in ("default", "nopii"):
+                result["false_alarms"] = false_alarms(client, url)  # the real extractive generator
+                print(json.dumps(result["false_alarms"]), flush=True)
+                if args.false_alarms_only:
+                    return result
+                for name in ("default", "qaonly", "nopii"):
                     app.state.pipeline._generators[f"extractive:{name}"] = CannedGenerator()
                 timed(client, url, "default", 5)  # warm-up
+                timed(client, url, "qaonly", 5)
                 timed(client, url, "nopii", 5)
-                on_p50, off_p50, bodies = [], [], []
-                for _ in range(args.rounds):  # interleaved: both see the same machine state
+                on_p50, qa_p50, off_p50, bodies, qa_bodies = [], [], [], [], []
+                for _ in range(args.rounds):  # interleaved: all see the same machine state
                     on, on_bodies = timed(client, url, "default", args.requests)
+                    qa, qa_round = timed(client, url, "qaonly", args.requests)
                     off, _ = timed(client, url, "nopii", args.requests)
                     on_p50.append(percentile(on, 50))
+                    qa_p50.append(percentile(qa, 50))
                     off_p50.append(percentile(off, 50))
                     bodies.extend(on_bodies)
+                    qa_bodies.extend(qa_round)
         answer_tokens = [b["usage"]["completion_tokens"] for b in bodies]
         result["overhead"] = {
             "question_tokens": count_tokens(QUESTION),
@@ -148,6 +184,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "filter_p50_ms": round(
                 percentile([b["timings"]["pii_ms"] + b["timings"]["pii_answer_ms"] for b in bodies], 50), 2
             ),
+            # Context filtering (5 retrieved chunks, their titles and sources) vs question + answer only.
+            "qa_only_p50_ms": round(median(qa_p50), 2),
+            "context_added_p50_ms": round(median([a - b for a, b in zip(on_p50, qa_p50, strict=True)]), 2),
+            "context_on_vs_qa_only_p50_ratio": round(median(on_p50) / median(qa_p50), 3),
+            "qa_only_filter_p50_ms": round(
+                percentile([b["timings"]["pii_ms"] + b["timings"]["pii_answer_ms"] for b in qa_bodies], 50), 2
+            ),
+            "citations": len(bodies[-1]["citations"]),
             "filtered": bodies[-1]["pii"],
             "rounds": args.rounds,
             "requests_per_round": args.requests,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
 from core.git import git_commit
@@ -194,12 +194,32 @@ class PiiRecognizerSettings(StrictModel):
         return self
 
 
+ContextFiltering = Literal["off", "sensitive", "all"]
+
+
 class PiiApplyTo(StrictModel):
     """Where the filter runs."""
 
     question: bool = Field(default=True, description="The question and chat history, before retrieval.")
-    context: bool = Field(default=False, description="Retrieved chunks before the prompt, and citation snippets.")
+    context: ContextFiltering = Field(
+        default="all",
+        description=(
+            "Retrieved chunks before the prompt, and every citation field (snippet, title, source, section). "
+            "all (default): every configured type; sensitive: only the types the policy blocks, redacts or "
+            "masks (names in documents stay); off: documents are trusted as they are."
+        ),
+    )
     answer: bool = Field(default=True, description="The model's output, streams included.")
+
+    @field_validator("context", mode="before")
+    @classmethod
+    def _context_from_bool(cls, value: object) -> object:
+        # Configurations written before the three levels said true or false.
+        if value is True:
+            return "all"
+        if value is False:
+            return "off"
+        return value
 
 
 class PiiSettings(StrictModel):
@@ -216,7 +236,15 @@ class PiiSettings(StrictModel):
     allow_list: list[str] = Field(default_factory=list, description="Exact strings never treated as PII.")
     apply_to: PiiApplyTo = PiiApplyTo()
     restore_pseudonyms: bool = Field(
-        default=True, description="Give callers their own pseudonymized values back in the answer."
+        default=True,
+        description="Give callers their own pseudonymized values back in the answer (never inside a URL).",
+    )
+    link_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hosts that Markdown links and images in answers may point to (a host matches itself and its "
+            "subdomains); links elsewhere are shown as text, images are dropped to their alt text."
+        ),
     )
     stream_window_chars: int = Field(
         default=80, ge=16, le=4096, description="Streamed text held back; must exceed the longest entity."

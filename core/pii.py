@@ -10,10 +10,12 @@ explicitly, whether a failure may pass (``pii.on_error: pass``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -66,6 +68,7 @@ _ORGANIZATION_WORDS = frozenset(
     national network news pharma policy port portal press program programme project quay revenue shipping
     software solutions summit systems technologies technology track transport warehouse week""".split()
 )
+_CACHED_TEXTS = 20_000  # span lists of retrieved texts kept per process (a few MB)
 _POSSESSIVE = frozenset({"'s", "’s", "'", "’"})
 
 
@@ -192,6 +195,8 @@ class PiiEngine:
         self._lock = threading.Lock()
         # Analysis runs on these threads so that a timeout can give up on it.
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pii")
+        # Spans of document text per (policy, text hash): retrieved chunks repeat across queries.
+        self._cache: OrderedDict[tuple[str, str], list[PiiSpan]] = OrderedDict()
 
     @staticmethod
     def _load_nlp(nlp_model: str) -> NlpEngine:
@@ -276,6 +281,24 @@ class PiiEngine:
             raise PiiUnavailable(f"the PII filter failed ({type(exc).__name__})") from None
         spans = (PiiSpan(r.entity_type, r.start, r.end, float(r.score)) for r in results)
         return resolve_overlaps(spans, text)
+
+    def analyze_cached(self, text: str, policy: PiiSettings) -> list[PiiSpan]:
+        """:meth:`analyze` for text that repeats (retrieved chunks, titles): once per process and policy.
+
+        Failures are not cached, so a failed analysis fails again rather than passing later.
+        """
+        key = (policy.fingerprint(), hashlib.sha256(text.encode()).hexdigest())
+        with self._lock:
+            spans = self._cache.get(key)
+            if spans is not None:
+                self._cache.move_to_end(key)
+                return spans
+        spans = self.analyze(text, policy)
+        with self._lock:
+            self._cache[key] = spans
+            while len(self._cache) > _CACHED_TEXTS:
+                self._cache.popitem(last=False)
+        return spans
 
     def scrub(self, text: str, policy: PiiSettings) -> Scrubbed:
         """Ingest-time filtering: every configured entity becomes its typed placeholder (or mask).

@@ -7,8 +7,10 @@ real, and the answers come from the same :class:`RagPipeline` the API serves.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,7 @@ from core.config import LoadedConfig, list_config_names
 from core.embedding import Embedder
 from core.errors import ConfigError, EvalInputError
 from core.git import git_commit
+from core.pii import replace_spans
 from core.runtime import Runtime
 from core.settings import Settings
 from evals.dataset import EvalQuestion, EvalSet
@@ -196,7 +199,23 @@ def answer_and_score(ctx: EvalContext, q: EvalQuestion) -> QuestionRun:
     return answer, metrics, judged
 
 
-def question_record(q: EvalQuestion, runs: list[QuestionRun]) -> dict[str, Any]:
+def report_scrubber(ctx: EvalContext) -> Callable[[str], str]:
+    """Reports are shared: their texts go through the configuration's PII policy (every type becomes ``<TYPE>``)."""
+    engine = ctx.pipeline.pii_engine(ctx.config)
+    policy = ctx.config.config.pii
+    if engine is None:
+        return lambda text: text
+
+    def scrub(text: str) -> str:
+        # Values the dataset lists are already "<PII>": not a name for the NER model to find.
+        marks = [(m.start(), m.end()) for m in re.finditer("<PII>", text)]
+        spans = [s for s in engine.analyze(text, policy) if not any(a < s.end and s.start < b for a, b in marks)]
+        return replace_spans(text, spans, lambda entity_type, _value: f"<{entity_type}>")
+
+    return scrub
+
+
+def question_record(q: EvalQuestion, runs: list[QuestionRun], scrub: Callable[[str], str]) -> dict[str, Any]:
     """A question's entry in the report: the first repeat's answer, each metric's mean over the repeats."""
     answer = runs[0][0]
     metrics = {name: statistics.fmean(m[name] for _, m, _ in runs) for name in runs[0][1]}
@@ -205,9 +224,9 @@ def question_record(q: EvalQuestion, runs: list[QuestionRun]) -> dict[str, Any]:
     return {
         "id": q.id,
         "kind": q.kind,
-        "question": q.redacted(q.question),
-        "reference": q.reference,
-        "answer": q.redacted(answer.text),
+        "question": scrub(q.redacted(q.question)),
+        "reference": scrub(q.redacted(q.reference)),
+        "answer": scrub(q.redacted(answer.text)),
         "retrieved": unique_in_order([c.source for c in answer.citations]),
         "gold": q.sources,
         "metrics": metrics,
@@ -219,10 +238,11 @@ def answer_questions(ctx: EvalContext, questions: list[EvalQuestion], repeats: i
     """Every question's report entry, and the model that answered (the last answer's)."""
     results = []
     model = ""
+    scrub = report_scrubber(ctx)
     for q in questions:
         runs = [answer_and_score(ctx, q) for _ in range(repeats)]
         model = runs[-1][0].versions.model
-        results.append(question_record(q, runs))
+        results.append(question_record(q, runs, scrub))
     return results, model
 
 

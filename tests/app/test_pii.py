@@ -349,6 +349,7 @@ def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
 
     captured = capfd.readouterr()
     haystacks = {
+        "CLI output": result.output,  # the CLI prints the answer and its citations
         "logs": "\n".join(r.getMessage() for r in caplog.records),
         "stdout/stderr": captured.out + captured.err,
         "ledger and every other table (served)": _table_dump(served_database),
