@@ -106,11 +106,15 @@ def test_queries_search_the_default_collection_unless_told_otherwise(
     (tmp_path / "tide.md").write_text("# Tide tables\n\nThe Port Aldane tide gauge reads 4.2 metres at spring tide.\n")
     with served_database.connect() as conn:
         IngestPipeline(conn, load_config("default", REPO / "configs"), embedder, collection="marine").run(tmp_path)
-    question = "What does the Port Aldane tide gauge read at spring tide?"
-    default = client.post("/v1/query", json={"question": question}).json()
-    assert all(c["source"] != "tide.md" for c in default["citations"])
-    marine = client.post("/v1/query", json={"question": question, "collection": "marine"}).json()
-    assert [c["source"] for c in marine["citations"]] == ["tide.md"]
+    try:
+        question = "What does the Port Aldane tide gauge read at spring tide?"
+        default = client.post("/v1/query", json={"question": question}).json()
+        assert all(c["source"] != "tide.md" for c in default["citations"])
+        marine = client.post("/v1/query", json={"question": question, "collection": "marine"}).json()
+        assert [c["source"] for c in marine["citations"]] == ["tide.md"]
+    finally:  # the shared database ends as it began
+        with served_database.connect() as conn:
+            conn.execute("DELETE FROM documents WHERE collection = 'marine'")
 
 
 def test_openai_client_works_unchanged(client: TestClient, api_key: str) -> None:
