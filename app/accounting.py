@@ -278,15 +278,18 @@ GROUPS = {"key": "coalesce(key_name, '(none)')", "day": "to_char(created_at, 'YY
           "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')"}  # fmt: skip
 
 
-def usage(conn: psycopg.Connection, start: datetime, end: datetime, group_by: str) -> list[dict[str, Any]]:
-    """Requests, tokens and cost per group between ``start`` (inclusive) and ``end`` (exclusive)."""
+def usage(
+    conn: psycopg.Connection, start: datetime, end: datetime, group_by: str, *, key_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Requests, tokens and cost per group in [start, end); only ``key_id``'s requests when given."""
     column = GROUPS[group_by]  # allow-listed: never user text in SQL
     rows = conn.execute(
         f"""SELECT {column} AS grp, count(*), count(*) FILTER (WHERE status >= 400),
                    sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(embedding_tokens),
                    sum(cost_usd)
-            FROM ledger WHERE created_at >= %s AND created_at < %s GROUP BY 1 ORDER BY 1""",
-        (start, end),
+            FROM ledger WHERE created_at >= %s AND created_at < %s AND (%s::bigint IS NULL OR key_id = %s)
+            GROUP BY 1 ORDER BY 1""",
+        (start, end, key_id, key_id),
     ).fetchall()
     names = ("group", "requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
              "embedding_tokens", "cost_usd")  # fmt: skip

@@ -104,25 +104,42 @@ def config_validate() -> None:
     out.print(f"ok  {pricing.version}  ({len(pricing.models)} models)")
 
 
+def _split(values: str) -> list[str]:
+    """A comma-separated option as a list, blanks dropped."""
+    return [v.strip() for v in values.split(",") if v.strip()]
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    collections: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated collections the key may use, or '*' for all (a global admin needs '*')."),
+    ] = None,
+    configs: Annotated[
+        str | None, typer.Option(help="Comma-separated configurations it may use, or '*'; unset: the default only.")
+    ] = None,
     scopes: Annotated[str, typer.Option(help="Comma-separated: query, admin.")] = "query",
     budget_usd_day: Annotated[float | None, typer.Option(help="Daily spending cap in USD.")] = None,
     budget_usd_month: Annotated[float | None, typer.Option(help="Monthly spending cap in USD.")] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
 ) -> None:
-    """Create a key and print it ONCE (only a salted hash is stored)."""
+    """Create a key and print it ONCE (only a salted hash is stored). A key is granted nothing by default."""
     from app.keys import create_key
     from core.runtime import open_runtime
 
+    if collections is None:
+        raise typer.BadParameter("name the collections the key may use (or '*' for all)", param_hint="--collections")
     with open_runtime() as rt:
         key, secret = create_key(
-            rt.conn, name, [s.strip() for s in scopes.split(",") if s.strip()], budget_usd_day=budget_usd_day,
-            budget_usd_month=budget_usd_month, rpm=rpm, tpm=tpm,
+            rt.conn, name, _split(scopes), collections=_split(collections), configs=_split(configs or ""),
+            budget_usd_day=budget_usd_day, budget_usd_month=budget_usd_month, rpm=rpm, tpm=tpm,
         )  # fmt: skip
-    out.print(f"created key {key.id} ({key.name}, scopes {','.join(key.scopes)}); store it now, it is not shown again:")
+    out.print(
+        f"created key {key.id} ({key.name}, scopes {','.join(key.scopes)}, collections {','.join(key.collections)}, "
+        f"configs {','.join(key.configs) or '(the default)'}); store it now, it is not shown again:"
+    )
     print(secret)
 
 
@@ -136,12 +153,18 @@ def keys_list() -> None:
 
     with open_runtime() as rt:
         keys = list_keys(rt.conn)
-    table = Table("id", "name", "prefix", "scopes", "budget/day", "budget/month", "rpm", "tpm", "created", "revoked")
+    table = Table("id", "name", "prefix", "scopes", "collections", "configs", "limits", "created", "revoked")
     for k in keys:
+        limits = [
+            f"${k.budget_usd_day}/day" if k.budget_usd_day is not None else "",
+            f"${k.budget_usd_month}/month" if k.budget_usd_month is not None else "",
+            f"{k.rpm} rpm" if k.rpm else "",
+            f"{k.tpm} tpm" if k.tpm else "",
+        ]
         table.add_row(
-            str(k.id), k.name, k.prefix, ",".join(k.scopes), str(k.budget_usd_day or ""), str(k.budget_usd_month or ""),
-            str(k.rpm or ""), str(k.tpm or ""), k.created_at.strftime("%Y-%m-%d %H:%M"),
-            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+            str(k.id), k.name, k.prefix, ",".join(k.scopes), ",".join(k.collections),
+            ",".join(k.configs) or "(default)", " ".join(x for x in limits if x),
+            k.created_at.strftime("%Y-%m-%d %H:%M"), k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
         )  # fmt: skip
     out.print(table)
 
@@ -202,7 +225,7 @@ def ensure_demo_key() -> str | None:
                 return path.read_text().strip()
             except AuthError:
                 pass
-        _, secret = create_key(rt.conn, "local-demo", ["query", "admin"])
+        _, secret = create_key(rt.conn, "local-demo", ["query", "admin"], collections=["*"], configs=["*"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(secret + "\n")
     path.chmod(0o600)
@@ -248,17 +271,20 @@ def query(
     question: Annotated[str, typer.Argument(help="The question.")],
     config: Annotated[str | None, typer.Option(help="Configuration name.")] = None,
     top_k: Annotated[int | None, typer.Option(help="Chunks to retrieve.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection to search; unset: 'default'.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
 ) -> None:
     """Answer a question from the command line, with citations."""
     from app.rag import Question, RagPipeline
+    from core.access import EVERYTHING
     from core.catalog import Catalog
     from core.runtime import open_runtime
 
     settings = get_settings()
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
     with open_runtime(settings) as rt, rt.database.pool(2) as pool:
-        answer = RagPipeline(settings, catalog, pool).answer(Question(text=question, config=config, top_k=top_k))
+        asked = Question(text=question, config=config, top_k=top_k, collection=collection)
+        answer = RagPipeline(settings, catalog, pool).answer(asked, EVERYTHING)  # the operator's own command
     if as_json:
         from dataclasses import asdict
 

@@ -16,10 +16,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from core.access import ALL, Grant
 from core.errors import AuthError, RagopsError, ScopeError
 
 SCOPES = frozenset({"query", "admin"})
@@ -34,6 +36,8 @@ class ApiKey:
     name: str
     prefix: str
     scopes: tuple[str, ...]
+    collections: tuple[str, ...]  # "*": every collection
+    configs: tuple[str, ...]  # "*": every configuration; empty: the service's default only
     budget_usd_day: Decimal | None
     budget_usd_month: Decimal | None
     rpm: int | None
@@ -46,8 +50,14 @@ class ApiKey:
         if scope not in self.scopes:
             raise ScopeError(f"API key {self.name!r} lacks the {scope!r} scope")
 
+    def grant(self, default_config: str) -> Grant:
+        """The collections and configurations this key may use."""
+        return Grant.of(self.collections, self.configs or (default_config,))
 
-_COLUMNS = "id, name, prefix, scopes, budget_usd_day, budget_usd_month, rpm, tpm, created_at, revoked_at"
+
+_COLUMNS = (
+    "id, name, prefix, scopes, collections, configs, budget_usd_day, budget_usd_month, rpm, tpm, created_at, revoked_at"
+)
 
 
 def _hash(salt: bytes, secret: str) -> bytes:
@@ -59,33 +69,66 @@ def create_key(
     name: str,
     scopes: list[str],
     *,
+    collections: list[str],
+    configs: list[str] | None = None,
     budget_usd_day: float | None = None,
     budget_usd_month: float | None = None,
     rpm: int | None = None,
     tpm: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """Store a new key; returns it and the full key string, which is never retrievable again."""
+    """Store a new key; returns it and the full key string, which is never retrievable again.
+
+    ``collections`` must be named (``["*"]`` for all): a key is granted nothing by default.
+    ``configs`` unset: the service's default configuration only.
+    """
     unknown = set(scopes) - SCOPES
     if not scopes or unknown:
         raise RagopsError(f"scopes must be a non-empty subset of {sorted(SCOPES)}; unknown: {sorted(unknown)}")
     if not name.strip():
         raise RagopsError("a key needs a name")
+    collections, configs = _names("collections", collections), _names("configs", configs or [])
+    if not collections:
+        raise RagopsError("name the collections the key may use (or '*' for all of them)")
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(24)
     salt = secrets.token_bytes(16)
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            f"""INSERT INTO api_keys (name, prefix, salt, secret_hash, scopes, budget_usd_day, budget_usd_month,
-                                      rpm, tpm)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
-            (name, prefix, salt, _hash(salt, secret), sorted(set(scopes)), budget_usd_day, budget_usd_month, rpm, tpm),
+            f"""INSERT INTO api_keys (name, prefix, salt, secret_hash, scopes, collections, configs, budget_usd_day,
+                                      budget_usd_month, rpm, tpm)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
+            (
+                name,
+                prefix,
+                salt,
+                _hash(salt, secret),
+                sorted(set(scopes)),
+                collections,
+                configs,
+                budget_usd_day,
+                budget_usd_month,
+                rpm,
+                tpm,
+            ),
         ).fetchone()
     assert row is not None
     return _key(row), f"{_KEY_PREFIX}_{prefix}_{secret}"
 
 
-def _key(row: dict[str, object]) -> ApiKey:
-    return ApiKey(**{**row, "scopes": tuple(row["scopes"])})  # type: ignore[arg-type]
+def _names(what: str, names: list[str]) -> list[str]:
+    """Collection or configuration names, stripped, deduplicated and checked: ``*`` stands alone."""
+    cleaned = sorted({n.strip() for n in names if n.strip()})
+    if ALL in cleaned and len(cleaned) > 1:
+        raise RagopsError(f"{what}: '*' already means all of them; give it alone")
+    for n in cleaned:
+        if len(n) > 64 or "\x00" in n or "," in n:
+            raise RagopsError(f"{what}: {n[:70]!r} is not a valid name (at most 64 characters, no commas)")
+    return cleaned
+
+
+def _key(row: dict[str, Any]) -> ApiKey:
+    lists = {name: tuple(row[name]) for name in ("scopes", "collections", "configs")}
+    return ApiKey(**{**row, **lists})
 
 
 def verify_key(conn: psycopg.Connection, presented: str) -> ApiKey:

@@ -32,6 +32,7 @@ from app.generators.vllm import VllmGenerator
 from app.pii import PiiSession, without_placeholders
 from app.retrieval import RetrievalQuery, active_version, search
 from app.search_sql import ChunkHit
+from core.access import Grant
 from core.catalog import Catalog
 from core.config import MAX_TOP_K, LoadedConfig
 from core.embedding import Embedder, get_embedder
@@ -40,7 +41,6 @@ from core.pii import PiiEngine, get_pii_engine
 from core.prompts import Prompt
 from core.settings import Settings
 from core.tokens import count_tokens
-from ingest.pipeline import DEFAULT_COLLECTION
 from ingest.versions import IndexVersion, check_embedding_model, get_index_version
 
 _SNIPPET_CHARS = 240
@@ -234,10 +234,15 @@ class RagPipeline:
         if any("\x00" in turn.content for turn in question.history):
             raise BadRequest("messages must not contain NUL characters", field="messages")
 
-    def prepare(self, question: Question) -> Prepared:
-        """Validate, embed, retrieve and render the prompt: everything before the first token."""
+    def prepare(self, question: Question, grant: Grant) -> Prepared:
+        """Validate, embed, retrieve and render the prompt: everything before the first token.
+
+        ``grant``: what the caller may use; the configuration and collection are checked against it
+        before anything else, and retrieval reads only a granted collection.
+        """
         started = time.perf_counter()
-        config = self.catalog.config(question.config)
+        config = self.catalog.config(grant.config(question.config, self.catalog.default_config))
+        question = dataclasses.replace(question, collection=grant.collection(question.collection))
         self.validate(question, config)
         prompt = self.catalog.prompt_for(config)
         generator = self.generator(config)
@@ -246,7 +251,7 @@ class RagPipeline:
         question = filtered_question(question, pii)
         query_text = retrieval_text(question)
         vector, embedding_tokens = self._embed_query(config, query_text, timings)
-        index, hits = self._retrieve(question, config, query_text, vector, timings)
+        index, hits = self._retrieve(question, grant, config, query_text, vector, timings)
         hits = filtered_hits(hits, pii)
         timings.pii_ms = pii.elapsed_ms  # question and context: all the analysis so far
         citations, passages = fit_context(hits, config.config.generation.context_tokens)
@@ -274,16 +279,26 @@ class RagPipeline:
         return vector, count_tokens(text)
 
     def _retrieve(
-        self, question: Question, config: LoadedConfig, text: str, vector: np.ndarray | None, timings: Timings
+        self,
+        question: Question,
+        grant: Grant,
+        config: LoadedConfig,
+        text: str,
+        vector: np.ndarray | None,
+        timings: Timings,
     ) -> tuple[IndexVersion, list[ChunkHit]]:
-        """The index version that answers (the active one unless the question pins one) and its best hits."""
+        """The version that answers the collection (its active one unless the question pins one) and its best hits."""
         t0 = time.perf_counter()
         settings = config.config.retrieval
         # Collections are namespaces: an eval run's copy of the samples must not answer users.
-        collection = question.collection or DEFAULT_COLLECTION
-        query = RetrievalQuery(text, question.top_k or settings.top_k, question.filters, collection)
+        collection = grant.collection(question.collection)
+        query = RetrievalQuery(text, question.top_k or settings.top_k, collection, question.filters)
         with self.pool.connection() as conn:
-            index = get_index_version(conn, question.index_version) if question.index_version else active_version(conn)
+            index = (
+                get_index_version(conn, question.index_version)
+                if question.index_version
+                else active_version(conn, collection)
+            )
             if vector is not None:
                 check_embedding_model(index, config)
             # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
@@ -318,9 +333,9 @@ class RagPipeline:
                     self._answer(prepared, "".join(parts), event.usage, event.model, event.finish_reason, t0)
                 )
 
-    def answer(self, question: Question) -> Answer:
+    def answer(self, question: Question, grant: Grant) -> Answer:
         """Prepare and generate a whole answer."""
-        return final_answer(self.stream(self.prepare(question), incremental=False))
+        return final_answer(self.stream(self.prepare(question, grant), incremental=False))
 
     def _answer(
         self, prepared: Prepared, text: str, usage: Usage, model: str, finish_reason: str, generate_started: float

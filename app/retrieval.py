@@ -18,6 +18,7 @@ from pydantic import ConfigDict
 
 from app import search_sql
 from app.search_sql import ChunkHit
+from core.access import DEFAULT_COLLECTION
 from core.config import RetrievalSettings
 from core.embedding import Embedder
 from core.errors import NoActiveIndex
@@ -31,13 +32,13 @@ class RetrievalQuery:
 
     text: str
     top_k: int
+    collection: str  # every search reads exactly one collection
     filters: dict[str, Any] | None = None
-    collection: str | None = None
 
 
-def active_version(conn: psycopg.Connection) -> IndexVersion:
-    """The active index version, or :class:`NoActiveIndex` with what to do about it."""
-    version = versions.active_index_version(conn)
+def active_version(conn: psycopg.Connection, collection: str | None = None) -> IndexVersion:
+    """The version answering ``collection`` (None: the default), or :class:`NoActiveIndex` with what to do about it."""
+    version = versions.active_index_version(conn, collection)
     if version is None:
         raise NoActiveIndex("no active index: ingest documents first (ragops ingest PATH)")
     return version
@@ -85,15 +86,15 @@ class RagopsRetriever(BaseRetriever):
     pool: ConnectionPool
     embedder: Embedder
     settings: RetrievalSettings = RetrievalSettings()
+    collection: str = DEFAULT_COLLECTION
     filters: dict[str, Any] | None = None
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[LCDocument]:
         vector = None if self.settings.mode == "keyword" else self.embedder.embed_query(query)
         with self.pool.connection() as conn:
-            version = active_version(conn)
-            hits = search(
-                conn, version, self.settings, RetrievalQuery(query, self.settings.top_k, self.filters), vector
-            )
+            version = active_version(conn, self.collection)
+            query_ = RetrievalQuery(query, self.settings.top_k, self.collection, self.filters)
+            hits = search(conn, version, self.settings, query_, vector)
         return [
             LCDocument(
                 page_content=hit.text,

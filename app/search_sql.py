@@ -32,12 +32,12 @@ class ChunkHit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _filters(collection: str | None, metadata: dict[str, Any] | None) -> tuple[sql.Composable, dict[str, Any]]:
-    clauses: list[sql.Composable] = [sql.SQL("true")]
-    params: dict[str, Any] = {}
-    if collection is not None:
-        clauses.append(sql.SQL("c.collection = %(collection)s"))
-        params["collection"] = collection
+def _filters(collection: str, metadata: dict[str, Any] | None) -> tuple[sql.Composable, dict[str, Any]]:
+    """The WHERE clause every search uses: one collection always (tenancy holds here, not only in routes)."""
+    if not isinstance(collection, str):
+        raise TypeError("a search must name its collection")
+    clauses: list[sql.Composable] = [sql.SQL("c.collection = %(collection)s")]
+    params: dict[str, Any] = {"collection": collection}
     if metadata:
         clauses.append(sql.SQL("c.metadata @> %(metadata)s"))
         params["metadata"] = Jsonb(metadata)
@@ -70,7 +70,7 @@ def search_vector(
     vector: np.ndarray,
     top_k: int,
     *,
-    collection: str | None = None,
+    collection: str,
     metadata: dict[str, Any] | None = None,
     exact: bool = False,
     ef_search: int = 40,
@@ -107,7 +107,7 @@ def search_hybrid(
     rrf_k: int = 60,
     vector_weight: float = 1.0,
     keyword_weight: float = 1.0,
-    collection: str | None = None,
+    collection: str,
     metadata: dict[str, Any] | None = None,
     ef_search: int = 40,
 ) -> list[ChunkHit]:
@@ -154,7 +154,7 @@ def search_keyword(
     text: str,
     top_k: int,
     *,
-    collection: str | None = None,
+    collection: str,
     metadata: dict[str, Any] | None = None,
 ) -> list[ChunkHit]:
     """Full-text search ranked by ts_rank; any query term may match (questions are not boolean ANDs).

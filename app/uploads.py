@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import psycopg
 
+from core.access import Grant
 from core.config import NAME_PATTERN
 from core.errors import SourceError, UnsupportedFileType, UploadTooLarge
 from core.settings import Settings
@@ -74,13 +75,15 @@ def save_upload(settings: Settings, collection: str, filename: str | None, data:
     return SavedUpload(filename=name, path=folder / name, bytes=size)
 
 
-def delete_document(conn: psycopg.Connection, settings: Settings, document_id: int) -> tuple[str, str] | None:
+def delete_document(
+    conn: psycopg.Connection, settings: Settings, document_id: int, grant: Grant
+) -> tuple[str, str] | None:
     """Delete a document from every index version; also its uploaded file, so a reindex cannot bring it back.
 
-    Returns (collection, source), or None when there is no such document.
+    Returns (collection, source), or None when there is no such document in a granted collection.
     """
     row = conn.execute("SELECT collection, source FROM documents WHERE id = %s", (document_id,)).fetchone()
-    if row is None:
+    if row is None or not grant.may_use(row[0]):
         return None
     collection, source = row
     documents.delete_documents(conn, [document_id])

@@ -34,6 +34,15 @@ from tests.utils.server import serve_in_thread
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def overhead_ms(response: httpx.Response, elapsed_ms: float) -> float:
+    """A request's API overhead: end to end minus embedding, search, generation and PII filtering.
+
+    PII filtering is a pipeline stage with its own benchmark (bench/pii.py), not API overhead.
+    """
+    t = response.json()["timings"]
+    return elapsed_ms - t["embed_ms"] - t["retrieve_ms"] - t["generate_ms"] - t.get("pii_ms", 0.0)
+
+
 def run_load(url: str, questions: list[str], concurrency: int, total: int, key: str | None) -> dict[str, Any]:
     """``total`` requests from ``concurrency`` threads; latency and server-side stage times."""
     e2e: list[float] = []
@@ -55,10 +64,8 @@ def run_load(url: str, questions: list[str], concurrency: int, total: int, key: 
             if response.status_code != 200:
                 errors += 1
                 return
-            t = response.json()["timings"]
             e2e.append(ms)
-            # PII filtering is a pipeline stage with its own benchmark (bench/pii.py), not API overhead.
-            overhead.append(ms - t["embed_ms"] - t["retrieve_ms"] - t["generate_ms"] - t.get("pii_ms", 0.0))
+            overhead.append(overhead_ms(response, ms))
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     clients = [httpx.Client(timeout=60, headers=headers) for _ in range(concurrency)]
@@ -135,11 +142,44 @@ def paired_accounting(
     }
 
 
+def paired_grant(url: str, questions: list[str], scoped_key: str, global_key: str, rounds: int = 3) -> dict[str, Any]:
+    """What a collection-scoped key adds to a request's API overhead, against a global key: paired, same question.
+
+    Both keys ask the same question of the same collection back to back, in alternating order, at
+    concurrency 1; the difference of their API overheads (end to end minus the pipeline's stages)
+    is what authorization by collection and configuration costs.
+    """
+    diffs: list[float] = []
+    with (
+        httpx.Client(timeout=60, headers={"Authorization": f"Bearer {scoped_key}"}) as scoped,
+        httpx.Client(timeout=60, headers={"Authorization": f"Bearer {global_key}"}) as everything,
+    ):
+        for r in range(rounds):
+            for i, question in enumerate(questions):
+                overhead: dict[str, float] = {}
+                sides = [("scoped", scoped), ("global", everything)]
+                for name, client in sides if (i + r) % 2 == 0 else sides[::-1]:
+                    t0 = time.perf_counter()
+                    response = client.post(f"{url}/v1/query", json={"question": question, "collection": "default"})
+                    elapsed = (time.perf_counter() - t0) * 1000
+                    response.raise_for_status()
+                    overhead[name] = overhead_ms(response, elapsed)
+                diffs.append(overhead["scoped"] - overhead["global"])
+    ordered = sorted(diffs)
+    return {
+        "pairs": len(diffs),
+        "scoped_minus_global_p50_ms": round(percentile(diffs, 50), 3),
+        "scoped_minus_global_iqr_ms": [round(ordered[len(ordered) // 4], 3), round(ordered[3 * len(ordered) // 4], 3)],
+        "scoped_minus_global_mean_ms": round(sum(diffs) / len(diffs), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench api")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=40, help="questions per paired round (3 rounds)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the subtractive split")
+    parser.add_argument("--grant-only", action="store_true", help="only the scoped-vs-global key pairs")
     args = parser.parse_args(argv)
     questions = [json.loads(line)["question"] for line in (ROOT / "evals/datasets/sample.jsonl").open()]
     config = load_config("default", ROOT / "configs")
@@ -149,7 +189,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
         with database.connect() as conn:
-            key = create_key(conn, "bench", ["query"], budget_usd_day=1_000_000.0)[1]
+            key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"], budget_usd_day=1_000_000.0)[1]
+            scoped_key = create_key(
+                conn, "bench-scoped", ["query"], collections=["default", "support", "faq"], configs=["default"],
+                budget_usd_day=1_000_000.0,
+            )[1]  # fmt: skip
         settings = Settings(
             database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",
             vllm_url=None, db_pool_max=20,
@@ -160,17 +204,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             serve_in_thread(create_app(settings, metering=False), keep_alive_s=60) as bare_url,
         ):
             run_load(metered_url, questions, 1, 20, key)  # warm-up
+            run_load(metered_url, questions, 1, 20, scoped_key)
             run_load(bare_url, questions, 1, 20, None)
-            for concurrency in (1, 16):
+            result["grant_paired"] = paired_grant(metered_url, questions[: args.pairs], scoped_key, key)
+            print(json.dumps(result["grant_paired"]), flush=True)
+            for concurrency in () if args.grant_only else (1, 16):
                 level = run_load(metered_url, questions, concurrency, args.requests, key)
                 result["levels"][str(concurrency)] = level
                 print(json.dumps({concurrency: level}), flush=True)
-            result["accounting_paired"] = paired_accounting(metered_url, bare_url, questions[: args.pairs], key)
-            print(json.dumps(result["accounting_paired"]), flush=True)
-            # The subtractive split: an explanation of where the time goes, not the figure a request pays.
-            result["accounting_overhead"] = accounting_overhead(metered_url, bare_url, questions, key, args.rounds)
-            print(json.dumps(result["accounting_overhead"]), flush=True)
-    path = write_result("api", result)
+            if not args.grant_only:
+                result["accounting_paired"] = paired_accounting(metered_url, bare_url, questions[: args.pairs], key)
+                print(json.dumps(result["accounting_paired"]), flush=True)
+                # The subtractive split: an explanation of where the time goes, not the figure a request pays.
+                result["accounting_overhead"] = accounting_overhead(metered_url, bare_url, questions, key, args.rounds)
+                print(json.dumps(result["accounting_overhead"]), flush=True)
+    path = write_result("api_grant" if args.grant_only else "api", result)
     print(f"wrote {path}")
     return result
 

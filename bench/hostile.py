@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         database = fresh_database(admin_uri, "hostile_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
-            key = create_key(conn, "bench", ["query", "admin"])[1]
+            key = create_key(conn, "bench", ["query", "admin"], collections=["*"], configs=["*"])[1]
         app_settings = Settings(
             database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",
             data_dir=Path(tempfile.mkdtemp(prefix="ragops-hostile-")), vllm_url=None, worker_in_process=False,

@@ -20,6 +20,7 @@ import numpy as np
 
 from app import search_sql
 from bench.common import DATASETS, bench_server, fresh_database, read_jsonl, write_result
+from core.access import DEFAULT_COLLECTION
 from core.config import LoadedConfig, RagConfig
 from core.embedding import Embedder, get_embedder
 from ingest import versions
@@ -138,10 +139,10 @@ def hnsw_recall(database: Any, embedder: Embedder, queries: list[str], k: int = 
         recalls, t_hnsw, t_exact = [], [], []
         for vector in vectors:
             t0 = time.perf_counter()
-            approx = search_sql.search_vector(conn, version, vector, k)
+            approx = search_sql.search_vector(conn, version, vector, k, collection=DEFAULT_COLLECTION)
             t_hnsw.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            exact = search_sql.search_vector(conn, version, vector, k, exact=True)
+            exact = search_sql.search_vector(conn, version, vector, k, exact=True, collection=DEFAULT_COLLECTION)
             t_exact.append(time.perf_counter() - t0)
             recalls.append(len({h.chunk_id for h in approx} & {h.chunk_id for h in exact}) / max(len(exact), 1))
     return {

@@ -250,8 +250,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         database = fresh_database(admin_uri, "load_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
-            key = create_key(conn, "load", ["query"])[1]
-            admin_key = create_key(conn, "load-admin", ["admin"])[1] if args.reindex else None
+            key = create_key(conn, "load", ["query"], collections=["*"], configs=["*"])[1]
+            admin_key = (
+                create_key(conn, "load-admin", ["admin"], collections=["*"], configs=["*"])[1] if args.reindex else None
+            )
         from tests.utils.server import free_port
 
         port = free_port()

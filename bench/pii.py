@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             database = fresh_database(admin_uri, "pii_bench")
             with database.connect() as conn:
                 IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
-                key = create_key(conn, "bench", ["query"])[1]
+                key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"])[1]
             settings = Settings(
                 database_url=SecretStr(database.url), configs_dir=folder, prompts_dir=ROOT / "prompts",
                 vllm_url=None, port=free_port(),

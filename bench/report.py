@@ -131,6 +131,18 @@ def api_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"target overhead p50 <= 5 ms: {verdict}" if level == "1" else "",
             )
         )
+    if "grant_paired" in r:
+        g = r["grant_paired"]
+        verdict = "met" if g["scoped_minus_global_p50_ms"] <= 0.5 else "MISSED"
+        rows.append(
+            (
+                "authorization by collection: scoped key vs global key, paired API overhead, concurrency 1",
+                f"scoped minus global, same question back to back: p50 {g['scoped_minus_global_p50_ms']:+.3f} ms, "
+                f"IQR [{g['scoped_minus_global_iqr_ms'][0]:+.3f}, {g['scoped_minus_global_iqr_ms'][1]:+.3f}] ms "
+                f"over {g['pairs']} pairs",
+                f"target <= 0.5 ms: {verdict}",
+            )
+        )
     if "accounting_paired" in r:
         p = r["accounting_paired"]
         verdict = "met" if p["paired_diff_p50_ms"] <= 3 else "MISSED"
@@ -323,6 +335,7 @@ RENDERERS = {
     "quality": quality_rows,
     "latency": latency_rows,
     "api": api_rows,
+    "api_grant": api_rows,
     "streaming": streaming_rows,
     "gate": gate_rows,
     "pii_detection": pii_detection_rows,

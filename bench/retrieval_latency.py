@@ -98,18 +98,20 @@ def measure(conn: Any, version: IndexVersion, queries: list[str], vectors: np.nd
     lat: dict[str, list[float]] = {"vector": [], "keyword": [], "hybrid": [], "vector_filtered": []}
     recall, recall_filtered = [], []
     for text, vector in zip(queries, vectors, strict=True):
-        hits, ms = timed(search_sql.search_vector, conn, version, vector, 10, ef_search=EF)
+        hits, ms = timed(search_sql.search_vector, conn, version, vector, 10, ef_search=EF, collection="bench")
         lat["vector"].append(ms)
-        exact = search_sql.search_vector(conn, version, vector, 10, exact=True)
+        exact = search_sql.search_vector(conn, version, vector, 10, exact=True, collection="bench")
         recall.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / 10)
-        _, ms = timed(search_sql.search_keyword, conn, version, text, 10)
+        _, ms = timed(search_sql.search_keyword, conn, version, text, 10, collection="bench")
         lat["keyword"].append(ms)
-        _, ms = timed(search_sql.search_hybrid, conn, version, vector, text, 10, ef_search=EF)
+        _, ms = timed(search_sql.search_hybrid, conn, version, vector, text, 10, ef_search=EF, collection="bench")
         lat["hybrid"].append(ms)
         flt = {"bucket": 0}
-        hits, ms = timed(search_sql.search_vector, conn, version, vector, 10, metadata=flt, ef_search=EF)
+        hits, ms = timed(
+            search_sql.search_vector, conn, version, vector, 10, metadata=flt, ef_search=EF, collection="bench"
+        )
         lat["vector_filtered"].append(ms)
-        exact = search_sql.search_vector(conn, version, vector, 10, metadata=flt, exact=True)
+        exact = search_sql.search_vector(conn, version, vector, 10, metadata=flt, exact=True, collection="bench")
         recall_filtered.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / max(len(exact), 1))
     out: dict[str, Any] = {
         f"{name}_ms": {"p50": round(percentile(v, 50), 2), "p95": round(percentile(v, 95), 2)}

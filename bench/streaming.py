@@ -29,6 +29,7 @@ from app.keys import create_key
 from app.main import create_app
 from app.rag import Question, RagPipeline
 from bench.common import bench_server, fresh_database, percentile, write_result
+from core.access import EVERYTHING
 from core.catalog import Catalog
 from core.config import load_config
 from core.embedding import get_embedder
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         database = fresh_database(admin_uri, "streaming_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
-            key = create_key(conn, "bench", ["query"])[1]
+            key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"])[1]
         model = write_tiny_llama(Path(tmp) / "model")
         with VllmServer(model, python=python, served_model_name="ragops-llm", max_model_len=2048,
                         extra_args=["--no-enable-prefix-caching"]) as server:  # fmt: skip
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 catalog = Catalog.load(configs, ROOT / "prompts", "default")
                 with database.pool(2) as pool:
                     pipeline = RagPipeline(settings, catalog, pool)
-                    prompts = [pipeline.prepare(Question(text=q)).request.messages for q in questions]
+                    prompts = [pipeline.prepare(Question(text=q), EVERYTHING).request.messages for q in questions]
                 for q, m in zip(questions[:3], prompts[:3], strict=True):  # warm-up every path
                     first_token_direct(direct_client, server.base_url, m)
                     first_token_service(client, url, q, "nopii")

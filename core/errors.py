@@ -146,6 +146,19 @@ class ScopeError(RagopsError):
     status = 403
 
 
+class AccessDenied(RagopsError):
+    """The key is not granted the collection, configuration or action it names (403).
+
+    Worded the same whether the named thing exists or not.
+    """
+
+    status = 403
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class BudgetExceeded(RagopsError):
     """The key's budget cannot cover this request's worst-case cost (429 until the period resets)."""
 

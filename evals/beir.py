@@ -15,6 +15,7 @@ import numpy as np
 import psycopg
 
 from app.retrieval import RetrievalQuery, search
+from core.access import DEFAULT_COLLECTION
 from core.config import RetrievalSettings
 from core.errors import SourceError
 from evals.metrics import hit_at_k, mrr_at_k, ndcg_at_k, recall_at_k, unique_in_order
@@ -99,6 +100,7 @@ def evaluate_retrieval(
     settings: RetrievalSettings,
     vectors: dict[str, np.ndarray],
     *,
+    collection: str = DEFAULT_COLLECTION,
     k: int = 10,
     chunk_pool: int = CHUNK_POOL,
 ) -> RetrievalScores:
@@ -106,7 +108,9 @@ def evaluate_retrieval(
     totals = {"ndcg": 0.0, "recall": 0.0, "mrr": 0.0, "hit": 0.0}
     per_query: dict[str, float] = {}
     for qid, text in dataset.queries.items():
-        ranked = ranked_documents(conn, version, settings, RetrievalQuery(text, chunk_pool), vectors.get(qid))
+        ranked = ranked_documents(
+            conn, version, settings, RetrievalQuery(text, chunk_pool, collection), vectors.get(qid)
+        )
         relevant = dataset.qrels[qid]
         per_query[qid] = ndcg_at_k(ranked, relevant, k)
         totals["ndcg"] += per_query[qid]

@@ -69,7 +69,7 @@ def score_queries(
     questions = []
     for qid, text in dataset.queries.items():
         t0 = time.perf_counter()
-        ranked = ranked_documents(conn, version, settings, RetrievalQuery(text, CHUNK_POOL, None, collection),
+        ranked = ranked_documents(conn, version, settings, RetrievalQuery(text, CHUNK_POOL, collection),
                                   vectors[qid])  # fmt: skip
         relevant = dataset.qrels[qid]
         questions.append(

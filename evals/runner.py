@@ -20,6 +20,7 @@ import numpy as np
 from app.generators.base import NOT_FOUND_ANSWER
 from app.pricing import Pricing, load_pricing
 from app.rag import Answer, Question, RagPipeline, final_answer
+from core.access import EVERYTHING
 from core.catalog import Catalog
 from core.config import LoadedConfig, list_config_names
 from core.embedding import Embedder
@@ -180,7 +181,7 @@ def answer_and_score(ctx: EvalContext, q: EvalQuestion) -> QuestionRun:
     """One repeat of one question: answer it through the serving pipeline, price it, score it (and judge it)."""
     question = Question(text=q.question, config=ctx.config_name, collection=EVAL_COLLECTION,
                         index_version=ctx.index.id)  # fmt: skip
-    prepared = ctx.pipeline.prepare(question)
+    prepared = ctx.pipeline.prepare(question, EVERYTHING)  # the harness's own collection and pinned version
     answer = final_answer(ctx.pipeline.stream(prepared))
     vectors = ctx.embedder.embed_batch([answer.text, q.reference])
     u = answer.usage

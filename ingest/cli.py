@@ -10,12 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.access import DEFAULT_COLLECTION
 from core.config import load_config
 from core.embedding import get_embedder
 from core.migrations import migrate
 from core.runtime import open_runtime
 from ingest import versions
-from ingest.pipeline import DEFAULT_COLLECTION, IngestPipeline, IngestProgress, IngestReport
+from ingest.pipeline import IngestPipeline, IngestProgress, IngestReport
 
 console = Console(stderr=True)
 out = Console()
@@ -31,7 +32,10 @@ def ingest(
     sync: Annotated[bool, typer.Option(help="Delete documents whose source disappeared.")] = False,
     activate: Annotated[
         bool | None,
-        typer.Option("--activate/--no-activate", help="Activate the index version after the run."),
+        typer.Option(
+            "--activate/--no-activate",
+            help="Answer the collection from this index version after the run; unset: only if nothing answers it yet.",
+        ),
     ] = None,
 ) -> None:
     """Ingest documents: only new or changed ones are embedded."""
@@ -79,12 +83,15 @@ def print_report(report: IngestReport) -> None:
         "throughput",
         f"{rate:.1f} docs/s, {report.chunks_written / max(report.total_seconds, 1e-9):.1f} chunks/s",
     )
-    table.add_row("index", f"{version.name} ({version.status}{', active' if version.is_active else ''})")
+    table.add_row("index", f"{version.name} ({version.status}{', active' if report.answering else ''})")
     out.print(table)
     if report.activated:
-        out.print(f"activated index version {version.name}")
-    elif not version.is_active:
-        out.print(f"index version {version.name} is built but not active: ragops index activate {version.id}")
+        out.print(f"activated index version {version.name} for collection {report.collection!r}")
+    elif not report.answering:
+        out.print(
+            f"index version {version.name} is built but does not answer {report.collection!r}: "
+            f"ragops index activate {version.id} --collection {report.collection}"
+        )
     for item in report.skipped:
         out.print(f"[yellow]skipped[/] {item['source']}: {item['reason']}")
 
@@ -94,14 +101,18 @@ def index_list() -> None:
     """Index versions with their settings, status and size."""
     with open_runtime() as rt:
         rows = versions.list_index_versions(rt.conn)
-    table = Table("id", "name", "status", "active", "model", "dim", "chunk size/overlap", "docs", "chunks", "created")
+        pinned = versions.collection_versions(rt.conn)
+    table = Table(
+        "id", "name", "status", "active", "model", "dim", "chunk size/overlap", "docs", "chunks", "created"
+    )  # fmt: skip
     for version, documents, chunks in rows:
+        own = sorted(c for c, v in pinned.items() if v == version.id)
         s = version.settings
         table.add_row(
             str(version.id),
             version.name,
             version.status,
-            "*" if version.is_active else "",
+            ", ".join(["default"] * version.is_active + own),
             version.embedding_model,
             str(version.dimension),
             f"{s.get('chunk_size')}/{s.get('chunk_overlap')}",
@@ -115,17 +126,22 @@ def index_list() -> None:
 @index_app.command("activate")
 def index_activate(
     version_id: Annotated[int, typer.Argument(help="Index version id (see `index list`).")],
+    collection: Annotated[
+        str | None,
+        typer.Option(help="Switch only this collection; unset: the default, for every collection without its own."),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Even when the default configuration embeds with another model.")
     ] = False,
 ) -> None:
-    """Switch queries to another index version, atomically."""
+    """Switch queries to another index version, atomically (one collection, or the default)."""
     with open_runtime() as rt:
         if not force:
             default = load_config(rt.settings.config, rt.settings.configs_dir)
             versions.check_embedding_model(versions.get_index_version(rt.conn, version_id), default)
-        version = versions.activate_index_version(rt.conn, version_id)
-    out.print(f"active index version: {version.name}")
+        version = versions.activate_index_version(rt.conn, version_id, collection)
+    where = f"collection {collection!r}" if collection else "the default"
+    out.print(f"active index version for {where}: {version.name}")
 
 
 @index_app.command("drop")

@@ -22,11 +22,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict
 
+from core.access import DEFAULT_COLLECTION
 from core.config import NAME_PATTERN, load_config
 from core.errors import IndexVersionError, IngestBusy, SourceError
 from core.settings import Settings
 from ingest import versions
-from ingest.pipeline import DEFAULT_COLLECTION
 from ingest.sources import default_sources, resolve_source
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,11 @@ class Job:
     heartbeat_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+    @property
+    def collection(self) -> str:
+        """The collection the job writes."""
+        return str(self.params.get("collection", DEFAULT_COLLECTION))
 
     @property
     def finished(self) -> bool:
@@ -170,13 +175,21 @@ def get_job(conn: psycopg.Connection, job_id: int) -> Job | None:
     return _one(conn, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
 
 
-def list_jobs(conn: psycopg.Connection, *, status: str | None = None, limit: int = 50) -> list[Job]:
-    """Jobs, newest first, optionally of one status."""
+def list_jobs(
+    conn: psycopg.Connection,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    collections: frozenset[str] | None = None,
+) -> list[Job]:
+    """Jobs, newest first, optionally of one status and of some collections only (None: all)."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE %(status)s::text IS NULL OR status = %(status)s "
-            "ORDER BY id DESC LIMIT %(limit)s",
-            {"status": status, "limit": limit},
+            f"""SELECT {_JOB_COLUMNS} FROM jobs
+                WHERE (%(status)s::text IS NULL OR status = %(status)s)
+                  AND (%(collections)s::text[] IS NULL OR params->>'collection' = ANY(%(collections)s::text[]))
+                ORDER BY id DESC LIMIT %(limit)s""",
+            {"status": status, "limit": limit, "collections": None if collections is None else sorted(collections)},
         ).fetchall()
     return [Job(**row) for row in rows]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+from core.access import DEFAULT_COLLECTION
 from core.config import LoadedConfig
 from core.embedding import Embedder
 from core.errors import IngestBusy
@@ -29,8 +30,6 @@ from ingest.sources import SourceFile, scan_source
 from ingest.versions import IndexVersion
 
 log = logging.getLogger(__name__)
-
-DEFAULT_COLLECTION = "default"
 
 
 @dataclass
@@ -55,6 +54,7 @@ class IngestReport:
 
     run_id: int
     index_version: IndexVersion
+    collection: str = DEFAULT_COLLECTION
     added: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -68,6 +68,7 @@ class IngestReport:
     write_seconds: float = 0.0
     total_seconds: float = 0.0
     activated: bool = False
+    answering: bool = False  # whether the collection is now answered from this version
     pii_scrubbed: int = 0
 
     @property
@@ -165,7 +166,7 @@ class IngestPipeline:
     ) -> IngestReport:
         started = time.perf_counter()
         run_id = runs.start_run(self.conn, version.id, self.collection, str(root), self.config.version)
-        report = IngestReport(run_id=run_id, index_version=version)
+        report = IngestReport(run_id=run_id, index_version=version, collection=self.collection)
         progress = IngestProgress(docs_total=sum(f.estimated_documents() for f in files), skipped=report.skipped)
         embedded_before = self.embedder.texts_embedded
 
@@ -364,7 +365,8 @@ class IngestPipeline:
         """Index and mark ready after a complete build; activate when asked (or when none is active)."""
         if version.status != "ready" or not version.hnsw_built:
             version = versions.mark_version_ready(self.conn, version)
-        was_active = version.is_active
-        version, _ = versions.activate_as_asked(self.conn, version, activate)
-        report.activated = version.is_active and not was_active
+        before = versions.active_index_version(self.conn, self.collection)
+        version, wanted = versions.activate_as_asked(self.conn, version, activate, self.collection)
+        report.activated = wanted and (before is None or before.id != version.id)
+        report.answering = wanted or (before is not None and before.id == version.id)
         return version

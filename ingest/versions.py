@@ -129,11 +129,25 @@ def get_index_version(conn: psycopg.Connection, version_id: int) -> IndexVersion
     return _version(row)
 
 
-def active_index_version(conn: psycopg.Connection) -> IndexVersion | None:
-    """The version queries are answered from."""
+def active_index_version(conn: psycopg.Connection, collection: str | None = None) -> IndexVersion | None:
+    """The version a collection is answered from: its own, else the service's default (``collection`` None)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(f"SELECT {_VERSION_COLUMNS} FROM index_versions WHERE is_active").fetchone()
+        row = None
+        if collection is not None:
+            row = cur.execute(
+                f"""SELECT {_VERSION_COLUMNS} FROM index_versions
+                    WHERE id = (SELECT index_version_id FROM collection_indexes WHERE collection = %s)""",
+                (collection,),
+            ).fetchone()
+        if row is None:
+            row = cur.execute(f"SELECT {_VERSION_COLUMNS} FROM index_versions WHERE is_active").fetchone()
     return _version(row) if row else None
+
+
+def collection_versions(conn: psycopg.Connection) -> dict[str, int]:
+    """Collections on a version of their own (not the default), with that version's id."""
+    rows = conn.execute("SELECT collection, index_version_id FROM collection_indexes ORDER BY collection").fetchall()
+    return {collection: version_id for collection, version_id in rows}
 
 
 def list_index_versions(conn: psycopg.Connection) -> list[tuple[IndexVersion, int, int]]:
@@ -164,8 +178,12 @@ def check_embedding_model(version: IndexVersion, config: LoadedConfig) -> None:
         )
 
 
-def activate_index_version(conn: psycopg.Connection, version_id: int) -> IndexVersion:
-    """Make ``version_id`` the active version: one transaction, so readers see old or new."""
+def activate_index_version(conn: psycopg.Connection, version_id: int, collection: str | None = None) -> IndexVersion:
+    """Answer ``collection`` from ``version_id`` (None: make it the default), in one transaction.
+
+    A collection on the default version follows the default when it moves; one on a version of its
+    own keeps it. Activating the default for a collection makes it follow the default again.
+    """
     with conn.transaction():
         conn.execute("LOCK TABLE index_versions IN SHARE ROW EXCLUSIVE MODE")
         version = get_index_version(conn, version_id)
@@ -173,24 +191,43 @@ def activate_index_version(conn: psycopg.Connection, version_id: int) -> IndexVe
             raise IndexVersionError(
                 f"index version {version.name} is {version.status}; only a ready (fully built) version can be activated"
             )
-        conn.execute("UPDATE index_versions SET is_active = false, updated_at = now() WHERE is_active")
-        conn.execute(
-            "UPDATE index_versions SET is_active = true, activated_at = now(), updated_at = now() WHERE id = %s",
-            (version_id,),
-        )
+        if collection is None:
+            conn.execute("UPDATE index_versions SET is_active = false, updated_at = now() WHERE is_active")
+            conn.execute(
+                "UPDATE index_versions SET is_active = true, activated_at = now(), updated_at = now() WHERE id = %s",
+                (version_id,),
+            )
+            conn.execute("DELETE FROM collection_indexes WHERE index_version_id = %s", (version_id,))
+        else:
+            default = active_index_version(conn)
+            if default is None:  # the first version anyone activates becomes the default
+                return activate_index_version(conn, version_id)
+            if default.id == version_id:
+                conn.execute("DELETE FROM collection_indexes WHERE collection = %s", (collection,))
+            else:
+                conn.execute(
+                    """INSERT INTO collection_indexes (collection, index_version_id) VALUES (%s, %s)
+                       ON CONFLICT (collection) DO UPDATE
+                       SET index_version_id = excluded.index_version_id, activated_at = now()""",
+                    (collection, version_id),
+                )
+            conn.execute(
+                "UPDATE index_versions SET activated_at = now(), updated_at = now() WHERE id = %s", (version_id,)
+            )
     return get_index_version(conn, version_id)
 
 
 def activate_as_asked(
-    conn: psycopg.Connection, version: IndexVersion, activate: bool | None
+    conn: psycopg.Connection, version: IndexVersion, activate: bool | None, collection: str
 ) -> tuple[IndexVersion, bool]:
-    """Activate a built ``version`` when ``activate`` says so; None: only when no version is active yet.
+    """Answer ``collection`` from a built ``version`` when ``activate`` says so; None: only when nothing answers it yet.
 
-    Returns the version as it now is, and the decision (True also when it was active already).
+    Returns the version as it now is, and whether the collection is now answered from it.
     """
-    wanted = activate if activate is not None else active_index_version(conn) is None
-    if wanted and not version.is_active:
-        version = activate_index_version(conn, version.id)
+    current = active_index_version(conn, collection)
+    wanted = activate if activate is not None else current is None
+    if wanted and (current is None or current.id != version.id):
+        version = activate_index_version(conn, version.id, collection)
     return version, wanted
 
 
@@ -202,6 +239,12 @@ def drop_index_version(conn: psycopg.Connection, version_id: int) -> IndexVersio
         if version.is_active:
             raise IndexVersionError(
                 f"index version {version.name} is active; activate another version before dropping it"
+            )
+        pinned = [c for c, v in collection_versions(conn).items() if v == version_id]
+        if pinned:
+            raise IndexVersionError(
+                f"index version {version.name} answers the collections {', '.join(pinned)}; "
+                "activate another version for them before dropping it"
             )
         if not try_lock_version(conn, version_id, xact=True):
             raise IngestBusy(f"index version {version.name} is being written by an ingest; try again later")

@@ -296,7 +296,7 @@ class Worker:
                 raise JobLost("job taken over")
             if row[0]:
                 raise JobCancelled("cancelled")
-            version, activated = versions.activate_as_asked(conn, version, params.activate)
+            version, activated = versions.activate_as_asked(conn, version, params.activate, params.collection)
             conn.execute(
                 """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s,
                        finished_at = now(), updated_at = now() WHERE id = %s""",

@@ -1,4 +1,10 @@
-"""``/v1/admin``: reindex jobs, document upload and deletion, index versions (admin scope)."""
+"""``/v1/admin``: reindex jobs, document upload and deletion, index versions (admin scope).
+
+A collection-scoped admin key acts only inside its collections: it sees their jobs, uploads to and
+deletes from them, and switches their index versions. What affects every collection (the default
+index version, dropping a version, reindexing from a server path) needs a global admin. Jobs and
+documents outside the grant answer 404, like ones that do not exist.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,11 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from app import uploads
-from app.api.deps import AdminKey, AppSettings, Configs, DbPool
+from app.api.deps import AdminGrant, AppSettings, Configs, DbPool
 from app.api.schemas import ErrorResponse, Strict
+from core.access import Grant
 from core.errors import Conflict, IndexVersionError, NotFound, UploadTooLarge
 from ingest import jobs, versions
-from ingest.pipeline import DEFAULT_COLLECTION
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -25,18 +31,22 @@ class ReindexRequest(Strict):
     """What to reindex, and how."""
 
     source: str | None = Field(
-        default=None, description="Folder or file under an allowed root; unset = the collection's earlier sources."
+        default=None,
+        description="A folder or file under an allowed root (global admin only); unset: the earlier sources.",
     )
     config: str | None = Field(
         default=None, description="Configuration whose index settings to build; default if unset."
     )
-    collection: str = Field(default=DEFAULT_COLLECTION, max_length=64)
+    collection: str | None = Field(
+        default=None, max_length=64, description="unset: 'default', or the key's only collection."
+    )
     mode: Literal["incremental", "full"] = Field(
         default="incremental",
         description="incremental: update the config's version in place; full: a fresh version beside the live one.",
     )
     activate: bool | None = Field(
-        default=None, description="Activate the version once built; unset = only when no version is active."
+        default=None,
+        description="Answer the collection from the version once built; unset = only when nothing answers it yet.",
     )
     sync: bool = Field(default=False, description="Also delete the collection's documents the source no longer has.")
 
@@ -92,7 +102,8 @@ class IndexOut(BaseModel):
     id: int
     name: str
     status: str
-    active: bool
+    active: bool = Field(description="The default version: answers every collection without a version of its own.")
+    collections: list[str] = Field(description="Collections answered from this version rather than the default.")
     settings: dict[str, Any]
     embedding_model: str
     dimension: int
@@ -103,10 +114,16 @@ class IndexOut(BaseModel):
     activated_at: datetime | None
 
     @classmethod
-    def of(cls, version: versions.IndexVersion, documents: int | None = None, chunks: int | None = None) -> IndexOut:
-        """The API view of a version."""
+    def of(
+        cls,
+        version: versions.IndexVersion,
+        collections: list[str],
+        documents: int | None = None,
+        chunks: int | None = None,
+    ) -> IndexOut:
+        """The API view of a version; ``collections``: the granted ones answered from it rather than the default."""
         return cls(
-            id=version.id, name=version.name, status=version.status, active=version.is_active,
+            id=version.id, name=version.name, status=version.status, active=version.is_active, collections=collections,
             settings=version.settings, embedding_model=version.embedding_model, dimension=version.dimension,
             documents=documents, chunks=chunks, created_by=version.created_by, created_at=version.created_at,
             activated_at=version.activated_at,
@@ -123,6 +140,7 @@ class ActivateResponse(BaseModel):
     """The now active version, and the one it replaced (activate that one to roll back)."""
 
     active: IndexOut
+    collection: str | None = Field(description="The collection switched; null: the default version moved.")
     previous_id: int | None
 
 
@@ -149,10 +167,14 @@ class DocumentDeleted(BaseModel):
     source: str
 
 
-def _job_or_404(job: jobs.Job | None, job_id: int) -> jobs.Job:
-    if job is None:
+def _job_or_404(job: jobs.Job | None, job_id: int, grant: Grant) -> jobs.Job:
+    if job is None or not grant.may_use(job.collection):
         raise NotFound(f"no job {job_id}")
     return job
+
+
+def _own_collections(conn: Any, version_id: int, grant: Grant) -> list[str]:
+    return [c for c, v in versions.collection_versions(conn).items() if v == version_id and grant.may_use(c)]
 
 
 def _version_or_404(conn: Any, version_id: int) -> versions.IndexVersion:
@@ -163,11 +185,17 @@ def _version_or_404(conn: Any, version_id: int) -> versions.IndexVersion:
 
 
 @router.post("/reindex", status_code=202, response_model=JobAccepted, responses=ERRORS)
-def create_reindex(body: ReindexRequest, pool: DbPool, settings: AppSettings, key: AdminKey) -> JobAccepted:
+def create_reindex(
+    body: ReindexRequest, pool: DbPool, settings: AppSettings, catalog: Configs, grant: AdminGrant
+) -> JobAccepted:
     """Queue a reindex job; watch it at /v1/admin/jobs/{id}."""
+    collection = grant.collection(body.collection)
+    config = grant.config(body.config, catalog.default_config)
+    if body.source is not None:  # a server path may hold any team's files
+        grant.require_all_collections("reindexing from a server path")
     with pool.connection() as conn:
         job = jobs.enqueue_reindex(
-            conn, settings, source=body.source, config=body.config, collection=body.collection,
+            conn, settings, source=body.source, config=config, collection=collection,
             mode=body.mode, activate=body.activate, sync=body.sync,
         )  # fmt: skip
     return JobAccepted(job_id=job.id, status=job.status)
@@ -176,27 +204,29 @@ def create_reindex(body: ReindexRequest, pool: DbPool, settings: AppSettings, ke
 @router.get("/jobs", response_model=JobsResponse, responses=ERRORS)
 def read_jobs(
     pool: DbPool,
-    key: AdminKey,
+    grant: AdminGrant,
     status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsResponse:
-    """Jobs, newest first."""
+    """Jobs of the key's collections, newest first."""
     with pool.connection() as conn:
-        return JobsResponse(jobs=[JobOut.of(j) for j in jobs.list_jobs(conn, status=status, limit=limit)])
+        found = jobs.list_jobs(conn, status=status, limit=limit, collections=grant.collections)
+    return JobsResponse(jobs=[JobOut.of(j) for j in found])
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-def read_job(job_id: int, pool: DbPool, key: AdminKey) -> JobOut:
+def read_job(job_id: int, pool: DbPool, grant: AdminGrant) -> JobOut:
     """A job's status, counts, docs/s, ETA and per-document errors."""
     with pool.connection() as conn:
-        return JobOut.of(_job_or_404(jobs.get_job(conn, job_id), job_id))
+        return JobOut.of(_job_or_404(jobs.get_job(conn, job_id), job_id, grant))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
-def cancel_job(job_id: int, pool: DbPool, key: AdminKey) -> JobOut:
+def cancel_job(job_id: int, pool: DbPool, grant: AdminGrant) -> JobOut:
     """Cancel a queued job, or stop a running one at its next batch (its index is never activated)."""
     with pool.connection() as conn:
-        job = _job_or_404(jobs.cancel_job(conn, job_id), job_id)
+        _job_or_404(jobs.get_job(conn, job_id), job_id, grant)
+        job = _job_or_404(jobs.cancel_job(conn, job_id), job_id, grant)
     if job.finished and job.status != "cancelled":
         raise Conflict(f"job {job_id} already {job.status}")
     return JobOut.of(job)
@@ -206,12 +236,17 @@ def cancel_job(job_id: int, pool: DbPool, key: AdminKey) -> JobOut:
 def create_documents(
     pool: DbPool,
     settings: AppSettings,
-    key: AdminKey,
+    catalog: Configs,
+    grant: AdminGrant,
     files: Annotated[list[UploadFile], File(description="One or more documents (.md .txt .html .pdf .jsonl).")],
-    collection: Annotated[str, Form(max_length=64)] = DEFAULT_COLLECTION,
+    collection: Annotated[
+        str | None, Form(max_length=64, description="unset: 'default', or the key's only collection.")
+    ] = None,
     config: Annotated[str | None, Form()] = None,
 ) -> UploadAccepted:
     """Store uploaded documents and queue the job that ingests them."""
+    collection = grant.collection(collection)
+    config = grant.config(config, catalog.default_config)
     if len(files) > settings.upload_max_files:
         raise UploadTooLarge(f"{len(files)} files in one upload; at most {settings.upload_max_files}")
     for upload in files:  # refuse the whole request before storing anything
@@ -229,21 +264,27 @@ def create_documents(
 
 
 @router.delete("/documents/{document_id}", response_model=DocumentDeleted, responses=ERRORS)
-def delete_document(document_id: int, pool: DbPool, settings: AppSettings, key: AdminKey) -> DocumentDeleted:
+def delete_document(document_id: int, pool: DbPool, settings: AppSettings, grant: AdminGrant) -> DocumentDeleted:
     """Delete a document from every index version (and its uploaded file)."""
     with pool.connection() as conn:
-        deleted = uploads.delete_document(conn, settings, document_id)
+        deleted = uploads.delete_document(conn, settings, document_id, grant)
     if deleted is None:
         raise NotFound(f"no document {document_id}")
     return DocumentDeleted(id=document_id, collection=deleted[0], source=deleted[1])
 
 
 @router.get("/indexes", response_model=IndexesResponse, responses=ERRORS)
-def read_indexes(pool: DbPool, key: AdminKey) -> IndexesResponse:
-    """Index versions with status, settings and size."""
+def read_indexes(pool: DbPool, grant: AdminGrant) -> IndexesResponse:
+    """Index versions with status, settings, size and the (granted) collections answered from each."""
     with pool.connection() as conn:
         rows = versions.list_index_versions(conn)
-    return IndexesResponse(indexes=[IndexOut.of(v, docs, chunks) for v, docs, chunks in rows])
+        own = versions.collection_versions(conn)
+    return IndexesResponse(
+        indexes=[
+            IndexOut.of(v, sorted(c for c, i in own.items() if i == v.id and grant.may_use(c)), docs, chunks)
+            for v, docs, chunks in rows
+        ]
+    )
 
 
 @router.post("/indexes/{version_id}/activate", response_model=ActivateResponse, responses=ERRORS)
@@ -251,30 +292,47 @@ def activate_index(
     version_id: int,
     pool: DbPool,
     catalog: Configs,
-    key: AdminKey,
+    grant: AdminGrant,
+    collection: Annotated[
+        str | None,
+        Query(max_length=64, description="Switch only this collection; unset: the default version (global admin)."),
+    ] = None,
     force: Annotated[
         bool, Query(description="Activate even when the default configuration embeds with another model.")
     ] = False,
 ) -> ActivateResponse:
     """Switch queries to this version in one transaction; activating the previous one rolls back.
 
-    A version built with another embedding model than the default configuration's is refused (409):
-    every query embedding with that configuration would be refused until the next activation.
+    With ``collection``, only that collection switches and every other keeps its version. A version
+    built with another embedding model than the default configuration's is refused (409): every
+    query embedding with that configuration would be refused until the next activation.
     """
+    if collection is None:
+        grant.require_all_collections("activating the default index version")
+    else:
+        collection = grant.collection(collection)
     with pool.connection() as conn:
         candidate = _version_or_404(conn, version_id)
         if not force:
             versions.check_embedding_model(candidate, catalog.config(None))
-        previous = versions.active_index_version(conn)
-        version = versions.activate_index_version(conn, version_id)
-    return ActivateResponse(active=IndexOut.of(version), previous_id=previous.id if previous else None)
+        previous = versions.active_index_version(conn, collection)
+        version = versions.activate_index_version(conn, version_id, collection)
+        own = _own_collections(conn, version.id, grant)
+    return ActivateResponse(
+        active=IndexOut.of(version, own), collection=collection, previous_id=previous.id if previous else None
+    )
 
 
 @router.delete("/indexes/{version_id}", response_model=IndexOut, responses=ERRORS)
-def delete_index(version_id: int, pool: DbPool, key: AdminKey) -> IndexOut:
-    """Drop an inactive version and its chunks; the active one is refused (409)."""
+def delete_index(version_id: int, pool: DbPool, grant: AdminGrant) -> IndexOut:
+    """Drop a version no collection is answered from, and its chunks (global admin); an active one is refused (409)."""
+    grant.require_all_collections("dropping an index version")
     with pool.connection() as conn:
         version = _version_or_404(conn, version_id)
-        if version.is_active:
-            raise Conflict(f"index version {version.name} is active; activate another version before deleting it")
-        return IndexOut.of(versions.drop_index_version(conn, version_id))
+        own = _own_collections(conn, version_id, grant)
+        if version.is_active or own:
+            where = f"the collections {', '.join(own)}" if own else "the default"
+            raise Conflict(
+                f"index version {version.name} is active for {where}; activate another version before deleting it"
+            )
+        return IndexOut.of(versions.drop_index_version(conn, version_id), [])

@@ -13,13 +13,14 @@ from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
 from app.metering import Meter
 from app.pii import log_transcript
 from app.rag import RagPipeline, final_answer
+from core.access import Grant
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def prepare(pipeline: RagPipeline, meter: Meter, question: Question) -> Prepared:
-    """Retrieve and hold the worst-case cost: every error here still gets a proper HTTP status."""
-    prepared = pipeline.prepare(question)
+def prepare(pipeline: RagPipeline, meter: Meter, question: Question, grant: Grant) -> Prepared:
+    """Retrieve (within ``grant``) and hold the worst-case cost: every error here still gets a proper HTTP status."""
+    prepared = pipeline.prepare(question, grant)
     meter.begin(prepared)
     return prepared
 

@@ -12,6 +12,7 @@ from app.accounting import Accountant, LedgerEntry, check_rate
 from app.keys import ApiKey
 from app.metering import Meter
 from app.rag import RagPipeline
+from core.access import EVERYTHING, Grant
 from core.catalog import Catalog
 from core.errors import AuthError
 from core.settings import Settings
@@ -93,6 +94,21 @@ def require_admin(request: Request) -> ApiKey | None:
     return authenticate(request, "admin")
 
 
+def grant_of(request: Request, key: ApiKey | None) -> Grant:
+    """What ``key`` may use (everything when auth is off)."""
+    return EVERYTHING if key is None else key.grant(get_catalog(request).default_config)
+
+
+def query_grant(request: Request, key: Annotated[ApiKey | None, Depends(require_query)]) -> Grant:
+    """The collections and configurations a ``query`` key may use."""
+    return grant_of(request, key)
+
+
+def admin_grant(request: Request, key: Annotated[ApiKey | None, Depends(require_admin)]) -> Grant:
+    """The collections an ``admin`` key administers (a global admin: all of them)."""
+    return grant_of(request, key)
+
+
 Pipeline = Annotated[RagPipeline, Depends(get_pipeline)]
 DbPool = Annotated[ConnectionPool, Depends(get_pool)]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
@@ -101,4 +117,6 @@ RequestId = Annotated[str, Depends(get_request_id)]
 CurrentMeter = Annotated[Meter, Depends(get_meter)]
 QueryKey = Annotated[ApiKey | None, Depends(require_query)]
 AdminKey = Annotated[ApiKey | None, Depends(require_admin)]
+QueryGrant = Annotated[Grant, Depends(query_grant)]
+AdminGrant = Annotated[Grant, Depends(admin_grant)]
 Accounts = Annotated[Accountant, Depends(get_accountant)]

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question, Turn
 from app.api.answering import STREAM_HEADERS, answer_events, complete, prepare
-from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
+from app.api.deps import CurrentMeter, Pipeline, QueryGrant, RequestId
 from app.api.query import ERRORS, STREAMED
 from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut, usage_out
 from app.api.sse import guarded, sse
@@ -56,9 +56,12 @@ def _chunks(
 
 @router.post("/chat/completions", responses={**ERRORS, **STREAMED})
 def create_chat_completion(
-    body: ChatCompletionRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
+    body: ChatCompletionRequest, pipeline: Pipeline, meter: CurrentMeter, grant: QueryGrant, request_id: RequestId
 ) -> object:
-    """OpenAI-compatible chat completion grounded in the indexed documents."""
+    """OpenAI-compatible chat completion grounded in the indexed documents.
+
+    The collection: ``model`` as ``config@collection``, or a ``collection`` field (``extra_body``).
+    """
     turns = [
         Turn(role="system" if m.role == "developer" else m.role, content=m.text())
         for m in body.messages
@@ -66,8 +69,9 @@ def create_chat_completion(
     ]
     if body.stream_options is not None and not body.stream:
         raise BadRequest("stream_options is only allowed when stream is true", field="stream_options")
-    question = Question.from_turns(turns, config=body.model, top_k=body.top_k, filters=body.filters)
-    prepared = prepare(pipeline, meter, question)
+    config, collection = body.target()
+    question = Question.from_turns(turns, config=config, top_k=body.top_k, filters=body.filters, collection=collection)
+    prepared = prepare(pipeline, meter, question, grant)
     completion_id = f"chatcmpl-{request_id}"
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))

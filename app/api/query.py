@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from app.answers import AnswerDelta, AnswerDone, Prepared, Question, Turn
 from app.api.answering import STREAM_HEADERS, answer_events, complete, prepare
-from app.api.deps import CurrentMeter, Pipeline, QueryKey, RequestId
+from app.api.deps import CurrentMeter, Pipeline, QueryGrant, RequestId
 from app.api.schemas import (
     ChatRequest,
     CitationOut,
@@ -25,6 +25,7 @@ from app.api.schemas import (
 from app.api.sse import guarded, sse
 from app.metering import Meter
 from app.rag import RagPipeline
+from core.access import Grant
 
 router = APIRouter(prefix="/v1", tags=["answers"])
 ERROR_CODES = (400, 401, 403, 404, 413, 422, 429, 502, 503)
@@ -64,8 +65,10 @@ def _events(pipeline: RagPipeline, prepared: Prepared, meter: Meter, request_id:
             )
 
 
-def _respond(pipeline: RagPipeline, meter: Meter, question: Question, stream: bool, request_id: str) -> object:
-    prepared = prepare(pipeline, meter, question)
+def _respond(
+    pipeline: RagPipeline, meter: Meter, question: Question, grant: Grant, stream: bool, request_id: str
+) -> object:
+    prepared = prepare(pipeline, meter, question, grant)
     if stream:
         return StreamingResponse(
             guarded(_events(pipeline, prepared, meter, request_id), request_id),
@@ -80,16 +83,18 @@ def _respond(pipeline: RagPipeline, meter: Meter, question: Question, stream: bo
 
 @router.post("/query", response_model=QueryResponse, responses={**ERRORS, **STREAMED})
 def create_query(
-    body: QueryRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
+    body: QueryRequest, pipeline: Pipeline, meter: CurrentMeter, grant: QueryGrant, request_id: RequestId
 ) -> object:
     """Answer one question from the indexed documents, with citations."""
-    return _respond(pipeline, meter, Question(text=body.question, **_options(body)), body.stream, request_id)
+    question = Question(text=body.question, **_options(body))
+    return _respond(pipeline, meter, question, grant, body.stream, request_id)
 
 
 @router.post("/chat", response_model=QueryResponse, responses={**ERRORS, **STREAMED})
 def create_chat(
-    body: ChatRequest, pipeline: Pipeline, meter: CurrentMeter, key: QueryKey, request_id: RequestId
+    body: ChatRequest, pipeline: Pipeline, meter: CurrentMeter, grant: QueryGrant, request_id: RequestId
 ) -> object:
     """Answer the last user message of a conversation, using earlier turns for context."""
     turns = [Turn(role=m.role, content=m.content) for m in body.messages]
-    return _respond(pipeline, meter, Question.from_turns(turns, **_options(body)), body.stream, request_id)
+    question = Question.from_turns(turns, **_options(body))
+    return _respond(pipeline, meter, question, grant, body.stream, request_id)

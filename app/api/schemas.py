@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.answers import Answer, Citation
 from core.config import MAX_TOP_K
+from core.errors import BadRequest
 
 MAX_QUESTION_CHARS = 20_000
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused with a 422 naming the field
@@ -192,12 +193,30 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=64)
+    model: str = Field(
+        min_length=1, max_length=200, pattern=NO_NUL, description="A configuration, or 'config@collection'."
+    )
     messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
     filters: dict[str, Any] | None = None
+    collection: str | None = Field(
+        default=None, max_length=200, pattern=NO_NUL, description="Search this collection (OpenAI clients: extra_body)."
+    )
+
+    def target(self) -> tuple[str, str | None]:
+        """The configuration and collection ``model`` and ``collection`` name (they must agree when both do)."""
+        config, at, collection = self.model.partition("@")
+        if not at:
+            return self.model, self.collection
+        if not config or not collection:
+            raise BadRequest("model must be a configuration or 'config@collection'", field="model")
+        if self.collection is not None and self.collection != collection:
+            raise BadRequest(
+                f"model names the collection {collection!r} but collection is {self.collection!r}", field="collection"
+            )
+        return config, collection
 
 
 class ConfigOut(BaseModel):

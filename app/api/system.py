@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import AppSettings, Configs, DbPool, Pipeline, QueryKey
+from app.api.deps import AppSettings, Configs, DbPool, Pipeline, QueryGrant
 from app.api.schemas import ConfigOut, ConfigsResponse
 from app.retrieval import active_version
 from core.errors import RagopsError
@@ -51,10 +51,11 @@ def read_readiness(pipeline: Pipeline, pool: DbPool, settings: AppSettings) -> J
 
 
 @router.get("/v1/configs", response_model=ConfigsResponse)
-def read_configs(catalog: Configs, key: QueryKey) -> ConfigsResponse:
-    """Configurations and prompt versions this process serves."""
+def read_configs(catalog: Configs, grant: QueryGrant) -> ConfigsResponse:
+    """The configurations this key may use, and prompt versions."""
     configs = []
-    for name, loaded in sorted(catalog.configs.items()):
+    for name in grant.configs_of(catalog.configs):
+        loaded = catalog.configs[name]
         prompt = catalog.prompt_for(loaded)
         configs.append(
             ConfigOut(

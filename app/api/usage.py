@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, BeforeValidator
 
 from app.accounting import usage
-from app.api.deps import AdminKey, DbPool
+from app.api.deps import AdminGrant, AdminKey, DbPool
 from app.api.query import ERRORS
 
 router = APIRouter(prefix="/v1", tags=["usage"])
@@ -60,15 +60,20 @@ def _as_datetime(value: date | datetime) -> datetime:
 def read_usage(
     pool: DbPool,
     key: AdminKey,
+    grant: AdminGrant,
     start: Annotated[When, Query(alias="from", description="Inclusive; default 30 days ago.")] = None,
     end: Annotated[When, Query(alias="to", description="Exclusive; default now.")] = None,
     group_by: Annotated[Literal["key", "day", "config", "model"], Query()] = "key",
 ) -> UsageResponse:
-    """Requests, tokens and cost from the ledger, grouped by key, day, configuration or model."""
+    """Requests, tokens and cost from the ledger, grouped by key, day, configuration or model.
+
+    A global admin sees every key's; a collection-scoped admin sees its own key's only.
+    """
     until = _as_datetime(end) if end else datetime.now(UTC) + timedelta(seconds=1)
     since = _as_datetime(start) if start else until - timedelta(days=30)
     with pool.connection() as conn:
-        rows = [UsageRow(**r) for r in usage(conn, since, until, group_by)]
+        own = None if grant.all_collections or key is None else key.id
+        rows = [UsageRow(**r) for r in usage(conn, since, until, group_by, key_id=own)]
     return UsageResponse(
         start=since, end=until, group_by=group_by, rows=rows,
         total_cost_usd=round(sum(r.cost_usd for r in rows), 9), total_requests=sum(r.requests for r in rows),

@@ -39,6 +39,7 @@ def index_state(database: Database) -> list[tuple[Any, ...]]:
         return [
             *conn.execute("SELECT 'document', id, content_hash FROM documents ORDER BY id").fetchall(),
             *conn.execute("SELECT 'index', id, status, is_active FROM index_versions ORDER BY id").fetchall(),
+            *conn.execute("SELECT 'own index', collection, index_version_id FROM collection_indexes").fetchall(),
             *conn.execute("SELECT 'job', id, kind FROM jobs ORDER BY id").fetchall(),
         ]
 
@@ -81,7 +82,7 @@ def make_settings(database: Database, tmp: Path, **overrides: object) -> Setting
 def api_key(served_database: Database) -> str:
     """A key with both scopes and no limits, for the API tests."""
     with served_database.connect() as conn:
-        return create_key(conn, "tests", ["query", "admin"])[1]
+        return create_key(conn, "tests", ["query", "admin"], collections=["*"], configs=["*"])[1]
 
 
 def authed(client: TestClient, key: str) -> TestClient:

@@ -212,7 +212,7 @@ def test_a_monthly_refusal_leaves_no_daily_reservation(priced: TestClient, serve
 
 def test_verified_keys_are_reused_briefly_and_revocation_lands_within_the_ttl(database: Database) -> None:
     with database.connect() as conn:
-        secret = create_key(conn, "cached", ["query"])[1]
+        secret = create_key(conn, "cached", ["query"], collections=["*"], configs=["*"])[1]
     cache = VerifiedKeys(ttl_s=0.3)
     lookups = 0
 

@@ -41,7 +41,9 @@ def settings(database: Database, tmp_path: Path, docs: Path) -> Settings:
 @pytest.fixture
 def keys(database: Database) -> dict[str, str]:
     with database.connect() as conn:
-        return {scope: create_key(conn, scope, [scope])[1] for scope in ("admin", "query")}
+        return {
+            scope: create_key(conn, scope, [scope], collections=["*"], configs=["*"])[1] for scope in ("admin", "query")
+        }
 
 
 @pytest.fixture
@@ -78,11 +80,15 @@ def test_reindex_activate_and_roll_back(admin: TestClient, docs: Path) -> None:
 
     indexes = {i["id"]: i for i in admin.get("/v1/admin/indexes").json()["indexes"]}
     old, new = first["index_version_id"], full["index_version_id"]
-    assert indexes[new]["active"] and not indexes[old]["active"] and indexes[new]["documents"] == 6
+    # The reindex switched its collection; the default (for every other collection) stayed.
+    assert indexes[new]["collections"] == ["default"] and not indexes[new]["active"], indexes[new]
+    assert indexes[old]["active"] and indexes[old]["collections"] == [] and indexes[new]["documents"] == 6
 
-    rollback = admin.post(f"/v1/admin/indexes/{old}/activate")
-    assert rollback.status_code == 200 and rollback.json()["previous_id"] == new
-    assert rollback.json()["active"]["id"] == old
+    rollback = admin.post(f"/v1/admin/indexes/{old}/activate", params={"collection": "default"})
+    assert rollback.status_code == 200 and rollback.json()["previous_id"] == new, rollback.text
+    assert rollback.json()["active"]["id"] == old and rollback.json()["collection"] == "default"
+    indexes = {i["id"]: i for i in admin.get("/v1/admin/indexes").json()["indexes"]}
+    assert indexes[new]["collections"] == [] and indexes[old]["active"]  # back on the default
 
     refused = admin.delete(f"/v1/admin/indexes/{old}")
     assert refused.status_code == 409 and "is active" in refused.json()["error"]["message"]

@@ -17,20 +17,7 @@ from core.embedding import Embedder
 from ingest.pipeline import IngestPipeline
 from tests.conftest import REPO
 from tests.utils.server import serve_in_thread
-
-
-def parse_sse(text: str) -> list[tuple[str | None, str]]:
-    """(event, data) pairs of a Server-Sent Events body."""
-    frames = []
-    for block in text.strip().split("\n\n"):
-        event, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        frames.append((event, "\n".join(data)))
-    return frames
+from tests.utils.sse import parse_sse
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_activating_an_index_of_another_embedding_model_needs_force(database: Da
         assert versions.active_index_version(conn) is None
     forced = ragops("index", "activate", str(version.id), "--force", database=database, cwd=REPO)
     assert forced.returncode == 0, forced.stderr
-    assert f"active index version: {version.name}" in forced.stdout
+    assert f"active index version for the default: {version.name}" in forced.stdout
 
 
 def test_the_embedded_database_is_used_when_no_url_is_set(tmp_path: Path) -> None:
@@ -146,20 +146,32 @@ def test_keys_create_list_revoke_and_usage(database: Database, monkeypatch: pyte
 
     monkeypatch.setenv("RAGOPS_DATABASE_URL", database.url)
     runner = CliRunner()
-    created = runner.invoke(cli.app, ["keys", "create", "--name", "ci-bot", "--scopes", "query,admin", "--rpm", "5"])
+    created = runner.invoke(
+        cli.app,
+        ["keys", "create", "--name", "ci-bot", "--scopes", "query,admin", "--collections", "hr,faq", "--rpm", "5"],
+    )
     assert created.exit_code == 0, created.output
     secret = created.output.strip().splitlines()[-1]
     assert secret.startswith("rgo_")
-    listed = runner.invoke(cli.app, ["keys", "list"])
+    listed = runner.invoke(cli.app, ["keys", "list"], env={"COLUMNS": "160"})
     assert "ci-bot" in listed.output and secret.split("_", 2)[2] not in listed.output
+    assert "faq,hr" in listed.output and "(default)" in listed.output and "5 rpm" in listed.output
     revoked = runner.invoke(cli.app, ["keys", "revoke", secret.split("_")[1]])
     assert revoked.exit_code == 0 and "revoked key" in revoked.output
     assert runner.invoke(cli.app, ["usage", "--group-by", "model"]).exit_code == 0
 
 
-def test_keys_create_refuses_unknown_scopes(database: Database) -> None:
-    result = ragops("keys", "create", "--name", "x", "--scopes", "query,root", database=database, cwd=REPO)
-    assert result.returncode == 1 and "unknown: ['root']" in result.stderr
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scopes", "query,root", "--collections", "*"], "unknown: ['root']"),
+        (["--scopes", "query"], "name the collections"),  # granted nothing unless named
+        (["--collections", "*,hr"], "'*' already means all"),
+    ],
+)
+def test_keys_create_refuses_bad_grants(database: Database, args: list[str], message: str) -> None:
+    result = ragops("keys", "create", "--name", "x", *args, database=database, cwd=REPO)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_serve_creates_and_then_reuses_a_local_demo_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,10 +33,10 @@ from ingest import jobs, versions
 from ingest.pipeline import IngestPipeline
 from ingest.worker import Worker
 from tests.app.conftest import authed, make_settings
-from tests.app.test_api import parse_sse
 from tests.conftest import REPO
 from tests.ingest.test_jobs import chunk_consistency
 from tests.utils.jobs import job_settings, write_many
+from tests.utils.sse import parse_sse
 from tests.utils.tiny_llama import write_tiny_llama
 from tests.utils.vllm_server import VllmServer, require_vllm_python
 
@@ -70,7 +70,7 @@ def own_postgres(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[EmbeddedP
     with database.connect() as conn:
         migrate(conn)
         IngestPipeline(conn, load_config("default", REPO / "configs"), embedder).run(docs)
-        key = create_key(conn, "faults", ["query"])[1]
+        key = create_key(conn, "faults", ["query"], collections=["*"], configs=["*"])[1]
     try:
         yield server, database, key
     finally:

@@ -24,7 +24,7 @@ README = (REPO / "README.md").read_text()
 def api_key(private_database: Database) -> str:
     """An all-scopes key on this module's own database."""
     with private_database.connect() as conn:
-        return create_key(conn, "tests", ["query", "admin"])[1]
+        return create_key(conn, "tests", ["query", "admin"], collections=["*"], configs=["*"])[1]
 
 
 @pytest.fixture(scope="module")

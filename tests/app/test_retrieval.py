@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.retrieval import RagopsRetriever, RetrievalQuery, active_version, search
+from core.access import DEFAULT_COLLECTION
 from core.config import RetrievalSettings
 from core.db import Database
 from core.embedding import Embedder
@@ -19,7 +20,7 @@ def test_each_mode_finds_the_document(served_database: Database, embedder: Embed
     with served_database.connect() as conn:
         version = active_version(conn)
         vector = None if mode == "keyword" else embedder.embed_query(QUESTION)
-        hits = search(conn, version, settings, RetrievalQuery(QUESTION, 5), vector)
+        hits = search(conn, version, settings, RetrievalQuery(QUESTION, 5, DEFAULT_COLLECTION), vector)
     assert EXPECTED in [h.source for h in hits[:3]]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
@@ -28,10 +29,16 @@ def test_min_score_cuts_weak_hits(served_database: Database, embedder: Embedder)
     with served_database.connect() as conn:
         version = active_version(conn)
         vector = embedder.embed_query(QUESTION)
-        loose = search(conn, version, RetrievalSettings(mode="vector"), RetrievalQuery(QUESTION, 10), vector)
+        loose = search(
+            conn, version, RetrievalSettings(mode="vector"), RetrievalQuery(QUESTION, 10, DEFAULT_COLLECTION), vector
+        )
         cut = loose[2].score
         strict = search(
-            conn, version, RetrievalSettings(mode="vector", min_score=cut), RetrievalQuery(QUESTION, 10), vector
+            conn,
+            version,
+            RetrievalSettings(mode="vector", min_score=cut),
+            RetrievalQuery(QUESTION, 10, DEFAULT_COLLECTION),
+            vector,
         )
     assert strict == [h for h in loose if h.score >= cut] and len(strict) < len(loose)
 
@@ -40,10 +47,9 @@ def test_filtered_vector_search_still_returns_top_k(served_database: Database, e
     """Iterative HNSW scans: a filter matching few rows must not starve the result."""
     with served_database.connect() as conn:
         version = active_version(conn)
-        hits = search(
-            conn, version, RetrievalSettings(mode="vector", ef_search=10),
-            RetrievalQuery("anything about the product", 8, {"product": "track"}), embedder.embed_query("product"),
-        )  # fmt: skip
+        query = RetrievalQuery("anything about the product", 8, DEFAULT_COLLECTION, {"product": "track"})
+        settings = RetrievalSettings(mode="vector", ef_search=10)
+        hits = search(conn, version, settings, query, embedder.embed_query("product"))
     assert len(hits) == 8
     assert all(h.source.startswith("product/kb_articles.jsonl#") for h in hits)
 
@@ -55,7 +61,11 @@ def test_langchain_retriever(served_database: Database, embedder: Embedder) -> N
         with pool.connection() as conn:  # the retriever is search() in LangChain's types: same hits, same order
             version = active_version(conn)
             hits = search(
-                conn, version, RetrievalSettings(top_k=3), RetrievalQuery(QUESTION, 3), embedder.embed_query(QUESTION)
+                conn,
+                version,
+                RetrievalSettings(top_k=3),
+                RetrievalQuery(QUESTION, 3, DEFAULT_COLLECTION),
+                embedder.embed_query(QUESTION),
             )
     assert [(d.page_content, d.metadata["chunk_id"], d.metadata["score"]) for d in documents] == [
         (h.text, h.chunk_id, h.score) for h in hits

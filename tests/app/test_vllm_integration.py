@@ -20,10 +20,10 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from core.db import Database
 from tests.app.conftest import authed, make_settings
-from tests.app.test_api import parse_sse
 from tests.conftest import REPO
 from tests.utils.ledger import ledger_row
 from tests.utils.server import serve_in_thread
+from tests.utils.sse import parse_sse
 from tests.utils.vllm_server import VllmServer, free_port
 
 MODEL = "ragops-llm"

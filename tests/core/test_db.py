@@ -142,7 +142,7 @@ def test_commands_beside_serve_leave_its_database_running(
     try:
         for step, args in {
             "ingest": ["ingest", str(docs)],
-            "keys create": ["keys", "create", "--name", "beside-serve"],
+            "keys create": ["keys", "create", "--name", "beside-serve", "--collections", "*"],
             "usage": ["usage"],
         }.items():
             watcher.step = f"during and after {step}"

@@ -54,3 +54,30 @@ def test_badly_named_files_are_refused(tmp_path: Path, bad_name: str) -> None:
     (tmp_path / bad_name).write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="NNNN_lower_snake"):
         discover(tmp_path)
+
+
+def test_keys_made_before_grants_keep_everything_and_new_ones_get_nothing(pg_server: str, tmp_path: Path) -> None:
+    """0005 on a database with a key from before it: that key keeps every collection and configuration."""
+    name = "before_tenancy"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    earlier = tmp_path / "sql"
+    earlier.mkdir()
+    for path in default_sql_dir().glob("*.sql"):
+        if int(path.name[:4]) < 5:
+            shutil.copy(path, earlier / path.name)
+    insert = "INSERT INTO api_keys (name, prefix, salt, secret_hash, scopes) VALUES (%s, %s, '', '', '{query}')"
+    try:
+        with psycopg.connect(psycopg.conninfo.make_conninfo(pg_server, dbname=name), autocommit=True) as conn:
+            migrate(conn, earlier)
+            conn.execute(insert, ("old", "0000aaaa"))
+            assert "0005_tenancy.sql" in migrate(conn)
+            conn.execute(insert, ("new", "0000bbbb"))
+            grants = dict(
+                (row[0], (row[1], row[2])) for row in conn.execute("SELECT name, collections, configs FROM api_keys")
+            )
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    assert grants == {"old": (["*"], ["*"]), "new": ([], [])}

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from core.access import DEFAULT_COLLECTION
 from core.db import Database
 from core.embedding import Embedder
 from core.errors import SourceError
@@ -80,8 +81,9 @@ def test_incremental_then_full_builds(
 
     small = run(conn, settings, database, mode="full", config="small", activate=True)
     assert small.status == "succeeded" and small.activated
-    active = versions.active_index_version(conn)
+    active = versions.active_index_version(conn, DEFAULT_COLLECTION)  # the job's collection switched...
     assert active is not None and active.id == small.index_version_id and active.settings["chunk_size"] == 24
+    assert versions.active_index_version(conn) == live  # ...and the default, for every other one, stayed
     n_docs, n_chunks, claimed = chunk_consistency(conn, active.id)
     assert n_docs == corpus_document_count() and n_chunks == claimed > chunk_consistency(conn, live.id)[1]
 

@@ -9,6 +9,7 @@ import pytest
 from psycopg import sql
 
 from app import search_sql
+from core.access import DEFAULT_COLLECTION
 from core.config import LoadedConfig, RagConfig
 from core.embedding import Embedder
 from core.errors import IndexVersionError, IngestBusy, SourceError
@@ -85,7 +86,7 @@ def test_editing_one_file_replaces_only_its_chunks(
         if source != "notes/coffee.txt":
             assert after[source] == before[source], source
     assert after["notes/coffee.txt"] != before["notes/coffee.txt"]
-    hits = search_sql.search_keyword(conn, first.index_version, "descaled Monday", 3)
+    hits = search_sql.search_keyword(conn, first.index_version, "descaled Monday", 3, collection=DEFAULT_COLLECTION)
     assert hits[0].source == "notes/coffee.txt" and "Monday" in hits[0].text
 
 
@@ -117,7 +118,9 @@ def test_sync_removes_documents_whose_source_disappeared(
     assert report.deleted == 1
     assert "guide/oncall.md" not in chunk_rows(conn, first.index_version)
     assert conn.execute("SELECT count(*) FROM documents WHERE source = 'guide/oncall.md'").fetchone() == (0,)
-    hits = search_sql.search_keyword(conn, first.index_version, "on-call rotation Tuesday", 5)
+    hits = search_sql.search_keyword(
+        conn, first.index_version, "on-call rotation Tuesday", 5, collection=DEFAULT_COLLECTION
+    )
     assert all(h.source != "guide/oncall.md" for h in hits)
 
 
@@ -233,15 +236,20 @@ def test_vector_and_keyword_search_find_the_right_document(
     conn: psycopg.Connection, embedder: Embedder, tmp_path: Path, question: str, expected: str
 ) -> None:
     version = ingest(conn, embedder, write_corpus(tmp_path)).index_version
-    vector_hits = search_sql.search_vector(conn, version, embedder.embed_query(question), 3)
+    vector_hits = search_sql.search_vector(
+        conn, version, embedder.embed_query(question), 3, collection=DEFAULT_COLLECTION
+    )
     assert vector_hits[0].source == expected
-    keyword_hits = search_sql.search_keyword(conn, version, question, 3)
+    keyword_hits = search_sql.search_keyword(conn, version, question, 3, collection=DEFAULT_COLLECTION)
     assert expected in [h.source for h in keyword_hits]
 
 
 def test_metadata_filters_restrict_results(conn: psycopg.Connection, embedder: Embedder, tmp_path: Path) -> None:
     version = ingest(conn, embedder, write_corpus(tmp_path)).index_version
     vector = embedder.embed_query("API requests per minute")
-    hits = search_sql.search_vector(conn, version, vector, 5, metadata={"tier": "pro"})
+    hits = search_sql.search_vector(conn, version, vector, 5, metadata={"tier": "pro"}, collection=DEFAULT_COLLECTION)
     assert [h.source for h in hits] == ["kb.jsonl#kb-2"]
-    assert search_sql.search_keyword(conn, version, "webhooks", 5, metadata={"tier": "pro"}) == []
+    assert (
+        search_sql.search_keyword(conn, version, "webhooks", 5, metadata={"tier": "pro"}, collection=DEFAULT_COLLECTION)
+        == []
+    )

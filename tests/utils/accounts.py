@@ -22,9 +22,19 @@ embeddings: {}
 """
 
 
-def new_key(database: Database, scopes: list[str], **limits: Any) -> str:
+def new_key(
+    database: Database,
+    scopes: list[str],
+    *,
+    collections: list[str] | None = None,
+    configs: list[str] | None = None,
+    **limits: Any,
+) -> str:
+    """A fresh key (every collection and configuration unless narrowed); returns the secret."""
     with database.connect() as conn:
-        return create_key(conn, f"k-{time.monotonic_ns()}", scopes, **limits)[1]
+        name = f"k-{time.monotonic_ns()}"
+        granted = {"collections": ["*"] if collections is None else collections, "configs": configs or ["*"]}
+        return create_key(conn, name, scopes, **granted, **limits)[1]
 
 
 class SlowGenerator(Generator):
