@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, openai_compat, query, system, usage
+from app.api import admin, collections, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.metering import Meter
@@ -232,7 +232,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         lifespan=_lifespan(settings, metering),
     )
     app.state.metrics = metrics
-    for api in (system, query, openai_compat, usage, admin):
+    for api in (system, query, openai_compat, collections, usage, admin):
         app.include_router(api.router)
     uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)

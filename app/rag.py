@@ -30,7 +30,7 @@ from app.generators.base import Delta, Finished, GenerationRequest, Generator, P
 from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
 from app.pii import PiiSession, without_placeholders
-from app.retrieval import RetrievalQuery, active_version, search
+from app.retrieval import RetrievalQuery, active_version, require_collection, search
 from app.search_sql import ChunkHit
 from core.access import Grant
 from core.catalog import Catalog
@@ -303,6 +303,8 @@ class RagPipeline:
                 check_embedding_model(index, config)
             # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
             hits = [] if has_nul(question.filters) else search(conn, index, settings, query, vector)
+            if not hits:  # checked only here: a collection with hits exists
+                require_collection(conn, collection, grant)
         timings.retrieve_ms = (time.perf_counter() - t0) * 1000
         return index, hits
 

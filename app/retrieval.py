@@ -18,11 +18,11 @@ from pydantic import ConfigDict
 
 from app import search_sql
 from app.search_sql import ChunkHit
-from core.access import DEFAULT_COLLECTION
+from core.access import DEFAULT_COLLECTION, Grant
 from core.config import RetrievalSettings
 from core.embedding import Embedder
-from core.errors import NoActiveIndex
-from ingest import versions
+from core.errors import NoActiveIndex, NotFound
+from ingest import documents, versions
 from ingest.versions import IndexVersion
 
 
@@ -42,6 +42,16 @@ def active_version(conn: psycopg.Connection, collection: str | None = None) -> I
     if version is None:
         raise NoActiveIndex("no active index: ingest documents first (ragops ingest PATH)")
     return version
+
+
+def require_collection(conn: psycopg.Connection, collection: str, grant: Grant) -> None:
+    """:class:`NotFound` for a collection holding no documents, naming the ones the caller may use."""
+    if documents.collection_exists(conn, collection):
+        return
+    known = [c.name for c in documents.list_collections(conn, grant.collections)]
+    raise NotFound(
+        f"no collection {collection!r}; this key can use: {', '.join(known) or '(none yet)'}", field="collection"
+    )
 
 
 def search(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import LoadedConfig, list_config_names, load_config
@@ -17,6 +18,7 @@ class Catalog:
     configs: dict[str, LoadedConfig]
     prompts: dict[str, Prompt]
     default_config: str
+    loaded_at: int = field(default_factory=lambda: int(time.time()))  # Unix time, shown as models' "created"
 
     @classmethod
     def load(cls, configs_dir: Path, prompts_dir: Path, default_config: str) -> Catalog:

@@ -120,6 +120,10 @@ class NotFound(RagopsError):
 
     status = 404
 
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 class Conflict(RagopsError):
     """The resource is in a state that refuses the change, e.g. dropping the active index (409)."""

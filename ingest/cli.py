@@ -15,7 +15,7 @@ from core.config import load_config
 from core.embedding import get_embedder
 from core.migrations import migrate
 from core.runtime import open_runtime
-from ingest import versions
+from ingest import documents, versions
 from ingest.pipeline import IngestPipeline, IngestProgress, IngestReport
 
 console = Console(stderr=True)
@@ -23,6 +23,7 @@ out = Console()
 
 index_app = typer.Typer(help="List, activate and drop index versions.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+collections_app = typer.Typer(help="Collections and their documents.", no_args_is_help=True)
 
 
 def ingest(
@@ -96,6 +97,41 @@ def print_report(report: IngestReport) -> None:
         out.print(f"[yellow]skipped[/] {item['source']}: {item['reason']}")
 
 
+@collections_app.command("list")
+def collections_list() -> None:
+    """Collections with their document counts and the index version answering each."""
+    with open_runtime() as rt:
+        found = documents.list_collections(rt.conn)
+    table = Table("collection", "documents", "index version", "updated")
+    for c in found:
+        table.add_row(c.name, str(c.documents), str(c.index_version_id or ""), c.updated_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@collections_app.command("documents")
+def collections_documents(
+    collection: Annotated[str, typer.Argument(help="The collection.")],
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
+    after: Annotated[int, typer.Option(min=0, help="Only documents with a larger id (the next page).")] = 0,
+) -> None:
+    """A collection's documents: ids (for deletion), sources, titles and chunks in the answering version."""
+    with open_runtime() as rt:
+        if not documents.collection_exists(rt.conn, collection):
+            known = ", ".join(c.name for c in documents.list_collections(rt.conn)) or "(none yet)"
+            raise typer.BadParameter(f"no collection {collection!r}; known: {known}", param_hint="COLLECTION")
+        version = versions.active_index_version(rt.conn, collection)
+        page = documents.list_documents(
+            rt.conn, collection, version.id if version else None, after_id=after, limit=limit
+        )
+    table = Table("id", "source", "title", "chunks", "updated")
+    for d in page:
+        table.add_row(str(d.id), d.source, d.title, "" if d.chunks is None else str(d.chunks),
+                      d.updated_at.strftime("%Y-%m-%d %H:%M"))  # fmt: skip
+    out.print(table)
+    if len(page) == limit:
+        out.print(f"more: --after {page[-1].id}")
+
+
 @index_app.command("list")
 def index_list() -> None:
     """Index versions with their settings, status and size."""
@@ -105,7 +141,7 @@ def index_list() -> None:
     table = Table(
         "id", "name", "status", "active", "model", "dim", "chunk size/overlap", "docs", "chunks", "created"
     )  # fmt: skip
-    for version, documents, chunks in rows:
+    for version, n_docs, chunks in rows:
         own = sorted(c for c, v in pinned.items() if v == version.id)
         s = version.settings
         table.add_row(
@@ -116,7 +152,7 @@ def index_list() -> None:
             version.embedding_model,
             str(version.dimension),
             f"{s.get('chunk_size')}/{s.get('chunk_overlap')}",
-            str(documents),
+            str(n_docs),
             str(chunks),
             version.created_at.strftime("%Y-%m-%d %H:%M"),
         )

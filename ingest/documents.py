@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -180,3 +181,58 @@ def delete_documents(conn: psycopg.Connection, document_ids: Sequence[int]) -> i
     with conn.transaction():
         cur = conn.execute("DELETE FROM documents WHERE id = ANY(%s)", (list(document_ids),))
     return cur.rowcount
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    """A collection: how many documents, when last changed, and the index version answering it."""
+
+    name: str
+    documents: int
+    updated_at: datetime
+    index_version_id: int | None
+
+
+def list_collections(conn: psycopg.Connection, only: frozenset[str] | None = None) -> list[CollectionSummary]:
+    """Every collection holding documents (of ``only`` when given), by name."""
+    rows = conn.execute(
+        """SELECT d.collection, count(*), max(d.updated_at),
+                  coalesce(min(c.index_version_id), (SELECT id FROM index_versions WHERE is_active))
+           FROM documents d LEFT JOIN collection_indexes c ON c.collection = d.collection
+           WHERE %(only)s::text[] IS NULL OR d.collection = ANY(%(only)s::text[])
+           GROUP BY d.collection ORDER BY d.collection""",
+        {"only": None if only is None else sorted(only)},
+    ).fetchall()
+    return [CollectionSummary(*row) for row in rows]
+
+
+def collection_exists(conn: psycopg.Connection, collection: str) -> bool:
+    """Whether any document belongs to ``collection``."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM documents WHERE collection = %s)", (collection,)).fetchone()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class DocumentSummary:
+    """A stored document, and its chunks in one index version (None: not in that version)."""
+
+    id: int
+    source: str
+    title: str
+    content_hash: str
+    updated_at: datetime
+    chunks: int | None
+
+
+def list_documents(
+    conn: psycopg.Connection, collection: str, version_id: int | None, *, after_id: int = 0, limit: int = 100
+) -> list[DocumentSummary]:
+    """A page of ``collection``'s documents by id (those after ``after_id``), with their chunks in ``version_id``."""
+    rows = conn.execute(
+        """SELECT d.id, d.source, d.title, d.content_hash, d.updated_at, i.chunk_count
+           FROM documents d
+           LEFT JOIN index_documents i ON i.document_id = d.id AND i.index_version_id = %s
+           WHERE d.collection = %s AND d.id > %s ORDER BY d.id LIMIT %s""",
+        (version_id, collection, after_id, limit),
+    ).fetchall()
+    return [DocumentSummary(*row) for row in rows]

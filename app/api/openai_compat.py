@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question, Turn
 from app.api.answering import STREAM_HEADERS, answer_events, complete, prepare
-from app.api.deps import CurrentMeter, Pipeline, QueryGrant, RequestId
+from app.api.deps import Configs, CurrentMeter, Pipeline, QueryGrant, RequestId
 from app.api.query import ERRORS, STREAMED
 from app.api.schemas import ChatCompletionRequest, CitationOut, VersionsOut, usage_out
 from app.api.sse import guarded, sse
@@ -52,6 +54,29 @@ def _chunks(
             if include_usage:
                 yield sse({**base, "choices": [], "usage": _usage(answer, meter.entry.cost_usd)})
     yield sse("[DONE]")
+
+
+class ModelOut(BaseModel):
+    """A configuration the key may use, as an OpenAI model."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ragops"
+
+
+class ModelsResponse(BaseModel):
+    """OpenAI ``/v1/models``: ``client.models.list()``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+@router.get("/models", response_model=ModelsResponse, responses=ERRORS)
+def read_models(catalog: Configs, grant: QueryGrant) -> ModelsResponse:
+    """The configurations this key may use, as models (``model`` in chat completions; add ``@collection``)."""
+    names = grant.configs_of(catalog.configs)
+    return ModelsResponse(data=[ModelOut(id=name, created=catalog.loaded_at) for name in names])
 
 
 @router.post("/chat/completions", responses={**ERRORS, **STREAMED})

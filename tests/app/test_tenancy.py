@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 
@@ -34,6 +35,7 @@ from ingest.pipeline import IngestPipeline
 from tests.conftest import REPO
 from tests.utils.accounts import new_key
 from tests.utils.jobs import SMALL_CHUNKS, job_settings
+from tests.utils.server import serve_in_thread
 from tests.utils.sse import parse_sse
 
 SALARY = "What is the salary band for a level 3 engineer?"
@@ -334,3 +336,59 @@ def test_collections_answer_from_their_own_index_versions(
         glob = {"Authorization": f"Bearer {new_key(database, ['admin'])}"}
         assert client.delete(f"/v1/admin/indexes/{v1.id}", headers=glob).status_code == 409
         assert client.delete(f"/v1/admin/indexes/{v2.id}", headers=glob).status_code == 200
+
+
+def test_models_list_the_keys_configurations_with_the_official_client(
+    client: TestClient, keys: dict[str, str], settings: Settings
+) -> None:
+    everything = new_key_for(settings, collections=["*"], configs=["*"])
+    with serve_in_thread(client.app, lifespan=False) as url:  # type: ignore[arg-type]
+        scoped = openai.OpenAI(base_url=f"{url}/v1", api_key=keys["support-query"])
+        assert [m.id for m in scoped.models.list()] == ["default"]  # not "open": it was not granted
+        models = openai.OpenAI(base_url=f"{url}/v1", api_key=everything).models.list()
+        assert [m.id for m in models] == ["default", "open", "small"]
+        reply = scoped.chat.completions.create(
+            model="default",
+            messages=MESSAGES,
+            extra_body={"collection": "support"},  # type: ignore[arg-type]
+        )
+    assert reply.choices[0].message.content
+
+
+def new_key_for(settings: Settings, **grant: list[str]) -> str:
+    url = settings.database_url.get_secret_value()  # type: ignore[union-attr]
+    return new_key(Database(url=url), ["query"], **grant)
+
+
+@pytest.mark.parametrize(
+    ("key_name", "visible"),
+    [("global-admin", {"default", "hr", "support"}), ("support-default-query", {"default", "support"})],
+)
+def test_collections_and_their_documents_are_listed_within_the_grant(
+    client: TestClient, keys: dict[str, str], key_name: str, visible: set[str]
+) -> None:
+    headers = {"Authorization": f"Bearer {keys[key_name]}"}
+    listed = client.get("/v1/collections", headers=headers).json()["collections"]
+    assert {c["name"] for c in listed} >= visible and {c["name"] for c in listed} <= visible | {"uploads"}
+    support = next(c for c in listed if c["name"] == "support")
+    assert support["documents"] == len(TEAM_DOCS["support"]) and support["index_version_id"] is not None
+
+    first = client.get("/v1/collections/support/documents", params={"limit": 1}, headers=headers).json()
+    rest = client.get(
+        "/v1/collections/support/documents", params={"after": first["next_after"]}, headers=headers
+    ).json()
+    pages = first["documents"] + rest["documents"]
+    assert sorted(d["source"] for d in pages) == sorted(TEAM_DOCS["support"]) and rest["next_after"] is None
+    assert all(d["chunks"] and d["chunks"] > 0 for d in pages)
+    assert client.get("/v1/collections/hr/documents", headers=headers).status_code == (200 if "hr" in visible else 403)
+
+
+def test_an_unknown_collection_is_a_404_naming_the_keys_collections(client: TestClient, keys: dict[str, str]) -> None:
+    headers = {"Authorization": f"Bearer {keys['global-admin']}"}
+    for response in (
+        client.post("/v1/query", json={"question": SALARY, "collection": "suport"}, headers=headers),
+        client.get("/v1/collections/suport/documents", headers=headers),
+    ):
+        assert response.status_code == 404, response.text
+        error = response.json()["error"]
+        assert error["param"] == "collection" and "'suport'" in error["message"] and "support" in error["message"]
