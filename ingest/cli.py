@@ -13,6 +13,7 @@ from rich.table import Table
 from core.access import DEFAULT_COLLECTION
 from core.config import load_config
 from core.embedding import get_embedder
+from core.errors import NotFound
 from core.migrations import migrate
 from core.runtime import open_runtime
 from ingest import documents, versions
@@ -175,6 +176,8 @@ def index_activate(
         if not force:
             default = load_config(rt.settings.config, rt.settings.configs_dir)
             versions.check_embedding_model(versions.get_index_version(rt.conn, version_id), default)
+        if collection is not None and not documents.collection_exists(rt.conn, collection):
+            raise NotFound(f"no collection {collection!r}: ingest into it first (ragops collections list)")
         version = versions.activate_index_version(rt.conn, version_id, collection)
     where = f"collection {collection!r}" if collection else "the default"
     out.print(f"active index version for {where}: {version.name}")

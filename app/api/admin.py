@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from app import uploads
 from app.api.deps import AdminGrant, AppSettings, Configs, DbPool
 from app.api.schemas import ErrorResponse, Strict
+from app.retrieval import require_collection
 from core.access import Grant
 from core.errors import Conflict, IndexVersionError, NotFound, UploadTooLarge
 from ingest import jobs, versions
@@ -312,6 +313,8 @@ def activate_index(
     else:
         collection = grant.collection(collection)
     with pool.connection() as conn:
+        if collection is not None:
+            require_collection(conn, collection, grant)
         candidate = _version_or_404(conn, version_id)
         if not force:
             versions.check_embedding_model(candidate, catalog.config(None))

@@ -385,9 +385,11 @@ def test_collections_and_their_documents_are_listed_within_the_grant(
 
 def test_an_unknown_collection_is_a_404_naming_the_keys_collections(client: TestClient, keys: dict[str, str]) -> None:
     headers = {"Authorization": f"Bearer {keys['global-admin']}"}
+    version = client.get("/v1/admin/indexes", headers=headers).json()["indexes"][0]["id"]
     for response in (
         client.post("/v1/query", json={"question": SALARY, "collection": "suport"}, headers=headers),
         client.get("/v1/collections/suport/documents", headers=headers),
+        client.post(f"/v1/admin/indexes/{version}/activate", params={"collection": "suport"}, headers=headers),
     ):
         assert response.status_code == 404, response.text
         error = response.json()["error"]
