@@ -209,8 +209,8 @@ def usage_table(
     out.print(f"total: {sum(r['requests'] for r in rows)} requests, ${sum(r['cost_usd'] for r in rows):.6f}")
 
 
-def ensure_demo_key() -> str | None:
-    """The local demo key (created once, kept in the data folder), for the embedded set-up only."""
+def ensure_demo_key() -> tuple[str, bool] | None:
+    """The local demo key and whether it was created now (once, kept in the data folder); embedded set-up only."""
     from app.keys import create_key, verify_key
     from core.errors import AuthError
     from core.runtime import open_runtime
@@ -223,14 +223,14 @@ def ensure_demo_key() -> str | None:
         if path.exists():
             try:
                 verify_key(rt.conn, path.read_text().strip())
-                return path.read_text().strip()
+                return path.read_text().strip(), False
             except AuthError:
                 pass
         _, secret = create_key(rt.conn, "local-demo", ["query", "admin"], collections=["*"], configs=["*"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(secret + "\n")
     path.chmod(0o600)
-    return secret
+    return secret, True
 
 
 @app.command("serve")
@@ -257,9 +257,13 @@ def serve(
     out.print(f"ragops serving on http://{bind_host}:{bind_port} (docs at /docs), answering with {generator}")
     demo = ensure_demo_key()
     if demo:
+        secret, created = demo
+        path = settings.data_dir / DEMO_KEY_FILE
+        # Printed whole only when created: after that the log shows where it is kept, not the key.
+        shown = secret if created else f"{secret[:12]}... (in {path})"
         out.print(
-            f"local demo API key (kept in {settings.data_dir / DEMO_KEY_FILE}):\n"
-            f"  curl -s http://{bind_host}:{bind_port}/v1/query -H 'Authorization: Bearer {demo}' "
+            f"local demo API key: {shown}\n"
+            f"  curl -s http://{bind_host}:{bind_port}/v1/query -H \"Authorization: Bearer $(cat {path})\" "
             "-H 'content-type: application/json' -d '{\"question\": \"How many PTO days do new employees get?\"}'",
             highlight=False,
             soft_wrap=True,  # one line, so it can be copied as is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -94,7 +95,10 @@ class SentenceTransformerEmbedder(Embedder):
         path = resolve_model_path(settings.model)
         try:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
 
+            if not sys.stderr.isatty():  # a progress bar is noise in logs and pipes
+                transformers_logging.disable_progress_bar()
             self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
         except Exception as exc:  # any failure to load is fatal and must say which model
             raise EmbeddingError(f"cannot load embedding model {settings.model!r} from {path}: {exc}") from exc
