@@ -56,6 +56,8 @@ class RequestContext:
 
     The one owner of the meter's lifetime: it is closed here for every outcome (a whole answer, a
     stream read to its end, an error, a client that hung up mid-stream or before the stream began).
+    Requests that matched no route or were refused before a key was verified are only counted
+    (``ragops_rejected_requests_total``), so anonymous traffic writes no ledger rows.
     Plain ASGI: Starlette's ``@app.middleware("http")`` wrapper costs more per request.
     """
 
@@ -88,9 +90,22 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if meter is not None:
+            route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/admin/jobs/{job_id}
+            refused = _refusal(meter, route, status)
+            if refused is not None:  # counted, never ledgered: anonymous traffic must not cost a row
+                self.metrics.rejected.labels(refused).inc()
+            elif meter is not None:
                 # The response is over (or abandoned): the client does not wait for the ledger.
-                await run_in_threadpool(meter.close, status)
+                await run_in_threadpool(meter.close, status, route)
+
+
+def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str | None:
+    """Why a request is only counted, not ledgered: it matched no route, or no key was verified for it."""
+    if route is None and status == 404:
+        return "not_found"
+    if meter is not None and meter.key is None and meter.accountant.auth_enabled:
+        return "unauthenticated"
+    return None
 
 
 def _start_worker(database: Database, settings: Settings) -> Worker | None:
@@ -117,7 +132,7 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
     app.state.settings, app.state.catalog, app.state.pool, app.state.pipeline = settings, catalog, pool, pipeline
     app.state.accountant = Accountant(
         pool, pricing, auth_enabled=settings.auth_enabled and metering, key_cache_ttl_s=settings.auth_cache_ttl_s,
-        hold_max_age_s=settings.budget_hold_max_age_s,
+        hold_max_age_s=settings.budget_hold_max_age_s, max_concurrent_per_key=settings.key_max_concurrent,
     )  # fmt: skip
     with pool.connection() as conn:  # holds a crashed process left behind
         release_stale_holds(conn, settings.budget_hold_max_age_s)

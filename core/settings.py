@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         default=900.0, ge=60,
         description="A budget hold older than this was left by a request whose process died: it is released.",
     )  # fmt: skip
+    key_max_concurrent: int | None = Field(
+        default=8, ge=0,
+        description="Requests one API key may have in flight in this process (429 beyond); 0 or unset = no limit.",
+    )  # fmt: skip
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."
     )

@@ -76,6 +76,7 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     meter.key = key
     meter.entry.key_id, meter.entry.key_name = key.id, key.name
     key.require(scope)
+    meter.slot = accountant.inflight.acquire(key)
     if key.rpm is not None or key.tpm is not None:
         with accountant.pool.connection() as conn:
             check_rate(conn, key)

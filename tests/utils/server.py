@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -46,3 +46,11 @@ def serve_in_thread(
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Poll ``predicate`` until it is true (work done after a response, e.g. ledger rows); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
