@@ -68,6 +68,9 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     if not accountant.auth_enabled:
         return None
     meter = get_meter(request)
+    if meter.key is not None:  # already verified for this request, before its body (app/api/key_first.py)
+        meter.key.require(scope)
+        return meter.key
     started = time.perf_counter()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

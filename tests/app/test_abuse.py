@@ -7,7 +7,9 @@ other keys are served, and its slots come back whatever way its requests ended.
 
 from __future__ import annotations
 
+import json
 import secrets
+import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 
 from app.main import create_app
 from core.db import Database
@@ -169,3 +172,61 @@ def _key_id(database: Database, key: str) -> int:
         row = conn.execute("SELECT id FROM api_keys WHERE prefix = %s", (key.split("_")[1],)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+class BodyCounter:
+    """ASGI wrapper counting the request body bytes the application pulled from the server."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.received = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted() -> Message:
+            message = await receive()
+            self.received += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def post_head_and_read(base: str, path: str, headers: dict[str, str], declared: int, sent: bytes) -> tuple[int, dict]:
+    """Declare a ``declared``-byte body, send only ``sent`` of it, and read the response the server gives anyway."""
+    host, port = base.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {declared}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # a server waiting for the body times out
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + sent)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(65536)
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [(None, 401), ("Bearer not-a-key", 401), ("UNKNOWN", 401), ("QUERY_ONLY", 403)],
+    ids=["missing", "malformed", "unknown", "query-scope"],
+)
+def test_an_upload_without_an_admin_key_is_refused_before_its_body_is_read(
+    abuse_app: FastAPI, served_database: Database, authorization: str | None, status: int
+) -> None:
+    if authorization == "UNKNOWN":
+        authorization = f"Bearer rgo_{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}"
+    elif authorization == "QUERY_ONLY":
+        authorization = f"Bearer {new_key(served_database, ['query'])}"
+    headers = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    if authorization:
+        headers["Authorization"] = authorization
+    first = b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="big.md"\r\n\r\n' + b"#" * 65536
+    counter = BodyCounter(abuse_app)
+    with serve_in_thread(counter, lifespan=False) as base:
+        code, body = post_head_and_read(base, "/v1/admin/documents", headers, 50 * 1024 * 1024, first)
+    assert code == status and body["error"]["code"] == status, body
+    assert counter.received == 0  # not a byte of the 50 MB was read, so nothing was spooled or stored
+    uploads = abuse_app.state.settings.uploads_dir
+    assert not uploads.exists() or not any(uploads.rglob("*"))

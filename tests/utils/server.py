@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 
 def free_port() -> int:
@@ -21,7 +21,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: FastAPI, *, lifespan: bool = True, timeout_s: float = 60.0, keep_alive_s: int = 5
+    app: ASGIApp, *, lifespan: bool = True, timeout_s: float = 60.0, keep_alive_s: int = 5
 ) -> Iterator[str]:
     """Serve ``app`` with uvicorn until the block ends; yields its base URL.
 
