@@ -7,11 +7,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import start_http_server
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -121,6 +123,15 @@ def _start_worker(database: Database, settings: Settings) -> Worker | None:
     return worker
 
 
+def _start_metrics_server(metrics: Metrics, settings: Settings) -> WSGIServer | None:
+    """/metrics on its own port (RAGOPS_METRICS_PORT), so it can stay internal while the API is public."""
+    if settings.metrics_port is None:
+        return None
+    server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    return server
+
+
 def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: ConnectionPool, metering: bool) -> None:
     """Build what the routes use (prices, pipeline, accountant) and load every model now, not on a request."""
     pricing = load_pricing(settings.configs_dir)
@@ -155,9 +166,13 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
             try:
                 _open_services(app, settings, catalog, pool, metering)
                 worker = _start_worker(database, settings)
+                metrics_server = _start_metrics_server(app.state.metrics, settings)
                 try:
                     yield
                 finally:
+                    if metrics_server is not None:
+                        metrics_server.shutdown()
+                        metrics_server.server_close()
                     if worker is not None:
                         worker.stop()
             finally:
@@ -247,8 +262,11 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         lifespan=_lifespan(settings, metering),
     )
     app.state.metrics = metrics
+    app.state.readiness = system.Readiness(settings.readiness_cache_s)
     for api in (system, query, openai_compat, usage, admin):
         app.include_router(api.router)
+    if settings.metrics_port is None:
+        app.include_router(system.metrics_router)
     uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)
     app.add_middleware(RequestContext, metrics=metrics, metering=metering)

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     vllm_connect_timeout_s: float = Field(default=3.0, gt=0)
     vllm_read_timeout_s: float = Field(default=60.0, gt=0)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+    readiness_cache_s: float = Field(
+        default=2.0, ge=0, le=60, description="/readyz reuses its last probe this long; 0 = probe every time."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Serve /metrics on this port (same host) instead of the API's; unset = on the API's port.",
+    )  # fmt: skip
     db_pool_timeout_s: float = Field(
         default=5.0, gt=0, description="Wait this long for a database connection, then answer 503."
     )

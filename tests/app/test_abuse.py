@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +27,7 @@ from core.db import Database
 from tests.app.conftest import make_settings
 from tests.utils.accounts import QUESTION, SlowGenerator, new_key
 from tests.utils.metrics import REJECTED, metric_series
-from tests.utils.server import serve_in_thread, wait_for
+from tests.utils.server import free_port, serve_in_thread, wait_for
 
 LIMIT = 2
 STREAMED = {**QUESTION, "stream": True}
@@ -230,3 +231,44 @@ def test_an_upload_without_an_admin_key_is_refused_before_its_body_is_read(
     assert counter.received == 0  # not a byte of the 50 MB was read, so nothing was spooled or stored
     uploads = abuse_app.state.settings.uploads_dir
     assert not uploads.exists() or not any(uploads.rglob("*"))
+
+
+def test_readiness_is_probed_once_per_cache_period_and_names_no_internals(
+    served_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model server that is down: /readyz says which check fails, not where it lives or what it raised."""
+    down = f"http://10.0.0.1:{free_port()}/v1"  # an internal address that must not reach the body
+    settings = make_settings(served_database, tmp_path, vllm_url=down, readiness_cache_s=60, readiness_timeout_s=0.5)
+    app = create_app(settings)
+    probes = 0
+    with TestClient(app) as client:
+        pipeline = app.state.pipeline
+        generator = pipeline.generator(pipeline.catalog.config(None))
+        check_ready = generator.check_ready
+
+        def counted(timeout: float) -> None:
+            nonlocal probes
+            probes += 1
+            check_ready(timeout)
+
+        monkeypatch.setattr(generator, "check_ready", counted)
+        answers = [client.get("/readyz") for _ in range(5)]
+    assert probes == 1
+    assert {r.status_code for r in answers} == {503}
+    assert answers[0].json() == {
+        "status": "not ready",
+        "checks": {"database": "ok", "index": "ok", "generator": "failing"},
+    }
+    assert "10.0.0.1" not in answers[0].text and "error" not in answers[0].text
+
+
+def test_metrics_can_move_to_a_port_of_their_own(served_database: Database, tmp_path: Path) -> None:
+    port = free_port()
+    app = create_app(make_settings(served_database, tmp_path, metrics_port=port))
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == 404
+        client.get("/healthz")
+        internal = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert internal.status_code == 200 and 'ragops_rejected_requests_total{reason="not_found"} 1.0' in internal.text
+    with pytest.raises(httpx.ConnectError):  # stopped with the app
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
