@@ -25,6 +25,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from app.inflight import InFlight
 from app.keys import ApiKey, VerifiedKeys
 from app.pricing import Pricing
 from core.errors import BudgetExceeded, RateLimited
@@ -303,7 +304,7 @@ def usage(
 
 
 class Accountant:
-    """Shared by every request: the pool, the prices, and whether auth is on."""
+    """Shared by every request: the pool, the prices, whether auth is on, and each key's requests in flight."""
 
     def __init__(
         self,
@@ -313,11 +314,13 @@ class Accountant:
         auth_enabled: bool = True,
         key_cache_ttl_s: float = 0.0,
         hold_max_age_s: float = 900.0,
+        max_concurrent_per_key: int | None = None,
     ) -> None:
         self.pool = pool
         self.pricing = pricing
         self.auth_enabled = auth_enabled
         self.keys = VerifiedKeys(key_cache_ttl_s)
+        self.inflight = InFlight(max_concurrent_per_key)
         self.hold_max_age_s = hold_max_age_s  # a budget hold older than this belongs to a dead request
 
     def cost(self, entry: LedgerEntry, embedding_model: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import sys
@@ -233,6 +234,16 @@ def ensure_demo_key() -> tuple[str, bool] | None:
     return secret, True
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (a name other than localhost counts as not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (RAGOPS_HOST).")] = None,
@@ -246,14 +257,20 @@ def serve(
     from core.embedding import get_embedder
     from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
 
+    settings = get_settings()
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if not settings.auth_enabled and not is_loopback(bind_host):
+        raise RagopsError(
+            f"refusing to serve on {bind_host} with authentication off (RAGOPS_AUTH_ENABLED=false): "
+            "bind a loopback address (--host 127.0.0.1) or turn authentication on"
+        )
+    settings = settings.model_copy(update={"host": bind_host, "port": bind_port})  # the metrics port binds here too
     pin_malloc_mmap_threshold()  # RSS stays flat under load instead of growing with fragmented heap
     limit_blas_threads()
-    settings = get_settings()
     configure_logging(settings.log_level)
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)  # refuse a bad file
     get_embedder(catalog.config(None).config.index.embedding)  # and a model that does not load (kept for the app)
     generator = f"vLLM at {settings.vllm_url}" if settings.vllm_url else "the extractive generator (no RAGOPS_VLLM_URL)"
-    bind_host, bind_port = host or settings.host, port or settings.port
     out.print(f"ragops serving on http://{bind_host}:{bind_port} (docs at /docs), answering with {generator}")
     demo = ensure_demo_key()
     if demo:
@@ -263,7 +280,7 @@ def serve(
         shown = secret if created else f"{secret[:12]}... (in {path})"
         out.print(
             f"local demo API key: {shown}\n"
-            f"  curl -s http://{bind_host}:{bind_port}/v1/query -H \"Authorization: Bearer $(cat {path})\" "
+            f'  curl -s http://{bind_host}:{bind_port}/v1/query -H "Authorization: Bearer $(cat {path})" '
             "-H 'content-type: application/json' -d '{\"question\": \"How many PTO days do new employees get?\"}'",
             highlight=False,
             soft_wrap=True,  # one line, so it can be copied as is

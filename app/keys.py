@@ -1,13 +1,15 @@
 """API keys: printed once, stored as a salted hash, compared in constant time.
 
 A key looks like ``rgo_<prefix>_<secret>``: the prefix finds the row, the secret is checked
-against ``sha256(salt || secret)`` with :func:`hmac.compare_digest`.
+against ``sha256(salt || secret)`` with :func:`hmac.compare_digest`. A token of any other shape
+is refused before it costs a database connection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -26,6 +28,10 @@ from core.errors import AuthError, RagopsError, ScopeError
 
 SCOPES = frozenset({"query", "admin"})
 _KEY_PREFIX = "rgo"
+_PREFIX_BYTES, _SECRET_BYTES = 4, 24
+# rgo_, 8 hex digits, _, then token_urlsafe(24): 32 characters of the URL-safe alphabet.
+_TOKEN_SHAPE = re.compile(rf"{_KEY_PREFIX}_[0-9a-f]{{{2 * _PREFIX_BYTES}}}_[A-Za-z0-9_-]{{{_SECRET_BYTES * 4 // 3}}}")
+_TOKEN_CHARS = len(_KEY_PREFIX) + 2 + 2 * _PREFIX_BYTES + _SECRET_BYTES * 4 // 3
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,8 @@ def create_key(
     collections, configs = _names("collections", collections), _names("configs", configs or [])
     if not collections:
         raise RagopsError("name the collections the key may use (or '*' for all of them)")
-    prefix = secrets.token_hex(4)
-    secret = secrets.token_urlsafe(24)
+    prefix = secrets.token_hex(_PREFIX_BYTES)
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
     salt = secrets.token_bytes(16)
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
@@ -131,12 +137,16 @@ def _key(row: dict[str, Any]) -> ApiKey:
     return ApiKey(**{**row, **lists})
 
 
+def check_key_shape(presented: str) -> None:
+    """:class:`AuthError` unless ``presented`` is shaped like a key ragops issues (no database needed)."""
+    if len(presented) != _TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(presented):
+        raise AuthError("invalid API key")
+
+
 def verify_key(conn: psycopg.Connection, presented: str) -> ApiKey:
     """The key a bearer token names; :class:`AuthError` for anything else (same message either way)."""
-    parts = presented.split("_", 2)
-    if len(parts) != 3 or parts[0] != _KEY_PREFIX:
-        raise AuthError("invalid API key")
-    _, prefix, secret = parts
+    check_key_shape(presented)
+    _, prefix, secret = presented.split("_", 2)
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(f"SELECT {_COLUMNS}, salt, secret_hash FROM api_keys WHERE prefix = %s", (prefix,)).fetchone()
     # Hash even when the prefix is unknown, so timing does not reveal which prefixes exist.
@@ -190,7 +200,11 @@ class VerifiedKeys:
         self._lock = threading.Lock()
 
     def verify(self, conn_factory: Callable[[], AbstractContextManager[psycopg.Connection]], presented: str) -> ApiKey:
-        """The key for ``presented``, from the cache or from the database (failures are never cached)."""
+        """The key for ``presented``, from the cache or from the database (failures are never cached).
+
+        A token of the wrong shape is refused before ``conn_factory`` is called.
+        """
+        check_key_shape(presented)
         if self.ttl_s <= 0:
             with conn_factory() as conn:
                 return verify_key(conn, presented)

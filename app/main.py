@@ -7,11 +7,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import start_http_server
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -56,6 +58,8 @@ class RequestContext:
 
     The one owner of the meter's lifetime: it is closed here for every outcome (a whole answer, a
     stream read to its end, an error, a client that hung up mid-stream or before the stream began).
+    Requests that matched no route or were refused before a key was verified are only counted
+    (``ragops_rejected_requests_total``), so anonymous traffic writes no ledger rows.
     Plain ASGI: Starlette's ``@app.middleware("http")`` wrapper costs more per request.
     """
 
@@ -88,9 +92,22 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if meter is not None:
+            route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/admin/jobs/{job_id}
+            refused = _refusal(meter, route, status)
+            if refused is not None:  # counted, never ledgered: anonymous traffic must not cost a row
+                self.metrics.rejected.labels(refused).inc()
+            elif meter is not None:
                 # The response is over (or abandoned): the client does not wait for the ledger.
-                await run_in_threadpool(meter.close, status)
+                await run_in_threadpool(meter.close, status, route)
+
+
+def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str | None:
+    """Why a request is only counted, not ledgered: it matched no route, or no key was verified for it."""
+    if route is None and status == 404:
+        return "not_found"
+    if meter is not None and meter.key is None and meter.accountant.auth_enabled:
+        return "unauthenticated"
+    return None
 
 
 def _start_worker(database: Database, settings: Settings) -> Worker | None:
@@ -106,6 +123,15 @@ def _start_worker(database: Database, settings: Settings) -> Worker | None:
     return worker
 
 
+def _start_metrics_server(metrics: Metrics, settings: Settings) -> WSGIServer | None:
+    """/metrics on its own port (RAGOPS_METRICS_PORT), so it can stay internal while the API is public."""
+    if settings.metrics_port is None:
+        return None
+    server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    return server
+
+
 def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: ConnectionPool, metering: bool) -> None:
     """Build what the routes use (prices, pipeline, accountant) and load every model now, not on a request."""
     pricing = load_pricing(settings.configs_dir)
@@ -117,7 +143,7 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
     app.state.settings, app.state.catalog, app.state.pool, app.state.pipeline = settings, catalog, pool, pipeline
     app.state.accountant = Accountant(
         pool, pricing, auth_enabled=settings.auth_enabled and metering, key_cache_ttl_s=settings.auth_cache_ttl_s,
-        hold_max_age_s=settings.budget_hold_max_age_s,
+        hold_max_age_s=settings.budget_hold_max_age_s, max_concurrent_per_key=settings.key_max_concurrent,
     )  # fmt: skip
     with pool.connection() as conn:  # holds a crashed process left behind
         release_stale_holds(conn, settings.budget_hold_max_age_s)
@@ -140,9 +166,13 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
             try:
                 _open_services(app, settings, catalog, pool, metering)
                 worker = _start_worker(database, settings)
+                metrics_server = _start_metrics_server(app.state.metrics, settings)
                 try:
                     yield
                 finally:
+                    if metrics_server is not None:
+                        metrics_server.shutdown()
+                        metrics_server.server_close()
                     if worker is not None:
                         worker.stop()
             finally:
@@ -232,8 +262,11 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         lifespan=_lifespan(settings, metering),
     )
     app.state.metrics = metrics
+    app.state.readiness = system.Readiness(settings.readiness_cache_s)
     for api in (system, query, openai_compat, collections, usage, admin):
         app.include_router(api.router)
+    if settings.metrics_port is None:
+        app.include_router(system.metrics_router)
     uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)
     app.add_middleware(RequestContext, metrics=metrics, metering=metering)

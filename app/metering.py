@@ -17,6 +17,7 @@ from typing import TypeVar
 from app.accounting import Accountant, LedgerEntry, RateHold, Reservation, hold_rate_tokens, reserve_budget
 from app.answers import Answer, AnswerDone, Prepared
 from app.generators.base import count_prompt_tokens
+from app.inflight import Slot
 from app.keys import ApiKey
 from app.metrics import Metrics
 from app.pii import PiiSession
@@ -25,6 +26,7 @@ from core.tokens import count_tokens
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 STAGES = ("auth", "pii", "embed", "retrieve", "ttft", "generate")
+UNMATCHED_ROUTE = "unmatched"  # the one metrics label of a path no route template matched
 E = TypeVar("E")
 
 
@@ -41,6 +43,7 @@ class Meter:
     _prompt_tokens: int | None = field(default=None, repr=False)
     reservation: Reservation | None = None
     rate: RateHold | None = None
+    slot: Slot | None = None  # the key's concurrency slot, given back on close
     failed_status: int | None = None
     settled: bool = False
     closed: bool = False
@@ -156,14 +159,17 @@ class Meter:
         except Exception:  # an unpriced model: the ledger still gets its row
             e.cost_usd = 0.0
 
-    def close(self, status: int | None) -> None:
-        """Settle whatever is left, write the ledger row and the metrics; once.
+    def close(self, status: int | None, route: str | None = None) -> None:
+        """Give back the concurrency slot, settle whatever is left, write the ledger row and the metrics; once.
 
-        ``status`` is the response's, or None when none was sent (the client left before it began).
+        ``status`` is the response's, or None when none was sent (the client left before it began);
+        ``route`` is the matched route's template (metrics never carry raw paths).
         """
         if self.closed:
             return
         self.closed = True
+        if self.slot is not None:
+            self.slot.release()
         if self._events is not None:
             with contextlib.suppress(ValueError):  # "generator already executing": it ends by itself
                 self._events.close()
@@ -180,12 +186,12 @@ class Meter:
         # One connection, after the response: settlement, the token window and the ledger row.
         # Until it lands the worst-case holds stay in place, so a budget is never overrun.
         self.accountant.record(e, self.reservation, self.rate)
-        self._observe(e)
+        self._observe(e, route or UNMATCHED_ROUTE)
 
-    def _observe(self, e: LedgerEntry) -> None:
+    def _observe(self, e: LedgerEntry, route: str) -> None:
         m = self.metrics
-        m.requests.labels(e.route, str(e.status)).inc()
-        m.latency.labels(e.route).observe(e.latency_ms["total"] / 1000)
+        m.requests.labels(route, str(e.status)).inc()
+        m.latency.labels(route).observe(e.latency_ms["total"] / 1000)
         for stage, counts in e.pii_counts.items():
             for entity_type, n in counts.items():
                 m.pii_detections.labels(entity_type, stage).inc(n)

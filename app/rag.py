@@ -46,6 +46,9 @@ from ingest.versions import IndexVersion, check_embedding_model, get_index_versi
 _SNIPPET_CHARS = 240
 # A follow-up this short ("and for contractors?") is retrieved together with the turn before it.
 _FOLLOW_UP_WORDS = 8
+# No token is longer than this many characters in practice (a run of dashes reaches 64): text longer
+# than limit x this is refused before its tokens are counted, which for megabytes is itself slow.
+CHARS_PER_TOKEN_MAX = 16
 
 
 def format_context(citations: list[Citation], texts: list[str]) -> str:
@@ -76,6 +79,37 @@ def has_nul(value: Any) -> bool:
         elif isinstance(item, list):
             items.extend(item)
     return False
+
+
+def check_history(history: tuple[Turn, ...], config: LoadedConfig) -> None:
+    """Refuse earlier chat messages past the configuration's token limits (422), before any PII analysis.
+
+    Characters are checked first, so a multi-megabyte history costs no tokenization.
+    """
+    generation = config.config.generation
+    per_message, total = generation.max_message_tokens, generation.max_history_tokens
+    chars = sum(len(turn.content) for turn in history)
+    if chars > total * CHARS_PER_TOKEN_MAX:
+        raise BadRequest(
+            f"earlier messages hold {chars} characters, more than fit in the history limit of {total} tokens "
+            "(generation.max_history_tokens)",
+            field="messages",
+        )
+    tokens = 0
+    for n, turn in enumerate(history):
+        if len(turn.content) > per_message * CHARS_PER_TOKEN_MAX or (count := count_tokens(turn.content)) > per_message:
+            raise BadRequest(
+                f"messages[{n}] is longer than the limit of {per_message} tokens per earlier message "
+                "(generation.max_message_tokens)",
+                field="messages",
+            )
+        tokens += count
+    if tokens > total:
+        raise BadRequest(
+            f"earlier messages have {tokens} tokens; the history limit is {total} tokens "
+            "(generation.max_history_tokens)",
+            field="messages",
+        )
 
 
 def retrieval_text(question: Question) -> str:
@@ -218,10 +252,14 @@ class RagPipeline:
         return ExtractiveGenerator(self.embedder(config), config.config.generation.extractive)
 
     def validate(self, question: Question, config: LoadedConfig) -> None:
-        """Refuse questions the configuration cannot serve (empty, too long, bad top_k)."""
+        """Refuse questions the configuration cannot serve (empty, too long, bad top_k, too much history)."""
         if not question.text.strip():
             raise BadRequest("question must not be empty", field="question")
         limit = config.config.generation.max_question_tokens
+        if len(question.text) > limit * CHARS_PER_TOKEN_MAX:
+            raise BadRequest(
+                f"question has {len(question.text)} characters; the limit is {limit} tokens", field="question"
+            )
         tokens = count_tokens(question.text)
         if tokens > limit:
             raise BadRequest(f"question has {tokens} tokens; the limit is {limit}", field="question")
@@ -233,6 +271,7 @@ class RagPipeline:
                 raise BadRequest(f"{name} must not contain NUL characters", field=name)
         if any("\x00" in turn.content for turn in question.history):
             raise BadRequest("messages must not contain NUL characters", field="messages")
+        check_history(question.history, config)
 
     def prepare(self, question: Question, grant: Grant) -> Prepared:
         """Validate, embed, retrieve and render the prompt: everything before the first token.

@@ -131,7 +131,7 @@ def search_hybrid(
             ORDER BY c.embedding <=> %(vector)s LIMIT %(candidates)s),
         kw AS (
             SELECT c.id, row_number() OVER (ORDER BY ts_rank(c.tsv, q.query) DESC, c.id) AS rank
-            FROM {table} c, q WHERE c.tsv @@ q.query AND {where}
+            FROM {table} c, q WHERE {has_terms} AND c.tsv @@ q.query AND {where}
             ORDER BY ts_rank(c.tsv, q.query) DESC, c.id LIMIT %(candidates)s),
         fused AS (
             SELECT coalesce(vec.id, kw.id) AS id,
@@ -141,7 +141,7 @@ def search_hybrid(
         SELECT {cols}, fused.score FROM fused
         JOIN {table} c ON c.id = fused.id JOIN documents d ON d.id = c.document_id
         ORDER BY fused.score DESC, c.id LIMIT %(k)s"""
-    ).format(tsquery=any_terms_tsquery(), table=version.table, where=where, cols=_HIT_COLUMNS)
+    ).format(tsquery=any_terms_tsquery(), table=version.table, where=where, cols=_HIT_COLUMNS, has_terms=_HAS_TERMS)
     with conn.transaction():
         _set_search_options(conn, ef_search=max(ef_search, candidates))
         rows = conn.execute(query, params).fetchall()
@@ -168,14 +168,23 @@ def search_keyword(
         "WITH q AS (SELECT {tsquery} AS query) "
         "SELECT {cols}, ts_rank(c.tsv, q.query) AS score "
         "FROM {table} c JOIN documents d ON d.id = c.document_id, q "
-        "WHERE c.tsv @@ q.query AND {where} ORDER BY score DESC, c.id LIMIT %(k)s"
-    ).format(tsquery=any_terms_tsquery(), cols=_HIT_COLUMNS, table=version.table, where=where)
+        "WHERE {has_terms} AND c.tsv @@ q.query AND {where} ORDER BY score DESC, c.id LIMIT %(k)s"
+    ).format(tsquery=any_terms_tsquery(), cols=_HIT_COLUMNS, table=version.table, where=where, has_terms=_HAS_TERMS)
     return _hits(conn.execute(query, params).fetchall())
 
 
 def any_terms_tsquery() -> sql.Composable:
-    """``websearch_to_tsquery`` with its implicit AND turned into OR (quoted phrases stay phrases)."""
+    """``websearch_to_tsquery`` with its implicit AND turned into OR (quoted phrases stay phrases).
+
+    Negated terms are dropped first (``querytree``; 'T' when nothing positive is left): OR-ed with
+    anything, ``!zzzz`` matches, and ranks, every row. With no positive term the query is empty.
+    """
     return sql.SQL(
-        "coalesce(nullif(replace(websearch_to_tsquery(%(tsconfig)s::regconfig, %(q)s)::text, ' & ', ' | '), '')"
-        "::tsquery, ''::tsquery)"
+        "coalesce(nullif(replace(nullif(querytree(websearch_to_tsquery(%(tsconfig)s::regconfig, %(q)s)), 'T'),"
+        " ' & ', ' | '), '')::tsquery, ''::tsquery)"
     )
+
+
+# With an empty query (no positive term) this is false once for the statement: the keyword
+# branch reads no rows instead of testing every one.
+_HAS_TERMS = sql.SQL("numnode(q.query) > 0")

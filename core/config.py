@@ -151,6 +151,12 @@ class GenerationSettings(StrictModel):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     context_tokens: int = Field(default=1500, ge=64, le=1_000_000, description="Token budget for retrieved text.")
     max_question_tokens: int = Field(default=256, ge=8, le=100_000)
+    max_message_tokens: int = Field(
+        default=1024, ge=8, le=100_000, description="Tokens of one earlier chat message (system ones included)."
+    )
+    max_history_tokens: int = Field(
+        default=4096, ge=0, le=1_000_000, description="Tokens of all earlier chat messages together; 0 = no history."
+    )
     extractive: ExtractiveSettings = ExtractiveSettings()
     server: ModelServerSettings = ModelServerSettings()
 

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     vllm_connect_timeout_s: float = Field(default=3.0, gt=0)
     vllm_read_timeout_s: float = Field(default=60.0, gt=0)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+    readiness_cache_s: float = Field(
+        default=2.0, ge=0, le=60, description="/readyz reuses its last probe this long; 0 = probe every time."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Serve /metrics on this port (same host) instead of the API's; unset = on the API's port.",
+    )  # fmt: skip
     db_pool_timeout_s: float = Field(
         default=5.0, gt=0, description="Wait this long for a database connection, then answer 503."
     )
@@ -66,6 +73,10 @@ class Settings(BaseSettings):
     budget_hold_max_age_s: float = Field(
         default=900.0, ge=60,
         description="A budget hold older than this was left by a request whose process died: it is released.",
+    )  # fmt: skip
+    key_max_concurrent: int | None = Field(
+        default=8, ge=0,
+        description="Requests one API key may have in flight in this process (429 beyond); 0 or unset = no limit.",
     )  # fmt: skip
     auth_enabled: bool = Field(
         default=True, description="Require 'Authorization: Bearer <key>' on /v1 routes; off only on purpose."

@@ -96,17 +96,31 @@ def _normalize_space(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# Linear on any line: no lazy group followed by optional runs (that backtracked quadratically on
+# a long run of '#'); the closing sequence is stripped in Python instead.
+_MD_HEADING = re.compile(r"(#{1,6})\s+(\S.*)")
+# A longer "heading" is a paragraph behind a '#': as a section path it would be copied into the
+# embedded text and the row of every chunk below it.
+MAX_HEADING_CHARS = 300
+
+
+def _md_heading(line: str) -> tuple[int, str] | None:
+    """(level, text) of an ATX heading line, without its closing ``#`` sequence; None for other lines."""
+    match = _MD_HEADING.match(line)
+    if match is None:
+        return None
+    text = match.group(2).rstrip()
+    return len(match.group(1)), text.rstrip("#").rstrip() or text[:1]
 
 
 def _with_headings(lines: Iterator[tuple[int, str]] | list[tuple[int, str]]) -> tuple[str, list[Section]]:
-    """Join (level, line) pairs (level 0 = body) into text and heading sections."""
+    """Join (level, line) pairs (level 0 = body) into text and heading sections; over-long headings stay body."""
     parts: list[str] = []
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
     offset = 0
     for level, line in lines:
-        if level:
+        if level and len(line) <= MAX_HEADING_CHARS:
             while stack and stack[-1][0] >= level:
                 stack.pop()
             stack.append((level, line))
@@ -124,8 +138,8 @@ def load_markdown(source: str, data: bytes) -> Document:
     for line in text.split("\n"):
         if line.lstrip().startswith(("```", "~~~")):
             in_fence = not in_fence
-        match = None if in_fence else _MD_HEADING.match(line)
-        lines.append((len(match.group(1)), match.group(2)) if match else (0, line))
+        heading = None if in_fence else _md_heading(line)
+        lines.append(heading if heading and len(heading[1]) <= MAX_HEADING_CHARS else (0, line))
     body, sections = _with_headings(lines)
     title = next((s.path[0] for s in sections if len(s.path) == 1), "") or _title_from_source(source)
     return Document(source=source, title=title, text=body, sections=sections)

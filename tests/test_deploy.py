@@ -110,3 +110,12 @@ def test_dockerfile_pins_cpu_torch_runs_unprivileged_and_bakes_models() -> None:
 def test_gpu_extra_pins_the_tested_vllm() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     assert f'"vllm=={vllm_version_under_test()}"' in pyproject.split("gpu = [", 1)[1].split("]", 1)[0]
+
+
+def test_images_that_listen_on_every_address_keep_authentication_on(compose: dict[str, Any]) -> None:
+    """`ragops serve` refuses auth off on a non-loopback address: the image and compose must not ask for it."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "RAGOPS_HOST=0.0.0.0" in dockerfile and "RAGOPS_AUTH_ENABLED" not in dockerfile
+    api = compose["services"]["api"]
+    assert "0.0.0.0" in api["command"]
+    assert str(api["environment"].get("RAGOPS_AUTH_ENABLED", "true")).lower() == "true"

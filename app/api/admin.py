@@ -16,13 +16,14 @@ from pydantic import BaseModel, Field
 
 from app import uploads
 from app.api.deps import AdminGrant, AppSettings, Configs, DbPool
+from app.api.key_first import AdminKeyFirst
 from app.api.schemas import ErrorResponse, Strict
 from app.retrieval import require_collection
 from core.access import Grant
 from core.errors import Conflict, IndexVersionError, NotFound, UploadTooLarge
 from ingest import jobs, versions
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=AdminKeyFirst)
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422)
 }

@@ -69,6 +69,9 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     if not accountant.auth_enabled:
         return None
     meter = get_meter(request)
+    if meter.key is not None:  # already verified for this request, before its body (app/api/key_first.py)
+        meter.key.require(scope)
+        return meter.key
     started = time.perf_counter()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -77,6 +80,7 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     meter.key = key
     meter.entry.key_id, meter.entry.key_name = key.id, key.name
     key.require(scope)
+    meter.slot = accountant.inflight.acquire(key)
     if key.rpm is not None or key.tpm is not None:
         with accountant.pool.connection() as conn:
             check_rate(conn, key)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.answers import Answer, Citation
 from core.config import MAX_TOP_K
@@ -12,6 +13,30 @@ from core.errors import BadRequest
 
 MAX_QUESTION_CHARS = 20_000
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused with a 422 naming the field
+
+
+def plain_json(value: Any) -> Any:
+    """Refuse what JSON parsing lets through but PostgreSQL's jsonb and UTF-8 cannot hold (422, not 500)."""
+    items = [value]
+    while items:  # a loop, not recursion: bodies may nest deeply
+        item = items.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("must not contain NaN or Infinity")
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise ValueError("must not contain lone surrogates (\\ud800-\\udfff)") from None
+        elif isinstance(item, dict):
+            items.extend(item.keys())
+            items.extend(item.values())
+        elif isinstance(item, list):
+            items.extend(item)
+    return value
+
+
+Filters = Annotated[dict[str, Any] | None, AfterValidator(plain_json)]
+FILTERS_DESCRIPTION = "Metadata the chunks' documents must contain (JSON containment)."
 
 
 class Strict(BaseModel):
@@ -27,9 +52,7 @@ class RetrievalOptions(Strict):
     top_k: int | None = Field(
         default=None, ge=1, le=MAX_TOP_K, description="Chunks to retrieve; the config's if unset."
     )
-    filters: dict[str, Any] | None = Field(
-        default=None, description="Metadata the chunks' documents must contain (JSON containment)."
-    )
+    filters: Filters = Field(default=None, description=FILTERS_DESCRIPTION)
     collection: str | None = Field(
         default=None, max_length=200, pattern=NO_NUL, description="Search this collection; unset = 'default'."
     )
@@ -181,6 +204,13 @@ class OpenAIMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Annotated[str, Field(pattern=NO_NUL)] | list[dict[str, Any]] | None = None
 
+    @model_validator(mode="after")
+    def _bounded_plain_text(self) -> OpenAIMessage:
+        plain_json(self.content)
+        if len(self.text()) > MAX_QUESTION_CHARS:
+            raise ValueError(f"content is longer than {MAX_QUESTION_CHARS} characters")
+        return self
+
     def text(self) -> str:
         """The message's text, joining text parts."""
         if isinstance(self.content, list):
@@ -200,7 +230,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
-    filters: dict[str, Any] | None = None
+    filters: Filters = Field(default=None, description=FILTERS_DESCRIPTION)
     collection: str | None = Field(
         default=None, max_length=200, pattern=NO_NUL, description="Search this collection (OpenAI clients: extra_body)."
     )

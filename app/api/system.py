@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
 
 from app.api.deps import AppSettings, Configs, DbPool, Pipeline, QueryGrant
 from app.api.schemas import ConfigOut, ConfigsResponse
+from app.rag import RagPipeline
 from app.retrieval import active_version
 from core.errors import RagopsError
 
+log = logging.getLogger("ragops")
 router = APIRouter(tags=["system"])
+FAILING = "failing"
 
 
-@router.get("/metrics", response_class=Response)
+metrics_router = APIRouter(tags=["system"])  # left out when RAGOPS_METRICS_PORT serves /metrics elsewhere
+
+
+@metrics_router.get("/metrics", response_class=Response)
 def read_metrics(request: Request) -> Response:
     """Prometheus metrics (text exposition format)."""
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -25,26 +37,52 @@ def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready: the failing check says why."}})
-def read_readiness(pipeline: Pipeline, pool: DbPool, settings: AppSettings) -> JSONResponse:
-    """The database answers, an index is active, and the generator really answers in time."""
-    checks: dict[str, str] = {}
-    timeout = settings.readiness_timeout_s
+class Readiness:
+    """The last readiness probe, reused for ``ttl_s`` seconds: /readyz cannot be used to load the database or model.
+
+    Concurrent callers wait for the one probe in progress instead of starting their own.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._expires = 0.0
+        self._checks: dict[str, str] = {}
+
+    def checks(self, probe: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """Each check's name and ``ok`` or ``failing``, probed at most once per ``ttl_s``."""
+        with self._lock:
+            if time.monotonic() >= self._expires:
+                self._checks = probe()
+                self._expires = time.monotonic() + self.ttl_s
+            return self._checks
+
+
+def _probe(pipeline: RagPipeline, pool: ConnectionPool, timeout: float) -> dict[str, str]:
+    """Database, active index and generator; why one fails goes to the log, never into the response."""
+    checks = dict.fromkeys(("database", "index", "generator"), FAILING)
     try:
         with pool.connection(timeout=timeout) as conn:
             conn.execute("SELECT 1")
-            checks["index"] = active_version(conn).name
-        checks["database"] = "ok"
-    except Exception as exc:  # any failure means not ready; the reason is reported
-        checks["database"] = f"error: {exc}"
+            checks["database"] = "ok"
+            active_version(conn)
+            checks["index"] = "ok"
+    except Exception as exc:  # any failure means not ready
+        log.warning("readiness: %s failing: %s", "index" if checks["database"] == "ok" else "database", exc)
     try:
-        config = pipeline.catalog.config(None)
-        generator = pipeline.generator(config)
-        generator.check_ready(timeout)
-        checks["generator"] = f"ok ({generator.name})"
+        pipeline.generator(pipeline.catalog.config(None)).check_ready(timeout)
+        checks["generator"] = "ok"
     except (RagopsError, OSError) as exc:
-        checks["generator"] = f"error: {exc}"
-    ready = all(not v.startswith("error") for v in checks.values()) and "index" in checks
+        log.warning("readiness: generator failing: %s", exc)
+    return checks
+
+
+@router.get("/readyz", responses={503: {"description": "Not ready: the failing check is named (details in the log)."}})
+def read_readiness(request: Request, pipeline: Pipeline, pool: DbPool, settings: AppSettings) -> JSONResponse:
+    """The database answers, an index is active, and the generator really answers in time."""
+    readiness: Readiness = request.app.state.readiness
+    checks = readiness.checks(lambda: _probe(pipeline, pool, settings.readiness_timeout_s))
+    ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
     )

@@ -110,7 +110,11 @@ def priced_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def priced_app(served_database: Database, priced_configs: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return create_app(make_settings(served_database, tmp_path_factory.mktemp("pa"), configs_dir=priced_configs))
+    """Billing tests send one key's requests many at a time: no per-key concurrency limit (test_abuse.py has it)."""
+    settings = make_settings(
+        served_database, tmp_path_factory.mktemp("pa"), configs_dir=priced_configs, key_max_concurrent=0
+    )
+    return create_app(settings)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from core.errors import AuthError
 from tests.app.conftest import authed, make_settings
 from tests.utils.accounts import QUESTION, new_key
 from tests.utils.ledger import ledger_row
+from tests.utils.metrics import REJECTED, metric_series
 from tests.utils.server import serve_in_thread
 
 
@@ -51,11 +52,39 @@ def test_auth_matrix(
     elif header:
         headers["Authorization"] = header
     with TestClient(priced_app) as client:
+        before = metric_series(client.get("/metrics").text)[REJECTED % "unauthenticated"]
         response = client.request("GET" if path == "/v1/usage" else "POST", path, json=QUESTION, headers=headers)
+        after = metric_series(client.get("/metrics").text)[REJECTED % "unauthenticated"]
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
     row = ledger_row(served_database, response.headers["X-Request-Id"])
-    assert row is not None and row["status"] == status and row["error_kind"] in ("AuthError", "ScopeError")
+    if status == 401:  # anonymous: counted, never ledgered
+        assert row is None and after == before + 1
+    else:  # a real key without the scope: its request is ledgered like any other failure
+        assert row is not None and row["status"] == status and row["error_kind"] == "ScopeError"
+        assert after == before
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "rgo_deadbeef_notthesecret",
+        "not-a-key",
+        "rgo_DEADBEEF_" + "a" * 32,
+        "rgo_deadbeef_" + "a" * 31 + "!",
+        "rgo_deadbeef_" + "a" * 33,
+        "xyz_deadbeef_" + "a" * 32,
+        "rgo_deadbeef_" + "a" * 100_000,
+    ],
+    ids=["short", "no-prefix", "upper-hex", "bad-char", "long", "wrong-prefix", "huge"],
+)
+def test_a_malformed_token_is_refused_without_a_database_connection(token: str) -> None:
+    def no_connection() -> Any:
+        raise AssertionError("a malformed token took a database connection")
+
+    for ttl in (0.0, 2.0):
+        with pytest.raises(AuthError, match="invalid API key"):
+            VerifiedKeys(ttl_s=ttl).verify(no_connection, token)
 
 
 def test_keys_are_stored_only_as_salted_hashes(served_database: Database) -> None:

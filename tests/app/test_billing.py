@@ -24,7 +24,7 @@ from core.db import Database
 from tests.conftest import REPO
 from tests.utils.accounts import QUESTION, SlowGenerator, new_key
 from tests.utils.ledger import ledger_row
-from tests.utils.server import serve_in_thread
+from tests.utils.server import serve_in_thread, wait_for
 
 STREAMED = {**QUESTION, "stream": True}
 # Every answering route, streamed: a hang-up on any of them is settled the same way.
@@ -99,13 +99,6 @@ def hang_up_before_the_body(base: str, key: str, route: str = "/v1/query") -> No
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head + body)
         sock.shutdown(socket.SHUT_RDWR)
-
-
-def wait_for(predicate: Any, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_a_hang_up_mid_stream_bills_the_prompt_and_every_token_produced(

@@ -210,3 +210,29 @@ def test_config_pii_shows_what_the_policy_finds(args: list[str], shows: list[str
     shown = result.output + str(result.exception or "")  # errors reach the user through cli.main's one line
     for text in shows:
         assert text in shown
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "ragops.internal"])
+def test_serve_refuses_auth_off_on_a_non_loopback_address(host: str, tmp_path: Path) -> None:
+    env = {**os.environ, "RAGOPS_AUTH_ENABLED": "false", "RAGOPS_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--host", host, "--port", "1"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: refusing to serve on {host} with authentication off (RAGOPS_AUTH_ENABLED=false): "
+        "bind a loopback address (--host 127.0.0.1) or turn authentication on"
+    ]
+    assert not (tmp_path / "pgdata").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True), ("[::1]", True),
+     ("0.0.0.0", False), ("::", False), ("10.1.2.3", False), ("example.com", False)],
+)  # fmt: skip
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    from app.cli import is_loopback
+
+    assert is_loopback(host) is loopback

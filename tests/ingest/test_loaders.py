@@ -28,6 +28,30 @@ def test_markdown_keeps_heading_path_and_title() -> None:
     assert doc.section_at(doc.text.index("27 days")) == ("Paid time off",)
 
 
+@pytest.mark.timeout(30)  # the old heading pattern backtracked for minutes on a run of '#'
+@pytest.mark.parametrize(
+    "line",
+    ["# " + "a" * 100_000, "# a" + "#" * 100_000 + "x", "## " + "word " * 20_000, "# a " + "# " * 50_000 + "x"],
+    ids=["one-word", "hash-run", "words", "hash-pairs"],
+)
+def test_an_over_long_heading_line_is_body_text_not_a_section(line: str) -> None:
+    doc = _one("hostile.md", f"{line}\n\n# Real heading\n\nBody text.\n".encode()).document
+    assert doc is not None
+    assert doc.title == "Real heading"  # the first heading that is one
+    assert [s.path for s in doc.sections] == [("Real heading",)]
+    assert line.split(" ", 1)[1].strip()[:1000] in doc.text  # the long line is kept, as text
+
+
+@pytest.mark.parametrize(
+    ("line", "heading"),
+    [("# Title #", "Title"), ("## C# ##", "C#"), ("### a # b", "a # b"), ("# ##", "#"), ("#no-space", None)],
+)
+def test_markdown_heading_closing_sequences(line: str, heading: str | None) -> None:
+    doc = _one("h.md", f"{line}\n\nBody.\n".encode()).document
+    assert doc is not None
+    assert [s.path[-1] for s in doc.sections] == ([heading] if heading else [])
+
+
 def test_markdown_ignores_hashes_inside_code_fences() -> None:
     doc = _one("a.md", b"# Title\n\n```bash\n# not a heading\n```\ntext\n").document
     assert doc is not None

@@ -6,10 +6,10 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 
 def free_port() -> int:
@@ -21,7 +21,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: FastAPI, *, lifespan: bool = True, timeout_s: float = 60.0, keep_alive_s: int = 5
+    app: ASGIApp, *, lifespan: bool = True, timeout_s: float = 60.0, keep_alive_s: int = 5
 ) -> Iterator[str]:
     """Serve ``app`` with uvicorn until the block ends; yields its base URL.
 
@@ -46,3 +46,11 @@ def serve_in_thread(
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Poll ``predicate`` until it is true (work done after a response, e.g. ledger rows); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
