@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from core.config import PiiSettings
 from core.errors import PiiBlocked, PiiUnavailable
-from core.pii import NER_ENTITIES, PiiEngine, PiiSpan, mask, replace_spans
+from core.pii import NER_ENTITIES, PiiEngine, PiiSpan, mask, policy_spans, replace_spans
 
 log = logging.getLogger(__name__)
 transcript_log = logging.getLogger("ragops.transcript")  # opt-in (RAGOPS_LOG_TEXT), filtered text only
@@ -62,6 +62,11 @@ class PiiSession:
         self._pseudonyms: dict[tuple[str, str], str] = {}  # (type, value) -> <TYPE_n>
         self._issued: set[str] = set()  # placeholders this session wrote: the only ones exempt from detection
         self._context: dict[tuple[str, bool], str] = {}  # retrieved text -> filtered (titles repeat across hits)
+        # Raw spans of retrieved text: read from storage before filtering (``stored``), and those this
+        # session had to analyze itself (``found``), for the caller to store.
+        self.analysis = policy.analysis()
+        self.stored: dict[str, list[PiiSpan]] = {}
+        self.found: dict[str, list[PiiSpan]] = {}
         self._originals: dict[str, str] = {}  # <TYPE_n> -> the caller's value
         self._per_type: Counter[str] = Counter()
         # Filtered text as it went on (answer pseudonyms not restored), for the opt-in transcript log.
@@ -92,7 +97,8 @@ class PiiSession:
         """Filter retrieved text (a chunk, a title, a source) before the prompt and citations (``block`` redacts).
 
         ``apply_to.context: sensitive`` leaves pseudonymized types (names) in documents as they are.
-        Spans of a document text are cached by the engine: a chunk is analyzed once per process.
+        Spans come from ``stored`` (analyzed at ingest) when they are there; text analyzed here is
+        kept in ``found`` so that it is analyzed once, not per query.
         ``prose=False`` (file names, paths) keeps only pattern types: the NER model reads path parts
         as names ("engineering/vulnerability_disclosure.html" became "engineering/<PERSON_1>").
         """
@@ -100,7 +106,7 @@ class PiiSession:
             return text
         if (text, prose) in self._context:
             return self._context[text, prose]
-        spans = self._analyze(text, cached=True)
+        spans = self._analyze(text, document=True)
         if spans is None:
             return text
         if self.policy.apply_to.context == "sensitive":
@@ -176,13 +182,20 @@ class PiiSession:
         """A filter for generated deltas (``incremental=False``: filter once, at the end)."""
         return StreamFilter(self, incremental=incremental and self.applies("answer"))
 
-    def _analyze(self, text: str, *, cached: bool = False) -> list[PiiSpan] | None:
-        """Spans outside the placeholders this session issued; None when the filter failed and may pass."""
+    def _analyze(self, text: str, *, document: bool = False) -> list[PiiSpan] | None:
+        """The policy's spans outside the placeholders this session issued; None when the filter failed and may pass.
+
+        ``document``: retrieved text, whose raw spans may be stored (see :attr:`stored`).
+        """
         assert self.engine is not None
         started = time.perf_counter()
         try:
-            analyze = self.engine.analyze_cached if cached else self.engine.analyze
-            spans = analyze(text, self.policy)
+            raw = self.stored.get(text) if document else None
+            if raw is None:
+                raw = self.engine.analyze_raw(text, self.policy)
+                if document:
+                    self.found[text] = raw
+            spans = policy_spans(raw, text, self.policy)
         except PiiUnavailable:
             self.failures += 1
             if self.policy.on_error == "fail":

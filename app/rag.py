@@ -41,6 +41,7 @@ from core.pii import PiiEngine, get_pii_engine
 from core.prompts import Prompt
 from core.settings import Settings
 from core.tokens import count_tokens
+from ingest import pii_spans
 from ingest.versions import IndexVersion, check_embedding_model, get_index_version
 
 _SNIPPET_CHARS = 240
@@ -149,6 +150,11 @@ def filtered_hits(hits: list[ChunkHit], pii: PiiSession) -> list[ChunkHit]:
         )
         for hit in hits
     ]
+
+
+def retrieved_texts(hits: list[ChunkHit]) -> set[str]:
+    """Every text of the hits that reaches the model or a citation (what the context filter reads)."""
+    return {text for hit in hits for text in (hit.text, hit.title, hit.section, hit.source) if text.strip()}
 
 
 def fit_context(hits: list[ChunkHit], budget: int) -> tuple[list[Citation], list[Passage]]:
@@ -290,8 +296,11 @@ class RagPipeline:
         question = filtered_question(question, pii)
         query_text = retrieval_text(question)
         vector, embedding_tokens = self._embed_query(config, query_text, timings)
-        index, hits = self._retrieve(question, grant, config, query_text, vector, timings)
+        index, hits = self._retrieve(question, grant, config, query_text, vector, timings, pii)
         hits = filtered_hits(hits, pii)
+        if pii.found:  # retrieved text nobody had analyzed yet: once is enough
+            with self.pool.connection() as conn:
+                pii_spans.store(conn, pii.analysis, pii.found)
         timings.pii_ms = pii.elapsed_ms  # question and context: all the analysis so far
         citations, passages = fit_context(hits, config.config.generation.context_tokens)
         return Prepared(
@@ -325,6 +334,7 @@ class RagPipeline:
         text: str,
         vector: np.ndarray | None,
         timings: Timings,
+        pii: PiiSession,
     ) -> tuple[IndexVersion, list[ChunkHit]]:
         """The version that answers the collection (its active one unless the question pins one) and its best hits."""
         t0 = time.perf_counter()
@@ -344,6 +354,8 @@ class RagPipeline:
             hits = [] if has_nul(question.filters) else search(conn, index, settings, query, vector)
             if not hits:  # checked only here: a collection with hits exists
                 require_collection(conn, collection, grant)
+            if pii.applies("context"):  # their entity spans, found at ingest: no analysis per query
+                pii.stored = pii_spans.load(conn, pii.analysis, retrieved_texts(hits))
         timings.retrieve_ms = (time.perf_counter() - t0) * 1000
         return index, hits
 

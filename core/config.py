@@ -256,6 +256,14 @@ class PiiSettings(StrictModel):
         default=80, ge=16, le=4096, description="Streamed text held back; must exceed the longest entity."
     )
     timeout_s: float = Field(default=5.0, gt=0, le=60, description="Includes waiting for a free analyzer thread.")
+    analyze_at_ingest: bool = Field(
+        default=True,
+        description=(
+            "Find the entities of every chunk, title and section once at ingest and store their spans, so that "
+            "filtering retrieved context reads them instead of analyzing per query (text never analyzed is "
+            "analyzed on first retrieval and stored then)."
+        ),
+    )
     on_error: Literal["fail", "pass"] = Field(
         default="fail", description="fail: the request fails with 503 (default); pass: text goes on unfiltered."
     )
@@ -270,6 +278,23 @@ class PiiSettings(StrictModel):
                     "or define it under pii.recognizers"
                 )
         return self
+
+    def analysis(self) -> str:
+        """Short hash of what an analysis finds (model, entity types, recognizers), not of what is done with it.
+
+        Stored spans are keyed by it: actions, the score threshold and the allow-list are applied to
+        stored spans at query time, so changing them needs no re-analysis.
+        """
+        canonical = json.dumps(
+            {
+                "nlp_model": self.nlp_model,
+                "entities": sorted(self.entities),
+                "recognizers": [r.model_dump(mode="json") for r in self.recognizers],
+                "analysis": 1,  # bump when the raw analysis itself changes
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes what gets filtered."""

@@ -10,12 +10,10 @@ explicitly, whether a failure may pass (``pii.on_error: pass``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -68,7 +66,6 @@ _ORGANIZATION_WORDS = frozenset(
     national network news pharma policy port portal press program programme project quay revenue shipping
     software solutions summit systems technologies technology track transport warehouse week""".split()
 )
-_CACHED_TEXTS = 20_000  # span lists of retrieved texts kept per process (a few MB)
 _POSSESSIVE = frozenset({"'s", "’s", "'", "’"})
 
 
@@ -137,6 +134,19 @@ class PiiSpan:
 Replacement = Callable[[str, str], str]  # (entity type, original value) -> what the text shows instead
 
 
+def policy_spans(raw: Iterable[PiiSpan], text: str, policy: PiiSettings) -> list[PiiSpan]:
+    """What a policy filters of an analysis' raw candidates: its threshold and allow-list, overlaps resolved."""
+    allowed = set(policy.allow_list)
+    kept = (
+        s
+        for s in raw
+        if s.score >= policy.score_threshold
+        and s.entity_type in policy.entities
+        and text[s.start : s.end] not in allowed
+    )
+    return resolve_overlaps(kept, text)
+
+
 def resolve_overlaps(spans: Iterable[PiiSpan], text: str) -> list[PiiSpan]:
     """Non-overlapping spans in text order: pattern types beat NER, then higher score, then longer."""
     candidates = [
@@ -195,8 +205,6 @@ class PiiEngine:
         self._lock = threading.Lock()
         # Analysis runs on these threads so that a timeout can give up on it.
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pii")
-        # Spans of document text per (policy, text hash): retrieved chunks repeat across queries.
-        self._cache: OrderedDict[tuple[str, str], list[PiiSpan]] = OrderedDict()
 
     @staticmethod
     def _load_nlp(nlp_model: str) -> NlpEngine:
@@ -230,7 +238,7 @@ class PiiEngine:
 
     def analyzer(self, policy: PiiSettings) -> AnalyzerEngine:
         """The analyzer with exactly the recognizers a policy needs, built once per policy."""
-        key = policy.fingerprint()
+        key = policy.analysis()
         with self._lock:
             if key not in self._analyzers:
                 self._analyzers[key] = self._build_analyzer(policy)
@@ -261,44 +269,42 @@ class PiiEngine:
 
         Raises :class:`PiiUnavailable` when the analyzer fails or exceeds ``policy.timeout_s``.
         """
+        return policy_spans(self.analyze_raw(text, policy), text, policy)
+
+    def analyze_raw(self, text: str, policy: PiiSettings) -> list[PiiSpan]:
+        """Every candidate the analyzer finds for the policy's types, at any score: what is stored.
+
+        :func:`policy_spans` turns them into what the policy filters; Presidio de-duplicates before it
+        applies a threshold or an allow-list, so both orders give the same spans.
+        """
         if not text.strip() or not policy.entities:
             return []
-        analyzer = self.analyzer(policy)
-        future = self._executor.submit(
-            analyzer.analyze,
-            text,
-            language="en",
-            entities=list(policy.entities),
-            score_threshold=policy.score_threshold,
-            allow_list=policy.allow_list or None,
-        )
+        future = self._executor.submit(self._run, text, policy)
         try:
-            results = future.result(timeout=policy.timeout_s)
+            return future.result(timeout=policy.timeout_s)
         except FutureTimeout:
             future.cancel()
             raise PiiUnavailable(f"the PII filter did not answer within {policy.timeout_s:g} s") from None
         except Exception as exc:  # fail closed, whatever went wrong; the message carries no text
             raise PiiUnavailable(f"the PII filter failed ({type(exc).__name__})") from None
-        spans = (PiiSpan(r.entity_type, r.start, r.end, float(r.score)) for r in results)
-        return resolve_overlaps(spans, text)
 
-    def analyze_cached(self, text: str, policy: PiiSettings) -> list[PiiSpan]:
-        """:meth:`analyze` for text that repeats (retrieved chunks, titles): once per process and policy.
+    def analyze_batch(self, texts: list[str], policy: PiiSettings) -> list[list[PiiSpan]]:
+        """:meth:`analyze_raw` for many texts at once (spaCy batches them): the ingest path, without a timeout."""
+        from presidio_analyzer import BatchAnalyzerEngine
 
-        Failures are not cached, so a failed analysis fails again rather than passing later.
-        """
-        key = (policy.fingerprint(), hashlib.sha256(text.encode()).hexdigest())
-        with self._lock:
-            spans = self._cache.get(key)
-            if spans is not None:
-                self._cache.move_to_end(key)
-                return spans
-        spans = self.analyze(text, policy)
-        with self._lock:
-            self._cache[key] = spans
-            while len(self._cache) > _CACHED_TEXTS:
-                self._cache.popitem(last=False)
-        return spans
+        if not policy.entities:
+            return [[] for _ in texts]
+        batch = BatchAnalyzerEngine(self.analyzer(policy))
+        found = batch.analyze_iterator(
+            texts, language="en", entities=list(policy.entities), score_threshold=0.0, batch_size=32, n_process=1
+        )
+        return [[PiiSpan(r.entity_type, r.start, r.end, float(r.score)) for r in results] for results in found]
+
+    def _run(self, text: str, policy: PiiSettings) -> list[PiiSpan]:
+        results = self.analyzer(policy).analyze(
+            text, language="en", entities=list(policy.entities), score_threshold=0.0
+        )
+        return [PiiSpan(r.entity_type, r.start, r.end, float(r.score)) for r in results]
 
     def scrub(self, text: str, policy: PiiSettings) -> Scrubbed:
         """Ingest-time filtering: every configured entity becomes its typed placeholder (or mask).

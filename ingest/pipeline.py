@@ -22,7 +22,7 @@ from core.config import LoadedConfig
 from core.embedding import Embedder
 from core.errors import IngestBusy
 from core.pii import get_pii_engine
-from ingest import documents, runs, versions
+from ingest import documents, pii_spans, runs, versions
 from ingest.chunking import Chunk, Chunker
 from ingest.documents import PreparedDocument
 from ingest.loaders import SUPPORTED_SUFFIXES, Document, load_file
@@ -70,6 +70,8 @@ class IngestReport:
     activated: bool = False
     answering: bool = False  # whether the collection is now answered from this version
     pii_scrubbed: int = 0
+    pii_analyzed: int = 0  # distinct texts whose entity spans were found and stored
+    pii_seconds: float = 0.0
 
     @property
     def counts(self) -> dict[str, int]:
@@ -84,6 +86,7 @@ class IngestReport:
             "chunks_reused": self.chunks_reused,
             "texts_embedded": self.texts_embedded,
             "pii_scrubbed": self.pii_scrubbed,
+            "pii_analyzed": self.pii_analyzed,
         }
 
     @property
@@ -93,6 +96,7 @@ class IngestReport:
             "embed": round(self.embed_seconds, 3),
             "load_and_chunk": round(self.load_seconds, 3),
             "write": round(self.write_seconds, 3),
+            "pii_analysis": round(self.pii_seconds, 3),
             "total": round(self.total_seconds, 3),
         }
 
@@ -312,11 +316,22 @@ class IngestPipeline:
         t0 = time.perf_counter()
         documents.write_documents(self.conn, version, self.collection, prepared)
         report.write_seconds += time.perf_counter() - t0
+        self._analyze_pii(chunked, report)
         updates = sum(1 for _, is_update in pending if is_update)
         report.updated += updates
         report.added += len(pending) - updates
         progress.docs_done += len(pending)
         progress.chunks_done = chunks_before + sum(len(chunks) for _, chunks in chunked)
+
+    def _analyze_pii(self, chunked: list[tuple[Document, list[Chunk]]], report: IngestReport) -> None:
+        """Store the entity spans of what queries will retrieve, so filtering it costs no analysis per query."""
+        policy = self.config.config.pii
+        if not (policy.enabled and policy.analyze_at_ingest and policy.apply_to.context != "off"):
+            return
+        t0 = time.perf_counter()
+        texts = {text for doc, chunks in chunked for c in chunks for text in (c.text, c.section, c.title, doc.source)}
+        report.pii_analyzed += pii_spans.analyze_missing(self.conn, get_pii_engine(policy.nlp_model), policy, texts)
+        report.pii_seconds += time.perf_counter() - t0
 
     def _embed_new(
         self,

@@ -12,9 +12,11 @@ import logging
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -22,11 +24,13 @@ from app.answers import Question
 from app.keys import create_key
 from app.main import create_app
 from app.pii import PLACEHOLDER, PiiSession, neutralize_links
+from app.rag import RagPipeline
 from core.access import EVERYTHING
+from core.catalog import Catalog
 from core.config import PiiSettings, load_config
 from core.db import Database
 from core.embedding import Embedder
-from core.pii import get_pii_engine
+from core.pii import PiiSpan, get_pii_engine
 from ingest.pipeline import IngestPipeline
 from tests.app.conftest import SAMPLES, authed, make_settings
 from tests.app.test_pii import chunkings
@@ -241,3 +245,73 @@ def test_own_words_are_not_taken_for_personal_data(client: TestClient) -> None:
     flagged = own_words_false_alarms(client)
     print(f"own-words answers with a placeholder: {len(flagged)}: {flagged}")
     assert len(flagged) <= OWN_WORDS_FALSE_ALARMS_TODAY, flagged  # at most 2 in 100
+
+
+def _analyzed_texts(pipeline: RagPipeline, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the pipeline's PII engine analyzes from now on (the engine still analyzes it)."""
+    engine = pipeline.pii_engine(pipeline.catalog.config(None))
+    assert engine is not None
+    seen: list[str] = []
+    real = engine.analyze_raw
+
+    def counted(text: str, policy: PiiSettings) -> list[PiiSpan]:
+        seen.append(text)
+        return real(text, policy)
+
+    monkeypatch.setattr(engine, "analyze_raw", counted)
+    return seen
+
+
+def test_retrieved_text_is_filtered_from_spans_found_at_ingest(
+    leaky: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query analyzes its question only: every retrieved chunk, title, section and source was analyzed at ingest."""
+    pipeline = leaky.app.state.pipeline  # type: ignore[attr-defined]
+    analyzed = _analyzed_texts(pipeline, monkeypatch)
+    prepared = pipeline.prepare(Question(text=QUESTION), EVERYTHING)
+    assert analyzed == [QUESTION]
+    assert "handbook/payroll_escalations.md" in {c.source for c in prepared.citations}
+    rendered = "\n".join(m["content"] for m in prepared.request.messages)
+    assert "<US_SSN>" in rendered and _raw_values(rendered + repr(prepared.citations)) == []
+
+
+def test_a_policy_change_applies_to_stored_spans_without_analyzing_again(
+    leaky_database: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", configs)
+    default = yaml.safe_load((configs / "default.yaml").read_text())
+    default["pii"]["entities"].update({"PERSON": "redact", "EMAIL_ADDRESS": "mask"})
+    default["pii"]["score_threshold"] = 0.3  # lower: stored spans are kept at any score
+    (configs / "default.yaml").write_text(yaml.safe_dump(default))
+    settings = make_settings(leaky_database, tmp_path, configs_dir=configs, vllm_url=None)
+    catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+    assert catalog.config(None).config.pii.analysis() == POLICY.analysis()  # same types: same stored spans
+    with leaky_database.pool(2) as pool:
+        pipeline = RagPipeline(settings, catalog, pool)
+        analyzed = _analyzed_texts(pipeline, monkeypatch)
+        prepared = pipeline.prepare(Question(text=QUESTION), EVERYTHING)
+    rendered = "\n".join(m["content"] for m in prepared.request.messages)
+    assert analyzed == [QUESTION]
+    assert "<PERSON>" in rendered and "<PERSON_1>" not in rendered  # redacted now, not pseudonymized
+    assert "*" * 8 + DOCUMENT_VALUES["email"][-4:] in rendered and _raw_values(rendered) == []
+
+
+def test_text_nobody_analyzed_is_analyzed_on_first_retrieval_only(
+    leaky: TestClient, leaky_database: Database, embedder: Embedder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = load_config("default", REPO / "configs")
+    pii = config.config.pii.model_copy(update={"analyze_at_ingest": False})
+    config = config.model_copy(update={"config": config.config.model_copy(update={"pii": pii})})
+    (tmp_path / "late.md").write_text("# Late notes\n\nThe late shift hands over to Dorothea Finchley at nine.\n")
+    with leaky_database.connect() as conn:
+        report = IngestPipeline(conn, config, embedder, collection="late").run(tmp_path)
+    assert report.pii_analyzed == 0
+    pipeline = leaky.app.state.pipeline  # type: ignore[attr-defined]
+    analyzed = _analyzed_texts(pipeline, monkeypatch)
+    question = Question(text="Who takes over from the late shift?", collection="late")
+    first = pipeline.prepare(question, EVERYTHING)
+    assert "Dorothea" not in repr(first.citations) and len(analyzed) > 1  # filtered, by analyzing it now
+    analyzed.clear()
+    second = pipeline.prepare(question, EVERYTHING)
+    assert analyzed == [question.text] and second.citations == first.citations

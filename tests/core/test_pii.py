@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -9,7 +10,8 @@ from pydantic import ValidationError
 
 from core.config import PRESIDIO_ENTITIES, PiiSettings, RagConfig
 from core.errors import PiiUnavailable
-from core.pii import PiiEngine, PiiSpan, get_pii_engine, mask, resolve_overlaps
+from core.pii import PiiEngine, PiiSpan, get_pii_engine, mask, policy_spans, resolve_overlaps
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="session")
@@ -143,3 +145,34 @@ def test_ingest_scrub_is_part_of_the_index_identity() -> None:
     assert "scrub_pii" not in plain.index.identity()  # unchanged for existing index versions
     with pytest.raises(ValidationError, match=r"needs pii\.enabled"):
         RagConfig.model_validate({"index": {"scrub_pii": True}, "pii": {"enabled": False}})
+
+
+def test_stored_raw_spans_give_what_presidio_filters_directly(engine: PiiEngine) -> None:
+    """Analysis at score 0, then threshold and allow-list: the same spans as Presidio applying them itself.
+
+    This is what lets a policy's threshold or allow-list change without analyzing stored text again.
+    """
+    items = [json.loads(line) for line in (REPO / "evals/datasets/pii.jsonl").open(encoding="utf-8")]
+    names = [e["value"] for item in items for e in item["entities"] if e["type"] == "PERSON"][:5]
+    policy = PiiSettings(score_threshold=0.6, allow_list=names)
+    analyzer = engine.analyzer(policy)
+    differing = []
+    for item in items:
+        text = item["text"]
+        direct = analyzer.analyze(
+            text, language="en", entities=list(policy.entities), score_threshold=0.6, allow_list=names
+        )
+        expected = resolve_overlaps((PiiSpan(r.entity_type, r.start, r.end, float(r.score)) for r in direct), text)
+        if policy_spans(engine.analyze_raw(text, policy), text, policy) != expected:
+            differing.append(item["id"])
+    assert names and differing == []
+
+
+def test_the_analysis_key_ignores_what_is_done_with_the_spans() -> None:
+    base = PiiSettings()
+    acted = PiiSettings(
+        entities={**base.entities, "PERSON": "redact"}, score_threshold=0.7, allow_list=["Varnholm"], timeout_s=9
+    )
+    assert acted.analysis() == base.analysis() and acted.fingerprint() != base.fingerprint()
+    fewer = PiiSettings(entities={"PERSON": "redact"})
+    assert fewer.analysis() != base.analysis()  # another set of types is another analysis
