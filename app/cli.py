@@ -52,11 +52,18 @@ _mount_plugins()
 
 @config_app.command("pii")
 def config_pii(
-    text: Annotated[str, typer.Argument(help="Text to filter; '-' reads standard input.")],
+    text: Annotated[str | None, typer.Argument(help="Text to filter; '-' reads standard input.")] = None,
     config: Annotated[str | None, typer.Option(help="Configuration whose pii policy applies.")] = None,
     stage: Annotated[str, typer.Option(help="question (caller input: block refuses) or answer.")] = "question",
+    collection: Annotated[
+        str | None, typer.Option(help="Also list and apply this collection's learned own names (its allow-list).")
+    ] = None,
 ) -> None:
-    """Show what a configuration's PII policy finds in a text and what the text becomes: for tuning it."""
+    """Show what a configuration's PII policy finds in a text and what the text becomes: for tuning it.
+
+    With ``--collection``, first the words learned as that collection's own names, with the evidence
+    (veto one with ``pii.never_allow``).
+    """
     from rich.table import Table
 
     from app.pii import PiiSession
@@ -71,9 +78,25 @@ def config_pii(
     policy = loaded.config.pii
     if not policy.enabled:
         raise RagopsError(f"configuration {loaded.name!r} has PII filtering off (pii.enabled: false)")
-    value = sys.stdin.read() if text == "-" else text
+    if text is None and collection is None:
+        raise RagopsError("give a text to filter, or --collection to list its learned names")
     pii = PiiSession(get_pii_engine(policy.nlp_model), policy)
-    spans = pii.engine.analyze(value, policy) if pii.engine else []
+    if collection is not None:
+        from core.runtime import open_runtime
+        from ingest import pii_spans
+
+        with open_runtime(settings) as rt:
+            learned = pii_spans.load_terms(rt.conn, collection, policy.analysis())
+        terms = Table("learned name", "occurrences", "documents", "tagged PERSON", "vetoed")
+        for t in learned:
+            vetoed = "yes" if t.term in policy.never_allow else ""
+            terms.add_row(t.term, str(t.occurrences), str(t.documents), str(t.tagged_person), vetoed)
+        out.print(terms)
+        pii.also_allowed = frozenset(t.term for t in learned) - set(policy.never_allow)
+    if text is None:
+        return
+    value = sys.stdin.read() if text == "-" else text
+    spans = [s for s in pii.engine.analyze(value, policy) if value[s.start : s.end] not in pii.also_allowed]
     table = Table("type", "start", "end", "score", "action")
     for span in spans:
         table.add_row(span.entity_type, str(span.start), str(span.end), f"{span.score:.2f}",

@@ -65,6 +65,7 @@ class PiiSession:
         # Raw spans of retrieved text: read from storage before filtering (``stored``), and those this
         # session had to analyze itself (``found``), for the caller to store.
         self.analysis = policy.analysis()
+        self.also_allowed: frozenset[str] = frozenset()  # the collection's learned own names
         self.stored: dict[str, list[PiiSpan]] = {}
         self.found: dict[str, list[PiiSpan]] = {}
         self._originals: dict[str, str] = {}  # <TYPE_n> -> the caller's value
@@ -195,7 +196,7 @@ class PiiSession:
                 raw = self.engine.analyze_raw(text, self.policy)
                 if document:
                     self.found[text] = raw
-            spans = policy_spans(raw, text, self.policy)
+            spans = policy_spans(raw, text, self.policy, self.also_allowed)
         except PiiUnavailable:
             self.failures += 1
             if self.policy.on_error == "fail":

@@ -34,7 +34,7 @@ from app.retrieval import RetrievalQuery, active_version, require_collection, se
 from app.search_sql import ChunkHit
 from core.access import Grant
 from core.catalog import Catalog
-from core.config import MAX_TOP_K, LoadedConfig
+from core.config import MAX_TOP_K, LoadedConfig, PiiSettings
 from core.embedding import Embedder, get_embedder
 from core.errors import BadRequest
 from core.pii import PiiEngine, get_pii_engine
@@ -45,6 +45,9 @@ from ingest import pii_spans
 from ingest.versions import IndexVersion, check_embedding_model, get_index_version
 
 _SNIPPET_CHARS = 240
+# Learned allow-lists are re-read this often (another process may have ingested), for this many collections.
+_LEARNED_TTL_S = 10.0
+_LEARNED_COLLECTIONS = 1000
 # A follow-up this short ("and for contractors?") is retrieved together with the turn before it.
 _FOLLOW_UP_WORDS = 8
 # No token is longer than this many characters in practice (a run of dashes reaches 64): text longer
@@ -221,6 +224,7 @@ class RagPipeline:
         self.catalog = catalog
         self.pool = pool
         self._generators: dict[str, Generator] = {}
+        self._learned: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
 
     def embedder(self, config: LoadedConfig) -> Embedder:
@@ -293,6 +297,8 @@ class RagPipeline:
         generator = self.generator(config)
         timings = Timings()
         pii = PiiSession(self.pii_engine(config), config.config.pii)
+        if pii.active and config.config.pii.learn_allow_list:
+            pii.also_allowed = self._learned_names(question.collection or "", config.config.pii)
         question = filtered_question(question, pii)
         query_text = retrieval_text(question)
         vector, embedding_tokens = self._embed_query(config, query_text, timings)
@@ -316,6 +322,23 @@ class RagPipeline:
             pii=pii,
             started=started,
         )
+
+    def _learned_names(self, collection: str, policy: PiiSettings) -> frozenset[str]:
+        """The collection's own names learned at ingest (ingest.pii_spans.learn_terms), re-read every few seconds."""
+        key = (collection, policy.analysis())
+        now = time.monotonic()
+        with self._lock:
+            cached = self._learned.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self.pool.connection() as conn:
+            terms = frozenset(t.term for t in pii_spans.load_terms(conn, collection, policy.analysis()))
+        terms -= set(policy.never_allow)
+        with self._lock:
+            if len(self._learned) > _LEARNED_COLLECTIONS:  # any name a caller may use: bounded
+                self._learned.clear()
+            self._learned[key] = (now + _LEARNED_TTL_S, terms)
+        return terms
 
     def _embed_query(self, config: LoadedConfig, text: str, timings: Timings) -> tuple[np.ndarray | None, int]:
         """The query vector and the tokens it cost; keyword mode needs none."""

@@ -240,6 +240,14 @@ class PiiSettings(StrictModel):
     )
     recognizers: list[PiiRecognizerSettings] = Field(default_factory=list)
     allow_list: list[str] = Field(default_factory=list, description="Exact strings never treated as PII.")
+    learn_allow_list: bool = Field(
+        default=True,
+        description=(
+            "After each ingest, allow the collection's own one-word names that the NER model calls PERSON "
+            "only now and then (most of their occurrences untagged, in several documents)."
+        ),
+    )
+    never_allow: list[str] = Field(default_factory=list, description="Words never learned into the allow-list.")
     apply_to: PiiApplyTo = PiiApplyTo()
     restore_pseudonyms: bool = Field(
         default=True,

@@ -134,9 +134,14 @@ class PiiSpan:
 Replacement = Callable[[str, str], str]  # (entity type, original value) -> what the text shows instead
 
 
-def policy_spans(raw: Iterable[PiiSpan], text: str, policy: PiiSettings) -> list[PiiSpan]:
-    """What a policy filters of an analysis' raw candidates: its threshold and allow-list, overlaps resolved."""
-    allowed = set(policy.allow_list)
+def policy_spans(
+    raw: Iterable[PiiSpan], text: str, policy: PiiSettings, also_allowed: Iterable[str] = ()
+) -> list[PiiSpan]:
+    """What a policy filters of an analysis' raw candidates: its threshold and allow-list, overlaps resolved.
+
+    ``also_allowed``: more exact strings to let through (a collection's learned names).
+    """
+    allowed = {*policy.allow_list, *also_allowed}
     kept = (
         s
         for s in raw

@@ -71,6 +71,7 @@ class IngestReport:
     answering: bool = False  # whether the collection is now answered from this version
     pii_scrubbed: int = 0
     pii_analyzed: int = 0  # distinct texts whose entity spans were found and stored
+    pii_learned: int = 0  # the collection's own names learned into its allow-list
     pii_seconds: float = 0.0
 
     @property
@@ -87,6 +88,7 @@ class IngestReport:
             "texts_embedded": self.texts_embedded,
             "pii_scrubbed": self.pii_scrubbed,
             "pii_analyzed": self.pii_analyzed,
+            "pii_learned": self.pii_learned,
         }
 
     @property
@@ -187,6 +189,7 @@ class IngestPipeline:
                 report.deleted = self._delete_gone(known, seen, files_with_skips)
             version = self._finish_version(version, report, activate)
             report.index_version = version
+            self._learn_pii_terms(version, report)
         except BaseException as exc:
             finish_run("failed", f"{type(exc).__name__}: {exc}"[:2000])
             raise
@@ -331,6 +334,18 @@ class IngestPipeline:
         t0 = time.perf_counter()
         texts = {text for doc, chunks in chunked for c in chunks for text in (c.text, c.section, c.title, doc.source)}
         report.pii_analyzed += pii_spans.analyze_missing(self.conn, get_pii_engine(policy.nlp_model), policy, texts)
+        report.pii_seconds += time.perf_counter() - t0
+
+    def _learn_pii_terms(self, version: IndexVersion, report: IngestReport) -> None:
+        """Relearn the collection's own names (allowed through the PII filter) when its documents changed."""
+        policy = self.config.config.pii
+        changed = report.added + report.updated + report.deleted
+        if not (changed and policy.enabled and policy.analyze_at_ingest and policy.learn_allow_list):
+            return
+        t0 = time.perf_counter()
+        terms = pii_spans.learn_terms(self.conn, version, self.collection, policy)
+        pii_spans.store_terms(self.conn, self.collection, policy.analysis(), terms)
+        report.pii_learned = len(terms)
         report.pii_seconds += time.perf_counter() - t0
 
     def _embed_new(

@@ -55,11 +55,11 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
-def clone_template(pg_server: str, name: str) -> Database:
-    """Database ``name``, made anew from the migrated template (a previous one of that name is dropped)."""
+def clone_template(pg_server: str, name: str, template: str = TEMPLATE_DB) -> Database:
+    """Database ``name``, made anew from a template (the migrated one unless named; a previous ``name`` is dropped)."""
     with psycopg.connect(pg_server, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
     return Database(url=make_conninfo(pg_server, dbname=name))
 
 

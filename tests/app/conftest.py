@@ -25,12 +25,25 @@ from tests.utils.accounts import PRICED
 SAMPLES = REPO / "samples"
 
 
-def serve_samples(pg_server: str, embedder: Embedder, name: str) -> Database:
-    """Database ``name`` holding the bundled samples, ingested with configs/default.yaml."""
-    database = clone_template(pg_server, name)
+SAMPLES_TEMPLATE = "samples_template"
+
+
+@pytest.fixture(scope="session")
+def samples_template(pg_server: str, embedder: Embedder) -> str:
+    """A database with the bundled samples ingested with configs/default.yaml, once per session.
+
+    Nothing stays connected to it, so every database that needs the samples is a copy of it
+    (CREATE DATABASE ... TEMPLATE): the samples are embedded and analyzed once, not per module.
+    """
+    database = clone_template(pg_server, SAMPLES_TEMPLATE)
     with database.connect() as conn:
         IngestPipeline(conn, load_config("default", REPO / "configs"), embedder).run(SAMPLES)
-    return database
+    return SAMPLES_TEMPLATE
+
+
+def serve_samples(pg_server: str, samples_template: str, name: str) -> Database:
+    """Database ``name`` holding the bundled samples (a copy of the session's samples template)."""
+    return clone_template(pg_server, name, template=samples_template)
 
 
 def index_state(database: Database) -> list[tuple[Any, ...]]:
@@ -45,23 +58,23 @@ def index_state(database: Database) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture(scope="session")
-def served_database(pg_server: str, embedder: Embedder) -> Iterator[Database]:
+def served_database(pg_server: str, samples_template: str) -> Iterator[Database]:
     """The samples, shared by every API test that only reads them; its index must end as it began.
 
     Tests that delete documents, queue jobs or activate versions take ``private_database``:
     otherwise what the later tests see would depend on the order the files run in.
     """
-    database = serve_samples(pg_server, embedder, "served")
+    database = serve_samples(pg_server, samples_template, "served")
     before = index_state(database)
     yield database
     assert index_state(database) == before, "a test changed the shared index: give it private_database"
 
 
 @pytest.fixture(scope="module")
-def private_database(pg_server: str, embedder: Embedder, request: pytest.FixtureRequest) -> Iterator[Database]:
+def private_database(pg_server: str, samples_template: str, request: pytest.FixtureRequest) -> Iterator[Database]:
     """The samples in a database of the test module's own, for tests that change the index or queue jobs."""
     name = "private_" + request.module.__name__.rsplit(".", 1)[-1]
-    yield serve_samples(pg_server, embedder, name)
+    yield serve_samples(pg_server, samples_template, name)
     with psycopg.connect(pg_server, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 

@@ -197,7 +197,8 @@ from core.db import Database
 database = Database(url=sys.argv[1])
 conn = database.connect()
 row = conn.execute("SELECT id FROM api_keys WHERE prefix = %s", (sys.argv[2],)).fetchone()
-key = ApiKey(id=row[0], name="held", prefix=sys.argv[2], scopes=("query",), budget_usd_day=Decimal(sys.argv[3]),
+key = ApiKey(id=row[0], name="held", prefix=sys.argv[2], scopes=("query",), collections=("*",), configs=("*",),
+             budget_usd_day=Decimal(sys.argv[3]),
              budget_usd_month=None, rpm=None, tpm=None, created_at=datetime.now(UTC), revoked_at=None)
 reserve_budget(conn, key, float(sys.argv[3]), "killed-" + sys.argv[2])
 os.kill(os.getpid(), signal.SIGKILL)  # dies holding the whole budget, never settling

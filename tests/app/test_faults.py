@@ -24,6 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from app.keys import create_key
 from app.main import create_app
+from core.access import DEFAULT_COLLECTION
 from core.config import load_config
 from core.db import Database, EmbeddedPostgres
 from core.embedding import Embedder
@@ -181,7 +182,7 @@ def test_postgres_restart_during_a_full_reindex_job_resumes_it_without_loss_or_d
     with database.connect() as conn:
         # Nothing lost or doubled.
         assert chunk_consistency(conn, ended.index_version_id or 0) == (JOB_DOCS, JOB_DOCS, JOB_DOCS)
-        live = versions.active_index_version(conn)
+        live = versions.active_index_version(conn, DEFAULT_COLLECTION)  # the job switched its collection
         assert live is not None and live.id == ended.index_version_id and live.status == "ready"
         all_versions = versions.list_index_versions(conn)
     assert len(all_versions) == 2  # the first build and this one: no orphan from the interrupted run

@@ -31,6 +31,7 @@ from core.config import PiiSettings, load_config
 from core.db import Database
 from core.embedding import Embedder
 from core.pii import PiiSpan, get_pii_engine
+from ingest import pii_spans
 from ingest.pipeline import IngestPipeline
 from tests.app.conftest import SAMPLES, authed, make_settings
 from tests.app.test_pii import chunkings
@@ -57,12 +58,14 @@ QUESTION = "Who handles payroll escalations, and how do I reach them?"
 
 
 @pytest.fixture(scope="module")
-def leaky_database(pg_server: str, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Database:
+def leaky_database(
+    pg_server: str, samples_template: str, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
+) -> Database:
     """The samples plus one document full of personal data, in the default collection."""
     root = tmp_path_factory.mktemp("leaky") / "samples"
     shutil.copytree(SAMPLES, root)
     (root / "handbook" / "payroll_escalations.md").write_text(DOCUMENT)
-    database = clone_template(pg_server, "leaky")
+    database = clone_template(pg_server, "leaky", template=samples_template)  # only the new file is ingested
     with database.connect() as conn:
         IngestPipeline(conn, load_config("default", REPO / "configs"), embedder).run(root)
     return database
@@ -315,3 +318,20 @@ def test_text_nobody_analyzed_is_analyzed_on_first_retrieval_only(
     analyzed.clear()
     second = pipeline.prepare(question, EVERYTHING)
     assert analyzed == [question.text] and second.citations == first.citations
+
+
+def test_the_collection_s_learned_names_are_applied_and_reviewable(
+    leaky: TestClient, leaky_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with leaky_database.connect() as conn:
+        learned = {t.term for t in pii_spans.load_terms(conn, "default", POLICY.analysis())}
+    assert learned  # the samples name their own products often; the model calls some of them persons
+    pipeline = leaky.app.state.pipeline  # type: ignore[attr-defined]
+    prepared = pipeline.prepare(Question(text=QUESTION), EVERYTHING)
+    assert prepared.pii.also_allowed == learned and DOCUMENT_VALUES["name"].split()[0] not in learned
+    from app import cli
+
+    monkeypatch.setenv("RAGOPS_DATABASE_URL", leaky_database.url)
+    listed = CliRunner().invoke(cli.app, ["config", "pii", "--collection", "default"], env={"COLUMNS": "160"})
+    assert listed.exit_code == 0, listed.output
+    assert all(term in listed.output for term in learned)
