@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +190,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
         with database.connect() as conn:
-            key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"], budget_usd_day=1_000_000.0)[1]
+            key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"], budget_usd_day=Decimal(1_000_000))[1]
             scoped_key = create_key(
                 conn, "bench-scoped", ["query"], collections=["default", "support", "faq"], configs=["default"],
-                budget_usd_day=1_000_000.0,
+                budget_usd_day=Decimal(1_000_000),
             )[1]  # fmt: skip
         settings = Settings(
             database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",
