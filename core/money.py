@@ -28,22 +28,23 @@ def to_stored_usd(amount: Decimal | float | int, *, round_up: bool = False) -> D
 
 def parse_usd(value: Decimal | str | int | float, what: str = "amount") -> Decimal:
     """A non-negative amount in USD that the database stores exactly; :class:`RagopsError` says why not."""
+    shown = str(value).strip()[:40]
     try:
         amount = to_decimal(value.strip() if isinstance(value, str) else value)
     except (InvalidOperation, ValueError):
-        raise RagopsError(f"{what}: {str(value)[:40]!r} is not an amount in USD (e.g. 5, 0.25, 0.0000002)") from None
+        raise RagopsError(f"{what}: {shown!r} is not an amount in USD (e.g. 5, 0.25, 0.0000002)") from None
     if not amount.is_finite():
-        raise RagopsError(f"{what}: {value} is not an amount in USD")
+        raise RagopsError(f"{what}: {shown} is not an amount in USD")
     if amount < 0:
-        raise RagopsError(f"{what} cannot be negative (got {value})")
+        raise RagopsError(f"{what} cannot be negative (got {shown})")
+    if amount > USD_MAX:  # before quantizing: a huge exponent has more digits than the context can hold
+        raise RagopsError(f"{what}: {shown} is more than the largest storable amount (${USD_MAX})")
     if amount != amount.quantize(USD_QUANTUM, rounding=ROUND_HALF_EVEN):
         raise RagopsError(
-            f"{what}: {value} has more than {USD_PLACES} decimal places; amounts are stored to "
+            f"{what}: {shown} has more than {USD_PLACES} decimal places; amounts are stored to "
             f"${USD_QUANTUM:f} and it would be rounded"
         )
-    if amount > USD_MAX:
-        raise RagopsError(f"{what}: {value} is more than the largest storable amount (${USD_MAX})")
-    return amount
+    return amount if amount else Decimal(0)
 
 
 def format_usd(amount: Decimal | float | int) -> str:

@@ -39,6 +39,8 @@ def test_parse_usd_keeps_storable_amounts_exactly(text: str) -> None:
         ("-1", "cannot be negative"),
         ("0.0000000001", "more than 9 decimal places"),
         ("1000000000", "more than the largest storable amount"),
+        ("1e1000000", "more than the largest storable amount"),  # not an InvalidOperation from quantize
+        ("1" * 100_000, "more than the largest storable amount"),
         ("abc", "is not an amount in USD"),
         ("nan", "is not an amount in USD"),
         ("inf", "is not an amount in USD"),
