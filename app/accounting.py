@@ -29,6 +29,7 @@ from app.inflight import InFlight
 from app.keys import ApiKey, VerifiedKeys
 from app.pricing import Pricing
 from core.errors import BudgetExceeded, RateLimited
+from core.money import format_usd, to_stored_usd
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,10 @@ def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:
     }
 
 
-def _usd(amount: float) -> Decimal:
-    return Decimal(str(round(amount, 9)))
-
-
 def reserve_budget(
     conn: psycopg.Connection,
     key: ApiKey,
-    amount: float,
+    amount: Decimal | float,
     request_id: str,
     *,
     now: datetime | None = None,
@@ -101,15 +98,17 @@ def reserve_budget(
 ) -> Reservation:
     """Hold ``amount`` USD against the key's day and month budgets, atomically, or raise BudgetExceeded.
 
-    A refusal first releases the key's holds older than ``stale_after_s`` (left by a process that
-    died mid-request) and tries once more, so a crash never freezes a budget.
+    The hold is rounded up to the stored nano-dollar: a priced request never holds $0, so a budget
+    of $0 refuses every one. A refusal first releases the key's holds older than ``stale_after_s``
+    (left by a process that died mid-request) and tries once more, so a crash never freezes a budget.
     """
+    value = to_stored_usd(amount, round_up=True)
     try:
-        return _reserve(conn, key, _usd(amount), request_id, now or datetime.now(UTC))
+        return _reserve(conn, key, value, request_id, now or datetime.now(UTC))
     except BudgetExceeded:
         if stale_after_s is None or not release_stale_holds(conn, stale_after_s, key_id=key.id):
             raise
-    return _reserve(conn, key, _usd(amount), request_id, now or datetime.now(UTC))
+    return _reserve(conn, key, value, request_id, now or datetime.now(UTC))
 
 
 def _reserve(conn: psycopg.Connection, key: ApiKey, value: Decimal, request_id: str, now: datetime) -> Reservation:
@@ -144,16 +143,16 @@ def _reserve(conn: psycopg.Connection, key: ApiKey, value: Decimal, request_id: 
                 ).fetchone()
                 committed = spent[0] if spent else Decimal(0)
                 raise BudgetExceeded(
-                    f"{'daily' if period == 'day' else 'monthly'} budget of ${budget:.4f} for key {key.name!r} "
-                    f"cannot cover this request (up to ${value:.6f}); spent or reserved so far ${committed:.6f}; "
-                    f"resets at {reset_at.isoformat()}",
+                    f"{'daily' if period == 'day' else 'monthly'} budget of {format_usd(budget)} for key "
+                    f"{key.name!r} cannot cover this request (up to {format_usd(value)}); spent or reserved so far "
+                    f"{format_usd(committed)}; resets at {reset_at.isoformat()}",
                     reset_at,
                 )
             held.append((period, start))
     return Reservation(request_id=request_id, key_id=key.id, amount=value, periods=held)
 
 
-def settle_budget(conn: psycopg.Connection, reservation: Reservation, actual: float) -> None:
+def settle_budget(conn: psycopg.Connection, reservation: Reservation, actual: Decimal | float) -> None:
     """Replace the hold by the actual cost (0 when the request failed before any token); inside a transaction.
 
     Only what is still held is released: a hold the sweeper already released is not subtracted twice.
@@ -161,7 +160,7 @@ def settle_budget(conn: psycopg.Connection, reservation: Reservation, actual: fl
     if not reservation.periods:
         return
     periods, starts = [p for p, _ in reservation.periods], [d for _, d in reservation.periods]
-    params = {"request": reservation.request_id, "actual": _usd(actual), "key": reservation.key_id,
+    params = {"request": reservation.request_id, "actual": to_stored_usd(actual), "key": reservation.key_id,
               "periods": periods, "starts": starts}  # fmt: skip
     if len(periods) > 1:  # lock the rows in the order a reservation takes them, or two could deadlock
         conn.execute(
@@ -268,7 +267,7 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
            ON CONFLICT (request_id) DO NOTHING""",
         {
             **entry.__dict__,
-            "cost_usd": _usd(entry.cost_usd),
+            "cost_usd": to_stored_usd(entry.cost_usd),
             "latency_ms": Jsonb({k: round(v, 3) for k, v in entry.latency_ms.items()}),
             "pii_counts": Jsonb(entry.pii_counts),
         },
@@ -282,7 +281,7 @@ GROUPS = {"key": "coalesce(key_name, '(none)')", "day": "to_char(created_at, 'YY
 def usage(
     conn: psycopg.Connection, start: datetime, end: datetime, group_by: str, *, key_id: int | None = None
 ) -> list[dict[str, Any]]:
-    """Requests, tokens and cost per group in [start, end); only ``key_id``'s requests when given."""
+    """Requests, tokens and cost (Decimal, as stored) per group in [start, end); only ``key_id``'s when given."""
     column = GROUPS[group_by]  # allow-listed: never user text in SQL
     rows = conn.execute(
         f"""SELECT {column} AS grp, count(*), count(*) FILTER (WHERE status >= 400),
@@ -298,7 +297,7 @@ def usage(
     for row in rows:
         item: dict[str, Any] = dict(zip(names, row, strict=True))
         for name in names[1:]:
-            item[name] = float(item[name] or 0) if name == "cost_usd" else int(item[name] or 0)
+            item[name] = (item[name] or Decimal(0)) if name == "cost_usd" else int(item[name] or 0)
         result.append(item)
     return result
 

@@ -96,7 +96,8 @@ def config_pii(
     if text is None:
         return
     value = sys.stdin.read() if text == "-" else text
-    spans = [s for s in pii.engine.analyze(value, policy) if value[s.start : s.end] not in pii.also_allowed]
+    found = pii.engine.analyze(value, policy) if pii.engine else []
+    spans = [s for s in found if value[s.start : s.end] not in pii.also_allowed]
     table = Table("type", "start", "end", "score", "action")
     for span in spans:
         table.add_row(span.entity_type, str(span.start), str(span.end), f"{span.score:.2f}",
@@ -145,25 +146,34 @@ def keys_create(
         str | None, typer.Option(help="Comma-separated configurations it may use, or '*'; unset: the default only.")
     ] = None,
     scopes: Annotated[str, typer.Option(help="Comma-separated: query, admin.")] = "query",
-    budget_usd_day: Annotated[float | None, typer.Option(help="Daily spending cap in USD.")] = None,
-    budget_usd_month: Annotated[float | None, typer.Option(help="Monthly spending cap in USD.")] = None,
+    budget_usd_day: Annotated[
+        str | None,
+        typer.Option(help="Daily spending cap in USD, exact to $0.000000001; 0 refuses every priced request."),
+    ] = None,
+    budget_usd_month: Annotated[
+        str | None, typer.Option(help="Monthly spending cap in USD (as --budget-usd-day).")
+    ] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
 ) -> None:
     """Create a key and print it ONCE (only a salted hash is stored). A key is granted nothing by default."""
     from app.keys import create_key
+    from core.money import format_budget, parse_usd
     from core.runtime import open_runtime
 
     if collections is None:
         raise typer.BadParameter("name the collections the key may use (or '*' for all)", param_hint="--collections")
+    day, month = (None if b is None else parse_usd(b, f"--budget-usd-{p}")
+                  for b, p in ((budget_usd_day, "day"), (budget_usd_month, "month")))  # fmt: skip
     with open_runtime() as rt:
         key, secret = create_key(
             rt.conn, name, _split(scopes), collections=_split(collections), configs=_split(configs or ""),
-            budget_usd_day=budget_usd_day, budget_usd_month=budget_usd_month, rpm=rpm, tpm=tpm,
+            budget_usd_day=day, budget_usd_month=month, rpm=rpm, tpm=tpm,
         )  # fmt: skip
     out.print(
         f"created key {key.id} ({key.name}, scopes {','.join(key.scopes)}, collections {','.join(key.collections)}, "
-        f"configs {','.join(key.configs) or '(the default)'}); store it now, it is not shown again:"
+        f"configs {','.join(key.configs) or '(the default)'}, "
+        f"{format_budget(key.budget_usd_day, key.budget_usd_month)}); store it now, it is not shown again:"
     )
     print(secret)
 
@@ -174,6 +184,7 @@ def keys_list() -> None:
     from rich.table import Table
 
     from app.keys import list_keys
+    from core.money import format_budget
     from core.runtime import open_runtime
 
     with open_runtime() as rt:
@@ -181,8 +192,7 @@ def keys_list() -> None:
     table = Table("id", "name", "prefix", "scopes", "collections", "configs", "limits", "created", "revoked")
     for k in keys:
         limits = [
-            f"${k.budget_usd_day}/day" if k.budget_usd_day is not None else "",
-            f"${k.budget_usd_month}/month" if k.budget_usd_month is not None else "",
+            format_budget(k.budget_usd_day, k.budget_usd_month),
             f"{k.rpm} rpm" if k.rpm else "",
             f"{k.tpm} tpm" if k.tpm else "",
         ]
@@ -216,6 +226,7 @@ def usage_table(
     from rich.table import Table
 
     from app.accounting import GROUPS, usage
+    from core.money import format_usd
     from core.runtime import open_runtime
 
     if group_by not in GROUPS:
@@ -227,10 +238,10 @@ def usage_table(
     for r in rows:
         table.add_row(
             str(r["group"]), str(r["requests"]), str(r["errors"]), str(r["prompt_tokens"]), str(r["cached_tokens"]),
-            str(r["completion_tokens"]), str(r["embedding_tokens"]), f"{r['cost_usd']:.6f}",
+            str(r["completion_tokens"]), str(r["embedding_tokens"]), format_usd(r["cost_usd"]),
         )  # fmt: skip
     out.print(table)
-    out.print(f"total: {sum(r['requests'] for r in rows)} requests, ${sum(r['cost_usd'] for r in rows):.6f}")
+    out.print(f"total: {sum(r['requests'] for r in rows)} requests, {format_usd(sum(r['cost_usd'] for r in rows))}")
 
 
 def ensure_demo_key() -> tuple[str, bool] | None:

@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 
 from core.access import ALL, Grant
 from core.errors import AuthError, RagopsError, ScopeError
+from core.money import parse_usd
 
 SCOPES = frozenset({"query", "admin"})
 _KEY_PREFIX = "rgo"
@@ -77,15 +78,17 @@ def create_key(
     *,
     collections: list[str],
     configs: list[str] | None = None,
-    budget_usd_day: float | None = None,
-    budget_usd_month: float | None = None,
+    budget_usd_day: Decimal | None = None,
+    budget_usd_month: Decimal | None = None,
     rpm: int | None = None,
     tpm: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key; returns it and the full key string, which is never retrievable again.
 
     ``collections`` must be named (``["*"]`` for all): a key is granted nothing by default.
-    ``configs`` unset: the service's default configuration only.
+    ``configs`` unset: the service's default configuration only. Budgets: None is no budget, 0 a
+    budget of $0 (every priced request refused); an amount the database cannot store exactly
+    (negative, beyond nano-dollars) is refused rather than rounded.
     """
     unknown = set(scopes) - SCOPES
     if not scopes or unknown:
@@ -95,6 +98,8 @@ def create_key(
     collections, configs = _names("collections", collections), _names("configs", configs or [])
     if not collections:
         raise RagopsError("name the collections the key may use (or '*' for all of them)")
+    budgets = [None if b is None else parse_usd(b, f"budget_usd_{p}") for b, p in
+               ((budget_usd_day, "day"), (budget_usd_month, "month"))]  # fmt: skip
     prefix = secrets.token_hex(_PREFIX_BYTES)
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     salt = secrets.token_bytes(16)
@@ -111,8 +116,7 @@ def create_key(
                 sorted(set(scopes)),
                 collections,
                 configs,
-                budget_usd_day,
-                budget_usd_month,
+                *budgets,
                 rpm,
                 tpm,
             ),

@@ -8,6 +8,7 @@ import sys
 # benchmark name -> module in bench/ with a main(argv) function
 MODULES = {
     "ingest": "ingest_bench",
+    "html": "html_extraction",
     "quality": "retrieval_quality",
     "latency": "retrieval_latency",
     "api": "api_latency",

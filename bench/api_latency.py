@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from core.embedding import get_embedder
 from core.settings import Settings
 from ingest.pipeline import IngestPipeline
 from tests.utils.server import serve_in_thread
+
+BUDGET = Decimal(1_000_000)  # a budget far above what the run spends: accounting on, never refusing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,10 +192,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
         with database.connect() as conn:
-            key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"], budget_usd_day=1_000_000.0)[1]
+            key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"], budget_usd_day=BUDGET)[1]
             scoped_key = create_key(
                 conn, "bench-scoped", ["query"], collections=["default", "support", "faq"], configs=["default"],
-                budget_usd_day=1_000_000.0,
+                budget_usd_day=BUDGET,
             )[1]  # fmt: skip
         settings = Settings(
             database_url=SecretStr(database.url), configs_dir=ROOT / "configs", prompts_dir=ROOT / "prompts",

@@ -73,6 +73,31 @@ def ingest_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def html_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for HTML main-content extraction: navigation left in chunks, and its ingest cost."""
+    nav, t = r["navigation"], r["throughput"]
+    before, after = nav["before"], nav["after"]
+    per_s = t["pages_per_s"]
+    return [
+        (
+            f"HTML ingest: chunks holding navigation text, {r['corpus']}",
+            f"{after['sampled_with_navigation']} of {after['sampled']} sampled after extraction, "
+            f"{before['sampled_with_navigation']} of {before['sampled']} before "
+            f"(all chunks: {after['chunks_with_navigation']} of {after['chunks']} after, "
+            f"{before['chunks_with_navigation']} of {before['chunks']} before)",
+            f"target 0 of 200 after: {'met' if after['sampled_with_navigation'] == 0 else 'MISSED'}",
+        ),
+        (
+            f"HTML ingest throughput with extraction vs without ({t['pages']} pages, full pipeline, A B B A)",
+            f"{per_s['with']:.2f} vs {per_s['without']:.2f} pages/s; loading and chunking alone "
+            f"{sum(x['load_and_chunk_seconds'] for x in t['runs']['with']):.0f} s vs "
+            f"{sum(x['load_and_chunk_seconds'] for x in t['runs']['without']):.0f} s, the rest is embedding",
+            f"{t['ratio_with_vs_without']:.2f}x (target >= 0.95: "
+            f"{'met' if t['ratio_with_vs_without'] >= 0.95 else 'MISSED'})",
+        ),
+    ]
+
+
 def quality_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Rows for retrieval quality per dataset and mode."""
     rows = []
@@ -332,6 +357,7 @@ def hostile_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 RENDERERS = {
     "ingest": ingest_rows,
+    "html": html_rows,
     "quality": quality_rows,
     "latency": latency_rows,
     "api": api_rows,

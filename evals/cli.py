@@ -81,7 +81,10 @@ def compare_cmd(
     markdown_file: Annotated[Path | None, typer.Option("--markdown", help="Write the markdown report here.")] = None,
     html_file: Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")] = None,
 ) -> None:
-    """Paired comparison with bootstrap intervals; exit 0 pass, 1 regression, 2 unusable input."""
+    """Paired comparison with bootstrap intervals; exit 0 pass, 1 regression, 2 unusable input, 3 not evaluated.
+
+    Not evaluated: the prompt or a generation setting changed, and the generator that answered does not read it.
+    """
     try:
         comparison = compare(load_report(baseline), load_report(candidate), load_gate(gate))
     except EvalInputError as exc:

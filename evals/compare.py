@@ -1,6 +1,9 @@
 """``ragops eval compare``: candidate vs baseline, question by question, with bootstrap intervals.
 
-Exit codes: 0 pass, 1 regression, 2 unusable input.
+Exit codes: 0 pass, 1 regression, 2 unusable input, 3 not evaluated: the change alters a
+generation input (the prompt, the model, max_tokens, temperature) that the generator which
+answered does not read (the extractive one reads none of them), so equal metrics prove nothing.
+A regression found anyway still exits 1.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.generators.extractive import ExtractiveGenerator
 from core.errors import EvalInputError
 from evals.runner import LOWER_IS_BETTER, REPORT_FORMAT
 
-PASS, REGRESSION, UNUSABLE = 0, 1, 2
+PASS, REGRESSION, UNUSABLE, NOT_EVALUATED = 0, 1, 2, 3
 
 
 class MetricRule(BaseModel):
@@ -95,12 +99,48 @@ class Comparison:
     worst_questions: list[dict[str, Any]]
     baseline_versions: dict[str, Any]
     candidate_versions: dict[str, Any]
+    not_evaluated: list[str] = field(default_factory=list)  # changed generation inputs no generator read
+    answered_by: tuple[str, str] = ("unknown", "unknown")  # baseline's and candidate's generator (and model)
+    judged_by: tuple[str, str] = ("none", "none")
+
+    @property
+    def regressed(self) -> bool:
+        """A blocking metric or a ceiling broken."""
+        return any(m.blocking for m in self.metrics) or not all(ok for *_, ok in self.ceilings)
 
     @property
     def exit_code(self) -> int:
-        """0 when every rule holds, else 1."""
-        ok = not any(m.blocking for m in self.metrics) and all(ok for *_, ok in self.ceilings)
-        return PASS if ok else REGRESSION
+        """1 on a regression; else 3 when part of the change was not evaluated; else 0."""
+        if self.regressed:
+            return REGRESSION
+        return NOT_EVALUATED if self.not_evaluated else PASS
+
+    @property
+    def verdict(self) -> str:
+        """The report's first line, after "ragops eval gate: "."""
+        if self.regressed:
+            return "FAIL: quality regressed" + (
+                " (and part of the change was not evaluated)" if self.not_evaluated else ""
+            )
+        if self.not_evaluated:
+            changed = ", ".join(self.not_evaluated)
+            return f"NOT EVALUATED: {changed} changed, and the generator that answered does not read it"
+        return "PASS"
+
+    def header(self) -> list[str]:
+        """What a reviewer must know before the numbers: who answered and judged, and what was not measured."""
+        lines = [
+            f"Answered by: baseline {self.answered_by[0]}, candidate {self.answered_by[1]}. "
+            f"Judge: baseline {self.judged_by[0]}, candidate {self.judged_by[1]}."
+        ]
+        if self.not_evaluated:
+            lines.append(
+                f"Not evaluated: this change alters {', '.join(self.not_evaluated)}, which the generator that answered "
+                "never reads (the extractive generator quotes retrieved sentences; prompts and generation settings "
+                "do not reach it). The metrics below cannot show its effect: run the gate with a model "
+                "(RAGOPS_VLLM_URL; the eval-gate workflow starts one) to judge it."
+            )
+        return lines
 
 
 def load_gate(path: Path) -> Gate:
@@ -199,6 +239,53 @@ def worst_questions(
     ]  # fmt: skip
 
 
+def generator_reads(report: dict[str, Any]) -> frozenset[str] | None:
+    """The generation inputs the report's generator reads; None when unknown (a model answered: assume all).
+
+    Reports from before this was recorded name only the model: "extractive" is the extractive generator.
+    """
+    generator = report.get("generator")
+    if generator and "reads" in generator:
+        return frozenset(generator["reads"])
+    if report.get("versions", {}).get("model") == "extractive":
+        return ExtractiveGenerator.reads
+    return None
+
+
+def changed_inputs(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    """The generation inputs that differ between the reports (settings only when both recorded them)."""
+    changed = ["prompt"] if baseline["versions"].get("prompt") != candidate["versions"].get("prompt") else []
+    before = (baseline.get("generator") or {}).get("inputs")
+    after = (candidate.get("generator") or {}).get("inputs")
+    if before is not None and after is not None:
+        changed += [
+            name
+            for name in sorted(set(before) | set(after))
+            if name != "prompt" and before.get(name) != after.get(name)
+        ]
+    return changed
+
+
+def unread_changes(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    """Changed generation inputs that the generator on either side does not read: not evaluated."""
+    reads = [r for r in (generator_reads(baseline), generator_reads(candidate)) if r is not None]
+    return [name for name in changed_inputs(baseline, candidate) if any(name not in r for r in reads)]
+
+
+def answered_by(report: dict[str, Any]) -> str:
+    """``extractive`` or ``vllm (model ragops-llm)``: the generator that answered, as the report recorded it."""
+    generator = report.get("generator") or {}
+    model = generator.get("model") or report.get("versions", {}).get("model") or "unknown"
+    name = generator.get("name")
+    return model if name is None or name == model else f"{name} (model {model})"
+
+
+def judged_by(report: dict[str, Any]) -> str:
+    """``none`` or the judge's model and endpoint."""
+    judge = report.get("judge")
+    return f"{judge.get('model')} at {judge.get('url')}" if judge else "none"
+
+
 def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> Comparison:
     """Apply the gate; raises :class:`EvalInputError` when the reports are not comparable."""
     base, cand = paired_questions(baseline, candidate)
@@ -228,16 +315,19 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> 
         value = float(candidate["aggregates"].get(name, float("nan")))
         ceilings.append((name, value, limit, bool(value <= limit)))
     return Comparison(
-        results, ceilings, worst_questions(regressions, base, cand), baseline["versions"], candidate["versions"]
-    )
+        results, ceilings, worst_questions(regressions, base, cand), baseline["versions"], candidate["versions"],
+        not_evaluated=unread_changes(baseline, candidate),
+        answered_by=(answered_by(baseline), answered_by(candidate)),
+        judged_by=(judged_by(baseline), judged_by(candidate)),
+    )  # fmt: skip
 
 
 def markdown(comparison: Comparison) -> str:
     """The PR comment: verdict, the metric table, then the worst-regressed questions first."""
-    verdict = "PASS" if comparison.exit_code == PASS else "FAIL: quality regressed"
     lines = [
-        f"## ragops eval gate: {verdict}",
+        f"## ragops eval gate: {comparison.verdict}",
         "",
+        *(part for line in comparison.header() for part in (f"> {line}", "")),
         f"Baseline `{comparison.baseline_versions.get('config')}` / index `{comparison.baseline_versions.get('index')}`"
         f" vs candidate `{comparison.candidate_versions.get('config')}` / index "
         f"`{comparison.candidate_versions.get('index')}` (prompt `{comparison.candidate_versions.get('prompt')}`).",
@@ -296,11 +386,11 @@ def html_report(comparison: Comparison) -> str:
             f"<td>{m.diff:+.3f} [{m.ci_low:+.3f}, {m.ci_high:+.3f}]</td>"
             f"<td>{'ok' if m.passed else html.escape('; '.join(m.failures))}</td></tr>"
         )
-    verdict = "PASS" if comparison.exit_code == PASS else "FAIL"
+    header = "".join(f"<p class='about'>{html.escape(line)}</p>" for line in comparison.header())
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>ragops eval gate</title>"
         "<style>body{font-family:sans-serif;margin:2em}td{padding:4px 10px;border-bottom:1px solid #eee}</style>"
-        f"</head><body><h1>ragops eval gate: {verdict}</h1>"
+        f"</head><body><h1>ragops eval gate: {html.escape(comparison.verdict)}</h1>{header}"
         "<p>Grey: baseline; coloured: candidate. Right: mean paired difference with its 95% bootstrap interval "
         "(the vertical line is zero).</p>"
         "<table><tr><th>metric</th><th>bars</th><th>means</th><th>difference</th><th></th><th>verdict</th></tr>"

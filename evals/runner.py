@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.generators.base import NOT_FOUND_ANSWER
+from app.generators.base import NOT_FOUND_ANSWER, generation_inputs
 from app.pricing import Pricing, load_pricing
 from app.rag import Answer, Question, RagPipeline, final_answer
 from core.access import EVERYTHING
@@ -280,6 +280,8 @@ def run_eval(
         gold_chunks = chunk_texts(rt.conn, index, EVAL_COLLECTION, all_sources)
         ctx = EvalContext(config_name, config, pipeline, index, pricing, embedder, judge, gold_chunks)
         results, model = answer_questions(ctx, dataset.questions, repeats)
+        generator = pipeline.generator(config)
+        prompt_version = catalog.prompt_for(config).version
         judge_summary = None
         if judge is not None:
             judge_summary = judge.summary()
@@ -289,13 +291,21 @@ def run_eval(
         "dataset": {"name": dataset.name, "sha256": dataset.sha256, "questions": len(dataset.questions)},
         "versions": {
             "config": config.version,
-            "prompt": catalog.prompt_for(config).version,
+            "prompt": prompt_version,
             "index": index.name,
             "model": model,
             "pricing": pricing.version,
             "git_commit": git_commit(configs_dir.resolve()),
         },
         "repeats": repeats,
+        # Which generator answered, and which of the configuration's generation inputs it reads:
+        # the gate calls a change to one it does not read "not evaluated", never a pass.
+        "generator": {
+            "name": generator.name,
+            "model": model,
+            "reads": sorted(generator.reads),
+            "inputs": generation_inputs(config, prompt_version),
+        },
         "judge": judge_summary,
         "index_build_seconds": round(build_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),

@@ -151,62 +151,187 @@ def load_text(source: str, data: bytes) -> Document:
 
 
 _HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "iframe", "object")
-_HTML_BLOCKS = (
-    "p",
-    "div",
-    "section",
-    "article",
-    "main",
-    "header",
-    "footer",
-    "aside",
-    "nav",
-    "li",
-    "ul",
-    "ol",
-    "table",
-    "tr",
-    "pre",
-    "blockquote",
-    "dt",
-    "dd",
-    "dl",
-    "figcaption",
-    "br",
-    "hr",
-    "form",
-)
+_HTML_BLOCKS = frozenset(
+    {
+        "p", "div", "section", "article", "main", "header", "footer", "aside", "nav", "li", "ul", "ol", "table",
+        "tr", "pre", "blockquote", "dt", "dd", "dl", "figcaption", "br", "hr", "form", "textarea",
+    }
+)  # fmt: skip
+_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 _HEADING_MARK = "\ue000"  # private-use: never in real text, not whitespace to str.strip()
+_PRE_TAGS = ("pre", "textarea")
+_WHITESPACE_RUN = re.compile(r"\s+")
+# Page chrome, not content: semantic tags, ARIA landmarks, and the class/id words documentation
+# generators use (DocBook's navheader/navfooter/toc, Sphinx's related/sphinxsidebar, Read the Docs' wy-nav-*).
+_CHROME_TAGS = ("nav", "aside", "footer", "header")
+_CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "complementary", "search", "menu", "menubar"})
+_CHROME_WORDS = frozenset(
+    {
+        "nav", "navbar", "navigation", "navheader", "navfooter", "navlinks", "sidenav", "sidebar",
+        "sphinxsidebar", "sphinxsidebarwrapper", "breadcrumb", "breadcrumbs", "menu", "menubar", "toc",
+        "toctree", "related", "footer", "masthead", "pagination", "pager", "skiplink", "headerlink",
+    }
+)  # fmt: skip
+_CLASS_WORD_SPLIT = re.compile(r"[\s_-]+")
+# A block of several links that make up most of its text is a menu; one holding a heading is content.
+_LINK_DENSITY, _MIN_LINKS = 0.5, 3
+_LINK_BLOCKS = frozenset({"div", "section", "ul", "ol", "dl", "table", "p", "menu", "td"})
+_TEXT, _LINKED, _LINKS, _HEADS = range(4)
 
 
-def load_html(source: str, data: bytes) -> Document:
-    """HTML: visible text and title; h1-h6 become the section path; scripts and styles dropped."""
-    from bs4 import BeautifulSoup
+def _subtree_stats(root: Any) -> dict[int, list[int]]:
+    """Per element (by id): visible characters, characters inside links, links, headings below it.
 
-    raw = read_text(data)
-    soup = BeautifulSoup(raw, "html.parser")
-    title_tag = soup.find("title")
-    title = title_tag.get_text(" ", strip=True) if title_tag else ""
-    for tag in soup.find_all(_HTML_DROP):
-        tag.decompose()
-    for tag in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
-        heading = " ".join(tag.get_text(" ", strip=True).split())
-        tag.replace_with(f"\n{_HEADING_MARK}{tag.name[1]}{heading}\n")
-    for tag in soup.find_all(_HTML_BLOCKS):
-        tag.insert_before("\n")
-        tag.insert_after("\n")
-    for cell in soup.find_all(["td", "th"]):
-        cell.insert_after(" | ")
+    One bottom-up pass, iterative: hostile nesting must neither recurse nor be searched once per element.
+    """
+    from bs4 import CData, NavigableString, Tag
+
+    stats: dict[int, list[int]] = {}
+    for node in reversed([root, *root.descendants]):
+        if isinstance(node, Tag):
+            own = stats.setdefault(id(node), [0, 0, 0, 0])
+            if node.name == "a" and node.has_attr("href"):
+                own[_LINKED], own[_LINKS] = own[_TEXT], own[_LINKS] + 1
+            elif node.name in _HEADINGS:
+                own[_HEADS] += 1
+        elif type(node) in (NavigableString, CData):
+            own = [len(node) - sum(1 for c in node if c.isspace()), 0, 0, 0]
+        else:
+            continue
+        if node is not root and node.parent is not None:
+            parent = stats.setdefault(id(node.parent), [0, 0, 0, 0])
+            for i, value in enumerate(own):
+                parent[i] += value
+    return stats
+
+
+def _is_chrome(tag: Any, stats: dict[int, list[int]]) -> bool:
+    """Navigation, header, footer, sidebar or menu: by tag, ARIA role, or class/id words."""
+    if tag.name in _CHROME_TAGS:
+        # A header that carries a heading (an HTML5 article's header) is content.
+        return not (tag.name == "header" and stats.get(id(tag), (0, 0, 0, 0))[_HEADS])
+    attrs = tag.attrs
+    if attrs.get("role") in _CHROME_ROLES or "breadcrumb" in str(attrs.get("aria-label", "")).lower():
+        return True
+    names = [*(attrs.get("class") or []), attrs.get("id") or ""]
+    return any(word in _CHROME_WORDS for name in names for word in _CLASS_WORD_SPLIT.split(str(name).lower()))
+
+
+def _is_link_dense(tag: Any, stats: dict[int, list[int]]) -> bool:
+    """Several links that make up most of the block's text, and no heading: a menu."""
+    if tag.name not in _LINK_BLOCKS:
+        return False
+    text, linked, links, headings = stats.get(id(tag), (0, 0, 0, 0))
+    return links >= _MIN_LINKS and not headings and text > 0 and linked / text >= _LINK_DENSITY
+
+
+def _prune(root: Any, doomed: Callable[[Any], bool]) -> None:
+    """Remove every element under ``root`` that ``doomed`` picks, top down (a removed subtree is not visited)."""
+    from bs4 import Tag
+
+    stack = [root]
+    while stack:
+        for child in list(stack.pop().children):
+            if isinstance(child, Tag):
+                if doomed(child):
+                    child.extract()
+                else:
+                    stack.append(child)
+
+
+def _main_region(soup: Any) -> Any | None:
+    """The page's marked main region (``<main>``, ``role=main``, a lone ``<article>``) if it has text."""
+    articles = soup.find_all("article", limit=2)
+    for candidate in (
+        soup.find("main"),
+        soup.find(attrs={"role": "main"}),
+        articles[0] if len(articles) == 1 else None,
+    ):
+        if candidate is not None and candidate.get_text(strip=True):
+            return candidate
+    return None
+
+
+def _render_lines(root: Any) -> list[tuple[int, str]]:
+    """(level, line) pairs: a line per block, a heading line per h1-h6, table cells joined by " | ".
+
+    The HTML's own line breaks and indentation are not text: collapsed except in preformatted blocks.
+    One iterative walk, no edits to the tree (inserting markers into a deep tree is quadratic in bs4).
+    """
+    from bs4 import CData, NavigableString, Tag
+
+    out: list[str] = []
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            out.append(" | " if node.name in ("td", "th") else "\n")
+        elif isinstance(node, Tag):
+            if node.name in _HEADINGS:
+                out.append(f"\n{_HEADING_MARK}{node.name[1]}{' '.join(node.get_text(' ').split())}\n")
+            elif node.name in _PRE_TAGS:
+                out.append(f"\n{node.get_text()}\n")
+            else:
+                if node.name in _HTML_BLOCKS:
+                    out.append("\n")
+                    stack.append((node, True))
+                elif node.name in ("td", "th"):
+                    stack.append((node, True))
+                stack.extend((child, False) for child in reversed(node.contents))
+        elif type(node) in (NavigableString, CData):
+            out.append(_WHITESPACE_RUN.sub(" ", node))
     lines: list[tuple[int, str]] = []
-    for line in _normalize_space(soup.get_text()).split("\n"):
+    for line in _normalize_space("".join(out)).split("\n"):
         if line.startswith(_HEADING_MARK):
             level, heading = int(line[1]), line[2:].strip()
             if heading:
                 lines.append((level, heading))
         elif line.strip(" |"):
             lines.append((0, line.strip(" |").strip()))
+    return lines
+
+
+def _html_lines(raw: str, *, main_content: bool, link_density: bool) -> tuple[str, list[tuple[int, str]], bool]:
+    """Title, (level, line) pairs, and whether the page had visible text before chrome was removed."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(raw, "html.parser")
+    title_tag = soup.find("title")
+    title = " ".join(title_tag.get_text(" ").split()) if title_tag else ""
+    for tag in soup.find_all(_HTML_DROP):
+        tag.extract()
+    had_text = bool(soup.get_text(strip=True))
+    root: Any = soup
+    if main_content:
+        main = _main_region(soup)
+        # The main region and what encloses it are never chrome, whatever their class names say
+        # (Read the Docs wraps the whole page in "wy-body-for-nav" and the content in "wy-nav-content").
+        keep = {id(tag) for tag in (main, *main.parents)} if main is not None else set()
+        stats = _subtree_stats(soup)
+        _prune(soup, lambda tag: id(tag) not in keep and _is_chrome(tag, stats))
+        root = main if main is not None and main.get_text(strip=True) else soup.body or soup
+    if link_density:
+        stats = _subtree_stats(root)  # again: densities change once the chrome is gone
+        _prune(root, lambda tag: _is_link_dense(tag, stats))
+    return title, _render_lines(root), had_text
+
+
+def load_html(source: str, data: bytes, *, main_content: bool = True) -> Document:
+    """HTML: the main content's text and the title; h1-h6 become the section path.
+
+    Scripts and styles are always dropped; with ``main_content`` (the default) so are navigation,
+    headers, footers, sidebars and link-dense menus. A page that is all links keeps its links; a
+    page with nothing but chrome is skipped with that reason, never stored empty.
+    """
+    raw = read_text(data)
+    title, lines, had_text = _html_lines(raw, main_content=main_content, link_density=main_content)
+    if main_content and not any(level == 0 for level, _ in lines):
+        # Only headings survived: a page of links (a site map, an index) whose links are its content.
+        title, lines, had_text = _html_lines(raw, main_content=True, link_density=False)
     body, sections = _with_headings(lines)
     if not body.strip():
+        if had_text:
+            raise SkipFile("HTML has no main content: only navigation, header, footer, sidebar or menu text")
         raise SkipFile("HTML has no visible text")
     if not title:
         title = next((s.path[0] for s in sections), "") or _title_from_source(source)

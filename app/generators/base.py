@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from app.search_sql import ChunkHit
 from core.config import LoadedConfig
@@ -13,6 +14,25 @@ from core.tokens import count_tokens
 NOT_FOUND_ANSWER = "The documents do not contain this information."
 # ChatML wraps each message in a few tokens; counted so that estimates are not low.
 _TOKENS_PER_MESSAGE = 4
+
+
+# What a configuration feeds a generator besides the question and the retrieved passages: the
+# prompt, and these generation settings. Each generator says which of them it reads, so the eval
+# gate can tell a change it measured from one the answering generator never saw.
+GENERATION_INPUTS = ("prompt", "generation.model", "generation.max_tokens", "generation.temperature",
+                     "generation.extractive")  # fmt: skip
+
+
+def generation_inputs(config: LoadedConfig, prompt_version: str) -> dict[str, Any]:
+    """The value of every :data:`GENERATION_INPUTS` entry for a configuration (the prompt by its version)."""
+    g = config.config.generation
+    return {
+        "prompt": prompt_version,
+        "generation.model": g.model,
+        "generation.max_tokens": g.max_tokens,
+        "generation.temperature": g.temperature,
+        "generation.extractive": g.extractive.model_dump(),
+    }
 
 
 def count_prompt_tokens(messages: list[dict[str, str]]) -> int:
@@ -69,6 +89,8 @@ class Generator(ABC):
     """Turns a request into answer text."""
 
     name: str
+    # The GENERATION_INPUTS whose change can change this generator's answers (an unknown one: all).
+    reads: ClassVar[frozenset[str]] = frozenset(GENERATION_INPUTS)
 
     @abstractmethod
     def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:

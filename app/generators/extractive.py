@@ -65,6 +65,8 @@ class ExtractiveGenerator(Generator):
     """Scores sentences by embedding similarity plus word overlap; quotes the best ones."""
 
     name = "extractive"
+    # Quotes retrieved sentences: the prompt, model, max_tokens and temperature never reach it.
+    reads = frozenset({"generation.extractive"})
 
     def __init__(self, embedder: Embedder, settings: ExtractiveSettings) -> None:
         self.embedder = embedder

@@ -59,6 +59,7 @@ class VllmGenerator(Generator):
     """Chat completions against a vLLM (or any OpenAI-compatible) server."""
 
     name = "vllm"
+    reads = frozenset({"prompt", "generation.model", "generation.max_tokens", "generation.temperature"})
 
     def __init__(
         self,

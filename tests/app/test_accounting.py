@@ -170,8 +170,35 @@ def test_over_budget_is_a_429_with_budget_spend_and_reset(priced: TestClient, se
     response = priced.post("/v1/query", json=QUESTION, headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 429
     message = response.json()["error"]["message"]
-    assert "daily budget of $0.0000" in message and "resets at" in message and "spent or reserved" in message
+    assert "daily budget of $0.000001 " in message and "resets at" in message and "spent or reserved" in message
     assert int(response.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize("budget", ["0", "0.0000002"])
+def test_budgets_below_a_micro_dollar_and_of_zero_are_enforced_as_stored(
+    client: TestClient, served_database: Database, budget: str
+) -> None:
+    """With the repository's prices an extractive answer costs a fraction of a micro-dollar (its embedding)."""
+    key = new_key(served_database, ["query"], budget_usd_day=Decimal(budget))
+    headers = {"Authorization": f"Bearer {key}"}
+    statuses, message = [], ""
+    for _ in range(30):
+        response = client.post("/v1/query", json=QUESTION, headers=headers)
+        statuses.append(response.status_code)
+        if response.status_code != 200:
+            message = response.json()["error"]["message"]
+            break
+    shown = "$0.00" if budget == "0" else "$0.0000002"
+    assert statuses[-1] == 429 and f"daily budget of {shown} for key" in message, (statuses, message)
+    # $0 refuses the first priced request; $0.0000002 (once stored as 0) pays for some, then refuses.
+    assert (statuses.count(200) > 0) == (budget != "0")
+    with served_database.connect() as conn:
+        spent = conn.execute(
+            "SELECT coalesce(sum(spent_usd + reserved_usd), 0) FROM key_spend s JOIN api_keys k ON k.id = s.key_id "
+            "WHERE k.prefix = %s AND period = 'day'",
+            (key.split("_")[1],),
+        ).fetchone()
+    assert spent is not None and 0 <= spent[0] <= Decimal(budget)
 
 
 def test_rate_limit_is_a_429_with_retry_after(priced: TestClient, served_database: Database) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -168,11 +169,42 @@ def test_keys_create_list_revoke_and_usage(database: Database, monkeypatch: pyte
         (["--scopes", "query,root", "--collections", "*"], "unknown: ['root']"),
         (["--scopes", "query"], "name the collections"),  # granted nothing unless named
         (["--collections", "*,hr"], "'*' already means all"),
+        (["--collections", "*", "--budget-usd-day", "-1"], "--budget-usd-day cannot be negative"),
+        (["--collections", "*", "--budget-usd-month", "0.0000000001"], "more than 9 decimal places"),
+        (["--collections", "*", "--budget-usd-day", "ten"], "is not an amount in USD"),
     ],
 )
-def test_keys_create_refuses_bad_grants(database: Database, args: list[str], message: str) -> None:
-    result = ragops("keys", "create", "--name", "x", *args, database=database, cwd=REPO)
+def test_keys_create_refuses_bad_grants_and_budgets(database: Database, args: list[str], message: str) -> None:
+    name = "refused"
+    result = ragops("keys", "create", "--name", name, *args, database=database, cwd=REPO)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM api_keys WHERE name = %s", (name,)).fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("budget", "shown"), [("0.0000002", "$0.0000002/day"), ("0", "$0.00/day"), (None, "no budget")]
+)
+def test_budgets_round_trip_exactly_through_the_cli_and_the_database(
+    database: Database, monkeypatch: pytest.MonkeyPatch, budget: str | None, shown: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from app import cli
+
+    monkeypatch.setenv("RAGOPS_DATABASE_URL", database.url)
+    runner = CliRunner()
+    name = f"budget-{budget}"
+    args = ["keys", "create", "--name", name, "--collections", "*"]
+    created = runner.invoke(cli.app, [*args, *(["--budget-usd-day", budget] if budget is not None else [])])
+    assert created.exit_code == 0, created.output
+    assert shown in created.output
+    with database.connect() as conn:
+        stored = conn.execute("SELECT budget_usd_day FROM api_keys WHERE name = %s", (name,)).fetchone()
+    assert stored == (None if budget is None else Decimal(budget),)
+    listed = runner.invoke(cli.app, ["keys", "list"], env={"COLUMNS": "250"})
+    row = next(line for line in listed.output.splitlines() if name in line)
+    assert shown in row
 
 
 def test_serve_creates_and_then_reuses_a_local_demo_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

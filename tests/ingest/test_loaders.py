@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from pathlib import Path
 
 import pytest
 from pypdf import PdfWriter
 
-from ingest.loaders import LoadResult, load_bytes
+from core.config import ChunkingSettings
+from ingest.chunking import Chunker
+from ingest.loaders import LoadResult, load_bytes, load_html
 from tests.utils.corpus import DOCS
 from tests.utils.pdf import text_pdf
 
@@ -74,6 +78,100 @@ def test_html_table_cells_are_separated() -> None:
     assert "Gold | 99 USD" in doc.text
 
 
+HTML_FIXTURES = Path(__file__).parent / "fixtures" / "html"
+
+
+@pytest.mark.parametrize(
+    ("page", "content", "chrome", "section"),
+    [
+        (
+            # PostgreSQL's DocBook layout: Prev | Up | Chapter | Home | Next tables above and below, a TOC.
+            "docbook_chapter_section.html",
+            [
+                "A covering filter answers a query from the filter alone, without visiting the table.",
+                "CREATE FILTER orders_cover ON orders (customer_id)\nINCLUDE (total);",
+                "included columns | 32",
+                "See Section 7.5 for how the planner estimates the cost.",
+            ],
+            ["Prev", "Up", "Home", "Next", "Chapter 7. Filters", "7.3. Filters on Expressions",
+             "7.5. Filter Statistics", "Table of Contents", "Quarrydb 3.2 Documentation"],
+            ("thirty-two", ("7.4. Covering Filters", "7.4.2. Limits")),
+        ),
+        (
+            # Read the Docs theme: side menu, search, breadcrumbs, Previous/Next buttons, copyright footer.
+            "sphinx_rtd_page.html",
+            [
+                "Tideline retries a failed job with exponential backoff: the first retry waits two seconds "
+                "and every later retry doubles the wait.",
+                "max_retries = 7",
+            ],
+            ["Installing Tideline", "Working with queues", "Changelog", "User guide", "View page source",
+             "Previous", "Next", "Copyright", "Built with", "\u00b6"],
+            ("dead-letter queue", ("Configuring retries", "Retry limits")),
+        ),
+        (
+            # Sphinx classic theme: "related" bars, a sidebar of topics, a footer div.
+            "sphinx_classic_page.html",
+            ["A snapshot freezes a volume at one instant so that a backup can copy it while writers go on."],
+            ["Navigation", "previous", "next", "Table of Contents", "Previous topic", "Storage layout",
+             "Restoring", "Copyright", "Created using", "\u00b6"],
+            ("copy-on-write", ("Snapshots",)),
+        ),
+        (
+            # A blog: site header menu, breadcrumb, share links, tag footer, aside, link cloud, no class hints.
+            "plain_article.html",
+            [
+                "Rye dough ferments faster in a warm kitchen, so our bakers start the sourdough at four in the "
+                "morning.",
+                "Fewer returns of stale bread",
+                "Read our earlier post on flour for the milling details.",
+            ],
+            ["Crumb & Co", "Home", "Shop", "Contact", "Blog", "Popular posts", "Ten sourdough myths", "Facebook",
+             "Mastodon", "Tagged", "Opening hours", "Gift cards"],
+            ("five days", ("Why our bakery switched to rye", "What customers noticed")),
+        ),
+    ],
+)  # fmt: skip
+def test_html_chunks_keep_the_content_and_never_the_navigation(
+    page: str, content: list[str], chrome: list[str], section: tuple[str, tuple[str, ...]]
+) -> None:
+    doc = _one(page, (HTML_FIXTURES / page).read_bytes()).document
+    assert doc is not None
+    chunks = Chunker(ChunkingSettings(chunk_size=64, chunk_overlap=8)).split(doc)
+    texts = [chunk.embed_text for chunk in chunks]
+    for phrase in content:  # whole sentences: the HTML's own line breaks did not survive inside them
+        assert any(phrase in text for text in texts), phrase
+    for phrase in chrome:
+        assert not any(re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) for text in texts), phrase
+    marker, path = section
+    assert doc.section_at(doc.text.index(marker)) == path
+    assert " > ".join(path) in {chunk.section for chunk in chunks}
+
+
+def test_html_without_main_content_extraction_keeps_the_chrome() -> None:
+    """The benchmark's "before": the same loader with extraction off still sees the navigation."""
+    doc = load_html("page.html", (HTML_FIXTURES / "docbook_chapter_section.html").read_bytes(), main_content=False)
+    assert "Prev | Up | Chapter 7. Filters | Home | Next" in doc.text
+
+
+def test_html_page_of_links_keeps_its_links() -> None:
+    html = (
+        b"<html><head><title>Site map</title></head><body><ul>"
+        b'<li><a href="/a">Alpha guide</a></li><li><a href="/b">Beta guide</a></li>'
+        b'<li><a href="/c">Gamma guide</a></li></ul></body></html>'
+    )
+    doc = _one("sitemap.html", html).document
+    assert doc is not None
+    assert doc.text.split("\n") == ["Alpha guide", "Beta guide", "Gamma guide"]
+
+
+def test_html_deeply_nested_page_loads() -> None:
+    depth = 20_000  # bs4 edits of a tree this deep used to be quadratic; the walk is iterative
+    html = b"<html><body>" + b"<div>" * depth + b"deep text" + b"</div>" * depth + b"</body></html>"
+    doc = _one("deep.html", html).document
+    assert doc is not None and doc.text == "deep text"
+
+
 def test_jsonl_beir_records_become_documents_and_bad_lines_are_reported() -> None:
     lines = [
         json.dumps({"_id": "a1", "title": "Alpha", "text": "first text", "metadata": {"lang": "en"}}),
@@ -119,6 +217,12 @@ def _blank_pdf() -> bytes:
         ("zip.pdf", b"PK\x03\x04" + b"\x00" * 40, "corrupt PDF"),
         ("scan.pdf", _blank_pdf(), "no extractable text"),
         ("script-only.html", b"<html><script>x()</script></html>", "no visible text"),
+        (
+            "chrome-only.html",
+            b'<html><body><header>Acme</header><nav><a href="/">Home</a> <a href="/docs">Docs</a></nav>'
+            b'<div class="sidebar">Related</div><footer>(c) 2026 Acme</footer></body></html>',
+            "no main content: only navigation",
+        ),
         ("data.xlsx", b"whatever", "unsupported file type"),
     ],
 )
