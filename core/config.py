@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -186,7 +187,9 @@ class PiiRecognizerSettings(StrictModel):
     """A custom pattern recognizer: employee ids, API keys and other secrets."""
 
     entity: str = Field(pattern=ENTITY_NAME, description="Entity type it reports, e.g. EMPLOYEE_ID.")
-    patterns: list[str] = Field(min_length=1, description="Regular expressions (Python syntax).")
+    patterns: list[str] = Field(
+        min_length=1, description="Regular expressions (the `regex` package's syntax, as Presidio runs them)."
+    )
     score: float = Field(default=0.6, ge=0.0, le=1.0, description="Score of a match before context.")
     context: list[str] = Field(default_factory=list, description="Nearby words that raise the score.")
 
@@ -194,8 +197,8 @@ class PiiRecognizerSettings(StrictModel):
     def _patterns_compile(self) -> PiiRecognizerSettings:
         for pattern in self.patterns:
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                regex.compile(pattern)
+            except regex.error as exc:
                 raise ValueError(f"pattern {pattern!r} of {self.entity} does not compile: {exc}") from None
         return self
 

@@ -300,6 +300,8 @@ def _html_lines(raw: str, *, main_content: bool, link_density: bool) -> tuple[st
     title = " ".join(title_tag.get_text(" ").split()) if title_tag else ""
     for tag in soup.find_all(_HTML_DROP):
         tag.extract()
+    if soup.head is not None:  # the title is read; the rest of the head is never content
+        soup.head.extract()
     had_text = bool(soup.get_text(strip=True))
     root: Any = soup
     if main_content:
@@ -309,7 +311,8 @@ def _html_lines(raw: str, *, main_content: bool, link_density: bool) -> tuple[st
         keep = {id(tag) for tag in (main, *main.parents)} if main is not None else set()
         stats = _subtree_stats(soup)
         _prune(soup, lambda tag: id(tag) not in keep and _is_chrome(tag, stats))
-        root = main if main is not None and main.get_text(strip=True) else soup.body or soup
+        # Not the body alone: browsers show text written after </body> or </html> as part of the page.
+        root = main if main is not None and main.get_text(strip=True) else soup
     if link_density:
         stats = _subtree_stats(root)  # again: densities change once the chrome is gone
         _prune(root, lambda tag: _is_link_dense(tag, stats))

@@ -71,6 +71,14 @@ def test_html_drops_scripts_and_styles_and_keeps_headings() -> None:
     assert doc.section_at(doc.text.index("14 characters")) == ("Security policy", "Passwords")
 
 
+@pytest.mark.parametrize("main_content", [True, False])
+def test_html_text_after_the_closing_tags_is_content_and_the_head_is_not(main_content: bool) -> None:
+    """Browsers show text written after </body> or </html>; the head's title is the title, not body text."""
+    page = b"<html><head><title>Security</title></head><body><p>Passwords need 14 characters.</p></body></html>"
+    doc = load_html("s.html", page + b"\nAppendix: revised on 2026-11-01.\n", main_content=main_content)
+    assert doc.title == "Security" and doc.text == "Passwords need 14 characters.\nAppendix: revised on 2026-11-01."
+
+
 def test_html_table_cells_are_separated() -> None:
     html = b"<html><body><table><tr><td>Gold</td><td>99 USD</td></tr></table></body></html>"
     doc = _one("t.html", html).document
