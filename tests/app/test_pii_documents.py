@@ -126,6 +126,11 @@ def test_leak_scan_a_documents_personal_data_leaves_by_no_route(
         assert _raw_values(response.text) == [], path  # answer, every citation field, every SSE event
         cited += "payroll_escalations.md" in response.text
     assert cited == len(calls)  # the document was retrieved and cited each time, filtered
+    # The caller sends the values themselves: a blocked type is refused naming the type only.
+    refused = leaky.post("/v1/query", json={"question": f"Is {DOCUMENT_VALUES['ssn']} the SSN on file?"})
+    assert refused.status_code == 422 and "US_SSN" in refused.text
+    echoed = leaky.post("/v1/query", json={"question": f"Who is {DOCUMENT_VALUES['email']}?", "stream": True})
+    assert echoed.status_code == 200
     from app import cli
 
     monkeypatch.setenv("RAGOPS_DATABASE_URL", leaky_database.url)
@@ -137,6 +142,8 @@ def test_leak_scan_a_documents_personal_data_leaves_by_no_route(
         "logs": "\n".join(r.getMessage() for r in caplog.records),
         "stdout/stderr": captured.out + captured.err,
         "ledger and every other table": _tables_outside_the_index(leaky_database),
+        "error responses": refused.text + echoed.text,
+        "metrics": leaky.get("/metrics").text,
     }
     for where, text in haystacks.items():
         assert _raw_values(text) == [], where
