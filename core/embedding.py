@@ -440,11 +440,12 @@ class OnnxEmbedder(Embedder):
 
     backend = "onnx"
 
-    def __init__(self, settings: EmbeddingSettings, cache_root: Path) -> None:
+    def __init__(self, settings: EmbeddingSettings, cache_root: Path, threads: int | None = None) -> None:
         super().__init__(settings.query_cache_size)
         self.settings = settings
         self.model_name = settings.model
         self.batch_size = settings.batch_size
+        self.threads = threads or onnx_threads()
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -457,7 +458,7 @@ class OnnxEmbedder(Embedder):
                 (self.folder / "tokenizer.json").read_text(encoding="utf-8"),
                 int(meta["max_seq_length"]), int(meta["pad_id"]), str(meta["pad_token"]),
             )  # fmt: skip
-            self._session = _session(self.folder / "model.onnx", onnx_threads())
+            self._session = _session(self.folder / "model.onnx", self.threads)
         except Exception as exc:
             raise EmbeddingError(
                 f"cannot load the ONNX export of {settings.model!r} from {self.folder}: {exc}"
