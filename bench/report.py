@@ -83,6 +83,16 @@ def ingest_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 + (" (target >= 1.25; LangChain embeds with torch)" if "embed_backends" in r else ""),
             )
         )
+    if "first_ingest_side_by_side" in r:
+        side = r["first_ingest_side_by_side"]
+        rows.append(
+            (
+                f"ingest: first ingest, ragops ({r.get('backend')}) vs LangChain PGVector.add_texts (torch), "
+                f"alternated {side['rounds']}x, best of each",
+                f"ragops {min(side['ragops_s']):.1f} s, LangChain {min(side['langchain_pgvector_s']):.1f} s",
+                f"ragops throughput {side['ragops_vs_langchain_throughput']:.2f}x LangChain's (target >= 1.25)",
+            )
+        )
     h = r["hnsw"]
     rows.append(
         (
