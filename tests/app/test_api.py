@@ -48,6 +48,18 @@ def test_query_answers_with_citations_usage_and_versions(
     assert versions["index"].startswith("v") and versions["model"] == "extractive"
 
 
+def test_answers_are_the_same_with_the_query_cache_cold_and_warm(client: TestClient, embedder: Embedder) -> None:
+    """The second asking takes the question's vector from the cache and answers with the same citations."""
+    question = {"question": "How many PTO days does a new employee get in their first year?"}
+    embedder.clear_query_cache()
+    cold = client.post("/v1/query", json=question).json()
+    hits = embedder.query_cache_hits
+    warm = client.post("/v1/query", json=question).json()
+    assert embedder.query_cache_hits == hits + 1
+    assert warm["citations"] == cold["citations"] and cold["citations"]
+    assert warm["answer"] == cold["answer"]
+
+
 def test_unanswerable_question_says_so(client: TestClient) -> None:
     body = client.post("/v1/query", json={"question": "What is the CEO's favourite ice cream flavour?"}).json()
     assert body["answer"] == NOT_FOUND_ANSWER

@@ -104,16 +104,30 @@ def test_config_validate_passes_on_the_repository() -> None:
     assert "ok  config default@" in result.stdout and "ok  prompt default@" in result.stdout
 
 
-def test_config_validate_names_the_first_bad_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("retrieval:\n  top_k: 500\n", "default.yaml: retrieval.top_k: Input should be less than or equal to 50"),
+        (
+            "index:\n  embedding:\n    backend: tensorrt\n",
+            "default.yaml: index.embedding.backend: Input should be 'auto', 'torch' or 'onnx'",
+        ),
+        (
+            "index:\n  embedding:\n    query_cache_size: -1\n",
+            "default.yaml: index.embedding.query_cache_size: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_config_validate_names_the_first_bad_file(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "default.yaml").write_text("retrieval:\n  top_k: 500\n")
+    (tmp_path / "configs" / "default.yaml").write_text(text)
     env = {**os.environ, "RAGOPS_CONFIGS_DIR": str(tmp_path / "configs")}
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "config", "validate"], capture_output=True, text=True, cwd=REPO, env=env,
         check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    assert "default.yaml: retrieval.top_k: Input should be less than or equal to 50" in result.stderr
+    assert message in result.stderr
 
 
 def test_serve_refuses_to_start_on_an_invalid_file(tmp_path: Path) -> None:

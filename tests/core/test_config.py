@@ -68,9 +68,23 @@ def test_unsafe_names_are_refused_before_any_file_is_read(tmp_path: Path, name: 
         load_config(name, configs)
 
 
-def test_index_version_hash_ignores_batch_size_but_not_chunking() -> None:
-    base = IndexSettings()
-    other_batch = IndexSettings.model_validate({"embedding": {"batch_size": 8}})
-    other_size = IndexSettings.model_validate({"chunking": {"chunk_size": 128}})
-    assert base.version_hash() == other_batch.version_hash()
-    assert base.version_hash() != other_size.version_hash()
+# The default index version's hash before the embedding backend existed: existing indexes keep it.
+DEFAULT_VERSION_HASH = "fc711bfb489b5cddc6aea61c2742e17f99b4a0ba718484325631acbbd410839c"
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ({"embedding": {"batch_size": 8}}, True),
+        # Same vectors (checked when a model is exported): switching backend must not rebuild the index.
+        ({"embedding": {"backend": "torch"}}, True),
+        ({"embedding": {"backend": "onnx"}}, True),
+        ({"embedding": {"query_cache_size": 0}}, True),
+        ({"chunking": {"chunk_size": 128}}, False),
+        ({"embedding": {"model": "/models/other"}}, False),
+        ({"embedding": {"normalize": False}}, False),
+    ],
+)
+def test_index_version_hash_follows_what_changes_the_vectors(change: dict[str, object], same: bool) -> None:
+    assert IndexSettings().version_hash() == DEFAULT_VERSION_HASH
+    assert (IndexSettings.model_validate(change).version_hash() == DEFAULT_VERSION_HASH) is same

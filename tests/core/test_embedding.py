@@ -1,16 +1,34 @@
-"""The embedder under concurrency."""
+"""Embedders: concurrency, the ONNX backend against torch, the query cache."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from core import embedding
-from core.embedding import Embedder
+from core.config import EmbeddingSettings, load_config
+from core.embedding import (
+    Embedder,
+    OnnxEmbedder,
+    build_embedder,
+    export_onnx,
+    get_embedder,
+    onnx_export_dir,
+    resolve_model_path,
+    weights_hash,
+)
+from core.errors import EmbeddingError
+from ingest.chunking import Chunker
+from ingest.loaders import load_file
+from tests.conftest import REPO
 
 
 class _SlowEmbedder(Embedder):
@@ -66,3 +84,190 @@ def test_the_real_model_embeds_under_concurrency(embedder: Embedder) -> None:
         thread.join()
     assert len(results) == 16
     assert all(np.allclose(vector, alone, atol=1e-5) for vector in results)
+
+
+# --- the ONNX backend ----------------------------------------------------------------------------
+
+SAMPLES = REPO / "samples"
+
+
+@pytest.fixture(scope="module")
+def sample_texts() -> dict[str, list[str]]:
+    """The bundled samples as ingest embeds them (chunks of configs/default.yaml) and as whole documents."""
+    chunker = Chunker(load_config("default", REPO / "configs").config.index.chunking)
+    texts: dict[str, list[str]] = {"chunks": [], "documents": []}
+    for path in sorted(p for p in SAMPLES.rglob("*") if p.is_file()):
+        for result in load_file(path, path.relative_to(SAMPLES).as_posix()):
+            if result.document is not None:
+                texts["documents"].append(result.document.text)
+                texts["chunks"].extend(chunk.embed_text for chunk in chunker.split(result.document))
+    return texts
+
+
+@pytest.fixture(scope="module")
+def torch_embedder(models_dir: Path) -> Embedder:
+    return get_embedder(EmbeddingSettings(backend="torch"), cache_root=models_dir)
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(models_dir: Path) -> Embedder:
+    return get_embedder(EmbeddingSettings(backend="onnx"), cache_root=models_dir)
+
+
+@pytest.mark.parametrize("unit", ["chunks", "documents"])
+def test_onnx_gives_the_torch_vectors_on_the_samples(
+    sample_texts: dict[str, list[str]], torch_embedder: Embedder, onnx_embedder: Embedder, unit: str
+) -> None:
+    """Every chunk (and every whole document, truncated at 256 word pieces) gets torch's vector."""
+    texts = sample_texts[unit]
+    assert len(texts) >= 20 and (unit == "chunks" or max(map(len, texts)) > 2000)  # documents exceed 256 pieces
+    assert (torch_embedder.backend, onnx_embedder.backend) == ("torch", "onnx")
+    expected, got = torch_embedder.embed_batch(texts), onnx_embedder.embed_batch(texts)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    cosines = np.sum(expected * got, axis=1)
+    worst = int(np.argmin(cosines))
+    assert cosines[worst] >= 0.9999, texts[worst][:200]
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_default_backend_is_onnx(embedder: Embedder) -> None:
+    """auto picks ONNX Runtime whenever the model exports (bench/ingest_bench.py measures it faster)."""
+    assert EmbeddingSettings().backend == "auto"
+    assert embedder.backend == "onnx"
+
+
+def test_the_export_is_reproducible(onnx_embedder: Embedder, tmp_path: Path) -> None:
+    """Exporting the same weights again writes the same bytes, and the cache folder says which."""
+    assert isinstance(onnx_embedder, OnnxEmbedder)
+    cached = json.loads((onnx_embedder.folder / "meta.json").read_text())
+    folder = Path(resolve_model_path("all-MiniLM-L6-v2"))
+    again = export_onnx(folder, tmp_path)
+    assert again["onnx_sha256"] == cached["onnx_sha256"]
+    assert hashlib.sha256((tmp_path / "model.onnx").read_bytes()).hexdigest() == cached["onnx_sha256"]
+    assert again["fused"] and again["probe_min_cosine"] >= 0.9999
+    assert cached["weights_sha256"] == again["weights_sha256"] == weights_hash(folder)
+
+
+def test_the_export_cache_is_keyed_by_the_weights(tmp_path: Path) -> None:
+    """A changed weights file is another export; a changed README is not."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "README.md").write_text("about")
+    before = onnx_export_dir(str(folder), tmp_path / "cache")
+    (folder / "README.md").write_text("about, edited")
+    assert onnx_export_dir(str(folder), tmp_path / "cache") == before
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    assert onnx_export_dir(str(folder), tmp_path / "cache") != before
+
+
+def _write_static_model(folder: Path) -> None:
+    """A real sentence-transformers folder with no transformer: a static (word-vector) model."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(resolve_model_path("all-MiniLM-L6-v2")) / "tokenizer.json"))
+    weights = np.zeros((tokenizer.get_vocab_size(), 8), dtype=np.float32)
+    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights)]).save(str(folder))
+
+
+@pytest.mark.parametrize(
+    ("write", "reason"),
+    [
+        (lambda folder: None, "it does not load as a sentence-transformers model"),
+        (lambda folder: (folder / "config.json").write_text("{not json"), "it does not load as a sentence-"),
+        (_write_static_model, "its tokenizer has no fast (tokenizer.json) form"),
+    ],
+    ids=["empty folder", "broken files", "static model"],
+)
+def test_a_folder_that_cannot_be_exported_is_refused_by_name(
+    tmp_path: Path, write: Callable[[Path], Any], reason: str
+) -> None:
+    folder = tmp_path / "not-exportable"
+    folder.mkdir()
+    write(folder)
+    cache = tmp_path / "cache"
+    with pytest.raises(EmbeddingError) as caught:
+        build_embedder(EmbeddingSettings(model=str(folder), backend="onnx"), cache)
+    assert f"cannot export embedding model folder {folder} to ONNX: {reason}" in str(caught.value)
+    assert not any(cache.iterdir()), "a failed export leaves nothing behind"
+
+
+# --- the query cache -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cached_embedder(models_dir: Path) -> Embedder:
+    """The real model with a query cache of two questions, emptied for each test."""
+    embedder = get_embedder(EmbeddingSettings(query_cache_size=2), cache_root=models_dir)
+    embedder.clear_query_cache()
+    return embedder
+
+
+def test_a_repeated_question_comes_from_the_cache(cached_embedder: Embedder) -> None:
+    embedded, hits = cached_embedder.texts_embedded, cached_embedder.query_cache_hits
+    first = cached_embedder.embed_query("How many PTO days do new employees get?")
+    again = cached_embedder.embed_query("How many PTO days do new employees get?")
+    assert cached_embedder.texts_embedded == embedded + 1
+    assert cached_embedder.query_cache_hits == hits + 1
+    assert np.array_equal(first, again)
+    assert np.array_equal(again, cached_embedder.embed_batch(["How many PTO days do new employees get?"])[0])
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda v: v.__setitem__(0, 42.0),
+        lambda v: v.__imul__(2.0),
+        lambda v: v.setflags(write=True),
+        lambda v: v.base.setflags(write=True) if v.base is not None else v.setflags(write=True),
+    ],
+    ids=["item", "in place", "writeable flag", "base's writeable flag"],
+)
+def test_callers_cannot_corrupt_a_cached_vector(cached_embedder: Embedder, corrupt: Callable[[Any], Any]) -> None:
+    cold = cached_embedder.embed_query("Which days are office days?")
+    pristine = np.array(cold)
+    for vector in (cold, cached_embedder.embed_query("Which days are office days?")):
+        with pytest.raises(ValueError):
+            corrupt(vector)
+    assert np.array_equal(cached_embedder.embed_query("Which days are office days?"), pristine)
+
+
+def test_the_query_cache_forgets_the_least_recently_used(cached_embedder: Embedder) -> None:
+    for question in ("a", "b", "a", "c"):  # "a" was used after "b": "b" is the one dropped
+        cached_embedder.embed_query(question)
+    embedded = cached_embedder.texts_embedded
+    cached_embedder.embed_query("a")
+    cached_embedder.embed_query("c")
+    assert cached_embedder.texts_embedded == embedded
+    cached_embedder.embed_query("b")
+    assert cached_embedder.texts_embedded == embedded + 1
+
+
+def test_the_query_cache_under_concurrency(cached_embedder: Embedder) -> None:
+    """Sixteen threads asking two questions get one vector per question, equal to a single thread's."""
+    results: list[tuple[str, np.ndarray]] = []
+    questions = ["question one", "question two"] * 8
+
+    def ask(question: str) -> None:
+        results.append((question, cached_embedder.embed_query(question)))
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    asked = ["question one", "question two"]
+    expected = dict(zip(asked, cached_embedder.embed_batch(asked), strict=True))
+    assert len(results) == 16
+    assert all(np.allclose(vector, expected[q], atol=1e-6) for q, vector in results)
+
+
+def test_no_query_cache_when_its_size_is_zero(models_dir: Path) -> None:
+    embedder = get_embedder(EmbeddingSettings(query_cache_size=0), cache_root=models_dir)
+    embedded = embedder.texts_embedded
+    first, second = embedder.embed_query("same question"), embedder.embed_query("same question")
+    assert embedder.texts_embedded == embedded + 2 and embedder.query_cache_hits == 0
+    first[0] = 1.0  # its own fresh array, as without a cache
+    assert not np.array_equal(first, second)
