@@ -181,7 +181,6 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """Keys with their scopes, limits and state (never the secret)."""
-    from rich.table import Table
 
     from app.keys import list_keys
     from core.money import format_budget
@@ -189,7 +188,9 @@ def keys_list() -> None:
 
     with open_runtime() as rt:
         keys = list_keys(rt.conn)
-    table = Table("id", "name", "prefix", "scopes", "collections", "configs", "limits", "created", "revoked")
+    table = ingest_cli.fitted(
+        "id", "name", "prefix", "scopes", "collections", "configs", "limits", "created", "revoked"
+    )
     for k in keys:
         limits = [
             format_budget(k.budget_usd_day, k.budget_usd_month),

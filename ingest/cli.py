@@ -22,6 +22,15 @@ from ingest.pipeline import IngestPipeline, IngestProgress, IngestReport
 console = Console(stderr=True)
 out = Console()
 
+
+def fitted(*headers: str) -> Table:
+    """A table whose cells wrap at the terminal's width instead of being cut (ids and names stay whole)."""
+    table = Table(*headers)
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
+
+
 index_app = typer.Typer(help="List, activate and drop index versions.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 collections_app = typer.Typer(help="Collections and their documents.", no_args_is_help=True)
@@ -103,7 +112,7 @@ def collections_list() -> None:
     """Collections with their document counts and the index version answering each."""
     with open_runtime() as rt:
         found = documents.list_collections(rt.conn)
-    table = Table("collection", "documents", "index version", "updated")
+    table = fitted("collection", "documents", "index version", "updated")
     for c in found:
         table.add_row(c.name, str(c.documents), str(c.index_version_id or ""), c.updated_at.strftime("%Y-%m-%d %H:%M"))
     out.print(table)
@@ -124,7 +133,7 @@ def collections_documents(
         page = documents.list_documents(
             rt.conn, collection, version.id if version else None, after_id=after, limit=limit
         )
-    table = Table("id", "source", "title", "chunks", "updated")
+    table = fitted("id", "source", "title", "chunks", "updated")
     for d in page:
         table.add_row(str(d.id), d.source, d.title, "" if d.chunks is None else str(d.chunks),
                       d.updated_at.strftime("%Y-%m-%d %H:%M"))  # fmt: skip
@@ -139,9 +148,7 @@ def index_list() -> None:
     with open_runtime() as rt:
         rows = versions.list_index_versions(rt.conn)
         pinned = versions.collection_versions(rt.conn)
-    table = Table(
-        "id", "name", "status", "active", "model", "dim", "chunk size/overlap", "docs", "chunks", "created"
-    )  # fmt: skip
+    table = fitted("id", "name", "status", "active", "model", "dim", "chunk size/overlap", "docs", "chunks", "created")
     for version, n_docs, chunks in rows:
         own = sorted(c for c, v in pinned.items() if v == version.id)
         s = version.settings
@@ -244,7 +251,7 @@ def jobs_list(
 
     with open_runtime() as rt:
         rows = list_jobs(rt.conn, limit=limit)
-    table = Table("id", "kind", "mode", "status", "docs", "docs/s", "errors", "index", "created", "note")
+    table = fitted("id", "kind", "mode", "status", "docs", "docs/s", "errors", "index", "created", "note")
     for job in rows:
         table.add_row(
             str(job.id), job.kind, str(job.params.get("mode", "")), job.status,

@@ -169,6 +169,7 @@ def test_keys_create_list_revoke_and_usage(database: Database, monkeypatch: pyte
     assert created.exit_code == 0, created.output
     secret = created.output.strip().splitlines()[-1]
     assert secret.startswith("rgo_")
+    assert "…" not in runner.invoke(cli.app, ["keys", "list"], env={"COLUMNS": "80"}).output  # wraps, never cuts
     listed = runner.invoke(cli.app, ["keys", "list"], env={"COLUMNS": "160"})
     assert "ci-bot" in listed.output and secret.split("_", 2)[2] not in listed.output
     assert "faq,hr" in listed.output and "(default)" in listed.output and "5 rpm" in listed.output
