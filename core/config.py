@@ -265,8 +265,8 @@ class PiiSettings(StrictModel):
     learn_allow_list: bool = Field(
         default=True,
         description=(
-            "After each ingest, allow the collection's own one-word names that the NER model calls PERSON "
-            "only now and then (most of their occurrences untagged, in several documents)."
+            "After each ingest, allow the collection's own names (one to three capitalized words) that the NER "
+            "model calls PERSON only now and then (most of their occurrences untagged, in several documents)."
         ),
     )
     never_allow: list[str] = Field(default_factory=list, description="Words never learned into the allow-list.")

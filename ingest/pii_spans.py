@@ -69,7 +69,9 @@ def analyze_missing(conn: psycopg.Connection, engine: PiiEngine, policy: PiiSett
 LEARN_MAX_PERSON_SHARE = 0.5
 LEARN_MIN_OCCURRENCES = 4
 LEARN_MIN_DOCUMENTS = 2
-_WORD = re.compile(r"[A-Z][A-Za-z]+")  # one capitalized word: where the small model errs on product names
+# One to three capitalized words on one line ("Roomly", "Customer Support"): where the small model errs
+# on product, team and feature names.
+_WORD = re.compile(r"[A-Z][A-Za-z]+(?: [A-Z][A-Za-z]+){0,2}")
 
 
 @dataclass(frozen=True)
