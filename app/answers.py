@@ -7,7 +7,7 @@ them needs to import the pipeline to read an answer.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +19,19 @@ from core.prompts import Prompt
 from ingest.versions import IndexVersion
 
 Role = Literal["system", "user", "assistant"]
+
+
+def json_nodes(value: Any) -> Iterator[Any]:
+    """Every value, key and item inside a parsed JSON value (a loop, not recursion: bodies may nest deeply)."""
+    items = [value]
+    while items:
+        item = items.pop()
+        yield item
+        if isinstance(item, dict):
+            items.extend(item.keys())
+            items.extend(item.values())
+        elif isinstance(item, list):
+            items.extend(item)
 
 
 @dataclass(frozen=True)

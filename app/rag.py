@@ -25,6 +25,7 @@ from app.answers import (
     Question,
     Timings,
     Turn,
+    json_nodes,
 )
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, Usage
 from app.generators.extractive import ExtractiveGenerator
@@ -72,17 +73,7 @@ def _attribute(value: str) -> str:
 
 def has_nul(value: Any) -> bool:
     """Whether a JSON value holds a NUL character anywhere (PostgreSQL's text and jsonb cannot store one)."""
-    items = [value]
-    while items:
-        item = items.pop()
-        if isinstance(item, str) and "\x00" in item:
-            return True
-        if isinstance(item, dict):
-            items.extend(item.keys())
-            items.extend(item.values())
-        elif isinstance(item, list):
-            items.extend(item)
-    return False
+    return any(isinstance(item, str) and "\x00" in item for item in json_nodes(value))
 
 
 def check_history(history: tuple[Turn, ...], config: LoadedConfig) -> None:

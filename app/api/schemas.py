@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from app.answers import Answer, Citation
+from app.answers import Answer, Citation, json_nodes
 from core.config import MAX_TOP_K
 from core.errors import BadRequest
 
@@ -17,9 +17,7 @@ NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused with a 422 na
 
 def plain_json(value: Any) -> Any:
     """Refuse what JSON parsing lets through but PostgreSQL's jsonb and UTF-8 cannot hold (422, not 500)."""
-    items = [value]
-    while items:  # a loop, not recursion: bodies may nest deeply
-        item = items.pop()
+    for item in json_nodes(value):
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError("must not contain NaN or Infinity")
         if isinstance(item, str):
@@ -27,11 +25,6 @@ def plain_json(value: Any) -> Any:
                 item.encode()
             except UnicodeEncodeError:
                 raise ValueError("must not contain lone surrogates (\\ud800-\\udfff)") from None
-        elif isinstance(item, dict):
-            items.extend(item.keys())
-            items.extend(item.values())
-        elif isinstance(item, list):
-            items.extend(item)
     return value
 
 

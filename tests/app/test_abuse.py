@@ -25,7 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.main import create_app
 from core.db import Database
 from tests.app.conftest import make_settings
-from tests.utils.accounts import QUESTION, SlowGenerator, new_key
+from tests.utils.accounts import QUESTION, new_key, slowed
 from tests.utils.metrics import REJECTED, metric_series
 from tests.utils.server import free_port, serve_in_thread, wait_for
 
@@ -50,15 +50,8 @@ def url(abuse_app: FastAPI) -> Iterator[str]:
 @pytest.fixture
 def slow(abuse_app: FastAPI) -> Iterator[None]:
     """The real generator slowed between deltas, so requests stay in flight while the test acts."""
-    pipeline = abuse_app.state.pipeline
-    config = pipeline.catalog.config(None)
-    slot = f"extractive:{config.name}"
-    real = pipeline.generator(config)
-    pipeline._generators[slot] = SlowGenerator(real)
-    try:
+    with slowed(abuse_app):
         yield
-    finally:
-        pipeline._generators[slot] = real
 
 
 def ledger_count(database: Database, request_ids: list[str]) -> int:

@@ -22,7 +22,7 @@ import pytest
 
 from core.db import Database
 from tests.conftest import REPO
-from tests.utils.accounts import QUESTION, SlowGenerator, new_key
+from tests.utils.accounts import QUESTION, new_key, slowed
 from tests.utils.ledger import ledger_row
 from tests.utils.server import serve_in_thread, wait_for
 
@@ -49,15 +49,8 @@ def url(priced_app: Any, priced: Any) -> Iterator[str]:
 @pytest.fixture
 def slow(priced_app: Any) -> Iterator[None]:
     """The real generator slowed between deltas, so that a client can hang up mid-stream."""
-    pipeline = priced_app.state.pipeline
-    config = pipeline.catalog.config(None)
-    slot = f"extractive:{config.name}"
-    real = pipeline.generator(config)
-    pipeline._generators[slot] = SlowGenerator(real)
-    try:
+    with slowed(priced_app):
         yield
-    finally:
-        pipeline._generators[slot] = real
 
 
 def key_prefix(key: str) -> str:

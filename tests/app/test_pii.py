@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -30,7 +29,7 @@ from core.settings import Settings
 from evals.dataset import load_dataset
 from evals.runner import run_eval
 from tests.conftest import REPO
-from tests.utils.ledger import ledger_row
+from tests.utils.ledger import ledger_row, table_dump
 
 POLICY = load_config("default", REPO / "configs").config.pii
 # Made-up values in valid formats.
@@ -280,20 +279,6 @@ SEEDED = {
 }
 
 
-def _table_dump(database: Database) -> str:
-    """Every row of every table, as text."""
-    dump = []
-    with database.connect() as conn:
-        tables = conn.execute(
-            "SELECT table_name FROM information_schema.tables"
-            " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
-        ).fetchall()
-        for (table,) in tables:
-            rows = conn.execute(psycopg.sql.SQL("SELECT t::text FROM {} t").format(psycopg.sql.Identifier(table)))
-            dump.extend(row[0] for row in rows)
-    return "\n".join(dump)
-
-
 def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
     client: TestClient,
     echo: Any,
@@ -352,11 +337,11 @@ def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
         "CLI output": result.output,  # the CLI prints the answer and its citations
         "logs": "\n".join(r.getMessage() for r in caplog.records),
         "stdout/stderr": captured.out + captured.err,
-        "ledger and every other table (served)": _table_dump(served_database),
-        "every table (eval)": _table_dump(database),
+        "ledger and every other table (served)": table_dump(served_database),
+        "every table (eval)": table_dump(database),
         "eval report": report_file.read_text(),
     }
     for where, text in haystacks.items():
         for key, value in s.items():
             assert value not in text, f"{key} leaked into {where}"
-    assert _table_dump(served_database)  # the scan looked at something
+    assert table_dump(served_database)  # the scan looked at something

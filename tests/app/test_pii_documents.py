@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -39,6 +38,7 @@ from tests.app.conftest import SAMPLES, authed, make_settings
 from tests.app.test_pii import chunkings
 from tests.conftest import REPO, clone_template
 from tests.utils.accounts import new_key
+from tests.utils.ledger import table_dump
 from tests.utils.vllm_server import VllmServer
 
 POLICY = load_config("default", REPO / "configs").config.pii
@@ -84,20 +84,6 @@ def leaky(leaky_database: Database, tmp_path_factory: pytest.TempPathFactory) ->
         yield client
 
 
-def _tables_outside_the_index(database: Database) -> str:
-    """Every row of every table but the index itself (documents and chunks hold the source text)."""
-    dump = []
-    with database.connect() as conn:
-        tables = conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-            " AND table_type = 'BASE TABLE' AND table_name <> 'documents' AND table_name NOT LIKE 'chunks_v%'"
-        ).fetchall()
-        for (table,) in tables:
-            rows = conn.execute(psycopg.sql.SQL("SELECT t::text FROM {} t").format(psycopg.sql.Identifier(table)))
-            dump.extend(row[0] for row in rows)
-    return "\n".join(dump)
-
-
 def _raw_values(text: str) -> list[str]:
     return [key for key, value in DOCUMENT_VALUES.items() if value in text]
 
@@ -141,7 +127,7 @@ def test_leak_scan_a_documents_personal_data_leaves_by_no_route(
         "CLI output": result.output,
         "logs": "\n".join(r.getMessage() for r in caplog.records),
         "stdout/stderr": captured.out + captured.err,
-        "ledger and every other table": _tables_outside_the_index(leaky_database),
+        "ledger and every other table": table_dump(leaky_database, skip_index=True),
         "error responses": refused.text + echoed.text,
         "metrics": leaky.get("/metrics").text,
     }

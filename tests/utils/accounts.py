@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from app.generators.base import Delta, Finished, GenerationRequest, Generator
@@ -56,3 +57,17 @@ class SlowGenerator(Generator):
 
     def model_for(self, request: GenerationRequest) -> str:
         return self.inner.model_for(request)
+
+
+@contextmanager
+def slowed(app: Any) -> Iterator[None]:
+    """The default configuration answers through :class:`SlowGenerator` inside, so requests stay in flight."""
+    pipeline = app.state.pipeline
+    config = pipeline.catalog.config(None)
+    slot = f"extractive:{config.name}"
+    real = pipeline.generator(config)
+    pipeline._generators[slot] = SlowGenerator(real)
+    try:
+        yield
+    finally:
+        pipeline._generators[slot] = real

@@ -18,3 +18,18 @@ def ledger_row(database: Database, request_id: str, wait_s: float = 0.0) -> dict
         if row is not None or time.monotonic() >= deadline:
             return row
         time.sleep(0.1)
+
+
+def table_dump(database: Database, *, skip_index: bool = False) -> str:
+    """Every row of every table, as text, for leak scans; ``skip_index``: not documents and chunks (the source text)."""
+    where = " AND table_name <> 'documents' AND table_name NOT LIKE 'chunks_v%'" if skip_index else ""
+    dump = []
+    with database.connect() as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            f" WHERE table_schema = 'public' AND table_type = 'BASE TABLE'{where}"
+        ).fetchall()
+        for (table,) in tables:
+            rows = conn.execute(psycopg.sql.SQL("SELECT t::text FROM {} t").format(psycopg.sql.Identifier(table)))
+            dump.extend(row[0] for row in rows)
+    return "\n".join(dump)
