@@ -17,7 +17,8 @@ from psycopg_pool import ConnectionPool
 from pydantic import ConfigDict
 
 from app import search_sql
-from app.search_sql import ChunkHit
+from app.fusion import DEFAULT_FUSION, Fusion, fuse
+from app.search_sql import DEFAULT_BM25, Bm25, ChunkHit
 from core.access import DEFAULT_COLLECTION, Grant
 from core.config import RetrievalSettings
 from core.embedding import Embedder
@@ -64,28 +65,63 @@ def search(
     """Run the configured mode; ``vector`` may be None only in keyword mode."""
     common: dict[str, Any] = {"collection": query.collection, "metadata": query.filters or None}
     if settings.mode == "keyword":
-        hits = search_sql.search_keyword(conn, version, query.text, query.top_k, **common)
+        hits = search_sql.search_keyword(conn, version, query.text, query.top_k, bm25=bm25_of(settings), **common)
     elif settings.mode == "vector":
         assert vector is not None
         hits = search_sql.search_vector(conn, version, vector, query.top_k, ef_search=settings.ef_search, **common)
     else:
         assert vector is not None
-        hits = search_sql.search_hybrid(
+        hits = search_hybrid(
             conn,
             version,
             vector,
             query.text,
             query.top_k,
             candidates=max(settings.candidates, query.top_k),
-            rrf_k=settings.rrf_k,
-            vector_weight=settings.vector_weight,
-            keyword_weight=settings.keyword_weight,
+            fusion=fusion_of(settings),
+            bm25=bm25_of(settings),
             ef_search=settings.ef_search,
             **common,
         )
     if settings.min_score is None:
         return hits
     return [hit for hit in hits if hit.score >= settings.min_score]
+
+
+def bm25_of(settings: RetrievalSettings) -> Bm25:
+    """The BM25 parameters a configuration sets."""
+    return Bm25(k1=settings.bm25_k1, b=settings.bm25_b, title_weight=settings.bm25_title_weight)
+
+
+def fusion_of(settings: RetrievalSettings) -> Fusion:
+    """The hybrid fusion a configuration sets."""
+    return Fusion(
+        method=settings.fusion,
+        vector_weight=settings.vector_weight,
+        keyword_weight=settings.keyword_weight,
+        rrf_k=settings.rrf_k,
+    )
+
+
+def search_hybrid(
+    conn: psycopg.Connection,
+    version: IndexVersion,
+    vector: np.ndarray,
+    text: str,
+    top_k: int,
+    *,
+    collection: str,
+    metadata: dict[str, Any] | None = None,
+    candidates: int = 40,
+    fusion: Fusion = DEFAULT_FUSION,
+    bm25: Bm25 = DEFAULT_BM25,
+    ef_search: int = 40,
+) -> list[ChunkHit]:
+    """``candidates`` chunks from each of vector and BM25 search, fused (:mod:`app.fusion`) into ``top_k``."""
+    common: dict[str, Any] = {"collection": collection, "metadata": metadata}
+    vector_hits = search_sql.search_vector(conn, version, vector, candidates, ef_search=ef_search, **common)
+    keyword_hits = search_sql.search_keyword(conn, version, text, candidates, bm25=bm25, **common)
+    return fuse(vector_hits, keyword_hits, top_k, fusion)
 
 
 class RagopsRetriever(BaseRetriever):

@@ -5,6 +5,7 @@ Every value is a bind parameter; identifiers only through :mod:`psycopg.sql`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,10 +35,8 @@ class ChunkHit:
 
 def _filters(collection: str, metadata: dict[str, Any] | None) -> tuple[sql.Composable, dict[str, Any]]:
     """The WHERE clause every search uses: one collection always (tenancy holds here, not only in routes)."""
-    if not isinstance(collection, str):
-        raise TypeError("a search must name its collection")
     clauses: list[sql.Composable] = [sql.SQL("c.collection = %(collection)s")]
-    params: dict[str, Any] = {"collection": collection}
+    params: dict[str, Any] = {"collection": _collection(collection)}
     if metadata:
         clauses.append(sql.SQL("c.metadata @> %(metadata)s"))
         params["metadata"] = Jsonb(metadata)
@@ -96,56 +95,83 @@ def _set_search_options(conn: psycopg.Connection, *, ef_search: int, exact: bool
         conn.execute("SET LOCAL enable_indexscan = off")
 
 
-def search_hybrid(
-    conn: psycopg.Connection,
-    version: IndexVersion,
-    vector: np.ndarray,
-    text: str,
-    top_k: int,
-    *,
-    candidates: int = 40,
-    rrf_k: int = 60,
-    vector_weight: float = 1.0,
-    keyword_weight: float = 1.0,
-    collection: str,
-    metadata: dict[str, Any] | None = None,
-    ef_search: int = 40,
-) -> list[ChunkHit]:
-    """Vector and full-text candidates fused by weighted reciprocal rank, in one statement."""
-    where, params = _filters(collection, metadata)
-    params |= {
-        "vector": vector,
-        "q": text,
-        "k": top_k,
-        "candidates": candidates,
-        "rrf_k": rrf_k,
-        "wv": vector_weight,
-        "wk": keyword_weight,
-        "tsconfig": version.settings.get("text_search_config", "english"),
-    }
-    query = sql.SQL(
-        """WITH q AS (SELECT {tsquery} AS query),
-        vec AS (
-            SELECT c.id, row_number() OVER (ORDER BY c.embedding <=> %(vector)s) AS rank
-            FROM {table} c WHERE {where}
-            ORDER BY c.embedding <=> %(vector)s LIMIT %(candidates)s),
-        kw AS (
-            SELECT c.id, row_number() OVER (ORDER BY ts_rank(c.tsv, q.query) DESC, c.id) AS rank
-            FROM {table} c, q WHERE {has_terms} AND c.tsv @@ q.query AND {where}
-            ORDER BY ts_rank(c.tsv, q.query) DESC, c.id LIMIT %(candidates)s),
-        fused AS (
-            SELECT coalesce(vec.id, kw.id) AS id,
-                   coalesce(%(wv)s / (%(rrf_k)s + vec.rank), 0.0)
-                   + coalesce(%(wk)s / (%(rrf_k)s + kw.rank), 0.0) AS score
-            FROM vec FULL OUTER JOIN kw ON vec.id = kw.id)
-        SELECT {cols}, fused.score FROM fused
-        JOIN {table} c ON c.id = fused.id JOIN documents d ON d.id = c.document_id
-        ORDER BY fused.score DESC, c.id LIMIT %(k)s"""
-    ).format(tsquery=any_terms_tsquery(), table=version.table, where=where, cols=_HIT_COLUMNS, has_terms=_HAS_TERMS)
-    with conn.transaction():
-        _set_search_options(conn, ef_search=max(ef_search, candidates))
-        rows = conn.execute(query, params).fetchall()
-    return _hits(rows)
+@dataclass(frozen=True)
+class Bm25:
+    """BM25 parameters: term-frequency saturation ``k1``, length normalization ``b``, and how much
+    more a term counts in the title or headings than in the body (1.0: the same).
+
+    A chunk scores ``sum(idf(t) * tf / (tf + k1 * (1 - b + b * length / average length)))`` over the
+    question's terms: Lucene's form, whose dropped ``(k1 + 1)`` factor changes no ranking.
+    """
+
+    k1: float = 0.9
+    b: float = 0.4
+    title_weight: float = 1.0
+    # Chunks scored in the first round (sum of the rarest terms' document frequencies).
+    first_round_chunks: int = 2000
+
+
+DEFAULT_BM25 = Bm25()
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    """One distinct lexeme of a question, with its collection-wide statistics."""
+
+    lexeme: str
+    df: int
+    idf: float
+
+
+@dataclass(frozen=True)
+class TermStatistics:
+    """What BM25 needs to know about one collection in one index version for one question."""
+
+    chunks: int
+    avg_length: float
+    terms: list[QueryTerm]  # rarest first; lexemes no chunk contains are left out
+
+
+def bm25_idf(chunks: int, df: int) -> float:
+    """Lucene's BM25 idf (never negative, unlike Robertson's original for terms in over half the chunks)."""
+    return math.log(1.0 + (chunks - df + 0.5) / (df + 0.5))
+
+
+def term_statistics(conn: psycopg.Connection, version: IndexVersion, text: str, *, collection: str) -> TermStatistics:
+    """The question's lexemes (the index's own stemming) with their document frequencies in ``collection``.
+
+    The question is read as a web search (``websearch_to_tsquery``): quoted phrases give their words,
+    negated terms (``-word``) are dropped, and what remains is a bag of distinct lexemes.
+    Read from ``bm25_terms``/``bm25_collections``, which triggers keep exact (sql/0008_bm25.sql).
+    """
+    rows = conn.execute(
+        sql.SQL(
+            """WITH q AS (SELECT DISTINCT replace(m[1], '''''', '''') AS lexeme
+                         FROM regexp_matches({positive}, '''((?:[^'']|'''')*)''', 'g') m)
+               SELECT s.chunks, s.tokens, t.lexeme, t.df FROM bm25_collections s
+               LEFT JOIN bm25_terms t ON t.index_version_id = s.index_version_id AND t.collection = s.collection
+                    AND t.df > 0 AND t.lexeme IN (SELECT lexeme FROM q)
+               WHERE s.index_version_id = %(version)s AND s.collection = %(collection)s AND s.chunks > 0"""
+        ).format(positive=_POSITIVE_TERMS),
+        {
+            "tsconfig": version.settings.get("text_search_config", "english"),
+            "q": text,
+            "version": version.id,
+            "collection": _collection(collection),
+        },
+    ).fetchall()
+    if not rows:
+        return TermStatistics(chunks=0, avg_length=0.0, terms=[])
+    chunks, tokens = int(rows[0][0]), int(rows[0][1])
+    terms = [QueryTerm(lexeme, int(df), bm25_idf(chunks, int(df))) for _, _, lexeme, df in rows if lexeme is not None]
+    terms.sort(key=lambda t: (t.df, t.lexeme))
+    return TermStatistics(chunks=chunks, avg_length=max(tokens / chunks, 1.0), terms=terms)
+
+
+def tsquery_any(lexemes: Iterable[str]) -> str:
+    """A tsquery matching any of ``lexemes`` taken literally (no parsing or stemming of their text)."""
+    quoted = ["'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes]
+    return " | ".join(quoted)
 
 
 def search_keyword(
@@ -156,35 +182,100 @@ def search_keyword(
     *,
     collection: str,
     metadata: dict[str, Any] | None = None,
+    bm25: Bm25 | None = None,
 ) -> list[ChunkHit]:
-    """Full-text search ranked by ts_rank; any query term may match (questions are not boolean ANDs).
+    """The ``top_k`` chunks by BM25 over the question's lexemes (a bag of words: any term may match).
 
-    ts_rank with its default weights (titles and headings 10x body) beat ts_rank_cd and flatter
-    weights on WikiQA dev (nDCG@10 0.70 vs 0.69 / 0.67); see bench/retrieval_quality.py.
+    Exact top-k with MaxScore pruning: the rarest terms' chunks are scored first (with every query
+    term); a chunk containing only the remaining, common terms cannot score more than the sum of their
+    upper bounds (their idfs), so once the k-th best score reaches that sum the search stops;
+    otherwise the next terms' chunks are scored too. Common words therefore never make every chunk
+    that contains them a candidate unless the question has nothing rarer to go on.
     """
+    bm25 = bm25 or DEFAULT_BM25
+    stats = term_statistics(conn, version, text, collection=collection)
+    terms = stats.terms
+    if not terms:
+        return []
+    upper = [t.idf for t in terms]  # tf / (tf + K) < 1
+    rest = [sum(upper[i:]) for i in range(len(terms) + 1)]  # bound for chunks matching only terms[i:]
+    end, postings = 0, 0
+    while end < len(terms) and (end == 0 or postings + terms[end].df <= bm25.first_round_chunks):
+        postings += terms[end].df
+        end += 1
+    best: list[ChunkHit] = []
+    start = 0
+    while True:
+        best = sorted(
+            best
+            + _bm25_round(conn, version, stats, terms[start:end], terms[:start], top_k, collection, metadata, bm25),
+            key=lambda h: (-h.score, h.chunk_id),
+        )[:top_k]
+        threshold = best[-1].score if len(best) >= top_k else 0.0
+        if end == len(terms) or rest[end] <= threshold:
+            return best
+        start = end
+        while end < len(terms) and rest[end] > threshold:
+            end += 1
+
+
+def _bm25_round(
+    conn: psycopg.Connection,
+    version: IndexVersion,
+    stats: TermStatistics,
+    new_terms: list[QueryTerm],
+    scored_terms: list[QueryTerm],
+    top_k: int,
+    collection: str,
+    metadata: dict[str, Any] | None,
+    bm25: Bm25,
+) -> list[ChunkHit]:
+    """Score, with all query terms, the chunks containing one of ``new_terms`` but none of ``scored_terms``."""
     where, params = _filters(collection, metadata)
-    params |= {"q": text, "k": top_k, "tsconfig": version.settings.get("text_search_config", "english")}
+    params |= {
+        "lexemes": [t.lexeme for t in stats.terms],
+        "idfs": [t.idf for t in stats.terms],
+        "match": tsquery_any(t.lexeme for t in new_terms),
+        "seen": tsquery_any(t.lexeme for t in scored_terms) or None,
+        "title_extra": bm25.title_weight - 1.0,
+        "k1": bm25.k1,
+        "b": bm25.b,
+        "avgdl": stats.avg_length,
+        "k": top_k,
+    }
     query = sql.SQL(
-        "WITH q AS (SELECT {tsquery} AS query) "
-        "SELECT {cols}, ts_rank(c.tsv, q.query) AS score "
-        "FROM {table} c JOIN documents d ON d.id = c.document_id, q "
-        "WHERE {has_terms} AND c.tsv @@ q.query AND {where} ORDER BY score DESC, c.id LIMIT %(k)s"
-    ).format(tsquery=any_terms_tsquery(), cols=_HIT_COLUMNS, table=version.table, where=where, has_terms=_HAS_TERMS)
+        """WITH q AS (SELECT * FROM unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS q(lexeme, idf)),
+        cand AS (
+            SELECT c.id, c.tsv FROM {table} c
+            WHERE c.tsv @@ %(match)s::tsquery AND NOT coalesce(c.tsv @@ %(seen)s::tsquery, false) AND {where}),
+        per AS (
+            SELECT cand.id, sum(cardinality(u.positions))::float8 AS dl,
+                   array_agg(q.idf) FILTER (WHERE q.idf IS NOT NULL) AS idfs,
+                   array_agg(cardinality(u.positions)
+                             + %(title_extra)s * coalesce(cardinality(array_positions(u.weights, 'A')), 0))
+                       FILTER (WHERE q.idf IS NOT NULL) AS tfs
+            FROM cand CROSS JOIN LATERAL unnest(cand.tsv) u LEFT JOIN q ON q.lexeme = u.lexeme
+            GROUP BY cand.id),
+        scored AS (
+            SELECT per.id,
+                   (SELECT coalesce(sum(x.i * x.t
+                                        / nullif(x.t + %(k1)s * (1 - %(b)s + %(b)s * per.dl / %(avgdl)s), 0)), 0)
+                    FROM unnest(per.idfs, per.tfs) AS x(i, t)) AS score
+            FROM per ORDER BY score DESC, per.id LIMIT %(k)s)
+        SELECT {cols}, scored.score FROM scored
+        JOIN {table} c ON c.id = scored.id JOIN documents d ON d.id = c.document_id
+        ORDER BY scored.score DESC, c.id"""
+    ).format(table=version.table, where=where, cols=_HIT_COLUMNS)
     return _hits(conn.execute(query, params).fetchall())
 
 
-def any_terms_tsquery() -> sql.Composable:
-    """``websearch_to_tsquery`` with its implicit AND turned into OR (quoted phrases stay phrases).
-
-    Negated terms are dropped first (``querytree``; 'T' when nothing positive is left): OR-ed with
-    anything, ``!zzzz`` matches, and ranks, every row. With no positive term the query is empty.
-    """
-    return sql.SQL(
-        "coalesce(nullif(replace(nullif(querytree(websearch_to_tsquery(%(tsconfig)s::regconfig, %(q)s)), 'T'),"
-        " ' & ', ' | '), '')::tsquery, ''::tsquery)"
-    )
+def _collection(collection: str) -> str:
+    """``collection`` itself; anything but a name is a bug in the caller (tenancy holds here, not only in routes)."""
+    if not isinstance(collection, str):
+        raise TypeError("a search must name its collection")
+    return collection
 
 
-# With an empty query (no positive term) this is false once for the statement: the keyword
-# branch reads no rows instead of testing every one.
-_HAS_TERMS = sql.SQL("numnode(q.query) > 0")
+# The positive part of a web-search query: ``querytree`` drops negated terms (and gives 'T' when
+# nothing positive is left); each lexeme in its text is a quoted literal with quotes doubled.
+_POSITIVE_TERMS = sql.SQL("querytree(websearch_to_tsquery(%(tsconfig)s::regconfig, %(q)s))")

@@ -123,11 +123,20 @@ class RetrievalSettings(StrictModel):
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="Chunks handed to the generator.")
     candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
     # Defaults tuned on WikiQA dev (bench/retrieval_quality.py); see configs/default.yaml.
-    rrf_k: int = Field(default=10, ge=1, le=10_000, description="Reciprocal rank fusion constant.")
+    rrf_k: int = Field(default=10, ge=1, le=10_000, description="Reciprocal rank fusion constant (rrf only).")
     vector_weight: float = Field(default=1.0, ge=0.0, le=10.0)
     keyword_weight: float = Field(default=0.1, ge=0.0, le=10.0)
+    fusion: Literal["rrf", "convex"] = Field(
+        default="rrf",
+        description="Hybrid fusion: weighted reciprocal rank (rrf) or weighted min-max normalized scores (convex).",
+    )
+    bm25_k1: float = Field(default=0.9, ge=0.0, le=5.0, description="BM25 term-frequency saturation.")
+    bm25_b: float = Field(default=0.4, ge=0.0, le=1.0, description="BM25 length normalization (0: none, 1: full).")
+    bm25_title_weight: float = Field(
+        default=1.0, ge=0.0, le=10.0, description="How much a term in the title or headings counts vs the body."
+    )
     min_score: float | None = Field(
-        default=None, description="Drop hits below this score (cosine, ts_rank or fused, per mode); unset = none."
+        default=None, description="Drop hits below this score (cosine, BM25 or fused, per mode); unset = none."
     )
     # pgvector's default of 40 gave recall@10 0.947 at 100k chunks, 100 gives 0.99, for a little more
     # latency per query (bench/retrieval_latency.py measures both on the machine at hand).

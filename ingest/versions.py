@@ -115,6 +115,7 @@ def ensure_index_version(
                 tsconfig=sql.Literal(settings.text_search_config),
                 tsv_index=sql.Identifier(f"chunks_v{version.id}_tsv"),
                 meta_index=sql.Identifier(f"chunks_v{version.id}_metadata"),
+                version_id=sql.Literal(version.id),
             )
         )
     return version

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app import search_sql
 from app.main import create_app
 from app.rag import Question, RagPipeline, Turn
-from app.retrieval import active_version
+from app.retrieval import active_version, search_hybrid
 from core.access import DEFAULT_COLLECTION, EVERYTHING
 from core.catalog import Catalog
 from core.config import load_config
@@ -205,7 +205,7 @@ def test_a_query_of_only_negated_terms_ranks_no_rows(served_database: Database, 
     with served_database.connect() as conn:
         version = active_version(conn)
         assert search_sql.search_keyword(conn, version, text, 5, collection=DEFAULT_COLLECTION) == []
-        hybrid = search_sql.search_hybrid(conn, version, vector, text, 5, collection=DEFAULT_COLLECTION)
+        hybrid = search_hybrid(conn, version, vector, text, 5, collection=DEFAULT_COLLECTION)
         nearest = search_sql.search_vector(conn, version, vector, 5, exact=True, collection=DEFAULT_COLLECTION)
     assert [h.chunk_id for h in hybrid] == [h.chunk_id for h in nearest]  # vector candidates only
 

@@ -23,6 +23,7 @@ from app.answers import Question
 from app.keys import create_key
 from app.main import create_app
 from app.rag import RagPipeline
+from app.retrieval import search_hybrid
 from core.access import Grant
 from core.catalog import Catalog
 from core.config import load_config
@@ -289,8 +290,8 @@ def test_the_pipeline_refuses_ungranted_collections_without_the_route(
             pipeline.prepare(Question(text=SALARY, collection="hr"), Grant.of(["support"], ["*"]))
         prepared = pipeline.prepare(Question(text=SALARY), Grant.of(["support"], ["*"]))
     assert prepared.question.collection == "support"
-    for name in ("search_vector", "search_keyword", "search_hybrid"):
-        parameter = inspect.signature(getattr(search_sql, name)).parameters["collection"]
+    for search in (search_sql.search_vector, search_sql.search_keyword, search_sql.term_statistics, search_hybrid):
+        parameter = inspect.signature(search).parameters["collection"]
         assert parameter.default is inspect.Parameter.empty and parameter.kind is inspect.Parameter.KEYWORD_ONLY
     with private_database.connect() as conn, pytest.raises(TypeError):
         search_sql.search_keyword(conn, versions.active_index_version(conn), SALARY, 5, collection=None)  # type: ignore[arg-type]
