@@ -107,3 +107,60 @@ def baseline(
     target = REPO / "evals" / "baselines" / f"{config}.json"
     run(out_file=target, config=config, dataset=dataset, beir=None, split="test", repeats=1, samples=SAMPLES,
         configs_dir=get_settings().configs_dir, judge_url=None, judge_model=None)  # fmt: skip
+
+
+tune_app = typer.Typer(help="Fit hybrid retrieval to one collection (ragops tune --collection NAME).")
+
+
+@tune_app.callback(invoke_without_command=True)
+def tune_cmd(
+    collection: Annotated[str, typer.Option(help="The collection to fit (its active index version).")],
+    config: Annotated[str, typer.Option(help="Configuration to start from (configs/NAME.yaml).")] = "default",
+    name: Annotated[
+        str | None, typer.Option(help="Name of the configuration written; unset: CONFIG-COLLECTION.")
+    ] = None,
+    queries: Annotated[int, typer.Option(min=20, max=5000, help="Pseudo-queries to generate.")] = 400,
+    eval_set: Annotated[
+        Path | None, typer.Option(help="The team's eval set (JSONL with sources), added to the pseudo-queries.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same queries).")] = 0,
+) -> None:
+    """Fit BM25 and fusion settings to COLLECTION from pseudo-queries; write a configuration for review.
+
+    Prints held-out nDCG@10 before and after. The file written goes through the eval gate like any
+    configuration change; nothing is activated.
+    """
+    from core.config import NAME_PATTERN, RESERVED_NAMES, load_config
+    from core.embedding import get_embedder
+    from evals.tune import eval_set_queries, tune, write_tuned_config
+    from ingest import versions
+
+    settings = get_settings()
+    target = name or f"{config}-{collection}".replace("_", "-").lower()
+    try:
+        if not NAME_PATTERN.match(target) or target in RESERVED_NAMES:
+            raise EvalInputError(f"--name {target!r}: use letters, digits, '.', '_' and '-' (64 at most)")
+        loaded = load_config(config, settings.configs_dir)
+        extra = eval_set_queries(eval_set) if eval_set else []
+        embedder = get_embedder(loaded.config.index.embedding)
+        with open_runtime(settings) as rt, rt.database.connect() as conn:
+            version = versions.active_index_version(conn, collection)
+            if version is None:
+                raise EvalInputError("no active index: ingest documents first (ragops ingest PATH)")
+            result = tune(conn, version, collection, loaded, embedder, extra=extra, limit=queries, seed=seed,
+                          on_progress=lambda message: out.print(f"[dim]{message}[/]"))  # fmt: skip
+        out.print(
+            f"held-out nDCG@10 over {result.held_out_queries} queries: {config} {result.before:.4f}, "
+            f"tuned {result.after:.4f}"
+        )
+        for row in result.ranking:
+            out.print(f"[dim]  fit {row['fit']:.4f}  {json.dumps({k: v for k, v in row.items() if k != 'fit'})}[/]")
+        if not result.chosen:
+            out.print(f"no setting beat {config} on held-out queries by enough to change it; nothing written")
+            return
+        path = write_tuned_config(loaded, settings.configs_dir, target, result, collection)
+    except RagopsError as exc:
+        _fail(exc)
+    out.print(f"changes: {json.dumps(result.chosen)}")
+    out.print(f"wrote {path}: review it, then `ragops eval run --config {target}` and the gate")
+    print(path)
