@@ -9,6 +9,7 @@ import sys
 MODULES = {
     "ingest": "ingest_bench",
     "html": "html_extraction",
+    "chunks": "chunk_lengths",
     "quality": "retrieval_quality",
     "latency": "retrieval_latency",
     "api": "api_latency",

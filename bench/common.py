@@ -75,7 +75,8 @@ def median(values: list[float]) -> float:
 # Every benchmark measures the service's code; each also measures its own script (BENCH_SCRIPTS).
 MEASURED_CODE = ("core", "app", "ingest", "evals", "sql", "configs", "prompts", "pyproject.toml", "bench/common.py")
 BENCH_SCRIPTS = {
-    "ingest": "bench/ingest_bench.py", "html": "bench/html_extraction.py", "quality": "bench/retrieval_quality.py",
+    "ingest": "bench/ingest_bench.py", "html": "bench/html_extraction.py", "chunks": "bench/chunk_lengths.py",
+    "quality": "bench/retrieval_quality.py",
     "latency": "bench/retrieval_latency.py", "api": "bench/api_latency.py", "api_grant": "bench/api_latency.py",
     "streaming": "bench/streaming.py",
     "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",

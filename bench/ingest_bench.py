@@ -58,9 +58,9 @@ def write_corpus(records: list[dict[str, Any]], folder: Path) -> Path:
     return path
 
 
-def chunk_texts(path: Path, config: LoadedConfig) -> list[str]:
+def chunk_texts(path: Path, config: LoadedConfig, embedder: Embedder) -> list[str]:
     """Exactly the texts the pipeline embeds, for the embed-only and LangChain baselines."""
-    chunker = Chunker(config.config.index.chunking)
+    chunker = Chunker(config.config.index.chunking, embedder)
     texts: list[str] = []
     for result in load_file(path, path.name):
         if result.document is not None:
@@ -97,7 +97,7 @@ def langchain_indexed_ingest(
     store = pgvector_store(database.url, embedder, "bench_index")
     record_manager = SQLRecordManager("pgvector/bench_index", db_url=sqlalchemy_url(database.url))
     record_manager.create_schema()
-    chunker = Chunker(config.config.index.chunking)
+    chunker = Chunker(config.config.index.chunking, embedder)
 
     def documents(path: Path) -> list[Document]:
         docs = []
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         corpus = write_corpus(records, Path(tmp))
         (Path(tmp) / "original").mkdir()
         original = write_corpus(records, Path(tmp) / "original")  # the anchor's first two passes read this copy
-        texts = chunk_texts(corpus, config)
+        texts = chunk_texts(corpus, config, embedder)
         result["chunks"] = len(texts)
         result["chunk_size"] = CHUNK_SIZE
 

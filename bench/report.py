@@ -139,6 +139,27 @@ def html_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def chunk_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for chunk lengths in the embedder's own tokens: chunks it would cut, before and after fitting."""
+    e, rows = r["embedder"], []
+    for name, settings in r["settings"].items():
+        cells = [
+            f"{corpus} {c[name]['before']['over_limit']} of {c[name]['before']['chunks']} -> "
+            f"{c[name]['after']['over_limit']} of {c[name]['after']['chunks']}"
+            for corpus, c in r["corpora"].items()
+        ]
+        after = sum(c[name]["after"]["over_limit"] for c in r["corpora"].values())
+        rows.append(
+            (
+                f"chunks longer than {e['model']} reads ({e['max_tokens']} of its tokens, title and headings "
+                f"included), {settings['chunk_size']}/{settings['chunk_overlap']}-token chunks: before -> after",
+                "; ".join(cells),
+                f"target 0 after: {'met' if after == 0 else 'MISSED'}",
+            )
+        )
+    return rows
+
+
 def quality_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Rows for retrieval quality per dataset and mode."""
     rows = []
@@ -399,6 +420,7 @@ def hostile_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 RENDERERS = {
     "ingest": ingest_rows,
     "html": html_rows,
+    "chunks": chunk_rows,
     "quality": quality_rows,
     "latency": latency_rows,
     "api": api_rows,

@@ -22,7 +22,10 @@ from core.git import git_commit
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Bump when chunking or loading code changes the chunks it produces for the same settings,
 # so that a new index version is built instead of silently mixing two chunkers.
-CHUNKER_VERSION = 1
+# 2: chunks are also fitted to the embedding model's own input limit (its tokens, title and
+# headings included), so the model never cuts one short; the limit comes with the model, which
+# is in the identity already.
+CHUNKER_VERSION = 2
 # The most chunks one question may retrieve: a configuration's top_k, and a request's.
 MAX_TOP_K = 50
 

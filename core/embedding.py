@@ -38,15 +38,20 @@ BUNDLED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 class Embedder(ABC):
-    """Turns texts into unit vectors; counts the texts it embedded so callers can prove skips."""
+    """Turns texts into unit vectors; counts the texts it embedded (and cut short) so callers can prove skips."""
 
     model_name: str
     dimension: int
     backend: str = "custom"
+    # The longest input the model reads, in its own tokens (special ones included); longer texts are cut
+    # there. None: no limit known (then nothing is counted as truncated).
+    max_tokens: int | None = None
 
     def __init__(self, query_cache_size: int = 0) -> None:
         self.texts_embedded = 0
+        self.texts_truncated = 0
         self.calls = 0
+        self._counter: Callable[[list[str]], list[int]] | None = None
         self._count_lock = threading.Lock()
         # Model batches running at once, across threads. One batch already spreads over every core;
         # more in parallel (one per request thread) only multiplies activation memory and thread teams.
@@ -63,17 +68,56 @@ class Embedder(ABC):
 
     batch_size: int = 64
 
-    def embed_batch(self, texts: Sequence[str], on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's length in the model's own tokens, special tokens included, as if nothing were cut.
+
+        What :attr:`max_tokens` is compared with; the chunker fits chunks to it. Raises
+        :class:`EmbeddingError` for an embedder that knows no tokenizer (``max_tokens`` None).
+        """
+        if self._counter is None:
+            raise EmbeddingError(f"embedder {self.model_name!r} has no tokenizer to count with")
+        return self._counter(list(texts)) if texts else []
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` the model would cut at :attr:`max_tokens` (0 when no limit is known)."""
+        if self.max_tokens is None or not texts:
+            return 0
+        limit = self.max_tokens
+        return sum(1 for n in self.count_tokens(texts) if n > limit)
+
+    def _set_tokenizer(self, max_tokens: int, counter: Callable[[list[str]], list[int]]) -> None:
+        """Called by an implementation that knows its model's input limit and tokenizer."""
+        self.max_tokens, self._counter = max_tokens, counter
+
+    def embed_batch(
+        self,
+        texts: Sequence[str],
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        on_truncated: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
         """Embed ``texts`` (counted), longest first in model batches, reporting texts done.
 
         Sorting by length keeps padding, and so wasted compute, low: the larger the call,
-        the closer it gets to embedding a whole corpus in one sorted pass.
+        the closer it gets to embedding a whole corpus in one sorted pass. Texts longer than the
+        model reads are embedded from their beginning only: they are counted in
+        :attr:`texts_truncated`, logged, and reported to ``on_truncated`` (once per call, with
+        this call's count), so that an ingest can say how many of its chunks were cut.
         """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        truncated = self.count_truncated(texts)
         with self._count_lock:
             self.calls += 1
             self.texts_embedded += len(texts)
+            self.texts_truncated += truncated
+        if truncated:
+            log.warning(
+                "%d of %d texts are longer than the %d tokens %s reads: embedded from their beginning only",
+                truncated, len(texts), self.max_tokens, self.model_name,
+            )  # fmt: skip
+        if on_truncated is not None:
+            on_truncated(truncated)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         result = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
@@ -158,6 +202,22 @@ class SentenceTransformerEmbedder(Embedder):
         if not dimension:
             raise EmbeddingError(f"embedding model {settings.model!r} does not report its dimension")
         self.dimension = int(dimension)
+        self._count_with_model_tokenizer()
+
+    def _count_with_model_tokenizer(self) -> None:
+        """Count tokens as ``encode`` does: the model's tokenizer, cut at its ``max_seq_length``."""
+        max_length = getattr(self._model, "max_seq_length", None)
+        tokenizer = getattr(self._model, "tokenizer", None)
+        backend_tokenizer = getattr(tokenizer, "backend_tokenizer", None)
+        if not max_length or tokenizer is None:
+            log.warning("embedding model %s reports no input limit: chunks are not fitted to it", self.model_name)
+        elif backend_tokenizer is not None:
+            self._set_tokenizer(int(max_length), _token_counter(backend_tokenizer.to_str()))
+        else:  # a slow (Python) tokenizer; verbose=False: counting long texts is the point, not a mistake
+            slow = tokenizer
+            self._set_tokenizer(
+                int(max_length), lambda texts: [len(ids) for ids in slow(texts, verbose=False)["input_ids"]]
+            )
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self._model.encode(
@@ -277,6 +337,20 @@ def _fast_tokenizer(tokenizer_json: str, max_length: int, pad_id: int, pad_token
     tokenizer.enable_truncation(max_length=max_length, strategy="longest_first", direction="right")
     tokenizer.enable_padding(direction="right", pad_id=pad_id, pad_token=pad_token)
     return tokenizer
+
+
+def _token_counter(tokenizer_json: str) -> Callable[[list[str]], list[int]]:
+    """Counts tokens (special ones included) with a model's fast tokenizer, neither cutting nor padding."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+
+    def count(texts: list[str]) -> list[int]:
+        return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts)]
+
+    return count
 
 
 def _features(tokenizer: Any, texts: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -454,10 +528,11 @@ class OnnxEmbedder(Embedder):
         try:
             meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
             self._names = list(meta["input_names"])
+            tokenizer_json = (self.folder / "tokenizer.json").read_text(encoding="utf-8")
             self._tokenizer = _fast_tokenizer(
-                (self.folder / "tokenizer.json").read_text(encoding="utf-8"),
-                int(meta["max_seq_length"]), int(meta["pad_id"]), str(meta["pad_token"]),
-            )  # fmt: skip
+                tokenizer_json, int(meta["max_seq_length"]), int(meta["pad_id"]), str(meta["pad_token"])
+            )
+            self._set_tokenizer(int(meta["max_seq_length"]), _token_counter(tokenizer_json))
             self._session = _session(self.folder / "model.onnx", self.threads)
         except Exception as exc:
             raise EmbeddingError(

@@ -63,6 +63,7 @@ class IngestReport:
     chunks_written: int = 0
     chunks_reused: int = 0
     texts_embedded: int = 0
+    chunks_truncated: int = 0  # embedded texts the model cut at its input limit (the chunker fits them: 0)
     embed_seconds: float = 0.0
     load_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -86,6 +87,7 @@ class IngestReport:
             "chunks_written": self.chunks_written,
             "chunks_reused": self.chunks_reused,
             "texts_embedded": self.texts_embedded,
+            "chunks_truncated": self.chunks_truncated,
             "pii_scrubbed": self.pii_scrubbed,
             "pii_analyzed": self.pii_analyzed,
             "pii_learned": self.pii_learned,
@@ -125,7 +127,7 @@ class IngestPipeline:
         self.collection = collection
         self.batch_documents = batch_documents
         self.batch_chunks = batch_chunks
-        self.chunker = Chunker(config.config.index.chunking)
+        self.chunker = Chunker(config.config.index.chunking, embedder)
         self.on_progress: ProgressCallback | None = None
 
     def index_version(self) -> IndexVersion:
@@ -369,7 +371,10 @@ class IngestPipeline:
             if self.on_progress is not None:
                 self.on_progress(progress)
 
-        fresh = self.embedder.embed_batch(list(to_embed.values()), on_progress=embedded)
+        def truncated(count: int) -> None:
+            report.chunks_truncated += count
+
+        fresh = self.embedder.embed_batch(list(to_embed.values()), on_progress=embedded, on_truncated=truncated)
         report.embed_seconds += time.perf_counter() - t0
         vectors = dict(reusable)
         vectors.update(zip(to_embed.keys(), fresh, strict=True))

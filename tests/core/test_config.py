@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import IndexSettings, list_config_names, load_config
+from core import config as config_module
+from core.config import CHUNKER_VERSION, IndexSettings, list_config_names, load_config
 from core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,8 +69,10 @@ def test_unsafe_names_are_refused_before_any_file_is_read(tmp_path: Path, name: 
         load_config(name, configs)
 
 
-# The default index version's hash before the embedding backend existed: existing indexes keep it.
-DEFAULT_VERSION_HASH = "fc711bfb489b5cddc6aea61c2742e17f99b4a0ba718484325631acbbd410839c"
+# The default index version's hash. It changes only when the chunks or vectors would: chunker version 2
+# (chunks fitted to the embedder's input limit) moved it from fc711bfb...; the embedding backend,
+# batch size and query cache never did, so an index built with one backend serves the other.
+DEFAULT_VERSION_HASH = "4de39ee6f3da40453add81df388f1bf99e84b51da1e97bbbd88084973f8b3e19"
 
 
 @pytest.mark.parametrize(
@@ -88,3 +91,10 @@ DEFAULT_VERSION_HASH = "fc711bfb489b5cddc6aea61c2742e17f99b4a0ba718484325631acbb
 def test_index_version_hash_follows_what_changes_the_vectors(change: dict[str, object], same: bool) -> None:
     assert IndexSettings().version_hash() == DEFAULT_VERSION_HASH
     assert (IndexSettings.model_validate(change).version_hash() == DEFAULT_VERSION_HASH) is same
+
+
+def test_the_chunking_rule_is_part_of_the_index_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks fitted to the embedder are not mixed into a version built by the chunker before (version 1)."""
+    assert IndexSettings().identity()["chunker_version"] == CHUNKER_VERSION == 2
+    monkeypatch.setattr(config_module, "CHUNKER_VERSION", 1)
+    assert IndexSettings().version_hash().startswith("fc711bfb")  # what existing index versions were built as

@@ -86,15 +86,62 @@ def test_the_real_model_embeds_under_concurrency(embedder: Embedder) -> None:
     assert all(np.allclose(vector, alone, atol=1e-5) for vector in results)
 
 
+# --- the model's own tokens and input limit --------------------------------------------------------
+
+
+def _longest_prefix_within(embedder: Embedder, text: str, limit: int) -> str:
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if embedder.count_tokens([text[:mid]])[0] <= limit else (lo, mid - 1)
+    return text[:lo]
+
+
+def test_the_limit_and_the_count_are_where_the_model_cuts(embedder: Embedder) -> None:
+    """Word pieces with [CLS] and [SEP], up to 256: the model reads the longest prefix within them and nothing more."""
+    assert embedder.max_tokens == 256
+    assert embedder.count_tokens(["", "hello world"]) == [2, 4]
+    long = " ".join(str(n) for n in range(4_000_000, 4_000_200))  # 200 seven-digit numbers, 3 pieces or more each
+    assert embedder.count_tokens([long])[0] > 500
+    read = _longest_prefix_within(embedder, long, embedder.max_tokens)
+    unread = long[len(read) : len(read) + 8]
+    vectors = embedder.embed_batch([long, read, read + unread])
+    assert float(vectors[0] @ vectors[1]) > 0.9999 and float(vectors[0] @ vectors[2]) > 0.9999
+    shorter = embedder.embed_batch([_longest_prefix_within(embedder, long, embedder.max_tokens - 8)])[0]
+    assert float(vectors[0] @ shorter) < 0.9999  # the last pieces within the limit are read
+
+
+def test_the_embedder_counts_the_texts_it_cuts(embedder: Embedder) -> None:
+    """Each call reports its own count (ingest sums them); the process-wide counter adds them all."""
+    long = " ".join(str(n) for n in range(4_000_000, 4_000_200))
+    before, seen = embedder.texts_truncated, []
+    vectors = embedder.embed_batch(["a short text", long, "another short one"], on_truncated=seen.append)
+    assert vectors.shape == (3, embedder.dimension)
+    embedder.embed_batch(["fits easily"], on_truncated=seen.append)
+    assert seen == [1, 0] and embedder.texts_truncated == before + 1
+    assert embedder.count_truncated(["a", long, long + " 1"]) == 2
+
+
+def test_an_embedder_without_a_tokenizer_has_no_limit() -> None:
+    """A custom embedder that knows no tokenizer cuts nothing that it could count: chunks are not fitted to it."""
+    slow = _SlowEmbedder()
+    assert slow.max_tokens is None and slow.count_truncated(["x" * 10_000]) == 0
+    seen: list[int] = []
+    slow.embed_batch(["x" * 10_000], on_truncated=seen.append)
+    assert seen == [0]
+    with pytest.raises(EmbeddingError, match="has no tokenizer"):
+        slow.count_tokens(["x"])
+
+
 # --- the ONNX backend ----------------------------------------------------------------------------
 
 SAMPLES = REPO / "samples"
 
 
 @pytest.fixture(scope="module")
-def sample_texts() -> dict[str, list[str]]:
+def sample_texts(torch_embedder: Embedder) -> dict[str, list[str]]:
     """The bundled samples as ingest embeds them (chunks of configs/default.yaml) and as whole documents."""
-    chunker = Chunker(load_config("default", REPO / "configs").config.index.chunking)
+    chunker = Chunker(load_config("default", REPO / "configs").config.index.chunking, torch_embedder)
     texts: dict[str, list[str]] = {"chunks": [], "documents": []}
     for path in sorted(p for p in SAMPLES.rglob("*") if p.is_file()):
         for result in load_file(path, path.relative_to(SAMPLES).as_posix()):
@@ -128,6 +175,17 @@ def test_onnx_gives_the_torch_vectors_on_the_samples(
     worst = int(np.argmin(cosines))
     assert cosines[worst] >= 0.9999, texts[worst][:200]
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_both_backends_count_tokens_alike(
+    sample_texts: dict[str, list[str]], torch_embedder: Embedder, onnx_embedder: Embedder
+) -> None:
+    """The ONNX export's tokenizer and limit are torch's: the same counts, the same texts cut."""
+    documents = sample_texts["documents"]
+    assert onnx_embedder.max_tokens == torch_embedder.max_tokens == 256
+    assert onnx_embedder.count_tokens(documents) == torch_embedder.count_tokens(documents)
+    assert onnx_embedder.count_truncated(documents) == torch_embedder.count_truncated(documents) > 0
+    assert torch_embedder.count_truncated(sample_texts["chunks"]) == 0  # as ingest chunks them
 
 
 def test_the_default_backend_is_torch_and_auto_picks_onnx(embedder: Embedder, models_dir: Path) -> None:

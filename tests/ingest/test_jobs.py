@@ -63,6 +63,7 @@ def test_incremental_then_full_builds(
     first = run(conn, settings, database, source=str(docs))
     assert first.status == "succeeded", first.error
     assert first.result and first.result["counts"]["added"] == corpus_document_count()
+    assert first.result["counts"]["chunks_truncated"] == 0
     assert first.activated and first.docs_done == first.docs_total == corpus_document_count()
     live = versions.active_index_version(conn)
     assert live is not None and live.id == first.index_version_id

@@ -14,6 +14,8 @@ from core.config import LoadedConfig, RagConfig
 from core.embedding import Embedder
 from core.errors import IndexVersionError, IngestBusy, SourceError
 from ingest import documents, versions
+from ingest.chunking import Chunker
+from ingest.loaders import load_file
 from ingest.pipeline import IngestPipeline, IngestReport
 from tests.utils.corpus import DOCS, corpus_document_count, write_corpus
 
@@ -104,6 +106,35 @@ def test_changed_document_reuses_vectors_of_unchanged_chunks(
     assert second.updated == 1
     assert 1 <= second.texts_embedded <= 2
     assert second.chunks_reused == second.chunks_written - second.texts_embedded
+
+
+# 200 cl100k tokens of twelve-digit numbers are about 300 word pieces: more than MiniLM reads.
+LEDGER = "# Ledger\n\n" + "\n\n".join(
+    f"Batch {i}: " + " ".join(str(100_000_000_000 + 7_919 * (i * 40 + j) ** 2) for j in range(40)) for i in range(3)
+)
+
+
+def test_the_summary_counts_the_chunks_the_embedder_cut(
+    conn: psycopg.Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    """Ingest fits every chunk to the model (0 cut); a chunker that did not would be caught by the count."""
+    fitted_root = write_corpus(tmp_path / "fitted", {"ledger.md": LEDGER}, with_jsonl=False)
+    report = ingest(conn, embedder, fitted_root)
+    assert report.chunks_written > 0 and report.chunks_truncated == 0
+    assert report.counts["chunks_truncated"] == 0
+
+    config = make_config()
+    unfitted = IngestPipeline(conn, config, embedder)
+    unfitted.chunker = Chunker(config.config.index.chunking)  # the rule before: cl100k tokens only
+    root = write_corpus(tmp_path / "unfitted", {"ledger-copy.md": LEDGER}, with_jsonl=False)
+    chunks = [c for r in load_file(root / "ledger-copy.md", "ledger-copy.md") if r.document
+              for c in unfitted.chunker.split(r.document)]  # fmt: skip
+    over = sum(1 for n in embedder.count_tokens([c.embed_text for c in chunks]) if n > 256)
+    assert over > 0
+    cut = unfitted.run(root)
+    assert cut.chunks_truncated == over and cut.texts_embedded == len(chunks)
+    stored = conn.execute("SELECT counts->>'chunks_truncated' FROM ingest_runs WHERE id = %s", (cut.run_id,))
+    assert stored.fetchone() == (str(over),)
 
 
 def test_sync_removes_documents_whose_source_disappeared(
