@@ -205,18 +205,19 @@ def search_keyword(
         end += 1
     best: list[ChunkHit] = []
     start = 0
-    while True:
-        best = sorted(
-            best
-            + _bm25_round(conn, version, stats, terms[start:end], terms[:start], top_k, collection, metadata, bm25),
-            key=lambda h: (-h.score, h.chunk_id),
-        )[:top_k]
-        threshold = best[-1].score if len(best) >= top_k else 0.0
-        if end == len(terms) or rest[end] <= threshold:
-            return best
-        start = end
-        while end < len(terms) and rest[end] > threshold:
-            end += 1
+    with conn.transaction():
+        # Candidates come from the GIN index: a sequential scan would detoast every row's tsvector to
+        # test it, which the planner does not count, and so it picks one on tables of a few thousand rows.
+        conn.execute("SET LOCAL enable_seqscan = off")
+        while True:
+            new = _bm25_round(conn, version, stats, terms[start:end], terms[:start], top_k, collection, metadata, bm25)
+            best = sorted(best + new, key=lambda h: (-h.score, h.chunk_id))[:top_k]
+            threshold = best[-1].score if len(best) >= top_k else 0.0
+            if end == len(terms) or rest[end] <= threshold:
+                return best
+            start = end
+            while end < len(terms) and rest[end] > threshold:
+                end += 1
 
 
 def _bm25_round(
@@ -243,29 +244,43 @@ def _bm25_round(
         "avgdl": stats.avg_length,
         "k": top_k,
     }
+    if bm25.title_weight == 1.0:
+        title_terms = sql.SQL("")
+        per = sql.SQL(
+            "SELECT cand.id, cand.dl, u.lexeme, cardinality(u.positions)::float8 AS tf FROM cand, unnest(cand.terms) u"
+        )
+    else:  # the positions in the title or headings count title_weight times
+        title_terms = sql.SQL(
+            ", ts_filter(setweight(ts_filter(c.tsv, '{a}'), 'B', %(lexemes)s::text[]), '{b}') AS title_terms"
+        )
+        per = sql.SQL(
+            """SELECT cand.id, cand.dl, t.lexeme, sum(t.n) AS tf
+            FROM cand CROSS JOIN LATERAL (
+                SELECT u.lexeme, cardinality(u.positions)::float8 AS n FROM unnest(cand.terms) u
+                UNION ALL
+                SELECT u.lexeme, %(title_extra)s * cardinality(u.positions) FROM unnest(cand.title_terms) u) t
+            GROUP BY cand.id, cand.dl, t.lexeme"""
+        )
     query = sql.SQL(
         """WITH q AS (SELECT * FROM unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS q(lexeme, idf)),
         cand AS (
-            SELECT c.id, c.tsv FROM {table} c
+            -- Each candidate's tsvector cut down to the question's lexemes: setweight marks them B,
+            -- a weight the tsv column never uses, and ts_filter keeps only B.
+            SELECT c.id, c.bm25_length AS dl,
+                   ts_filter(setweight(c.tsv, 'B', %(lexemes)s::text[]), '{{b}}') AS terms {title_terms}
+            FROM {table} c
             WHERE c.tsv @@ %(match)s::tsquery AND NOT coalesce(c.tsv @@ %(seen)s::tsquery, false) AND {where}),
-        per AS (
-            SELECT cand.id, sum(cardinality(u.positions))::float8 AS dl,
-                   array_agg(q.idf) FILTER (WHERE q.idf IS NOT NULL) AS idfs,
-                   array_agg(cardinality(u.positions)
-                             + %(title_extra)s * coalesce(cardinality(array_positions(u.weights, 'A')), 0))
-                       FILTER (WHERE q.idf IS NOT NULL) AS tfs
-            FROM cand CROSS JOIN LATERAL unnest(cand.tsv) u LEFT JOIN q ON q.lexeme = u.lexeme
-            GROUP BY cand.id),
+        per AS ({per}),
         scored AS (
             SELECT per.id,
-                   (SELECT coalesce(sum(x.i * x.t
-                                        / nullif(x.t + %(k1)s * (1 - %(b)s + %(b)s * per.dl / %(avgdl)s), 0)), 0)
-                    FROM unnest(per.idfs, per.tfs) AS x(i, t)) AS score
-            FROM per ORDER BY score DESC, per.id LIMIT %(k)s)
+                   coalesce(sum(q.idf * per.tf
+                                / nullif(per.tf + %(k1)s * (1 - %(b)s + %(b)s * per.dl / %(avgdl)s), 0)), 0) AS score
+            FROM per JOIN q ON q.lexeme = per.lexeme
+            GROUP BY per.id ORDER BY score DESC, per.id LIMIT %(k)s)
         SELECT {cols}, scored.score FROM scored
         JOIN {table} c ON c.id = scored.id JOIN documents d ON d.id = c.document_id
         ORDER BY scored.score DESC, c.id"""
-    ).format(table=version.table, where=where, cols=_HIT_COLUMNS)
+    ).format(table=version.table, where=where, cols=_HIT_COLUMNS, title_terms=title_terms, per=per)
     return _hits(conn.execute(query, params).fetchall())
 
 

@@ -37,7 +37,7 @@ BEGIN
         FROM (SELECT r.collection, u.lexeme, count(*) AS n FROM removed r, unnest(r.tsv) u GROUP BY 1, 2) x
         WHERE t.index_version_id = version AND t.collection = x.collection AND t.lexeme = x.lexeme;
         UPDATE bm25_collections s SET chunks = s.chunks - x.chunks, tokens = s.tokens - x.tokens
-        FROM (SELECT r.collection, count(*) AS chunks, sum(ragops_tsv_length(r.tsv)) AS tokens FROM removed r GROUP BY 1) x
+        FROM (SELECT r.collection, count(*) AS chunks, sum(r.bm25_length) AS tokens FROM removed r GROUP BY 1) x
         WHERE s.index_version_id = version AND s.collection = x.collection;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
@@ -46,7 +46,7 @@ BEGIN
         GROUP BY a.collection, u.lexeme ORDER BY a.collection, u.lexeme
         ON CONFLICT (index_version_id, collection, lexeme) DO UPDATE SET df = t.df + excluded.df;
         INSERT INTO bm25_collections AS s (index_version_id, collection, chunks, tokens)
-        SELECT version, a.collection, count(*), sum(ragops_tsv_length(a.tsv)) FROM added a
+        SELECT version, a.collection, count(*), sum(a.bm25_length) FROM added a
         GROUP BY a.collection ORDER BY a.collection
         ON CONFLICT (index_version_id, collection) DO UPDATE
             SET chunks = s.chunks + excluded.chunks, tokens = s.tokens + excluded.tokens;
@@ -59,7 +59,15 @@ END $$;
 CREATE FUNCTION ragops_bm25_install(version bigint) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     chunk_table text := format('chunks_v%s', version);
+    tsv_expression text;
 BEGIN
+    -- Each chunk's BM25 length, stored: summing it from the tsvector on every query would cost more
+    -- than the scoring. Computed from the tsv column's own expression, so the two cannot disagree.
+    SELECT pg_get_expr(d.adbin, d.adrelid) INTO STRICT tsv_expression
+    FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+    WHERE d.adrelid = chunk_table::regclass AND a.attname = 'tsv';
+    EXECUTE format('ALTER TABLE %I ADD COLUMN bm25_length integer NOT NULL GENERATED ALWAYS AS '
+                   '(ragops_tsv_length(%s)::integer) STORED', chunk_table, tsv_expression);
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS added '
                    'FOR EACH STATEMENT EXECUTE FUNCTION ragops_bm25_maintain(%s)', chunk_table || '_bm25_insert', chunk_table, version);
     EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS removed '
@@ -71,7 +79,7 @@ BEGIN
     EXECUTE format('INSERT INTO bm25_terms (index_version_id, collection, lexeme, df) '
                    'SELECT %s, c.collection, u.lexeme, count(*) FROM %I c, unnest(c.tsv) u GROUP BY 2, 3', version, chunk_table);
     EXECUTE format('INSERT INTO bm25_collections (index_version_id, collection, chunks, tokens) '
-                   'SELECT %s, c.collection, count(*), sum(ragops_tsv_length(c.tsv)) FROM %I c GROUP BY 2', version, chunk_table);
+                   'SELECT %s, c.collection, count(*), sum(c.bm25_length) FROM %I c GROUP BY 2', version, chunk_table);
 END $$;
 
 SELECT ragops_bm25_install(id) FROM index_versions WHERE to_regclass(format('chunks_v%s', id)) IS NOT NULL;
