@@ -63,6 +63,19 @@ def _hits(rows: Iterable[tuple[Any, ...]]) -> list[ChunkHit]:
     ]
 
 
+# A metadata filter that the planner expects to keep fewer rows than this is searched exactly
+# (its GIN index, then a sort of the rows it keeps): exact cost grows with the rows kept, while
+# the HNSW scan passes over about candidates / share rows. At 100,000 chunks
+# (bench/retrieval_latency.py) the HNSW scan wins at 10% (10,000 rows), exact at 1%.
+EXACT_FILTER_ROWS = 3000
+# Candidates taken from the HNSW scan per result, then ranked by distance: past a filter (the
+# collection's too, in a table that several collections share) the iterative scan returns rows
+# less well ordered. At 10% of 100,000 chunks recall@10 is 0.87 with 1, 0.95 with 2, 0.97 with 3;
+# with no row filtered out, 3 cost 0.2 ms more than 1 and recall the same.
+CANDIDATES_PER_HIT = 3
+HNSW_EF_SEARCH_MAX = 1000  # pgvector's limit
+
+
 def search_vector(
     conn: psycopg.Connection,
     version: IndexVersion,
@@ -74,25 +87,72 @@ def search_vector(
     exact: bool = False,
     ef_search: int = 40,
 ) -> list[ChunkHit]:
-    """Nearest chunks by cosine similarity (HNSW; ``exact`` forces a sequential scan)."""
+    """Nearest chunks by cosine similarity (HNSW; ``exact`` reads and sorts every matching row).
+
+    The HNSW scan keeps going past the rows the filters drop (``hnsw.iterative_scan``). Under a
+    metadata filter the plan is chosen here from the planner's row estimates, not left to its
+    cost model: exact when the filter keeps few rows, else the HNSW index; when that scan stops
+    short (``hnsw.max_scan_tuples``: the filter kept fewer rows than estimated), exact answers.
+    """
     where, params = _filters(collection, metadata)
-    params |= {"vector": vector, "k": top_k}
+    candidates = CANDIDATES_PER_HIT * top_k
+    params |= {"vector": vector, "k": top_k, "candidates": candidates}
+    # "+ 0": from PostgreSQL 17 the planner otherwise takes the CTE's rows as sorted by distance.
     query = sql.SQL(
-        "SELECT {cols}, 1 - (c.embedding <=> %(vector)s) AS score "
-        "FROM {table} c JOIN documents d ON d.id = c.document_id "
-        "WHERE {where} ORDER BY c.embedding <=> %(vector)s LIMIT %(k)s"
+        """WITH candidates AS MATERIALIZED (
+            SELECT c.id, c.embedding <=> %(vector)s AS distance FROM {table} c WHERE {where}
+            ORDER BY distance LIMIT %(candidates)s),
+        nearest AS (SELECT id, distance FROM candidates ORDER BY distance + 0, id LIMIT %(k)s)
+        SELECT {cols}, 1 - nearest.distance AS score
+        FROM nearest JOIN {table} c ON c.id = nearest.id JOIN documents d ON d.id = c.document_id
+        ORDER BY nearest.distance, c.id"""
     ).format(cols=_HIT_COLUMNS, table=version.table, where=where)
+    ef = min(HNSW_EF_SEARCH_MAX, max(ef_search, candidates))
     with conn.transaction():
-        _set_search_options(conn, ef_search=max(ef_search, top_k), exact=exact)
-        rows = conn.execute(query, params).fetchall()
+        hnsw_only = False
+        if metadata and not exact:
+            kept, total = _estimated_rows(conn, version, where, params)
+            hnsw_only = kept >= EXACT_FILTER_ROWS
+            exact = not hnsw_only
+            # The filter keeps one row in total / kept: a first batch that many times longer holds
+            # about as many candidates, and costs less than the many small batches that would follow.
+            ef = max(ef, min(HNSW_EF_SEARCH_MAX, round(candidates * total / max(kept, 1))))
+        _set_search_options(conn, ef_search=ef, exact=exact, hnsw_only=hnsw_only)
+        # Never prepared: a prepared statement soon gets a generic plan, made without the filter's
+        # value and under the SET LOCAL options of the call that made it (exact or not).
+        rows = conn.execute(query, params, prepare=False).fetchall()
+        if hnsw_only and len(rows) < top_k:
+            _set_search_options(conn, ef_search=ef, exact=True)
+            rows = conn.execute(query, params, prepare=False).fetchall()
     return _hits(rows)
 
 
-def _set_search_options(conn: psycopg.Connection, *, ef_search: int, exact: bool = False) -> None:
-    # set_config(..., true) is SET LOCAL with a bind parameter.
-    conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+def _estimated_rows(
+    conn: psycopg.Connection, version: IndexVersion, where: sql.Composable, params: dict[str, Any]
+) -> tuple[float, float]:
+    """The planner's estimates of the rows ``where`` keeps and of all rows (nothing is read)."""
+    query = sql.SQL(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} c WHERE {where} UNION ALL SELECT 1 FROM {table} c"
+    ).format(table=version.table, where=where)
+    row = conn.execute(query, params, prepare=False).fetchone()
+    kept, total = (float(plan["Plan Rows"]) for plan in row[0][0]["Plan"]["Plans"]) if row else (0.0, 0.0)
+    return kept, total
+
+
+def _set_search_options(
+    conn: psycopg.Connection, *, ef_search: int, exact: bool = False, hnsw_only: bool = False
+) -> None:
+    """Planner and HNSW options for this transaction only, in one round trip."""
+    options = {"hnsw.ef_search": str(ef_search)}
     if exact:
-        conn.execute("SET LOCAL enable_indexscan = off")
+        # No index gives the order: every matching row is read (GIN or sequential) and sorted. Bitmap
+        # and sequential scans are turned back on after an HNSW-only try in the same transaction.
+        options |= {"enable_indexscan": "off", "enable_bitmapscan": "on", "enable_seqscan": "on"}
+    elif hnsw_only:  # left to itself, the planner may read a filter's GIN index and sort all it keeps
+        options |= {"enable_bitmapscan": "off", "enable_seqscan": "off"}
+    # set_config(..., true) is SET LOCAL with bind parameters.
+    calls = sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in options)
+    conn.execute(sql.SQL("SELECT {}").format(calls), [v for item in options.items() for v in item])
 
 
 @dataclass(frozen=True)
