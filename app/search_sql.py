@@ -341,7 +341,8 @@ def _bm25_round(
         JOIN {table} c ON c.id = scored.id JOIN documents d ON d.id = c.document_id
         ORDER BY scored.score DESC, c.id"""
     ).format(table=version.table, where=where, cols=_HIT_COLUMNS, title_terms=title_terms, per=per)
-    return _hits(conn.execute(query, params).fetchall())
+    # Never prepared: a generic plan would not see how selective this tsquery is.
+    return _hits(conn.execute(query, params, prepare=False).fetchall())
 
 
 def _collection(collection: str) -> str:
