@@ -134,7 +134,7 @@ class RetrievalSettings(StrictModel):
         description="Hybrid fusion: weighted reciprocal rank (rrf) or weighted min-max normalized scores (convex).",
     )
     bm25_k1: float = Field(default=0.9, ge=0.0, le=5.0, description="BM25 term-frequency saturation.")
-    bm25_b: float = Field(default=0.4, ge=0.0, le=1.0, description="BM25 length normalization (0: none, 1: full).")
+    bm25_b: float = Field(default=0.0, ge=0.0, le=1.0, description="BM25 length normalization (0: none, 1: full).")
     bm25_title_weight: float = Field(
         default=1.0, ge=0.0, le=10.0, description="How much a term in the title or headings counts vs the body."
     )

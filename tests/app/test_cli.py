@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
 from core.db import Database
 from tests.utils.corpus import corpus_document_count, write_corpus
 
@@ -294,3 +296,28 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
     from app.cli import is_loopback
 
     assert is_loopback(host) is loopback
+
+
+def test_tune_reports_held_out_figures_and_writes_only_a_reviewed_config(
+    served_database: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ragops tune` over the samples: before/after on held-out pseudo-queries, a valid file or none."""
+    from typer.testing import CliRunner
+
+    from app import cli
+
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", configs)
+    monkeypatch.setenv("RAGOPS_DATABASE_URL", served_database.url)
+    monkeypatch.setenv("RAGOPS_CONFIGS_DIR", str(configs))
+    result = CliRunner().invoke(cli.app, ["tune", "--collection", "default", "--queries", "80"])
+    assert result.exit_code == 0, result.output
+    assert "held-out nDCG@10 over 40 queries: default" in result.output
+    written = sorted(p.name for p in configs.glob("*.yaml")) != sorted(
+        p.name for p in (REPO / "configs").glob("*.yaml")
+    )
+    assert written == ("wrote" in result.output)
+    if written:
+        assert load_config("default-default", configs).config.index == load_config("default", configs).config.index
+    missing = CliRunner().invoke(cli.app, ["tune", "--collection", "nobody"])
+    assert missing.exit_code != 0 and "gives only 0 pseudo-queries" in missing.output
