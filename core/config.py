@@ -125,12 +125,12 @@ class RetrievalSettings(StrictModel):
     mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="Chunks handed to the generator.")
     candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
-    # Defaults tuned on WikiQA dev (bench/retrieval_quality.py); see configs/default.yaml.
+    # Defaults chosen on WikiQA dev and PubMedQA train/validation (bench/retrieval_quality.py): configs/default.yaml.
     rrf_k: int = Field(default=10, ge=1, le=10_000, description="Reciprocal rank fusion constant (rrf only).")
     vector_weight: float = Field(default=1.0, ge=0.0, le=10.0)
-    keyword_weight: float = Field(default=0.1, ge=0.0, le=10.0)
+    keyword_weight: float = Field(default=0.3, ge=0.0, le=10.0)
     fusion: Literal["rrf", "convex"] = Field(
-        default="rrf",
+        default="convex",
         description="Hybrid fusion: weighted reciprocal rank (rrf) or weighted min-max normalized scores (convex).",
     )
     bm25_k1: float = Field(default=0.9, ge=0.0, le=5.0, description="BM25 term-frequency saturation.")
