@@ -168,7 +168,7 @@ class Bm25:
     b: float = 0.4
     title_weight: float = 1.0
     # Chunks scored in the first round (sum of the rarest terms' document frequencies).
-    first_round_chunks: int = 2000
+    first_round_chunks: int = 500
 
 
 DEFAULT_BM25 = Bm25()

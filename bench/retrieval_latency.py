@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,17 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from app import search_sql
+from app.retrieval import RetrievalQuery, search
 from bench.common import DATASETS, bench_server, fresh_database, percentile, read_jsonl, write_result
-from core.config import IndexSettings, RetrievalSettings
+from core.config import IndexSettings, RetrievalSettings, load_config
 from core.embedding import get_embedder
 from ingest import versions
 from ingest.versions import IndexVersion
 
 NOISE = 0.03
 EF = RetrievalSettings().ef_search  # the default every configuration gets
+# Keyword and hybrid run as configs/default.yaml runs them (BM25 parameters, fusion, candidates).
+DEFAULTS = load_config("default", Path(__file__).resolve().parent.parent / "configs").config.retrieval
 # Row i's metadata is {"bucket": i % 10, "percent": i % 100, "permille": i % 1000}: these filters
 # keep 10%, 1%, 0.1% and none of the rows. As 3000 (the real vectors) is a multiple of 1000, a
 # filter keeps all the noisy copies of some passages and none of the others, as a filter on a
@@ -106,9 +110,10 @@ def measure(conn: Any, version: IndexVersion, queries: list[str], vectors: np.nd
         lat["vector"].append(ms)
         exact = search_sql.search_vector(conn, version, vector, 10, exact=True, collection="bench")
         recall.append(len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) / 10)
-        _, ms = timed(search_sql.search_keyword, conn, version, text, 10, collection="bench")
+        query = RetrievalQuery(text, 10, "bench")
+        _, ms = timed(search, conn, version, DEFAULTS.model_copy(update={"mode": "keyword"}), query, None)
         lat["keyword"].append(ms)
-        _, ms = timed(search_sql.search_hybrid, conn, version, vector, text, 10, ef_search=EF, collection="bench")
+        _, ms = timed(search, conn, version, DEFAULTS.model_copy(update={"mode": "hybrid"}), query, vector)
         lat["hybrid"].append(ms)
     out: dict[str, Any] = {
         f"{name}_ms": {"p50": round(percentile(v, 50), 2), "p95": round(percentile(v, 95), 2)}
