@@ -11,6 +11,7 @@ MODULES = {
     "html": "html_extraction",
     "chunks": "chunk_lengths",
     "quality": "retrieval_quality",
+    "tune": "tune",
     "latency": "retrieval_latency",
     "api": "api_latency",
     "streaming": "streaming",

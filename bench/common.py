@@ -77,6 +77,7 @@ MEASURED_CODE = ("core", "app", "ingest", "evals", "sql", "configs", "prompts", 
 BENCH_SCRIPTS = {
     "ingest": "bench/ingest_bench.py", "html": "bench/html_extraction.py", "chunks": "bench/chunk_lengths.py",
     "quality": "bench/retrieval_quality.py",
+    "tune": "bench/tune.py",
     "latency": "bench/retrieval_latency.py", "api": "bench/api_latency.py", "api_grant": "bench/api_latency.py",
     "streaming": "bench/streaming.py",
     "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",

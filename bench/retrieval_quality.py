@@ -4,8 +4,7 @@ Keyword mode is reported beside two references over the same tokens: PostgreSQL'
 (ragops' keyword mode before BM25) and the ``bm25s`` package (k1 0.9, b 0.4, Lucene idf) fed each
 chunk's lexemes from the index. Fusion and BM25 parameters are chosen on development queries only
 (WikiQA dev, PubMedQA's train/validation half); every figure in ``datasets`` is on test queries
-(WikiQA test, PubMedQA's official test half, XQuAD, which has no other split). ``tune`` runs
-``ragops tune`` on pseudo-queries from each corpus alone and scores what it chose on the test queries.
+(WikiQA test, PubMedQA's official test half, XQuAD, which has no other split).
 
     python -m bench quality
 """
@@ -27,12 +26,10 @@ import psycopg
 from psycopg import sql
 
 from bench.common import DATASETS, bench_server, fresh_database, read_jsonl, write_result
-from core.access import DEFAULT_COLLECTION
 from core.config import LoadedConfig, RetrievalSettings, load_config
 from core.embedding import get_embedder
 from evals.beir import CHUNK_POOL, BeirDataset, RetrievalScores, corpus_id, evaluate_retrieval, load_beir
 from evals.metrics import ndcg_at_k, recall_at_k, unique_in_order
-from evals.tune import tune
 from ingest import versions
 from ingest.pipeline import IngestPipeline
 from ingest.versions import IndexVersion
@@ -200,7 +197,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ):
                     chosen = default.model_copy(update={"mode": "hybrid", **update})
                     entry[label] = scores_dict(evaluate_retrieval(conn, version, test, chosen, vectors))
-                entry["tune"] = tuned_entry(conn, version, test, config, embedder, vectors, entry["hybrid"])
                 references = max(entry["keyword_ts_rank"]["ndcg_at_10"], entry["keyword_bm25s"]["ndcg_at_10"])
                 entry["keyword_minus_best_reference"] = round(entry["keyword"]["ndcg_at_10"] - references, 4)
                 best_component = max(entry["vector"]["ndcg_at_10"], entry["keyword"]["ndcg_at_10"])
@@ -215,30 +211,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(result["dev_summary"], indent=2))
     print(f"wrote {path}")
     return result
-
-
-def tuned_entry(
-    conn: psycopg.Connection,
-    version: IndexVersion,
-    test: BeirDataset,
-    config: LoadedConfig,
-    embedder: Any,
-    vectors: dict[str, np.ndarray],
-    untuned: dict[str, Any],
-) -> dict[str, Any]:
-    """``ragops tune`` on pseudo-queries from this corpus alone, then the tuned settings on the real test queries."""
-    t0 = time.perf_counter()
-    result = tune(conn, version, DEFAULT_COLLECTION, config, embedder)
-    chosen = config.config.retrieval.model_copy(update={"mode": "hybrid", **result.chosen})
-    scores = scores_dict(evaluate_retrieval(conn, version, test, chosen, vectors))
-    return {
-        "pseudo_queries": result.queries,
-        "held_out_pseudo_ndcg": {"before": result.before, "after": result.after},
-        "chosen": result.chosen,
-        "test": scores,
-        "test_minus_untuned": round(scores["ndcg_at_10"] - untuned["ndcg_at_10"], 4),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
 
 
 def dev_summary(dev: dict[str, Any]) -> dict[str, Any]:

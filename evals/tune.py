@@ -42,7 +42,7 @@ from ingest.versions import IndexVersion
 MIN_GAIN = 0.005  # held-out nDCG@10 a setting must add before it replaces the configuration's
 POOL = 30  # chunks per ranking before folding to documents (as the BEIR harness does)
 GROUP_LIMIT = 50  # a title shared by more chunks than this says little about any of them
-BM25_GRID = {"bm25_k1": (0.9, 1.2, 1.5), "bm25_b": (0.4, 0.75), "bm25_title_weight": (1.0, 3.0)}
+BM25_GRID = {"bm25_k1": (0.9, 1.5), "bm25_b": (0.0, 0.2, 0.4, 0.75), "bm25_title_weight": (1.0, 2.0)}
 FUSION_GRID: tuple[dict[str, Any], ...] = (
     *({"fusion": "rrf", "rrf_k": k, "keyword_weight": w} for k in (10, 60) for w in (0.1, 0.3, 0.5, 1.0)),
     *({"fusion": "convex", "keyword_weight": w} for w in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)),
