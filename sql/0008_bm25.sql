@@ -3,13 +3,11 @@
 -- Maintained by statement-level triggers on each chunk table (COPY, deletes, cascades from
 -- documents and updates all fire them), so every path that changes chunks keeps them exact, in
 -- the same transaction, whichever process writes. Queries read them to weight terms by rarity.
--- A lexeme whose last chunk went keeps its row with df 0 (readers skip it): deleting it in the
--- same statement that decrements it is not possible, and the rows are bounded by the vocabulary.
 CREATE TABLE bm25_terms (
     index_version_id bigint NOT NULL REFERENCES index_versions(id) ON DELETE CASCADE,
     collection       text NOT NULL,
     lexeme           text NOT NULL,
-    df               integer NOT NULL CHECK (df >= 0),
+    df               integer NOT NULL CHECK (df >= 0),  -- 0 only between the trigger's two statements
     PRIMARY KEY (index_version_id, collection, lexeme)
 );
 
@@ -36,6 +34,10 @@ BEGIN
             UPDATE bm25_terms t SET df = t.df - x.n
         FROM (SELECT r.collection, u.lexeme, count(*) AS n FROM removed r, unnest(r.tsv) u GROUP BY 1, 2) x
         WHERE t.index_version_id = version AND t.collection = x.collection AND t.lexeme = x.lexeme;
+        -- A term no chunk holds any more goes (a deleted document's names and addresses must not stay).
+        DELETE FROM bm25_terms t
+        USING (SELECT DISTINCT r.collection, u.lexeme FROM removed r, unnest(r.tsv) u) x
+        WHERE t.index_version_id = version AND t.collection = x.collection AND t.lexeme = x.lexeme AND t.df <= 0;
         UPDATE bm25_collections s SET chunks = s.chunks - x.chunks, tokens = s.tokens - x.tokens
         FROM (SELECT r.collection, count(*) AS chunks, sum(r.bm25_length) AS tokens FROM removed r GROUP BY 1) x
         WHERE s.index_version_id = version AND s.collection = x.collection;

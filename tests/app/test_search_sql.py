@@ -180,6 +180,8 @@ def test_statistics_stay_exact_after_adds_edits_and_deletes(
     assert documents.delete_documents(conn, doomed) == 1
     assert stored_statistics(conn, team) == recounted_statistics(conn, team)
     assert not [h for h in search_sql.search_keyword(conn, team, "roaster", 5, collection="team")]
+    gone = conn.execute("SELECT count(*) FROM bm25_terms WHERE lexeme = 'roaster' OR df <= 0").fetchone()
+    assert gone == (0,)  # a deleted document's words leave the statistics too
     with conn.transaction():  # an update rewrites the tsv: the statistics follow it
         conn.execute(sql.SQL("UPDATE {} SET title = 'Roaster' WHERE collection = 'team'").format(team.table))
     assert stored_statistics(conn, team) == recounted_statistics(conn, team)

@@ -21,8 +21,13 @@ def ledger_row(database: Database, request_id: str, wait_s: float = 0.0) -> dict
 
 
 def table_dump(database: Database, *, skip_index: bool = False) -> str:
-    """Every row of every table, as text, for leak scans; ``skip_index``: not documents and chunks (the source text)."""
-    where = " AND table_name <> 'documents' AND table_name NOT LIKE 'chunks_v%'" if skip_index else ""
+    """Every row of every table, as text, for leak scans.
+
+    ``skip_index``: not documents, chunks and the chunks' BM25 terms (the source text and its words).
+    """
+    where = (
+        " AND table_name NOT IN ('documents', 'bm25_terms') AND table_name NOT LIKE 'chunks_v%'" if skip_index else ""
+    )
     dump = []
     with database.connect() as conn:
         tables = conn.execute(
