@@ -23,13 +23,18 @@ GATE = load_gate(REPO / "evals" / "gate.yaml")
 
 @pytest.fixture(scope="module")
 def eval_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """default (as in the repo), a whitespace-only edit of it, and a deliberately worse one (keyword, top_k 1)."""
+    """default (as in the repo), a whitespace-only edit of it, and a deliberately worse one (top_k 1, cosine floor)."""
     folder = tmp_path_factory.mktemp("eval-configs")
     default = (REPO / "configs" / "default.yaml").read_text()
     shutil.copy(REPO / "configs" / "pricing.yaml", folder / "pricing.yaml")
     (folder / "default.yaml").write_text(default)
     (folder / "spaced.yaml").write_text(default.replace("\n\n", "\n\n\n") + "\n# reviewed\n")
-    (folder / "worse.yaml").write_text(default.replace("top_k: 5", "top_k: 1").replace("mode: hybrid", "mode: keyword"))
+    # Keyword search with top_k 1 used to be worse, but BM25 alone now finds most sample answers first:
+    # one chunk, and only above a cosine many questions' best chunk does not reach.
+    worse = default.replace("mode: hybrid", "mode: vector").replace("min_score: null", "min_score: 0.55")
+    worse = worse.replace("top_k: 5", "top_k: 1")
+    assert "min_score: 0.55" in worse and "mode: vector" in worse and "top_k: 1" in worse
+    (folder / "worse.yaml").write_text(worse)
     return folder
 
 
