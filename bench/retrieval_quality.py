@@ -30,6 +30,7 @@ from core.config import LoadedConfig, RetrievalSettings, load_config
 from core.embedding import get_embedder
 from evals.beir import CHUNK_POOL, BeirDataset, RetrievalScores, corpus_id, evaluate_retrieval, load_beir
 from evals.metrics import ndcg_at_k, recall_at_k, unique_in_order
+from evals.tune import BM25_GRID, FUSION_GRID
 from ingest import versions
 from ingest.pipeline import IngestPipeline
 from ingest.versions import IndexVersion
@@ -37,11 +38,6 @@ from ingest.versions import IndexVersion
 ROOT = Path(__file__).resolve().parent.parent
 # (folder, qrels split, query ids for development or None, query ids for test or None = all)
 DATASETS_USED = ("wikiqa", "xquad_en", "pubmedqa")
-BM25_GRID = {"bm25_k1": (0.9, 1.2, 1.5), "bm25_b": (0.4, 0.75), "bm25_title_weight": (1.0, 2.0)}
-FUSION_GRID: list[dict[str, Any]] = [
-    *({"fusion": "rrf", "rrf_k": k, "keyword_weight": w} for k in (10, 60) for w in (0.1, 0.3, 0.5, 1.0)),
-    *({"fusion": "convex", "keyword_weight": w} for w in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)),
-]
 
 
 def splits(folder: str) -> tuple[BeirDataset, BeirDataset | None]:
@@ -184,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             )
                         ),
                         "bm25_grid": grid(conn, version, dev, keyword, bm25_updates, vectors),
-                        "fusion_grid": grid(conn, version, dev, hybrid, FUSION_GRID, vectors),
+                        "fusion_grid": grid(conn, version, dev, hybrid, list(FUSION_GRID), vectors),
                     }
                 entry["keyword_ts_rank"] = rankings_scores(test, ts_rank_rankings(conn, version, test))
                 entry["keyword_bm25s"] = rankings_scores(test, bm25s_rankings(conn, version, test))
