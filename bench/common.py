@@ -71,6 +71,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def paired_summary(diffs: list[float], digits: int = 2) -> dict[str, Any]:
+    """Paired differences (A minus B per pair, same input back to back): p50, p95, IQR and mean, in ms."""
+    return {
+        "pairs": len(diffs),
+        "paired_diff_p50_ms": round(percentile(diffs, 50), digits),
+        "paired_diff_p95_ms": round(percentile(diffs, 95), digits),
+        "paired_diff_iqr_ms": [round(percentile(diffs, 25), digits), round(percentile(diffs, 75), digits)],
+        "paired_diff_mean_ms": round(sum(diffs) / len(diffs), digits),
+    }
+
+
 # The code whose change makes a result stale; `bench report` flags results older than it.
 # Every benchmark measures the service's code; each also measures its own script (BENCH_SCRIPTS).
 MEASURED_CODE = ("core", "app", "ingest", "evals", "sql", "configs", "prompts", "pyproject.toml", "bench/common.py")
@@ -78,7 +89,7 @@ BENCH_SCRIPTS = {
     "ingest": "bench/ingest_bench.py", "html": "bench/html_extraction.py", "chunks": "bench/chunk_lengths.py",
     "quality": "bench/retrieval_quality.py",
     "tune": "bench/tune.py",
-    "latency": "bench/retrieval_latency.py", "api": "bench/api_latency.py", "api_grant": "bench/api_latency.py",
+    "latency": "bench/retrieval_latency.py", "api": "bench/api_latency.py",
     "streaming": "bench/streaming.py",
     "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",
     "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",
@@ -110,6 +121,8 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
         "benchmark": name,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        # Other work on the machine shows here: a load far above the cores means absolute times are inflated.
+        "load_avg_15m": round(os.getloadavg()[2], 1),
         "commit": commit,
         # Uncommitted edits to the measured code: the commit alone does not name what ran.
         "uncommitted_changes": commit is not None and code_changed_since(commit, name) is True,
