@@ -51,32 +51,34 @@ def overhead_ms(response: httpx.Response, elapsed_ms: float) -> float:
     return elapsed_ms - t["embed_ms"] - t["retrieve_ms"] - t["generate_ms"] - t.get("pii_ms", 0.0)
 
 
-def run_load(url: str, questions: list[str], concurrency: int, total: int, key: str | None) -> dict[str, Any]:
-    """``total`` requests from ``concurrency`` threads; latency and server-side stage times."""
+def run_load(url: str, questions: list[str], concurrency: int, total: int, keys: list[str]) -> dict[str, Any]:
+    """``total`` requests from ``concurrency`` threads, thread ``n`` with ``keys[n % len(keys)]`` (none: no auth).
+
+    One key per thread is a load of many users: one key alone would meet its own in-flight limit.
+    """
     e2e: list[float] = []
     overhead: list[float] = []
-    errors = 0
+    errors: dict[str, int] = {}
     lock = threading.Lock()
 
     def one(i: int, client: httpx.Client) -> None:
-        nonlocal errors
         t0 = time.perf_counter()
         try:
             response = client.post(f"{url}/v1/query", json={"question": questions[i % len(questions)]})
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
             with lock:
-                errors += 1
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             return
         ms = (time.perf_counter() - t0) * 1000
         with lock:
             if response.status_code != 200:
-                errors += 1
+                errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
                 return
             e2e.append(ms)
             overhead.append(overhead_ms(response, ms))
 
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    clients = [httpx.Client(timeout=60, headers=headers) for _ in range(concurrency)]
+    headers = [{"Authorization": f"Bearer {key}"} for key in keys] or [{}]
+    clients = [httpx.Client(timeout=60, headers=headers[n % len(headers)]) for n in range(concurrency)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda i: one(i, clients[i % concurrency]), range(total)))
@@ -84,7 +86,8 @@ def run_load(url: str, questions: list[str], concurrency: int, total: int, key: 
     for client in clients:
         client.close()
     return {
-        "requests": total, "errors": errors, "requests_per_s": round(total / wall, 1),
+        "requests": total, "keys": len(keys), "errors": sum(errors.values()), "error_kinds": errors,
+        "requests_per_s": round(total / wall, 1),
         "p50_ms": round(percentile(e2e, 50), 1), "p95_ms": round(percentile(e2e, 95), 1),
         "api_overhead_p50_ms": round(percentile(overhead, 50), 2),
         "api_overhead_p95_ms": round(percentile(overhead, 95), 2),
@@ -97,8 +100,8 @@ def accounting_overhead(
     """Metered vs bare in interleaved rounds at concurrency 1: the same machine state for both."""
     pairs: dict[str, list[float]] = {"metered": [], "bare": [], "bare_overhead": [], "metered_overhead": []}
     for _ in range(rounds):
-        metered_run = run_load(metered_url, questions, 1, 40, key)
-        bare_run = run_load(bare_url, questions, 1, 40, None)
+        metered_run = run_load(metered_url, questions, 1, 40, [key])
+        bare_run = run_load(bare_url, questions, 1, 40, [])
         pairs["metered"].append(metered_run["p50_ms"])
         pairs["bare"].append(bare_run["p50_ms"])
         pairs["metered_overhead"].append(metered_run["api_overhead_p50_ms"])
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
         with database.connect() as conn:
             key = create_key(conn, "bench", ["query"], collections=["*"], configs=["*"], budget_usd_day=BUDGET)[1]
+            client_keys = [
+                create_key(conn, f"bench-{n}", ["query"], collections=["*"], configs=["*"], budget_usd_day=BUDGET)[1]
+                for n in range(1, 16)
+            ]
             scoped_key = create_key(
                 conn, "bench-scoped", ["query"], collections=["default", "support", "faq"], configs=["default"],
                 budget_usd_day=BUDGET,
@@ -226,13 +233,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             serve_in_thread(create_app(settings, metering=True), keep_alive_s=60) as metered_url,
             serve_in_thread(create_app(settings, metering=False), keep_alive_s=60) as bare_url,
         ):
-            run_load(metered_url, questions, 1, 20, key)  # warm-up
-            run_load(metered_url, questions, 1, 20, scoped_key)
-            run_load(bare_url, questions, 1, 20, None)
+            run_load(metered_url, questions, 1, 20, [key])  # warm-up
+            run_load(metered_url, questions, 1, 20, [scoped_key])
+            run_load(bare_url, questions, 1, 20, [])
             result["grant_paired"] = paired_grant(metered_url, questions[: args.pairs], scoped_key, key)
             print(json.dumps(result["grant_paired"]), flush=True)
             for concurrency in (1, 16):
-                level = run_load(metered_url, questions, concurrency, args.requests, key)
+                level = run_load(metered_url, questions, concurrency, args.requests, [key, *client_keys][:concurrency])
                 result["levels"][str(concurrency)] = level
                 print(json.dumps({concurrency: level}), flush=True)
             catalog = Catalog.load(ROOT / "configs", ROOT / "prompts", "default")

@@ -119,7 +119,7 @@ def worker_process(database: Database, data_dir: Path) -> Iterator[subprocess.Po
 
 async def run_load(
     url: str,
-    key: str,
+    keys: list[str],
     questions: list[str],
     clients: int,
     seconds: float,
@@ -129,7 +129,10 @@ async def run_load(
     sample_every_s: float = 5.0,
     slo_s: float = 10.0,
 ) -> dict[str, Any]:
-    """``clients`` concurrent loops of POST /v1/query for ``seconds``.
+    """``clients`` concurrent loops of POST /v1/query for ``seconds``, client ``n`` with ``keys[n % len(keys)]``.
+
+    One key per client is a load of many users: one key alone would meet its own in-flight limit
+    (``key_max_concurrent``) and measure refusals rather than the service.
 
     With ``admin_key``, full reindex jobs (activated when built) run back to back through the admin
     API, and the load goes on until the last one has ended. With ``api_pid``, the API's RSS and
@@ -151,7 +154,9 @@ async def run_load(
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                response = await http.post("/v1/query", json={"question": questions[i % len(questions)]})
+                response = await http.post(
+                    "/v1/query", json={"question": questions[i % len(questions)]}, headers=auth[n % len(auth)]
+                )
                 ok, kind = response.status_code == 200, str(response.status_code)
                 if ok:
                     index = response.json()["versions"]["index"]
@@ -197,10 +202,9 @@ async def run_load(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), sample_every_s)
 
+    auth = [{"Authorization": f"Bearer {key}"} for key in keys]
     limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
-    async with httpx.AsyncClient(
-        base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=slo_s
-    ) as http:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=slo_s) as http:
         background = [asyncio.ensure_future(sampler())] if api_pid is not None else []
         loads = [asyncio.ensure_future(client_loop(n, http)) for n in range(clients)]
         if admin_key is not None:
@@ -213,7 +217,8 @@ async def run_load(
         await asyncio.gather(*loads, *background)
         drain = time.monotonic() - drain_started
     result: dict[str, Any] = {
-        "clients": clients, "seconds": round(window, 1), "requests": len(latencies) + sum(errors.values()),
+        "clients": clients, "keys": len(keys), "seconds": round(window, 1),
+        "requests": len(latencies) + sum(errors.values()),
         "requests_per_s": round(in_window / window, 2), "p50_ms": round(percentile(latencies, 50), 1),
         "p95_ms": round(percentile(latencies, 95), 1), "p99_ms": round(percentile(latencies, 99), 1),
         "slo_s": slo_s, "drain_s": round(drain, 1), "errors": sum(errors.values()),
@@ -250,7 +255,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         database = fresh_database(admin_uri, "load_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
-            key = create_key(conn, "load", ["query"], collections=["*"], configs=["*"])[1]
+            keys = [
+                create_key(conn, f"load-{n}", ["query"], collections=["*"], configs=["*"])[1]
+                for n in range(args.clients)
+            ]
             admin_key = (
                 create_key(conn, "load-admin", ["admin"], collections=["*"], configs=["*"])[1] if args.reindex else None
             )
@@ -263,11 +271,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.reindex:
                 stack.enter_context(worker_process(database, data_dir))
             url = f"http://127.0.0.1:{port}"
-            asyncio.run(run_load(url, key, questions, 4, 5))  # warm-up: model, pool, caches
+            asyncio.run(run_load(url, keys, questions, 4, 5))  # warm-up: model, pool, caches
             rss_start = rss_mb(api.pid)
             every = max(5.0, seconds / 20)
             run = asyncio.run(
-                run_load(url, key, questions, args.clients, seconds, admin_key=admin_key, api_pid=api.pid,
+                run_load(url, keys, questions, args.clients, seconds, admin_key=admin_key, api_pid=api.pid,
                          sample_every_s=every, slo_s=args.slo)
             )  # fmt: skip
             # "end" is read after the clients stopped; the peak under load is in api_rss_mb_peak_under_load.

@@ -264,7 +264,8 @@ def api_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"/v1/query extractive, concurrency {level}, production path (metering on)",
                 f"p50 {d['p50_ms']:.0f} ms, p95 {d['p95_ms']:.0f} ms, {d['requests_per_s']:.1f} req/s, "
-                f"{d['errors']} errors",
+                f"{d.get('keys', 1)} key(s), {d['errors']} errors"
+                + (f" ({', '.join(f'{k}: {n}' for k, n in d['error_kinds'].items())})" if d.get("error_kinds") else ""),
                 f"explanation: end to end minus the stages the server reports, p50 {d['api_overhead_p50_ms']:.2f} ms",
             )
         )
@@ -408,8 +409,10 @@ def load_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             target = "target 0 errors (no SLO applied)"
         rows.append(
             (
-                f"{kind}: /v1/query extractive, {d['clients']} clients for {d['seconds']:.0f} s{during}",
-                f"{d['requests_per_s']:.1f} req/s, p50 {d['p50_ms']:.0f} ms, {tails}, {failures}",
+                f"{kind}: /v1/query extractive, {d['clients']} clients"
+                f"{' (' + str(d['keys']) + ' keys)' if 'keys' in d else ''} for {d['seconds']:.0f} s{during}",
+                f"{d['requests_per_s']:.1f} req/s, p50 {d['p50_ms']:.0f} ms, {tails}, {failures}"
+                + (f" ({', '.join(f'{k}: {n}' for k, n in d['error_kinds'].items())})" if d.get("error_kinds") else ""),
                 target,
             )
         )
