@@ -28,16 +28,16 @@ QUESTION = "How many PTO days do new employees get?"
 def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reports folder holding one gate report, as `ragops eval compare --html` writes it."""
     folder = tmp_path_factory.mktemp("eval")
-    (folder / "report.html").write_text("<!doctype html><html><head><style>td{}</style></head><body><h1>ragops eval "
-                                        "gate: PASS</h1><table><tr><td>ndcg@10</td></tr></table></body></html>")  # fmt: skip
+    (folder / "report.html").write_text(
+        "<!doctype html><html><head><style>td{}</style></head><body><h1>ragops eval gate: PASS</h1>"
+        "<table><tr><td>ndcg@10</td></tr></table></body></html>"
+    )
     (folder / "notes.txt").write_text("not a report")
     return folder
 
 
 @pytest.fixture(scope="module")
-def console(
-    served_database: Database, reports: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestClient]:
+def console(served_database: Database, reports: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = make_settings(
         served_database, tmp_path_factory.mktemp("console"), vllm_url=None, eval_reports_dir=reports
     )

@@ -44,12 +44,33 @@
     return found;
   }
 
+  function collapsed(text) {
+    // The text without Markdown emphasis marks, each run of whitespace as one space, and where each
+    // of its characters came from (the extractive answer quotes sentences as plain text).
+    let out = "";
+    const from = [];
+    for (let i = 0; i < text.length; i++) {
+      if ("*_`".includes(text[i])) continue;
+      const space = /\s/.test(text[i]);
+      if (space && (out.endsWith(" ") || out === "")) continue;
+      out += space ? " " : text[i];
+      from.push(i);
+    }
+    return [out, from];
+  }
+
   function markChunk(node, text, sentences) {
-    // Rebuild the chunk as text nodes with <mark> around each cited sentence found in it.
+    // Rebuild the chunk as text nodes with <mark> around each cited sentence found in it (whitespace aside).
+    // A snippet is the chunk's first few hundred characters: a sentence cited from further on is shown
+    // marked after it.
+    const [flat, from] = collapsed(text);
     const spans = [];
+    const beyond = [];
     for (const s of sentences) {
-      const at = text.indexOf(s);
-      if (s && at >= 0) spans.push([at, at + s.length]);
+      const wanted = collapsed(s)[0].trim();
+      const at = wanted ? flat.indexOf(wanted) : -1;
+      if (at >= 0) spans.push([from[at], from[at + wanted.length - 1] + 1]);
+      else if (wanted) beyond.push(s);
     }
     spans.sort((a, b) => a[0] - b[0]);
     node.textContent = "";
@@ -60,6 +81,7 @@
       pos = end;
     }
     node.append(document.createTextNode(text.slice(pos)));
+    for (const s of beyond) node.append(document.createTextNode(" … "), el("mark", "", s));
   }
 
   function fact(dl, term, value) {
