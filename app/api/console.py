@@ -361,9 +361,9 @@ def read_index(request: Request, viewer: AdminViewer, pool: DbPool, catalog: Con
     return _render(request, "index.html", viewer, context)
 
 
-@router.get("/api/jobs")
-def read_console_jobs(viewer: AdminAction, pool: DbPool) -> admin.JobsResponse:
-    """Jobs of the key's collections, for the live progress table."""
+@router.get("/index/jobs")
+def read_console_jobs(viewer: AdminViewer, pool: DbPool) -> admin.JobsResponse:
+    """Jobs of the key's collections, for the live progress table (a read polled every second: not ledgered)."""
     return admin.read_jobs(pool, viewer.grant, None, 20)
 
 

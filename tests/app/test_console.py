@@ -145,8 +145,8 @@ def test_a_query_key_sees_no_admin_page_and_no_other_collection(console: TestCli
     other = console.post("/ui/api/ask", json={"question": QUESTION, "collection": "default"},
                          headers={"x-csrf-token": csrf.group(1)})  # fmt: skip
     assert other.status_code == 403 and "may not use the collection 'default'" in other.json()["error"]["message"]
-    jobs = console.get("/ui/api/jobs", headers={"x-csrf-token": csrf.group(1)})
-    assert jobs.status_code == 403
+    jobs = console.get("/ui/index/jobs", headers={"x-csrf-token": csrf.group(1)})
+    assert jobs.status_code == 403 and jobs.json()["error"]["type"] == "ScopeError"
 
 
 def test_logout_ends_the_session_on_the_server(console: TestClient, keys: dict[str, str]) -> None:

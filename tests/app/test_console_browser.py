@@ -96,8 +96,12 @@ def assert_clean(browser: Any, *secrets: str) -> None:
 
 
 def shoot(browser: Any, name: str) -> None:
+    """The whole page (the window grown to its height for the shot), as docs/screenshots/NAME.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, min(max(height, 900), 2400))
     browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    browser.set_window_size(1280, 900)
 
 
 def test_ask_streams_an_answer_with_marked_citations_and_two_configurations(
@@ -147,7 +151,6 @@ def test_reindex_progress_reaches_done_then_activate_and_roll_back(
     bar = css(browser, f"{row} progress")
     assert bar.get_attribute("value") == bar.get_attribute("max") != "0"
     assert css(browser, f"{row} .progress span").text.split("/")[0] == bar.get_attribute("max")
-    shoot(browser, "index")
 
     browser.get(f"{site}/ui/index")
     built = ({r.get_attribute("data-version") for r in css_all(browser, "#versions tbody tr")} - before).pop()
@@ -169,6 +172,7 @@ def test_reindex_progress_reaches_done_then_activate_and_roll_back(
     assert "default" not in css(browser, f"tr[data-version='{old}'] td.answers").text
     activate(old, accept=True)  # the roll-back
     assert "default" not in css(browser, f"tr[data-version='{built}'] td.answers").text
+    shoot(browser, "index")
     assert_clean(browser, keys["admin"])
 
 

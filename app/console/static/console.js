@@ -241,7 +241,7 @@
     const status = document.getElementById("jobs-status");
     const live = () => [...body.querySelectorAll("td.status")].some((td) => ["queued", "running"].includes(td.textContent));
     async function poll() {
-      const response = await fetch(prefix + "/api/jobs", { headers: { "x-csrf-token": csrf }, credentials: "same-origin" });
+      const response = await fetch(prefix + "/index/jobs", { headers: { "x-csrf-token": csrf }, credentials: "same-origin" });
       if (!response.ok) { status.textContent = "Progress unavailable (" + response.status + ")."; return; }
       const { jobs } = await response.json();
       const none = body.querySelector("tr.none");
