@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import budgets_left, usage_by
@@ -95,8 +98,9 @@ class ConsoleHeaders:
                     b"x-content-type-options": b"nosniff",
                     b"referrer-policy": b"no-referrer",
                     b"x-frame-options": b"SAMEORIGIN",
-                    b"cache-control": b"no-store",
                 }
+                if not scope["path"].startswith(f"{PREFIX}/static/"):
+                    defaults[b"cache-control"] = b"no-store"  # pages hold a key's data and a CSRF token
                 headers += [(k, v) for k, v in defaults.items() if k not in names]
                 message = {**message, "headers": headers}
             await send(message)
@@ -398,7 +402,20 @@ def activate_console_index(
     return _done(request, "index", result)
 
 
-@router.post("/api/documents")
+class AdminSessionFirst(APIRoute):
+    """A console route whose session (and its admin scope) is checked before the body is received (uploads)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def session_first(request: Request) -> Response:
+            viewer = await run_in_threadpool(_viewer, request)
+            viewer.key.require("admin")
+            return await handler(request)
+
+        return session_first
+
+
 def create_console_documents(
     request: Request,
     viewer: AdminAction,
@@ -411,6 +428,11 @@ def create_console_documents(
     """Upload documents and queue their ingestion (POST /v1/admin/documents)."""
     accepted = admin.create_documents(pool, settings, catalog, viewer.grant, files, collection or None)
     return _done(request, "index", accepted)
+
+
+router.add_api_route(
+    "/api/documents", create_console_documents, methods=["POST"], route_class_override=AdminSessionFirst
+)
 
 
 # Usage and cost.

@@ -55,6 +55,13 @@ def keys(served_database: Database) -> dict[str, str]:
     return {"admin": admin, "query": query}
 
 
+@pytest.fixture(scope="module")
+def keys_private(private_database: Database) -> dict[str, str]:
+    """A global admin in the module's own database (uploads queue jobs: not in the shared one)."""
+    with private_database.connect() as conn:
+        return {"admin": create_key(conn, "uploader", ["query", "admin"], collections=["*"], configs=["*"])[1]}
+
+
 def login(client: TestClient, key: str) -> str:
     """Log in through the form; returns the session's CSRF token (the client keeps the cookie)."""
     client.cookies.clear()
@@ -194,3 +201,30 @@ def test_evals_lists_reports_from_the_folder_and_serves_them_sandboxed(
     for name in ("..%2Fconsole%2Fpgdata", "notes.txt", "missing.html"):
         assert console.get(f"/ui/evals/report/{name}").status_code == 404
     assert console.get("/ui/evals?report=../x.html").status_code == 404
+
+
+def test_upload_needs_a_session_before_its_body_and_a_csrf_token(
+    private_database: Database, keys_private: dict[str, str], tmp_path: Path
+) -> None:
+    """Uploads go through the admin API's handler: stored under the collection's uploads, a job queued."""
+    settings = make_settings(private_database, tmp_path, vllm_url=None, worker_in_process=False)
+    content = b"# Console note\n\nUploaded from the console.\n"
+    files = [("files", ("console-note.md", content, "text/markdown"))]
+    with TestClient(create_app(settings), follow_redirects=False) as client:
+        anonymous = client.post("/ui/api/documents", files=files, data={"collection": "default"})
+        assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ui/login"
+        csrf = login(client, keys_private["admin"])
+        forged = client.post("/ui/api/documents", files=files, data={"collection": "default", "csrf": "x"})
+        assert forged.status_code == 403
+        assert not (tmp_path / "uploads" / "default" / "console-note.md").exists()
+        accepted = client.post(
+            "/ui/api/documents", files=files, data={"collection": "default"}, headers={"x-csrf-token": csrf}
+        )
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["files"] == [{"filename": "console-note.md", "bytes": len(content)}]
+        assert (tmp_path / "uploads" / "default" / "console-note.md").is_file()
+        with private_database.connect() as conn:
+            job = conn.execute(
+                "SELECT params->>'collection' FROM jobs WHERE id = %s", (accepted.json()["job_id"],)
+            ).fetchone()
+        assert job == ("default",)
