@@ -50,10 +50,10 @@ def seed_ledger(database: Database, rows: int) -> None:
         conn.execute(
             """INSERT INTO ledger (request_id, key_name, route, status, config_version, model, prompt_tokens,
                                    completion_tokens, embedding_tokens, cost_usd, latency_ms, created_at)
-               SELECT 'synthetic-' || i, 'key-' || (i % 8), '/v1/query', CASE WHEN i % 50 = 0 THEN 500 ELSE 200 END,
-                      'config-' || (i % 3) || '@synthetic', 'extractive', 300 + i % 700, 40 + i % 90, 12,
-                      (i % 1000) * 0.000001, jsonb_build_object('total', 20 + (i * 7919) % 400),
-                      now() - (i % (30 * 24 * 60)) * interval '1 minute'
+               SELECT 'synthetic-' || i, 'key-' || (i %% 8), '/v1/query', CASE WHEN i %% 50 = 0 THEN 500 ELSE 200 END,
+                      'config-' || (i %% 3) || '@synthetic', 'extractive', 300 + i %% 700, 40 + i %% 90, 12,
+                      (i %% 1000) * 0.000001, jsonb_build_object('total', 20 + (i * 7919) %% 400),
+                      now() - (i %% (30 * 24 * 60)) * interval '1 minute'
                FROM generate_series(1, %s) i""",
             (rows,),
         )
