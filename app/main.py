@@ -25,6 +25,7 @@ from app.accounting import Accountant, LedgerEntry, release_stale_holds
 from app.api import admin, collections, console, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
+from app.console.sessions import SessionStore
 from app.metering import Meter
 from app.metrics import Metrics
 from app.pricing import load_pricing
@@ -266,6 +267,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     )
     app.state.metrics = metrics
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
+    app.state.console_sessions = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
     for api in (system, query, openai_compat, collections, usage, admin, console):
         app.include_router(api.router)
     app.mount(f"{console.PREFIX}/static", StaticFiles(directory=console.CONSOLE / "static"), name="console-static")

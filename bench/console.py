@@ -65,10 +65,11 @@ def first_delta_ms(client: httpx.Client, url: str, body: dict[str, Any], headers
     t0 = time.perf_counter()
     with client.stream("POST", url, json=body, headers=headers) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
+        lines = response.iter_lines()
+        for line in lines:
             if line == "event: delta":
                 elapsed = (time.perf_counter() - t0) * 1000
-                for _ in response.iter_lines():  # read to the end: the request is settled before the next
+                for _ in lines:  # read to the end: the request is settled before the next
                     pass
                 return elapsed
     raise RuntimeError("no delta event")

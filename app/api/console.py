@@ -109,12 +109,8 @@ class ConsoleHeaders:
 
 
 def sessions_of(request: Request) -> SessionStore:
-    """The process's console sessions (made on first use)."""
-    store: SessionStore | None = getattr(request.app.state, "console_sessions", None)
-    if store is None:
-        settings = request.app.state.settings
-        store = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
-        request.app.state.console_sessions = store
+    """The process's console sessions (made with the app: app/main.py)."""
+    store: SessionStore = request.app.state.console_sessions
     return store
 
 
@@ -193,20 +189,25 @@ def action_viewer(scope: str) -> Any:
 
     async def dependency(request: Request) -> Viewer:
         started = time.perf_counter()
-        viewer = _viewer(request)
-        if request.method != "GET":
-            presented = request.headers.get(CSRF_HEADER)
-            if presented is None and request.headers.get("content-type", "").startswith(
-                ("application/x-www-form-urlencoded", "multipart/form-data")
-            ):
-                presented = str((await request.form()).get("csrf") or "")
-            _check_csrf(viewer.session, presented)
-        if get_meter(request).key is None:
-            admit(request, viewer.key, scope, started)
-        viewer.key.require(scope)
-        return viewer
+        presented = request.headers.get(CSRF_HEADER)
+        if presented is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")
+        ):
+            presented = str((await request.form()).get("csrf") or "")
+        return await run_in_threadpool(_admitted, request, scope, presented, started)
 
     return Depends(dependency)
+
+
+def _admitted(request: Request, scope: str, csrf: str | None, started: float) -> Viewer:
+    """The viewer, its CSRF token checked (except on reads), its key admitted like a bearer key (database work)."""
+    viewer = _viewer(request)
+    if request.method != "GET":
+        _check_csrf(viewer.session, csrf)
+    if get_meter(request).key is None:
+        admit(request, viewer.key, scope, started)
+    viewer.key.require(scope)
+    return viewer
 
 
 QueryViewer = Annotated[Viewer, page_viewer("query")]

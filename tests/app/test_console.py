@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.console import CSP, REPORT_CSP, SESSION_COOKIE
-from app.keys import create_key
+from app.console.sessions import SessionStore
+from app.keys import create_key, revoke_key
 from app.main import create_app
 from core.db import Database
 from tests.app.conftest import make_settings
@@ -228,3 +230,19 @@ def test_upload_needs_a_session_before_its_body_and_a_csrf_token(
                 "SELECT params->>'collection' FROM jobs WHERE id = %s", (accepted.json()["job_id"],)
             ).fetchone()
         assert job == ("default",)
+
+
+def test_a_revoked_key_or_an_expired_session_ends_the_login(database: Database) -> None:
+    with database.connect() as conn:
+        key = create_key(conn, "short-lived", ["query"], collections=["default"])[0]
+    store = SessionStore(ttl_s=60, recheck_s=0)
+    session_id, session = store.create(key)
+    assert store.get(session_id, database.connect) is session and session.csrf_ok(session.csrf)
+    assert not session.csrf_ok("") and not session.csrf_ok(None) and store.get("other", database.connect) is None
+    with database.connect() as conn:
+        revoke_key(conn, str(key.id))
+    assert store.get(session_id, database.connect) is None
+    expired = SessionStore(ttl_s=0.01, recheck_s=60)
+    old_id, _ = expired.create(key)
+    time.sleep(0.02)
+    assert expired.get(old_id, database.connect) is None
