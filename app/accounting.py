@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -278,28 +279,82 @@ GROUPS = {"key": "coalesce(key_name, '(none)')", "day": "to_char(created_at, 'YY
           "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')"}  # fmt: skip
 
 
+_USAGE_FIELDS = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "embedding_tokens",
+                 "cost_usd", "latency_p50_ms", "latency_p95_ms")  # fmt: skip
+
+
+def usage_by(
+    conn: psycopg.Connection, start: datetime, end: datetime, groups: Sequence[str], *, key_id: int | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Requests, errors, tokens, cost (Decimal, as stored) and total latency p50/p95 per group of each of ``groups``.
+
+    One scan of the ledger rows in [start, end) for all groupings (GROUPING SETS); only ``key_id``'s when given.
+    """
+    columns = [GROUPS[g] for g in groups]  # allow-listed: never user text in SQL
+    which = " ".join(f"WHEN GROUPING({c}) = 0 THEN {i}" for i, c in enumerate(columns))
+    rows = conn.execute(
+        f"""SELECT CASE {which} END, coalesce({", ".join(columns)}), count(*), count(*) FILTER (WHERE status >= 400),
+                   sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(embedding_tokens),
+                   sum(cost_usd),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY (latency_ms->>'total')::float8),
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY (latency_ms->>'total')::float8)
+            FROM ledger WHERE created_at >= %s AND created_at < %s AND (%s::bigint IS NULL OR key_id = %s)
+            GROUP BY GROUPING SETS ({", ".join(f"({c})" for c in columns)}) ORDER BY 1, 2""",
+        (start, end, key_id, key_id),
+    ).fetchall()
+    result: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
+    for which_group, group, *values in rows:
+        item: dict[str, Any] = {"group": group, **dict(zip(_USAGE_FIELDS, values, strict=True))}
+        for name in _USAGE_FIELDS[:6]:
+            item[name] = int(item[name] or 0)
+        item["cost_usd"] = item["cost_usd"] or Decimal(0)
+        result[groups[which_group]].append(item)
+    return result
+
+
 def usage(
     conn: psycopg.Connection, start: datetime, end: datetime, group_by: str, *, key_id: int | None = None
 ) -> list[dict[str, Any]]:
-    """Requests, tokens and cost (Decimal, as stored) per group in [start, end); only ``key_id``'s when given."""
-    column = GROUPS[group_by]  # allow-listed: never user text in SQL
-    rows = conn.execute(
-        f"""SELECT {column} AS grp, count(*), count(*) FILTER (WHERE status >= 400),
-                   sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(embedding_tokens),
-                   sum(cost_usd)
-            FROM ledger WHERE created_at >= %s AND created_at < %s AND (%s::bigint IS NULL OR key_id = %s)
-            GROUP BY 1 ORDER BY 1""",
-        (start, end, key_id, key_id),
-    ).fetchall()
-    names = ("group", "requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
-             "embedding_tokens", "cost_usd")  # fmt: skip
-    result = []
-    for row in rows:
-        item: dict[str, Any] = dict(zip(names, row, strict=True))
-        for name in names[1:]:
-            item[name] = (item[name] or Decimal(0)) if name == "cost_usd" else int(item[name] or 0)
-        result.append(item)
-    return result
+    """Requests, tokens, cost and latency per group of one grouping in [start, end); only ``key_id``'s when given."""
+    return usage_by(conn, start, end, [group_by], key_id=key_id)[group_by]
+
+
+@dataclass(frozen=True)
+class BudgetLeft:
+    """One budget of one key in the current period: what it allows, what is spent or held, what is left."""
+
+    key_name: str
+    period: str
+    budget_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    resets_at: datetime
+
+    @property
+    def left_usd(self) -> Decimal:
+        """What the key may still spend this period."""
+        return max(self.budget_usd - self.spent_usd - self.reserved_usd, Decimal(0))
+
+
+def budgets_left(conn: psycopg.Connection, keys: Sequence[ApiKey], now: datetime | None = None) -> list[BudgetLeft]:
+    """The day and month budgets of ``keys`` (those that have one), with this period's spend."""
+    periods = period_starts(now or datetime.now(UTC))
+    budgeted = [k for k in keys if k.budget_usd_day is not None or k.budget_usd_month is not None]
+    spend = {
+        (key_id, period): (spent, reserved)
+        for key_id, period, spent, reserved in conn.execute(
+            """SELECT key_id, period, spent_usd, reserved_usd FROM key_spend WHERE key_id = ANY(%s)
+               AND ((period = 'day' AND period_start = %s) OR (period = 'month' AND period_start = %s))""",
+            ([k.id for k in budgeted], periods["day"][0], periods["month"][0]),
+        ).fetchall()
+    }
+    found = []
+    for key in budgeted:
+        for period, budget in (("day", key.budget_usd_day), ("month", key.budget_usd_month)):
+            if budget is not None:
+                spent, reserved = spend.get((key.id, period), (Decimal(0), Decimal(0)))
+                found.append(BudgetLeft(key.name, period, budget, spent, reserved, periods[period][1]))
+    return found
 
 
 class Accountant:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from app.generators.base import GenerationRequest, Generator
 from app.pii import PiiSession
-from core.config import LoadedConfig
+from core.config import LoadedConfig, RetrievalMode
 from core.errors import BadRequest
 from core.prompts import Prompt
 from ingest.versions import IndexVersion
@@ -53,6 +53,7 @@ class Question:
     filters: dict[str, Any] | None = None
     collection: str | None = None
     index_version: int | None = None  # None: the active version (the eval harness pins its own)
+    mode: RetrievalMode | None = None  # None: the configuration's retrieval mode
 
     @classmethod
     def from_turns(cls, turns: Sequence[Turn], **options: Any) -> Question:

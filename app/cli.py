@@ -307,6 +307,7 @@ def serve(
     get_embedder(catalog.config(None).config.index.embedding)  # and a model that does not load (kept for the app)
     generator = f"vLLM at {settings.vllm_url}" if settings.vllm_url else "the extractive generator (no RAGOPS_VLLM_URL)"
     out.print(f"ragops serving on http://{bind_host}:{bind_port} (docs at /docs), answering with {generator}")
+    out.print(f"console: http://{bind_host}:{bind_port}/ui (log in with an API key)", highlight=False)
     demo = ensure_demo_key()
     if demo:
         secret, created = demo

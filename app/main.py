@@ -12,7 +12,8 @@ from wsgiref.simple_server import WSGIServer
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import start_http_server
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -21,9 +22,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, collections, openai_compat, query, system, usage
+from app.api import admin, collections, console, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
+from app.console.sessions import SessionStore
 from app.metering import Meter
 from app.metrics import Metrics
 from app.pricing import load_pricing
@@ -45,7 +47,7 @@ from core.settings import Settings, get_settings
 from ingest.worker import Worker
 
 log = logging.getLogger("ragops")
-METERED_PREFIX = "/v1/"
+METERED_PREFIXES = ("/v1/", "/ui/api/")  # the console's actions cost what their /v1 twins do
 HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
 
 
@@ -77,7 +79,7 @@ class RequestContext:
         state["request_id"] = request_id
         meter = None
         accountant = getattr(scope["app"].state, "accountant", None)
-        if self.metering and accountant is not None and scope["path"].startswith(METERED_PREFIX):
+        if self.metering and accountant is not None and scope["path"].startswith(METERED_PREFIXES):
             meter = Meter(accountant, self.metrics, LedgerEntry(request_id=request_id, route=scope["path"][:200]))
             state["meter"] = meter
         status: int | None = None  # None until a response starts: a client gone before it is a 499
@@ -205,8 +207,10 @@ def _record_failure(metrics: Metrics, request: Request, exc: BaseException) -> N
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Every error, ours or the framework's, answered in the one shape (app/api/errors.py)."""
 
-    def respond(request: Request, exc: BaseException, body: dict[str, Any]) -> JSONResponse:
+    def respond(request: Request, exc: BaseException, body: dict[str, Any]) -> Response:
         _record_failure(metrics, request, exc)
+        if console.wants_html(request):
+            return console.error_page(request, body["error"]["code"], body["error"]["message"])
         headers = {}
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after:
@@ -216,7 +220,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return error_response(body, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
         field = ".".join(loc) or None
@@ -224,18 +228,18 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return respond(request, exc, error_body(422, message, "invalid_request", field))
 
     @app.exception_handler(RagopsError)
-    async def ragops_error(request: Request, exc: RagopsError) -> JSONResponse:
+    async def ragops_error(request: Request, exc: RagopsError) -> Response:
         return respond(request, exc, error_of(exc, request.state.request_id))
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
-    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+    async def database_down(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable: %s", type(exc).__name__)
         unavailable = DatabaseError("database unavailable; retry shortly")
         return respond(request, unavailable, error_of(unavailable, request.state.request_id))
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         """The framework's own errors (unknown route, wrong method, unparsable or oversized body), in our shape."""
         kind = HTTP_ERROR_KINDS.get(exc.status_code, "invalid_request")
         response = respond(request, exc, error_body(exc.status_code, str(exc.detail), kind))
@@ -244,7 +248,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return response
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> Response:
         return respond(request, exc, error_of(exc, getattr(request.state, "request_id", "?")))
 
 
@@ -263,12 +267,18 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     )
     app.state.metrics = metrics
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
-    for api in (system, query, openai_compat, collections, usage, admin):
+    app.state.console_sessions = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
+    for api in (system, query, openai_compat, collections, usage, admin, console):
         app.include_router(api.router)
+    app.mount(f"{console.PREFIX}/static", StaticFiles(directory=console.CONSOLE / "static"), name="console-static")
     if settings.metrics_port is None:
         app.include_router(system.metrics_router)
-    uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
+    uploads = {
+        f"{admin.router.prefix}/documents": settings.upload_body_max_bytes,
+        f"{console.PREFIX}/api/documents": settings.upload_body_max_bytes,
+    }
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)
+    app.add_middleware(console.ConsoleHeaders)
     app.add_middleware(RequestContext, metrics=metrics, metering=metering)
     _install_error_handlers(app, metrics)
     return app

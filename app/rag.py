@@ -282,6 +282,7 @@ class RagPipeline:
         """
         started = time.perf_counter()
         config = self.catalog.config(grant.config(question.config, self.catalog.default_config))
+        config = config.with_retrieval_mode(question.mode)
         question = dataclasses.replace(question, collection=grant.collection(question.collection))
         self.validate(question, config)
         prompt = self.catalog.prompt_for(config)

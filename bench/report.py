@@ -466,6 +466,25 @@ def hostile_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def console_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the console: the playground's first answer character vs /v1/query, and page renders."""
+    added, pages = r["console_added_ms"], r["page_render_ms"]
+    direct, console = r["direct_first_char_ms"]["p50"], r["console_first_char_ms"]["p50"]
+    worst = max(pages.items(), key=lambda p: p[1]["p95"])
+    return [
+        (
+            "console playground: first answer character vs /v1/query stream (interleaved, one run)",
+            f"direct p50 {direct:.1f} ms, console p50 {console:.1f} ms",
+            f"console adds p50 {added['p50']:+.1f} ms (target <= 20 ms)",
+        ),
+        (
+            f"console pages, server render with {r['ledger_rows'].split()[0]} ledger rows (synthetic)",
+            ", ".join(f"{name} p95 {p['p95']:.1f} ms" for name, p in pages.items()),
+            f"worst p95 {worst[1]['p95']:.1f} ms ({worst[0]}) (target <= 50 ms)",
+        ),
+    ]
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "html": html_rows,
@@ -482,6 +501,7 @@ RENDERERS = {
     "soak": load_rows,
     "reindex": reindex_rows,
     "hostile": hostile_rows,
+    "console": console_rows,
 }
 
 

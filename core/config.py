@@ -119,10 +119,13 @@ class IndexSettings(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+RetrievalMode = Literal["hybrid", "vector", "keyword"]
+
+
 class RetrievalSettings(StrictModel):
     """How chunks are found for a question."""
 
-    mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
+    mode: RetrievalMode = "hybrid"
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="Chunks handed to the generator.")
     candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
     # Defaults chosen on WikiQA dev and PubMedQA train/validation (bench/retrieval_quality.py): configs/default.yaml.
@@ -374,11 +377,20 @@ class LoadedConfig(BaseModel):
     sha256: str
     git_commit: str | None
     config: RagConfig
+    overrides: str = ""  # what a request changed for itself, e.g. "+mode=keyword": part of the version
 
     @property
     def version(self) -> str:
-        """``name@sha12``: changes whenever the file's bytes change."""
-        return f"{self.name}@{self.sha256[:12]}"
+        """``name@sha12``: changes whenever the file's bytes change (plus a request's overrides, if any)."""
+        return f"{self.name}@{self.sha256[:12]}{self.overrides}"
+
+    def with_retrieval_mode(self, mode: RetrievalMode | None) -> LoadedConfig:
+        """This configuration retrieving in ``mode`` (unchanged when None or already so); the version says so."""
+        if mode is None or mode == self.config.retrieval.mode:
+            return self
+        retrieval = self.config.retrieval.model_copy(update={"mode": mode})
+        config = self.config.model_copy(update={"retrieval": retrieval})
+        return self.model_copy(update={"config": config, "overrides": f"{self.overrides}+mode={mode}"})
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:

@@ -77,6 +77,13 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
     key = accountant.keys.verify(accountant.pool.connection, token.strip())
+    return admit(request, key, scope, started)
+
+
+def admit(request: Request, key: ApiKey, scope: str, started: float) -> ApiKey:
+    """Let a verified key in: recorded on the meter, checked for ``scope``, given a concurrency slot, rate-limited."""
+    accountant = get_accountant(request)
+    meter = get_meter(request)
     meter.key = key
     meter.entry.key_id, meter.entry.key_name = key.id, key.name
     key.require(scope)

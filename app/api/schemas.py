@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.answers import Answer, Citation, json_nodes
-from core.config import MAX_TOP_K
+from core.config import MAX_TOP_K, RetrievalMode
 from core.errors import BadRequest
 
 MAX_QUESTION_CHARS = 20_000
@@ -48,6 +48,9 @@ class RetrievalOptions(Strict):
     filters: Filters = Field(default=None, description=FILTERS_DESCRIPTION)
     collection: str | None = Field(
         default=None, max_length=200, pattern=NO_NUL, description="Search this collection; unset = 'default'."
+    )
+    mode: RetrievalMode | None = Field(
+        default=None, description="Retrieval mode for this request (hybrid, vector, keyword); the config's if unset."
     )
     stream: bool = Field(default=False, description="Server-Sent Events: citations, deltas, usage, done.")
 
