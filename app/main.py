@@ -21,9 +21,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, collections, openai_compat, query, system, usage
+from app.api import admin, collections, feedback, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
+from app.feedback import CHORES
 from app.metering import Meter
 from app.metrics import Metrics
 from app.pricing import load_pricing
@@ -117,7 +118,7 @@ def _start_worker(database: Database, settings: Settings) -> Worker | None:
         enabled = settings.database_url is None
     if not enabled:
         return None
-    worker = Worker(database, settings)
+    worker = Worker(database, settings, chores=CHORES)
     worker.start()
     log.info("in-process job worker %s started", worker.worker_id)
     return worker
@@ -263,7 +264,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     )
     app.state.metrics = metrics
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
-    for api in (system, query, openai_compat, collections, usage, admin):
+    for api in (system, query, openai_compat, collections, usage, admin, feedback):
         app.include_router(api.router)
     if settings.metrics_port is None:
         app.include_router(system.metrics_router)
