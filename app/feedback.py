@@ -203,9 +203,7 @@ class Rating:
     sources: list[int]
 
 
-def save_rating(
-    conn: psycopg.Connection, rated: Rated, key: ApiKey | None, rating: Rating
-) -> dict[str, Any]:
+def save_rating(conn: psycopg.Connection, rated: Rated, key: ApiKey | None, rating: Rating) -> dict[str, Any]:
     """Insert or replace the request's rating; the stored row with ``created`` (False: an update)."""
     assert rated.collection is not None
     row = conn.execute(

@@ -164,7 +164,7 @@ def harvest_cmd(
     for dup in result.duplicates:
         out.print(f"skipped request {dup['request_id']}: duplicate of {dup['duplicate_of']} ({dup['how']})")
     out.print(
-        f"wrote {len(lines)} proposed row(s) to {target}: write each reference, set \"accept\": true, then "
+        f'wrote {len(lines)} proposed row(s) to {target}: write each reference, set "accept": true, then '
         f"`ragops eval harvest --accept {target} --dataset {dataset}`"
     )
 

@@ -201,7 +201,7 @@ def accepted_rows(review: Path) -> tuple[list[EvalQuestion], int]:
         except json.JSONDecodeError as exc:
             raise EvalInputError(f"{review}:{number}: invalid JSON ({exc.msg})") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("row"), dict):
-            raise EvalInputError(f"{review}:{number}: expected {{\"accept\": ..., \"row\": {{...}}}}")
+            raise EvalInputError(f'{review}:{number}: expected {{"accept": ..., "row": {{...}}}}')
         if entry.get("accept") is not True:
             skipped += 1
             continue
@@ -223,7 +223,7 @@ def accept(review: Path, dataset_path: Path) -> tuple[EvalSet, EvalSet, int]:
     before = load_dataset(dataset_path)
     rows, skipped = accepted_rows(review)
     if not rows:
-        raise EvalInputError(f"{review}: no row is marked \"accept\": true; nothing appended")
+        raise EvalInputError(f'{review}: no row is marked "accept": true; nothing appended')
     taken = {q.id for q in before.questions}
     for row in rows:
         if row.id in taken:

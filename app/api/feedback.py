@@ -14,8 +14,19 @@ from pydantic import BaseModel, Field
 from app.api.deps import AdminGrant, Configs, DbPool, Pipeline, authenticate, grant_of
 from app.api.query import ERRORS
 from app.api.schemas import NO_NUL, Strict, VersionsOut
-from app.feedback import REASONS, SCALES, Rating, Reason, Scale, check_sources, filter_comment, list_feedback
-from app.feedback import parse_since, rateable, save_rating
+from app.feedback import (
+    REASONS,
+    SCALES,
+    Rating,
+    Reason,
+    Scale,
+    check_sources,
+    filter_comment,
+    list_feedback,
+    parse_since,
+    rateable,
+    save_rating,
+)
 from app.keys import ApiKey
 from core.access import Grant
 from core.errors import BadRequest, ScopeError

@@ -180,5 +180,6 @@ def test_near_duplicates_by_embedding_are_dropped(embedder: Embedder) -> None:
                        result)  # fmt: skip
     assert [c.question for c in kept] == [different]
     assert {(d["duplicate_of"], d["how"].split()[0]) for d in result.duplicates} == {
-        (KEPT[0].id, "cosine"), (candidate(different).row_id, "same")
+        (KEPT[0].id, "cosine"),
+        (candidate(different).row_id, "same"),
     }
