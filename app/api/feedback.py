@@ -34,6 +34,7 @@ from core.errors import BadRequest, ScopeError
 router = APIRouter(prefix="/v1", tags=["feedback"])
 MAX_TEXT_CHARS = 2000
 MAX_SOURCES = 50
+DocumentId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 def require_rater(request: Request) -> ApiKey | None:
@@ -63,7 +64,7 @@ class FeedbackRequest(Strict):
         default=None, max_length=MAX_TEXT_CHARS, pattern=NO_NUL,
         description="Free text; stored only after the answer's configuration's PII filter (refused when it has none).",
     )  # fmt: skip
-    sources: list[int] = Field(
+    sources: list[DocumentId] = Field(
         default_factory=list, max_length=MAX_SOURCES,
         description="document_id of the citations (or other documents of the collection) that were right.",
     )  # fmt: skip

@@ -82,7 +82,9 @@ def ask(client: TestClient, key: str, question: str, config: str = "default") ->
 
 
 def rate(client: TestClient, key: str, **body: Any) -> Any:
-    return client.post("/v1/feedback", json=body, headers=_auth(key))
+    """POST /v1/feedback; the body as Python's JSON writes it (lone surrogates escaped, as a client may send them)."""
+    headers = {**_auth(key), "Content-Type": "application/json"}
+    return client.post("/v1/feedback", content=json.dumps(body), headers=headers)
 
 
 def feedback_rows(database: Database) -> list[tuple[Any, ...]]:
@@ -168,6 +170,9 @@ def test_only_the_asking_key_or_its_collections_admin_may_rate(
         ({"rating": -1, "scale": "percent"}, 422, "scale"),
         ({"rating": -1, "text": "x" * 2001}, 422, "text"),
         ({"rating": -1, "text": "a\x00b"}, 422, "text"),
+        ({"rating": -1, "text": "\ud800 lone"}, 422, "text"),
+        ({"rating": -1, "sources": [10**30]}, 422, "sources"),
+        ({"rating": 10**30}, 422, "rating"),
         ({"rating": -1, "sources": [987654321]}, 422, "no document 987654321"),
         ({"rating": -1, "sources": ["handbook/pto.md"]}, 422, "sources"),
         ({"rating": -1, "extra": 1}, 422, "extra"),
