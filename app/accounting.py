@@ -64,6 +64,7 @@ class LedgerEntry:
     key_id: int | None = None
     key_name: str | None = None
     error_kind: str | None = None
+    collection: str | None = None  # the collection the request read (feedback and quality are per collection)
     config_version: str | None = None
     prompt_version: str | None = None
     index_version: str | None = None
@@ -258,10 +259,10 @@ def hold_rate_tokens(conn: psycopg.Connection, key_id: int, tokens: int) -> Rate
 def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
     """Insert the request's one ledger row (a second write for the same request is ignored)."""
     conn.execute(
-        """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, config_version,
+        """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, collection, config_version,
                prompt_version, index_version, model, prompt_tokens, cached_tokens, completion_tokens,
                embedding_tokens, cost_usd, latency_ms, pii_counts)
-           VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s,
+           VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s, %(collection)s,
                %(config_version)s, %(prompt_version)s, %(index_version)s, %(model)s, %(prompt_tokens)s,
                %(cached_tokens)s, %(completion_tokens)s, %(embedding_tokens)s, %(cost_usd)s, %(latency_ms)s,
                %(pii_counts)s)

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.feedback import CHORES
 from app.model_server import llm_app
 from core.errors import RagopsError
 from core.logs import configure_logging
@@ -27,13 +28,15 @@ app = typer.Typer(
 app.command("ingest")(ingest_cli.ingest)
 app.add_typer(ingest_cli.index_app, name="index")
 app.add_typer(ingest_cli.db_app, name="db")
-app.command("worker")(ingest_cli.worker)
+app.command("worker")(ingest_cli.worker_command(CHORES))
 app.add_typer(ingest_cli.jobs_app, name="jobs")
 app.add_typer(ingest_cli.collections_app, name="collections")
 config_app = typer.Typer(help="Check configurations and prompts.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+feedback_app = typer.Typer(help="Ratings of answers and the opt-in transcript store.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 app.add_typer(llm_app, name="llm")
 DEMO_KEY_FILE = "demo-api-key"
 out = Console()
@@ -214,6 +217,17 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix (see `
     with open_runtime() as rt:
         revoked = revoke_key(rt.conn, key)
     out.print(f"revoked key {revoked.id} ({revoked.name})")
+
+
+@feedback_app.command("purge")
+def feedback_purge() -> None:
+    """Delete transcripts whose retention ran out now (the worker also does it every few minutes)."""
+    from app.feedback import purge_expired_transcripts
+    from core.runtime import open_runtime
+
+    with open_runtime() as rt:
+        deleted = purge_expired_transcripts(rt.conn)
+    out.print(f"deleted {deleted} expired transcript(s)")
 
 
 @app.command("usage")

@@ -22,10 +22,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, collections, console, openai_compat, query, system, usage
+from app.api import admin, collections, console, feedback, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.console.sessions import SessionStore
+from app.feedback import CHORES
 from app.metering import Meter
 from app.metrics import Metrics
 from app.pricing import load_pricing
@@ -119,7 +120,7 @@ def _start_worker(database: Database, settings: Settings) -> Worker | None:
         enabled = settings.database_url is None
     if not enabled:
         return None
-    worker = Worker(database, settings)
+    worker = Worker(database, settings, chores=CHORES)
     worker.start()
     log.info("in-process job worker %s started", worker.worker_id)
     return worker
@@ -268,7 +269,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     app.state.metrics = metrics
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
     app.state.console_sessions = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
-    for api in (system, query, openai_compat, collections, usage, admin, console):
+    for api in (system, query, openai_compat, collections, usage, admin, feedback, console):
         app.include_router(api.router)
     app.mount(f"{console.PREFIX}/static", StaticFiles(directory=console.CONSOLE / "static"), name="console-static")
     if settings.metrics_port is None:

@@ -67,6 +67,7 @@ class Meter:
         """Retrieval is done: note versions and stage times, then hold the worst-case cost and tokens."""
         self.prepared = prepared
         e = self.entry
+        e.collection = prepared.question.collection
         e.config_version, e.prompt_version, e.index_version = (
             prepared.config.version, prepared.prompt.version, prepared.index.name,
         )  # fmt: skip

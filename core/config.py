@@ -349,6 +349,21 @@ class PiiSettings(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+class TranscriptSettings(StrictModel):
+    """The opt-in transcript store: PII-filtered question, answer and citations of each answer, kept a while."""
+
+    enabled: bool = Field(default=False, description="Store filtered transcripts (needs pii on question and answer).")
+    retention_days: int = Field(
+        default=30, ge=1, le=3650, description="Days a transcript is kept; the worker deletes it after."
+    )
+
+
+class FeedbackSettings(StrictModel):
+    """What is kept of live traffic for feedback and eval harvesting (ratings themselves need nothing here)."""
+
+    transcripts: TranscriptSettings = TranscriptSettings()
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
@@ -357,6 +372,17 @@ class RagConfig(StrictModel):
     retrieval: RetrievalSettings = RetrievalSettings()
     generation: GenerationSettings = GenerationSettings()
     pii: PiiSettings = PiiSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+
+    @model_validator(mode="after")
+    def _transcripts_filtered(self) -> RagConfig:
+        apply_to = self.pii.apply_to
+        if self.feedback.transcripts.enabled and not (self.pii.enabled and apply_to.question and apply_to.answer):
+            raise ValueError(
+                "feedback.transcripts.enabled needs pii.enabled with pii.apply_to.question and .answer: "
+                "only PII-filtered text is ever stored"
+            )
+        return self
 
     @model_validator(mode="after")
     def _scrub_policy_in_index_identity(self) -> RagConfig:

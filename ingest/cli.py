@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +19,9 @@ from core.migrations import migrate
 from core.runtime import open_runtime
 from ingest import documents, versions
 from ingest.pipeline import IngestPipeline, IngestProgress, IngestReport
+
+if TYPE_CHECKING:
+    from ingest.worker import Chore
 
 console = Console(stderr=True)
 out = Console()
@@ -213,33 +217,42 @@ def db_migrate() -> None:
 jobs_app = typer.Typer(help="Reindex jobs: list, watch with a live progress bar, cancel.", no_args_is_help=True)
 
 
-def worker(
-    once: Annotated[bool, typer.Option(help="Run queued jobs until none is left, then exit.")] = False,
-    batch_documents: Annotated[
-        int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
-    ] = 256,
-) -> None:
-    """Run reindex jobs from the queue (several workers never run the same job)."""
-    from core.logs import configure_logging
-    from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
-    from core.settings import get_settings
-    from ingest.worker import Worker
+def worker_command(chores: Sequence[Chore] = ()) -> Callable[..., None]:
+    """The ``ragops worker`` command, running ``chores`` (housekeeping of the layers above) between jobs."""
 
-    pin_malloc_mmap_threshold()
-    limit_blas_threads()
-    settings = get_settings()
-    configure_logging(settings.log_level)
-    with open_runtime(settings) as rt:
-        job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents)
-        console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
-        try:
-            if once:
-                while job_worker.run_once() is not None:
-                    pass
-            else:
-                job_worker.run_forever()
-        except KeyboardInterrupt:
-            job_worker.stopping.set()
+    def worker(
+        once: Annotated[bool, typer.Option(help="Run queued jobs until none is left, then exit.")] = False,
+        batch_documents: Annotated[
+            int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
+        ] = 256,
+    ) -> None:
+        """Run reindex jobs from the queue (several workers never run the same job), and periodic housekeeping."""
+        from core.logs import configure_logging
+        from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
+        from core.settings import get_settings
+        from ingest.worker import Worker
+
+        pin_malloc_mmap_threshold()
+        limit_blas_threads()
+        settings = get_settings()
+        configure_logging(settings.log_level)
+        with open_runtime(settings) as rt:
+            job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents, chores=chores)
+            console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
+            try:
+                if once:
+                    job_worker.run_chores(rt.conn, force=True)
+                    while job_worker.run_once() is not None:
+                        pass
+                else:
+                    job_worker.run_forever()
+            except KeyboardInterrupt:
+                job_worker.stopping.set()
+
+    return worker
+
+
+worker = worker_command()
 
 
 @jobs_app.command("list")

@@ -14,8 +14,9 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -38,6 +39,19 @@ HEARTBEAT_S = 1.0  # progress is committed at least this often, so watchers see 
 
 
 BUSY_RETRY_S = 5  # a job whose version another writer holds waits this long before it is tried again
+
+
+@dataclass(frozen=True)
+class Chore:
+    """Housekeeping the worker runs every ``every_s`` between jobs, on its own connection (autocommit).
+
+    Layers above ``ingest`` hand theirs in (the app: deleting expired transcripts), so the worker
+    needs no import of them.
+    """
+
+    name: str
+    every_s: float
+    run: Callable[[psycopg.Connection], object]
 
 
 @dataclass
@@ -108,8 +122,11 @@ class Worker:
         poll_s: float = 0.5,
         heartbeat_s: float = HEARTBEAT_S,
         batch_documents: int = 256,
+        chores: Sequence[Chore] = (),
     ) -> None:
         self.database = database
+        self.chores = tuple(chores)
+        self._chores_due: dict[str, float] = {}  # chore name -> monotonic time it is next due
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.poll_s = poll_s
@@ -141,6 +158,7 @@ class Worker:
             try:
                 if conn is None or conn.closed:
                     conn = self.database.connect()
+                self.run_chores(conn)
                 job = self.run_once(conn)
             except (psycopg.Error, RagopsError) as exc:
                 log.warning("worker %s: %s; retrying", self.worker_id, exc)
@@ -151,6 +169,18 @@ class Worker:
                 self.stopping.wait(self.poll_s)
         if conn is not None:
             conn.close()
+
+    def run_chores(self, conn: psycopg.Connection, *, force: bool = False) -> None:
+        """Run the chores that are due (all of them with ``force``); one that fails is logged and retried next time."""
+        now = time.monotonic()
+        for chore in self.chores:
+            if not force and self._chores_due.get(chore.name, 0.0) > now:
+                continue
+            self._chores_due[chore.name] = now + chore.every_s
+            try:
+                chore.run(conn)
+            except psycopg.Error as exc:
+                log.warning("worker %s: chore %s failed: %s", self.worker_id, chore.name, type(exc).__name__)
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""
