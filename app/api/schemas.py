@@ -33,9 +33,13 @@ FILTERS_DESCRIPTION = "Metadata the chunks' documents must contain (JSON contain
 
 
 class Strict(BaseModel):
-    """Unknown fields are an error, so a typo never silently changes behaviour."""
+    """Unknown fields are an error, so a typo never silently changes behaviour; values are not coerced.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict types: ``"top_k": true`` or ``"stream": "yes"`` is a 422, as the published schema says,
+    not a quietly converted 1 or True.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RetrievalOptions(Strict):
@@ -217,7 +221,7 @@ class OpenAIMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """OpenAI ``/v1/chat/completions``; ``model`` names a ragops configuration. Unknown OpenAI fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(
         min_length=1, max_length=200, pattern=NO_NUL, description="A configuration, or 'config@collection'."
