@@ -37,7 +37,7 @@ from ingest import versions
 from ingest.pipeline import IngestPipeline
 
 WINDOWS = (25, 50, 100)
-ALPHAS = (0.001, 0.01, 0.05)
+ALPHAS = (0.005, 0.01, 0.05)  # 500 permutations: the smallest p is 1/501
 CONSECUTIVE = (1, 2, 3)
 SWITCH_WITHIN = 200  # questions after the switch
 GRADUAL_BLOCK = 100  # questions per 10% step
@@ -104,19 +104,24 @@ def alarm_windows(ps: list[float], alpha: float, consecutive: int) -> int:
     return on
 
 
-def question_drift(
-    test: Test, reference: np.ndarray, null_pool: np.ndarray, drift_pool: np.ndarray, seeds: int, null_windows: int
-) -> dict[str, Any]:
-    """Every window size x alpha x consecutive rule for one statistic, from one set of p-values per window size."""
-    pools = [null_pool, drift_pool]
+Split = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def question_drift(test: Test, split: Split, seeds: int, null_windows: int) -> dict[str, Any]:
+    """Every window size x alpha x consecutive rule for one statistic, from one set of p-values per window size.
+
+    ``split(seed)`` gives that seed's reference, null pool and drift pool.
+    """
     grid: dict[str, Any] = {}
     seconds = 0.0
     tests_run = 0
     for window in WINDOWS:
-        if window > len(null_pool):
+        if window > len(split(0)[1]):
             continue
         runs = []
         for seed in range(seeds):
+            reference, null_pool, drift_pool = split(seed)
+            pools = [null_pool, drift_pool]
             streams = scenario_streams(seed, window, null_windows)
             t0 = time.perf_counter()
             run = {k: p_values(test, reference, pools, streams[k], window, seed) for k in ("null", "switch", "gradual")}
@@ -280,14 +285,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return np.stack([vectors[k] for k in keys])
 
     dev_keys = sorted(splits["wikiqa:dev"])
-    random.Random(0).shuffle(dev_keys)
-    half = len(dev_keys) // 2
+
+    def dev_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        keys = list(dev_keys)
+        random.Random(seed).shuffle(keys)
+        return stack(keys[: len(keys) // 2]), stack(keys[len(keys) // 2 :]), stack(splits["pubmedqa:trainval"])
+
+    def heldout_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return stack(dev_keys), stack(splits["wikiqa:test"]), stack(splits["pubmedqa:test"])
+
     result: dict[str, Any] = {"seeds": args.seeds, "questions": {k: len(v) for k, v in splits.items()}, "dev": {}}
     chosen: dict[str, Any] = {}
     for name, test in TESTS.items():
-        dev = question_drift(
-            test, stack(dev_keys[:half]), stack(dev_keys[half:]), stack(splits["pubmedqa:trainval"]), args.seeds, 10
-        )
+        dev = question_drift(test, dev_split, args.seeds, 10)
         rule = choose(dev["grid"])
         result["dev"][name] = {"seconds_per_test": dev["seconds_per_test"], "chosen": rule, "grid": dev["grid"]}
         print(name, "dev choice:", rule)
@@ -295,9 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             chosen[name] = rule
     result["heldout"] = {}
     for name, rule in chosen.items():
-        held = question_drift(
-            TESTS[name], stack(dev_keys), stack(splits["wikiqa:test"]), stack(splits["pubmedqa:test"]), args.seeds, 20
-        )
+        held = question_drift(TESTS[name], heldout_split, args.seeds, 20)
         key = f"w{rule['window']}_a{rule['alpha']}_c{rule['consecutive']}"
         result["heldout"][name] = {**held["grid"][key], "seconds_per_test": held["seconds_per_test"]}
         print(name, "held-out:", result["heldout"][name])
