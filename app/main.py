@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, collections, openai_compat, query, system, usage
+from app.api import admin, collections, drift, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.metering import Meter
@@ -165,6 +165,7 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
             pool = database.pool(settings.db_pool_max, async_commit=True, timeout_s=settings.db_pool_timeout_s)
             try:
                 _open_services(app, settings, catalog, pool, metering)
+                app.state.metrics.watch_drift(pool, catalog)
                 worker = _start_worker(database, settings)
                 metrics_server = _start_metrics_server(app.state.metrics, settings)
                 try:
@@ -263,7 +264,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     )
     app.state.metrics = metrics
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
-    for api in (system, query, openai_compat, collections, usage, admin):
+    for api in (system, query, openai_compat, collections, usage, admin, drift):
         app.include_router(api.router)
     if settings.metrics_port is None:
         app.include_router(system.metrics_router)

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     )
     job_stale_after_s: float = Field(default=30.0, gt=0, description="A running job silent this long is recovered.")
     job_max_attempts: int = Field(default=3, ge=1, description="Runs of a job before a crash marks it failed.")
+    drift_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the worker judges finished drift windows (configs with drift on)."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

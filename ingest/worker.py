@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from core.config import load_config
 from core.db import Database
+from core.drift import monitor as drift_monitor
 from core.embedding import get_embedder
 from core.errors import IndexVersionError, IngestBusy, JobCancelled, JobLost, RagopsError, SourceError, WorkerStopping
 from core.settings import Settings
@@ -117,6 +119,7 @@ class Worker:
         self.batch_documents = batch_documents  # smaller batches: finer progress and cancellation, slower builds
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._drift_due = 0.0  # monotonic time of the next drift run
 
     # ------------------------------------------------------------ loop
 
@@ -148,9 +151,25 @@ class Worker:
                     conn.close()
                 conn = None
             if job is None:
+                self.run_drift_if_due(conn)
                 self.stopping.wait(self.poll_s)
         if conn is not None:
             conn.close()
+
+    def run_drift_if_due(self, conn: psycopg.Connection | None) -> drift_monitor.RunReport | None:
+        """Between jobs, every ``drift_interval_s``: judge finished drift windows (failures are logged, retried)."""
+        now = time.monotonic()
+        if conn is None or conn.closed or now < self._drift_due:
+            return None
+        self._drift_due = now + self.settings.drift_interval_s
+        try:
+            report = drift_monitor.run_due(conn, self.settings.configs_dir)
+        except Exception as exc:  # drift monitoring must never stop the job worker
+            log.warning("worker %s: drift windows: %s: %s; retrying later", self.worker_id, type(exc).__name__, exc)
+            return None
+        if report.windows or report.deleted:
+            log.info("drift: %d windows judged, %d expired answers deleted", report.windows, report.deleted)
+        return report
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
+from app.drift import record_answer
 from app.metering import Meter
 from app.pii import log_transcript
 from app.rag import RagPipeline, final_answer
@@ -32,6 +33,8 @@ def answer_events(
     for event in meter.watch(pipeline.stream(prepared, incremental=incremental)):
         if isinstance(event, AnswerDone) and pipeline.settings.log_text:
             log_transcript(meter.entry.request_id, prepared.config.name, prepared.pii)
+        if isinstance(event, AnswerDone):
+            record_answer(pipeline.pool, meter.entry.request_id, prepared)
         yield event
 
 
