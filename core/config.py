@@ -381,7 +381,7 @@ class DriftSettings(StrictModel):
         default=0.01, gt=0.0, lt=0.5, description="Significance per signal group (Bonferroni within the group)."
     )
     consecutive: int = Field(
-        default=2, ge=1, le=10, description="Windows in a row that must drift before the alarm is raised."
+        default=1, ge=1, le=10, description="Windows in a row that must drift before the alarm is raised."
     )
     psi_min: float = Field(
         default=0.1, ge=0.0, le=10.0, description="Scalar signals also need a PSI this large to count as drift."

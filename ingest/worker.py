@@ -29,6 +29,7 @@ from core.embedding import get_embedder
 from core.errors import IndexVersionError, IngestBusy, JobCancelled, JobLost, RagopsError, SourceError, WorkerStopping
 from core.settings import Settings
 from ingest import versions
+from ingest.drift_corpus import IndexCorpus
 from ingest.jobs import Job, JobStatus, ReindexParams, claim_job, drop_unfinished_version, get_job, recover_stale_jobs
 from ingest.pipeline import IngestPipeline, IngestProgress
 from ingest.sources import resolve_source, scan_source
@@ -163,7 +164,7 @@ class Worker:
             return None
         self._drift_due = now + self.settings.drift_interval_s
         try:
-            report = drift_monitor.run_due(conn, self.settings.configs_dir)
+            report = drift_monitor.run_due(conn, self.settings.configs_dir, corpus=IndexCorpus())
         except Exception as exc:  # drift monitoring must never stop the job worker
             log.warning("worker %s: drift windows: %s: %s; retrying later", self.worker_id, type(exc).__name__, exc)
             return None

@@ -1,7 +1,8 @@
 """``GET /v1/admin/drift``: a collection's drift windows, latest verdicts and content gaps (admin scope).
 
 A collection-scoped admin sees only its collections; naming another answers 403 with the same
-message whether it exists or not (core.access.Grant.collection).
+message whether it exists or not (core.access.Grant.collection); a granted name with no documents
+is a 404 naming the caller's collections, as on the other routes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from app import drift
 from app.api.deps import AdminGrant, Configs, DbPool
 from app.api.key_first import AdminKeyFirst
 from app.api.schemas import ErrorResponse
+from app.retrieval import require_collection
 from core.drift import store
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=AdminKeyFirst)
@@ -79,6 +81,7 @@ def read_drift(
     name = grant.collection(collection)
     loaded = catalog.config(grant.config(config, catalog.default_config))
     with pool.connection() as conn:
+        require_collection(conn, name, grant)
         rows = store.read_windows(
             conn, collections=frozenset({name}), collection=name, config=loaded.name, since=since, limit=limit
         )

@@ -66,6 +66,19 @@ class CombinedMeasures(AnswerMeasures):
         return out
 
 
+class CorpusSamples(ABC):
+    """Chunk vectors of a collection's active index: those of documents ingested in a window, and the rest.
+
+    Implemented where the index is known (``ingest.drift_corpus``); the worker hands it to the monitor.
+    """
+
+    @abstractmethod
+    def window(
+        self, conn: psycopg.Connection, collection: str, start: datetime, end: datetime, limit: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(chunks of documents added or changed in ``[start, end)``, a sample of the chunks indexed before)."""
+
+
 def default_measures() -> AnswerMeasures:
     """The answer measures the worker reads: the ledger's (online evaluation's join here when it lands)."""
     return CombinedMeasures([LedgerMeasures()])

@@ -18,7 +18,7 @@ import psycopg
 
 from core.config import DriftSettings, LoadedConfig, list_config_names, load_config
 from core.drift import store
-from core.drift.measures import AnswerMeasures, default_measures
+from core.drift.measures import AnswerMeasures, CorpusSamples, default_measures
 from core.drift.signals import SIGNALS, Judgement, judge
 from core.drift.stats import State, consecutive_alarm
 from core.errors import ConfigError
@@ -63,8 +63,12 @@ def run_due(
     *,
     now: datetime | None = None,
     measures: AnswerMeasures | None = None,
+    corpus: CorpusSamples | None = None,
 ) -> RunReport:
-    """Delete expired answers and judge every window that is due, for every monitored configuration."""
+    """Delete expired answers and judge every window that is due, for every monitored configuration.
+
+    ``corpus``: where newly ingested chunks are read for the corpus signal (the worker passes the index's).
+    """
     now = now or datetime.now(UTC)
     measures = measures or default_measures()
     windows = deleted = 0
@@ -73,7 +77,7 @@ def run_due(
         deleted += store.delete_expired(conn, loaded.name, settings.retention_days)
         for collection in store.monitored_pairs(conn, loaded.name):
             if settings.monitors(collection):
-                windows += judge_due(conn, collection, loaded.name, settings, now=now, measures=measures)
+                windows += judge_due(conn, collection, loaded.name, settings, now=now, measures=measures, corpus=corpus)
     return RunReport(windows=windows, deleted=deleted)
 
 
@@ -105,12 +109,13 @@ def judge_due(
     *,
     now: datetime,
     measures: AnswerMeasures,
+    corpus: CorpusSamples | None = None,
 ) -> int:
     """Judge and store the due windows of one (collection, config); returns how many were stored."""
     stored = 0
     for start in due_windows(conn, collection, config, settings, now):
         with conn.transaction():
-            if judge_window(conn, collection, config, settings, start, measures):
+            if judge_window(conn, collection, config, settings, start, measures, corpus):
                 stored += 1
     return stored
 
@@ -137,19 +142,28 @@ def judge_window(
     settings: DriftSettings,
     start: datetime,
     measures: AnswerMeasures,
+    corpus: CorpusSamples | None = None,
 ) -> bool:
-    """Judge one window's signals against the newest reference and store them; False if already stored."""
+    """Judge one window's signals against the newest reference and store them; False if already stored.
+
+    The corpus signal's reference is the index itself: chunks of documents ingested before the window.
+    """
     end = start + timedelta(seconds=settings.window_s)
     reference = store.latest_reference(conn, collection, config)
     samples = window_samples(conn, collection, config, start, end, measures)
+    references: dict[str, np.ndarray | None] = {
+        name: None if reference is None else reference.vectors if SIGNALS[name].kind == "embedding"
+        else reference.values.get(name)
+        for name in samples
+    }  # fmt: skip
+    if corpus is not None:
+        added, indexed = corpus.window(conn, collection, start, end, settings.max_questions)
+        samples["corpus_embedding"], references["corpus_embedding"] = added, indexed
     seed = int(start.timestamp()) % (2**31)  # the same window always draws the same sample and permutations
     new = False
     for name, sample in samples.items():
         signal = SIGNALS[name]
-        ref = None
-        if reference is not None:
-            ref = reference.vectors if signal.kind == "embedding" else reference.values.get(name)
-        verdict = judge(signal, ref, sample, settings, seed=seed)
+        verdict = judge(signal, references[name], sample, settings, seed=seed)
         previous = store.recent_states(conn, collection, config, name, start, settings.consecutive - 1)
         new |= store.insert_window(conn, _row(collection, config, name, start, end, verdict, previous, settings,
                                                reference.id if reference is not None else None))  # fmt: skip
