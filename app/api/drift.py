@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from app import drift
 from app.api.deps import AdminGrant, Configs, DbPool
 from app.api.key_first import AdminKeyFirst
-from app.api.schemas import ErrorResponse
+from app.api.schemas import NO_NUL, ErrorResponse
 from app.retrieval import require_collection
 from core.drift import store
 
@@ -72,8 +72,8 @@ def read_drift(
     pool: DbPool,
     catalog: Configs,
     grant: AdminGrant,
-    collection: Annotated[str | None, Query(max_length=64)] = None,
-    config: Annotated[str | None, Query(max_length=64)] = None,
+    collection: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    config: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     since: Annotated[datetime | None, Query(description="Windows starting at or after this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 2000,
 ) -> DriftResponse:

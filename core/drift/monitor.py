@@ -76,8 +76,12 @@ def run_due(
         settings = loaded.config.drift
         deleted += store.delete_expired(conn, loaded.name, settings.retention_days)
         for collection in store.monitored_pairs(conn, loaded.name):
-            if settings.monitors(collection):
+            if not settings.monitors(collection):
+                continue
+            try:
                 windows += judge_due(conn, collection, loaded.name, settings, now=now, measures=measures, corpus=corpus)
+            except (ValueError, ArithmeticError) as exc:  # one pair's bad data must not stop the others' windows
+                log.warning("drift: %s / %s: %s: %s", collection, loaded.name, type(exc).__name__, exc)
     return RunReport(windows=windows, deleted=deleted)
 
 

@@ -73,6 +73,8 @@ def judge(
     n = len(window)
     if reference is None or len(reference) == 0:
         return Judgement("no_reference", n, 0)
+    if signal.kind == "embedding" and n and reference.shape[1:] != window.shape[1:]:
+        return Judgement("no_reference", n, 0)  # another embedding model since the pin: pin again
     if n < settings.min_questions:
         return Judgement("not_enough_data", n, len(reference))
     if n > settings.max_questions:

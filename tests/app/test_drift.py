@@ -209,6 +209,8 @@ def test_drift_route_tenancy_gauges_and_report(
     assert drift_client.get("/v1/admin/drift", headers=query_only).status_code == 403
     unknown = drift_client.get("/v1/admin/drift", params={"collection": "suport"})
     assert unknown.status_code == 404 and "default" in unknown.json()["error"]["message"]
+    for params in ({"collection": "de\x00fault"}, {"config": "x\x00"}, {"since": "yesterday"}, {"limit": 0}):
+        assert drift_client.get("/v1/admin/drift", params=params).status_code == 422, params
 
     metrics = drift_client.get("/metrics").text
     assert 'ragops_drift_alert{collection="default",config="default",signal="question_embedding"} 1.0' in metrics

@@ -90,3 +90,8 @@ def test_kmeans_finds_separated_blobs() -> None:
     labels = kmeans(blobs, 2)
     assert sorted(np.bincount(labels)) == [25, 40]
     assert len(set(labels[:40])) == 1
+
+
+def test_vectors_of_another_embedding_model_are_no_reference_not_a_crash() -> None:
+    reference, window = gaussians(0.0, 4, dim=16)[0], gaussians(0.0, 4, dim=8)[1]
+    assert judge(SIGNALS["question_embedding"], reference, window, SETTINGS).state == "no_reference"
