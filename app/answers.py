@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from app.generators.base import GenerationRequest, Generator
 from app.pii import PiiSession
 from core.config import LoadedConfig, RetrievalMode
@@ -121,6 +123,10 @@ class Prepared:
     # Raw model output so far, in memory only: what a failed or abandoned stream is billed for,
     # including text the PII filter was still holding back.
     generated: list[str] = field(default_factory=list)
+    # The question's vector (None in keyword mode) and every retrieved chunk's score, best first: what drift
+    # monitoring records (no text).
+    query_vector: np.ndarray | None = None
+    hit_scores: list[float] = field(default_factory=list)
 
     @property
     def embedding_model(self) -> str:

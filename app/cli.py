@@ -6,6 +6,7 @@ import ipaddress
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,6 +39,8 @@ app.add_typer(keys_app, name="keys")
 feedback_app = typer.Typer(help="Ratings of answers and the opt-in transcript store.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(llm_app, name="llm")
+drift_app = typer.Typer(help="Drift monitoring: pin references, report judged windows.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
 DEMO_KEY_FILE = "demo-api-key"
 out = Console()
 
@@ -257,6 +260,79 @@ def usage_table(
         )  # fmt: skip
     out.print(table)
     out.print(f"total: {sum(r['requests'] for r in rows)} requests, {format_usd(sum(r['cost_usd'] for r in rows))}")
+
+
+@drift_app.command("pin")
+def drift_pin(
+    collection: Annotated[str, typer.Option(help="Collection whose reference this becomes.")] = "default",
+    config: Annotated[str | None, typer.Option(help="Configuration (default: the service's).")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="Pin the last WINDOW of live traffic (e.g. 7d, 12h) as the reference.")
+    ] = None,
+    questions: Annotated[
+        Path | None,
+        typer.Option(help='Pin a JSONL question set (one {"question": ...} per line, e.g. the eval set) instead.'),
+    ] = None,
+) -> None:
+    """Pin a new, versioned drift reference; windows from now on are judged against it."""
+    from app import drift
+    from core.catalog import Catalog
+    from core.runtime import open_runtime
+
+    if (window is None) == (questions is None):
+        raise RagopsError("give exactly one of --window or --questions")
+    settings = get_settings()
+    loaded = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config).config(config)
+    with open_runtime(settings) as rt:
+        if window is not None:
+            pinned = drift.pin_window(rt.conn, collection, loaded, window)
+        else:
+            assert questions is not None
+            texts = drift.read_questions(questions)
+            pinned = drift.pin_questions(rt.conn, collection, loaded, texts, drift.questions_note(questions, texts))
+    out.print(
+        f"pinned drift reference {pinned.id} for {collection} / {loaded.name}: {pinned.questions} questions, "
+        f"signals {', '.join(pinned.signals)}"
+    )
+
+
+@drift_app.command("report")
+def drift_report(
+    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
+    config: Annotated[str | None, typer.Option(help="Only this configuration.")] = None,
+    days: Annotated[int, typer.Option(min=1, help="Windows of the last DAYS days.")] = 7,
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML report (a chart per signal) here.")] = None,
+) -> None:
+    """Newest verdict per signal as a table; with --html, the whole time series as charts."""
+    from datetime import UTC, datetime, timedelta
+
+    from rich.table import Table
+
+    from app.drift_report import render_html, threshold_of
+    from core.catalog import Catalog
+    from core.drift import store
+    from core.runtime import open_runtime
+
+    settings = get_settings()
+    catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+    since = datetime.now(UTC) - timedelta(days=days)
+    with open_runtime(settings) as rt:
+        rows = store.read_windows(rt.conn, collections=None, collection=collection, config=config, since=since)
+    latest = {(r.collection, r.config, r.signal): r for r in rows}
+    table = Table("collection", "config", "signal", "window start", "n", "state", "p", "p threshold", "PSI", "alarm")
+    for (coll, cfg, signal), r in sorted(latest.items()):
+        drift_settings = catalog.configs[cfg].config.drift if cfg in catalog.configs else None
+        threshold = threshold_of(signal, drift_settings)
+        table.add_row(
+            coll, cfg, signal, f"{r.window_start:%Y-%m-%d %H:%M}", str(r.n), r.state.replace("_", " "),
+            "" if r.p_value is None else f"{r.p_value:.3g}", "" if threshold is None else f"{threshold:.3g}",
+            "" if r.psi is None else f"{r.psi:.3f}", "ALARM" if r.alarm else "",
+        )  # fmt: skip
+    out.print(table if latest else "no judged drift windows (is drift.enabled on and a reference pinned?)")
+    if html is not None:
+        configs = {name: loaded.config.drift for name, loaded in catalog.configs.items()}
+        html.write_text(render_html(rows, configs), encoding="utf-8")
+        out.print(f"wrote {html}")
 
 
 def ensure_demo_key() -> tuple[str, bool] | None:

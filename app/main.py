@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, collections, console, feedback, openai_compat, query, system, usage
+from app.api import admin, collections, console, drift, feedback, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.console.sessions import SessionStore
@@ -168,6 +168,7 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
             pool = database.pool(settings.db_pool_max, async_commit=True, timeout_s=settings.db_pool_timeout_s)
             try:
                 _open_services(app, settings, catalog, pool, metering)
+                app.state.metrics.watch_drift(pool, catalog)
                 worker = _start_worker(database, settings)
                 metrics_server = _start_metrics_server(app.state.metrics, settings)
                 try:
@@ -269,7 +270,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
     app.state.metrics = metrics
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
     app.state.console_sessions = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
-    for api in (system, query, openai_compat, collections, usage, admin, feedback, console):
+    for api in (system, query, openai_compat, collections, usage, admin, feedback, drift, console):
         app.include_router(api.router)
     app.mount(f"{console.PREFIX}/static", StaticFiles(directory=console.CONSOLE / "static"), name="console-static")
     if settings.metrics_port is None:

@@ -313,6 +313,8 @@ class RagPipeline:
             timings=timings,
             pii=pii,
             started=started,
+            query_vector=vector,
+            hit_scores=[hit.score for hit in hits],
         )
 
     def _learned_names(self, collection: str, policy: PiiSettings) -> frozenset[str]:

@@ -21,6 +21,7 @@ MODULES = {
     "reindex": "reindex",
     "hostile": "hostile",
     "console": "console",
+    "drift": "drift",
     "report": "report",
 }
 

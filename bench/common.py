@@ -94,6 +94,7 @@ BENCH_SCRIPTS = {
     "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",
     "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",
     "console": "bench/console.py",
+    "drift": "bench/drift.py",
 }  # fmt: skip
 
 

@@ -485,6 +485,44 @@ def console_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def drift_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the drift benchmark: the chosen rule on held-out data, the alternative statistic, retrieval drift."""
+    rows = []
+    for name, label in (("mmd", "MMD, permutation p"), ("classifier_auc", "domain-classifier AUC")):
+        dev = r["dev"].get(name, {})
+        held = r["heldout"].get(name)
+        if held is None:
+            rows.append((f"drift: question drift by {label} (dev)", "no rule of the grid met every target on dev", ""))
+            continue
+        rule = f"{held['window']}-question windows, p < {held['alpha']}, {held['consecutive']} in a row"
+        rows.append(
+            (
+                f"drift: question drift by {label}, rule chosen on dev ({rule}), {r['seeds']} seeds, held-out",
+                f"WikiQA -> PubMedQA switch caught within 200 questions in {held['switch_detected_within_200']:.0%} "
+                f"(median {held['switch_delay_median']:.0f}, max {held['switch_delay_max']}); gradual mix caught "
+                f"before 40% in {held['gradual_before_40pct']:.0%} (median at {held['gradual_share_median']:.0%}); "
+                f"false alarms {held['false_alarm_rate']:.2%} of {held['null_windows']} WikiQA windows; "
+                f"{held['seconds_per_test'] * 1000:.0f} ms per test",
+                "targets: >= 95% within 200; >= 95% before 40%; <= 5% false alarms"
+                + (f" (dev false alarms {dev['chosen']['false_alarm_rate']:.1%})" if dev.get("chosen") else ""),
+            )
+        )
+    if "retrieval" in r:
+        ret = r["retrieval"]
+        rows.append(
+            (
+                f"drift: retrieval drift, WikiQA index of all {ret['pages']} pages -> half of them "
+                f"({ret['chunks']['full']} -> {ret['chunks']['half']} chunks)",
+                f"caught within 200 questions in {ret['switch_detected_within_200']:.0%} of seeds (median "
+                f"{ret['switch_delay_median']:.0f}); false alarms {ret['false_alarm_rate']:.2%} of "
+                f"{ret['null_windows']} windows; median top score {ret['median_reference']['top_score']:.3f} -> "
+                f"{ret['median_half_index']['top_score']:.3f}",
+                "target: fires within 200 questions",
+            )
+        )
+    return rows
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "html": html_rows,
@@ -502,6 +540,7 @@ RENDERERS = {
     "reindex": reindex_rows,
     "hostile": hostile_rows,
     "console": console_rows,
+    "drift": drift_rows,
 }
 
 

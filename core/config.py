@@ -364,6 +364,68 @@ class FeedbackSettings(StrictModel):
     transcripts: TranscriptSettings = TranscriptSettings()
 
 
+_DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
+_DURATION_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``30m``, ``1h`` or ``7d``; ValueError names the accepted forms."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: use a whole number and m, h or d (e.g. 30m, 1h, 7d)")
+    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+class DriftSettings(StrictModel):
+    """Drift monitoring of live traffic: what is recorded per answer, how windows are judged.
+
+    Recorded per answer (only where enabled): the question's embedding, already computed for retrieval,
+    and retrieval scores; never text. Window size, alpha and the consecutive-window rule were chosen on
+    development data by ``bench/drift.py``.
+    """
+
+    enabled: bool = Field(default=False, description="Record answers' vectors and scores for drift windows.")
+    collections: list[str] = Field(
+        default_factory=list, description="Collections monitored; empty: every collection this config answers."
+    )
+    window: str = Field(default="1h", description="Length of one window of live traffic (m, h or d).")
+    min_questions: int = Field(
+        default=50, ge=5, le=100_000, description="Fewer answers in a window: 'not enough data', never an alarm."
+    )
+    max_questions: int = Field(
+        default=500, ge=10, le=100_000, description="A fuller window is judged on a fixed random sample this big."
+    )
+    alpha: float = Field(
+        default=0.01, gt=0.0, lt=0.5, description="Significance per signal group (Bonferroni within the group)."
+    )
+    consecutive: int = Field(
+        default=1, ge=1, le=10, description="Windows in a row that must drift before the alarm is raised."
+    )
+    psi_min: float = Field(
+        default=0.1, ge=0.0, le=10.0, description="Scalar signals also need a PSI this large to count as drift."
+    )
+    permutations: int = Field(default=500, ge=100, le=10_000, description="Permutations of the MMD test.")
+    gap_score: float = Field(
+        default=0.5, ge=0.0, le=10.0, description="A top retrieval score below this marks a content gap."
+    )
+    retention_days: int = Field(default=30, ge=1, le=3650, description="Recorded answers older than this are deleted.")
+
+    @field_validator("window")
+    @classmethod
+    def _window_is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def window_s(self) -> int:
+        """The window length in seconds."""
+        return parse_duration(self.window)
+
+    def monitors(self, collection: str) -> bool:
+        """Whether answers in ``collection`` are recorded."""
+        return self.enabled and (not self.collections or collection in self.collections)
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
@@ -373,6 +435,7 @@ class RagConfig(StrictModel):
     generation: GenerationSettings = GenerationSettings()
     pii: PiiSettings = PiiSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    drift: DriftSettings = DriftSettings()
 
     @model_validator(mode="after")
     def _transcripts_filtered(self) -> RagConfig:

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
         default=None,
         description="Folder whose `ragops eval compare --html` reports the console lists; unset = data_dir/eval.",
     )
+    drift_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the worker judges finished drift windows (configs with drift on)."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

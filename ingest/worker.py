@@ -24,10 +24,12 @@ from psycopg.types.json import Jsonb
 
 from core.config import load_config
 from core.db import Database
+from core.drift import monitor as drift_monitor
 from core.embedding import get_embedder
 from core.errors import IndexVersionError, IngestBusy, JobCancelled, JobLost, RagopsError, SourceError, WorkerStopping
 from core.settings import Settings
 from ingest import versions
+from ingest.drift_corpus import IndexCorpus
 from ingest.jobs import Job, JobStatus, ReindexParams, claim_job, drop_unfinished_version, get_job, recover_stale_jobs
 from ingest.pipeline import IngestPipeline, IngestProgress
 from ingest.sources import resolve_source, scan_source
@@ -125,7 +127,8 @@ class Worker:
         chores: Sequence[Chore] = (),
     ) -> None:
         self.database = database
-        self.chores = tuple(chores)
+        # Drift windows are this layer's own chore; the layers above hand theirs in.
+        self.chores = (*chores, Chore("drift windows", settings.drift_interval_s, self.judge_drift))
         self._chores_due: dict[str, float] = {}  # chore name -> monotonic time it is next due
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -179,8 +182,15 @@ class Worker:
             self._chores_due[chore.name] = now + chore.every_s
             try:
                 chore.run(conn)
-            except psycopg.Error as exc:
+            except Exception as exc:  # housekeeping never stops the job worker
                 log.warning("worker %s: chore %s failed: %s", self.worker_id, chore.name, type(exc).__name__)
+
+    def judge_drift(self, conn: psycopg.Connection) -> drift_monitor.RunReport:
+        """Judge the finished drift windows of every configuration with drift on (a chore)."""
+        report = drift_monitor.run_due(conn, self.settings.configs_dir, corpus=IndexCorpus())
+        if report.windows or report.deleted:
+            log.info("drift: %d windows judged, %d expired answers deleted", report.windows, report.deleted)
+        return report
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""

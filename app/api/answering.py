@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
+from app.drift import record_answer
 from app.feedback import keep_transcript
 from app.metering import Meter
 from app.pii import log_transcript
@@ -35,6 +36,7 @@ def answer_events(
             log_transcript(meter.entry.request_id, prepared.config.name, prepared.pii)
         if isinstance(event, AnswerDone):
             keep_transcript(pipeline.pool, meter.entry.request_id, prepared, event.answer)  # opt-in, filtered text
+            record_answer(pipeline.pool, meter.entry.request_id, prepared)
         yield event
 
 
