@@ -29,7 +29,7 @@ from core.settings import Settings
 from ingest import versions
 from ingest.jobs import Job, JobStatus, ReindexParams, claim_job, drop_unfinished_version, get_job, recover_stale_jobs
 from ingest.pipeline import IngestPipeline, IngestProgress
-from ingest.sources import resolve_source, scan_source
+from ingest.sources import quarantine_skipped, resolve_source, scan_source
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ class Worker:
                 seconds = 0.0
                 for root in roots:
                     self._check(heartbeat)
+                    errors_before = list(state.errors)
                     report = pipeline.run(
                         root,
                         sync=params.sync,
@@ -221,6 +222,8 @@ class Worker:
                         on_progress=self._progress_callback(state, heartbeat),
                         version=version,
                     )
+                    quarantine_skipped(root, report.skipped, self.settings.uploads_dir, self.settings.quarantine_dir)
+                    state.errors = [*errors_before, *report.skipped]
                     version = report.index_version
                     counts = {k: counts.get(k, 0) + v for k, v in report.counts.items()}
                     seconds += report.total_seconds
