@@ -545,12 +545,15 @@ def html_fragment(comparison: Comparison) -> str:
         f"<code>{e(str(comparison.candidate_versions.get('index')))}</code> (prompt "
         f"<code>{e(str(comparison.candidate_versions.get('prompt')))}</code>).</p>"
     )
+    scored = {m.name: m for m in comparison.metrics if m.available}
     metric_table = (
-        "<table><tr><th>metric</th><th>baseline</th><th>candidate</th><th>diff</th><th>95% CI</th><th>n</th>"
+        "<p>The interval: the mean paired difference (dot) and its 95% bootstrap interval; the line is zero.</p>"
+        "<table><tr><th>metric</th><th>baseline</th><th>candidate</th><th>diff</th><th>95% CI</th><th></th><th>n</th>"
         "<th>verdict</th></tr>"
         + "".join(
             f"<tr class='{r.status}'><td>{e(r.name)}</td><td class='num'>{e(r.baseline)}</td>"
             f"<td class='num'>{e(r.candidate)}</td><td class='num'>{e(r.diff)}</td><td>{e(r.interval)}</td>"
+            f"<td>{_interval_svg(scored[r.name]) if r.name in scored else ''}</td>"
             f"<td class='num'>{e(r.n)}</td><td>{e(r.verdict)}</td></tr>"
             for r in metric_rows(comparison)
         )
@@ -561,6 +564,18 @@ def html_fragment(comparison: Comparison) -> str:
         f"<section class='ragops-eval'><style>{_CSS}</style>"
         f"<h1>ragops eval gate: {e(comparison.verdict)}</h1>{header}{versions}{metric_table}"
         f"<h2>Changed questions</h2><p>{e(changes_summary(comparison))}</p>{questions}</section>"
+    )
+
+
+def _interval_svg(m: MetricResult) -> str:
+    """The paired difference and its interval on a -0.25..+0.25 axis (clipped), zero in the middle."""
+    mid, unit = 100, 400  # x of zero, pixels per unit of difference
+    lo, hi, d = (min(max(mid + v * unit, 0), 200) for v in (m.ci_low, m.ci_high, m.diff))
+    colour = "#2e7d32" if m.passed else "#ef6c00" if m.advisory else "#c62828"
+    return (
+        f'<svg width="200" height="20"><line x1="{mid}" y1="0" x2="{mid}" y2="20" stroke="#999"/>'
+        f'<line x1="{lo:.1f}" y1="10" x2="{hi:.1f}" y2="10" stroke="{colour}" stroke-width="3"/>'
+        f'<circle cx="{d:.1f}" cy="10" r="4" fill="{colour}"/></svg>'
     )
 
 
