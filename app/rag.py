@@ -187,7 +187,9 @@ def generation_request(
     history = [{"role": t.role, "content": t.content} for t in question.history if t.role != "system"]
     generation = config.config.generation
     return GenerationRequest(
-        question=without_placeholders(question.text),
+        # What was searched for: a short follow-up ("and for the secondary one?") means nothing without the
+        # turn before it, to the extractive generator's sentence scoring as much as to retrieval.
+        question=retrieval_text(question),
         messages=[rendered[0], *history, *rendered[1:]],
         passages=passages,
         model=generation.model,

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         return self.eval_reports_dir or self.data_dir / "eval"
 
     @property
+    def quarantine_dir(self) -> Path:
+        """Where uploaded files a job could not read are moved, one folder per collection."""
+        return self.data_dir / "quarantine"
+
+    @property
     def upload_body_max_bytes(self) -> int:
         """Body limit of the upload route: its most files at their largest, plus room for multipart framing."""
         return self.upload_max_files * self.upload_max_bytes + 64 * 1024

@@ -307,7 +307,8 @@ def jobs_watch(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs lis
                 time.sleep(0.5)
                 job = get_job(rt.conn, job_id) or job
     for item in job.errors:
-        out.print(f"[yellow]skipped[/] {item.get('source')}: {item.get('reason')}")
+        moved = f" (moved to {item['quarantined']})" if item.get("quarantined") else ""
+        out.print(f"[yellow]skipped[/] {item.get('source')}: {item.get('reason')}{moved}")
     out.print(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     if job.status != "succeeded":
         raise typer.Exit(1)
@@ -323,4 +324,6 @@ def jobs_cancel(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs li
         job = cancel_job(rt.conn, job_id)
     if job is None:
         raise RagopsError(f"no job {job_id}")
+    if job.finished and job.status != "cancelled":  # as the API's 409: nothing was cancelled
+        raise RagopsError(f"job {job_id} already {job.status}")
     out.print(f"job {job.id}: {job.status}" + (" (cancel requested)" if job.status == "running" else ""))

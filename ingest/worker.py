@@ -32,7 +32,7 @@ from ingest import versions
 from ingest.drift_corpus import IndexCorpus
 from ingest.jobs import Job, JobStatus, ReindexParams, claim_job, drop_unfinished_version, get_job, recover_stale_jobs
 from ingest.pipeline import IngestPipeline, IngestProgress
-from ingest.sources import resolve_source, scan_source
+from ingest.sources import quarantine_skipped, resolve_source, scan_source
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,7 @@ class Worker:
                 seconds = 0.0
                 for root in roots:
                     self._check(heartbeat)
+                    errors_before = list(state.errors)
                     report = pipeline.run(
                         root,
                         sync=params.sync,
@@ -261,6 +262,8 @@ class Worker:
                         on_progress=self._progress_callback(state, heartbeat),
                         version=version,
                     )
+                    quarantine_skipped(root, report.skipped, self.settings.uploads_dir, self.settings.quarantine_dir)
+                    state.errors = [*errors_before, *report.skipped]
                     version = report.index_version
                     counts = {k: counts.get(k, 0) + v for k, v in report.counts.items()}
                     seconds += report.total_seconds
