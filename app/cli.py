@@ -27,7 +27,6 @@ app = typer.Typer(
 app.command("ingest")(ingest_cli.ingest)
 app.add_typer(ingest_cli.index_app, name="index")
 app.add_typer(ingest_cli.db_app, name="db")
-app.command("worker")(ingest_cli.worker)
 app.add_typer(ingest_cli.jobs_app, name="jobs")
 app.add_typer(ingest_cli.collections_app, name="collections")
 config_app = typer.Typer(help="Check configurations and prompts.", no_args_is_help=True)
@@ -37,6 +36,22 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(llm_app, name="llm")
 DEMO_KEY_FILE = "demo-api-key"
 out = Console()
+
+
+@app.command("worker")
+def worker(
+    once: Annotated[bool, typer.Option(help="Run queued jobs and evaluations until none is left, then exit.")] = False,
+    batch_documents: Annotated[
+        int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
+    ] = 256,
+) -> None:
+    """Run reindex jobs and online evaluations from their queues (several workers never take the same one)."""
+    from app.online_eval import online_evaluator
+    from core.catalog import Catalog
+
+    settings = get_settings()
+    catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+    ingest_cli.worker(once, batch_documents, tasks=[online_evaluator(catalog)])
 
 
 def _mount_plugins() -> None:

@@ -346,6 +346,18 @@ class PiiSettings(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+class OnlineEvalSettings(StrictModel):
+    """Online evaluation of live answers, in the worker: what share is queued, and how it is measured."""
+
+    sample_rate: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of answers queued for evaluation (0 turns it off)."
+    )
+    support_threshold: float = Field(
+        default=0.7, gt=0.0, le=1.0,
+        description="An answer sentence is supported when this share of its content words is in one cited chunk.",
+    )  # fmt: skip
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
@@ -354,6 +366,7 @@ class RagConfig(StrictModel):
     retrieval: RetrievalSettings = RetrievalSettings()
     generation: GenerationSettings = GenerationSettings()
     pii: PiiSettings = PiiSettings()
+    online_eval: OnlineEvalSettings = OnlineEvalSettings()
 
     @model_validator(mode="after")
     def _scrub_policy_in_index_identity(self) -> RagConfig:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +19,9 @@ from core.migrations import migrate
 from core.runtime import open_runtime
 from ingest import documents, versions
 from ingest.pipeline import IngestPipeline, IngestProgress, IngestReport
+
+if TYPE_CHECKING:
+    from ingest.worker import WorkerTask
 
 console = Console(stderr=True)
 out = Console()
@@ -218,8 +222,9 @@ def worker(
     batch_documents: Annotated[
         int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
     ] = 256,
+    tasks: Sequence[WorkerTask] = (),
 ) -> None:
-    """Run reindex jobs from the queue (several workers never run the same job)."""
+    """Run reindex jobs from the queue (several workers never run the same job); ``tasks``: other queued work."""
     from core.logs import configure_logging
     from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
     from core.settings import get_settings
@@ -230,11 +235,11 @@ def worker(
     settings = get_settings()
     configure_logging(settings.log_level)
     with open_runtime(settings) as rt:
-        job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents)
+        job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents, tasks=tasks)
         console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
         try:
             if once:
-                while job_worker.run_once() is not None:
+                while job_worker.run_once() is not None or job_worker.run_tasks(rt.conn):
                     pass
             else:
                 job_worker.run_forever()

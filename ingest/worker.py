@@ -15,8 +15,9 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -38,6 +39,14 @@ HEARTBEAT_S = 1.0  # progress is committed at least this often, so watchers see 
 
 
 BUSY_RETRY_S = 5  # a job whose version another writer holds waits this long before it is tried again
+
+
+class WorkerTask(Protocol):
+    """Other queued work the worker runs between jobs (online evaluation, registered by the app)."""
+
+    def run_once(self, conn: psycopg.Connection) -> int:
+        """Do one batch; returns how many items it finished (0: nothing queued)."""
+        ...
 
 
 @dataclass
@@ -108,8 +117,10 @@ class Worker:
         poll_s: float = 0.5,
         heartbeat_s: float = HEARTBEAT_S,
         batch_documents: int = 256,
+        tasks: Sequence[WorkerTask] = (),
     ) -> None:
         self.database = database
+        self.tasks = tuple(tasks)
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.poll_s = poll_s
@@ -142,15 +153,21 @@ class Worker:
                 if conn is None or conn.closed:
                     conn = self.database.connect()
                 job = self.run_once(conn)
+                done = self.run_tasks(conn)
             except (psycopg.Error, RagopsError) as exc:
                 log.warning("worker %s: %s; retrying", self.worker_id, exc)
                 if conn is not None:
                     conn.close()
                 conn = None
-            if job is None:
+                done = 0
+            if job is None and not done:
                 self.stopping.wait(self.poll_s)
         if conn is not None:
             conn.close()
+
+    def run_tasks(self, conn: psycopg.Connection) -> int:
+        """One batch of each task; returns how many items they finished together."""
+        return sum(task.run_once(conn) for task in self.tasks)
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""

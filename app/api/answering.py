@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
 from app.metering import Meter
+from app.online_eval import queued_evaluation
 from app.pii import log_transcript
 from app.rag import RagPipeline, final_answer
 from core.access import Grant
@@ -32,7 +33,14 @@ def answer_events(
     for event in meter.watch(pipeline.stream(prepared, incremental=incremental)):
         if isinstance(event, AnswerDone) and pipeline.settings.log_text:
             log_transcript(meter.entry.request_id, prepared.config.name, prepared.pii)
+        if isinstance(event, AnswerDone):
+            sample_online_evaluation(meter, prepared, event.answer)
         yield event
+
+
+def sample_online_evaluation(meter: Meter, prepared: Prepared, answer: Answer) -> None:
+    """Queue a sampled share of answers for the worker's online evaluation (written with the ledger row)."""
+    meter.evaluation = queued_evaluation(meter.entry.request_id, prepared, answer, meter.entry.cost_usd)
 
 
 def complete(pipeline: RagPipeline, prepared: Prepared, meter: Meter) -> Answer:

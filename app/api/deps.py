@@ -16,6 +16,7 @@ from core.access import EVERYTHING, Grant
 from core.catalog import Catalog
 from core.errors import AuthError
 from core.settings import Settings
+from core.tracing import annotate, stage
 
 
 def get_pipeline(request: Request) -> RagPipeline:
@@ -72,19 +73,21 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     if meter.key is not None:  # already verified for this request, before its body (app/api/key_first.py)
         meter.key.require(scope)
         return meter.key
-    started = time.perf_counter()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-    key = accountant.keys.verify(accountant.pool.connection, token.strip())
-    meter.key = key
-    meter.entry.key_id, meter.entry.key_name = key.id, key.name
-    key.require(scope)
-    meter.slot = accountant.inflight.acquire(key)
-    if key.rpm is not None or key.tpm is not None:
-        with accountant.pool.connection() as conn:
-            check_rate(conn, key)
-    meter.entry.latency_ms["auth"] = (time.perf_counter() - started) * 1000
+    with stage("ragops.auth"):
+        started = time.perf_counter()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        key = accountant.keys.verify(accountant.pool.connection, token.strip())
+        meter.key = key
+        meter.entry.key_id, meter.entry.key_name = key.id, key.name
+        key.require(scope)
+        meter.slot = accountant.inflight.acquire(key)
+        if key.rpm is not None or key.tpm is not None:
+            with accountant.pool.connection() as conn:
+                check_rate(conn, key)
+        meter.entry.latency_ms["auth"] = (time.perf_counter() - started) * 1000
+        annotate({"ragops.key.id": key.id})
     return key
 
 
