@@ -34,6 +34,8 @@ app.add_typer(config_app, name="config")
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(llm_app, name="llm")
+quality_app = typer.Typer(help="Online evaluation of sampled live answers.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
 DEMO_KEY_FILE = "demo-api-key"
 out = Console()
 
@@ -52,6 +54,40 @@ def worker(
     settings = get_settings()
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
     ingest_cli.worker(once, batch_documents, tasks=[online_evaluator(catalog)])
+
+
+def _figure(value: object, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@quality_app.command("report")
+def quality_report(
+    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
+    since: Annotated[str | None, typer.Option(help="First day: YYYY-MM-DD or a number of days like 7d.")] = None,
+) -> None:
+    """Online-evaluation figures per collection, configuration, prompt, index version and day."""
+    from rich.table import Table
+
+    from app.online_eval import quality_report as report
+    from app.online_eval import since_day
+    from core.runtime import open_runtime
+
+    first = since_day(since)
+    with open_runtime() as rt:
+        rows = report(rt.conn, first, [collection] if collection else None)
+    if not rows:
+        out.print(f"no evaluated answers since {first.isoformat()}" + (f" in {collection!r}" if collection else ""))
+        return
+    table = Table("day", "collection", "config", "prompt", "index", "answers", "support", "top score", "margin",
+                  "refused", "citations", "PII", "latency ms", "cost $")  # fmt: skip
+    for r in rows:
+        table.add_row(
+            r["day"], r["collection"], r["config_version"], r["prompt_version"], r["index_version"], str(r["answers"]),
+            _figure(r["support"]), _figure(r["top_score"]), _figure(r["margin"]), _figure(r["refusal_rate"]),
+            _figure(r["citations_mean"], 1), _figure(r["pii_entities_mean"], 1), _figure(r["latency_ms_mean"], 0),
+            _figure(r["cost_usd_mean"], 6),
+        )  # fmt: skip
+    out.print(table)
 
 
 def _mount_plugins() -> None:

@@ -26,8 +26,8 @@ from app.api import admin, collections, openai_compat, query, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.metering import UNMATCHED_ROUTE, Meter
-from app.metrics import Metrics
-from app.online_eval import online_evaluator
+from app.metrics import Metrics, QualityGauges
+from app.online_eval import online_evaluator, today_figures
 from app.pricing import load_pricing
 from app.rag import RagPipeline
 from core.catalog import Catalog
@@ -169,6 +169,7 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
     )  # fmt: skip
     with pool.connection() as conn:  # holds a crashed process left behind
         release_stale_holds(conn, settings.budget_hold_max_age_s)
+    app.state.metrics.registry.register(QualityGauges(lambda: today_figures(pool)))
 
 
 def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

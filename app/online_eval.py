@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from app.answers import Answer, Prepared
 from app.quality import cited_numbers, claims, refused, support, top_score_and_margin
 from core.catalog import Catalog
 from core.config import LoadedConfig, OnlineEvalSettings
-from core.errors import RagopsError
+from core.errors import BadRequest, RagopsError
 from core.money import to_stored_usd
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,24 @@ def add_measures(conn: psycopg.Connection, measures: Iterable[Measures]) -> None
         )
 
 
+_DAYS = re.compile(r"^(\d{1,4})d$")
+
+
+def since_day(value: str | None, today: date | None = None, default_days: int = 7) -> date:
+    """The first day a report covers: ``YYYY-MM-DD`` or ``Nd`` (the last N days, today included); unset: 7d."""
+    today = today or datetime.now(UTC).date()
+    if value is None or not value.strip():
+        return today - timedelta(days=default_days - 1)
+    text = value.strip()
+    if match := _DAYS.match(text):
+        return today - timedelta(days=max(int(match.group(1)), 1) - 1)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"since must be a date (YYYY-MM-DD) or a number of days like 7d, not {text[:40]!r}",
+                         field="since") from None  # fmt: skip
+
+
 def quality_report(
     conn: psycopg.Connection, since: date, collections: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -277,3 +297,11 @@ def group_figures(row: dict[str, Any]) -> dict[str, Any]:
     figures["judged"] = row["faithfulness_n"]
     figures["judge_cost_usd"] = float(row["judge_cost_usd"])
     return figures
+
+
+def today_figures(pool: ConnectionPool) -> tuple[list[dict[str, Any]], int]:
+    """Today's groups and the queue's length (for the Prometheus gauges)."""
+    with pool.connection() as conn:
+        rows = quality_report(conn, datetime.now(UTC).date())
+        row = conn.execute("SELECT count(*) FROM online_eval_queue").fetchone()
+    return rows, int(row[0]) if row else 0
