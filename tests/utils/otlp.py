@@ -67,7 +67,7 @@ class Receiver:
                 events=[(e.name, _attributes(e.attributes)) for e in s.events],
                 start_ns=s.start_time_unix_nano,
                 end_ns=s.end_time_unix_nano,
-            )  # fmt: skip
+            )
             for rs in request.resource_spans
             for ss in rs.scope_spans
             for s in ss.spans
