@@ -70,9 +70,14 @@ def answer_all(runtime: Runtime, configs: Path, name: str) -> Answers:
     return answers
 
 
-@pytest.fixture(scope="module")
-def answers(runtime: Runtime, configs: Path) -> dict[str, Answers]:
-    return {name: answer_all(runtime, configs, name) for name in ("default", "broken")}
+_answers: dict[str, Answers] = {}
+
+
+def answers_of(runtime: Runtime, configs: Path, name: str) -> Answers:
+    """Each configuration's answers, once per module (48 answers take minutes on a busy machine)."""
+    if name not in _answers:
+        _answers[name] = answer_all(runtime, configs, name)
+    return _answers[name]
 
 
 def supports(runtime: Runtime, answers: Answers, cited_from: Answers | None = None) -> list[float]:
@@ -86,13 +91,15 @@ def supports(runtime: Runtime, answers: Answers, cited_from: Answers | None = No
     return scores
 
 
-def test_support_tells_supported_sentences_from_unsupported_ones(runtime: Runtime, answers: dict[str, Answers]) -> None:
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_support_tells_supported_sentences_from_unsupported_ones(runtime: Runtime, configs: Path) -> None:
     """Real answers checked against their own cited chunks vs against another question's cited chunks.
 
     This is how the measure and its threshold were chosen (word overlap 0.7: AUC 0.99; cosine to the
     stored chunk vectors, best threshold 0.4: 0.93).
     """
-    own = [a for a in answers["default"] if not a[0].refused]
+    own = [a for a in answers_of(runtime, configs, "default") if not a[0].refused]
     shifted = own[7:] + own[:7]
     auc = roc_auc(supports(runtime, own), supports(runtime, own, cited_from=shifted))
     assert auc >= 0.90, f"AUC {auc:.3f}"
@@ -100,11 +107,15 @@ def test_support_tells_supported_sentences_from_unsupported_ones(runtime: Runtim
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="measured AUC 0.54: keyword-only top_k 1 is not a bad configuration on this set (24 of 48 answers are "
     "word for word the default's, most others a shorter correct quote), and extractive answers are supported by "
     "their citations by construction; see the report of the online-evaluation branch",
 )
-def test_support_separates_default_from_broken_answers(runtime: Runtime, answers: dict[str, Answers]) -> None:
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_support_separates_default_from_broken_answers(runtime: Runtime, configs: Path) -> None:
     """The issue's target: answers of the default configuration vs the broken one's, AUC >= 0.80."""
-    auc = roc_auc(supports(runtime, answers["default"]), supports(runtime, answers["broken"]))
+    good, bad = answers_of(runtime, configs, "default"), answers_of(runtime, configs, "broken")
+    auc = roc_auc(supports(runtime, good), supports(runtime, bad))
     assert auc >= 0.80, f"AUC {auc:.3f}"
