@@ -82,6 +82,7 @@ BENCH_SCRIPTS = {
     "streaming": "bench/streaming.py",
     "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",
     "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",
+    "online": "bench/online.py",
 }  # fmt: skip
 
 
