@@ -190,7 +190,10 @@ class OnlineEvaluator:
                 threshold = self.settings_of(config_version).support_threshold
             except RagopsError:  # a configuration since removed: its default threshold
                 threshold = OnlineEvalSettings().support_threshold
-            measured.support = answer_support(conn, answer, chunk_ids, version_id, threshold)
+            try:
+                measured.support = answer_support(conn, answer, chunk_ids, version_id, threshold)
+            except (ValueError, IndexError, TypeError) as exc:  # one odd row must not stall the queue
+                log.warning("online evaluation of %s: support not measured (%s)", row[0], type(exc).__name__)
         return measured
 
 

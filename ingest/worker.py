@@ -166,8 +166,19 @@ class Worker:
             conn.close()
 
     def run_tasks(self, conn: psycopg.Connection) -> int:
-        """One batch of each task; returns how many items they finished together."""
-        return sum(task.run_once(conn) for task in self.tasks)
+        """One batch of each task; returns how many items they finished together.
+
+        A task's bug is logged, never raised: it must not stop the worker's jobs.
+        """
+        done = 0
+        for task in self.tasks:
+            try:
+                done += task.run_once(conn)
+            except (psycopg.Error, RagopsError):
+                raise  # the connection's or the database's: the loop reconnects and retries
+            except Exception as exc:
+                log.exception("worker %s: %s failed: %s", self.worker_id, type(task).__name__, type(exc).__name__)
+        return done
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""
