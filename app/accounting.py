@@ -76,6 +76,7 @@ class LedgerEntry:
     latency_ms: dict[str, float] = field(default_factory=dict)
     pii_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> entity type -> count
     trace_id: str | None = None  # the request's OpenTelemetry trace, when tracing is on
+    span_id: str | None = None  # and its root span (what feedback on it is recorded under)
 
 
 def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:
@@ -261,11 +262,11 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
     conn.execute(
         """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, config_version,
                prompt_version, index_version, model, prompt_tokens, cached_tokens, completion_tokens,
-               embedding_tokens, cost_usd, latency_ms, pii_counts, trace_id)
+               embedding_tokens, cost_usd, latency_ms, pii_counts, trace_id, span_id)
            VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s,
                %(config_version)s, %(prompt_version)s, %(index_version)s, %(model)s, %(prompt_tokens)s,
                %(cached_tokens)s, %(completion_tokens)s, %(embedding_tokens)s, %(cost_usd)s, %(latency_ms)s,
-               %(pii_counts)s, %(trace_id)s)
+               %(pii_counts)s, %(trace_id)s, %(span_id)s)
            ON CONFLICT (request_id) DO NOTHING""",
         {
             **entry.__dict__,

@@ -44,7 +44,7 @@ from core.errors import (
 )
 from core.migrations import migrate
 from core.settings import Settings, get_settings
-from core.tracing import Tracing, trace_id_of
+from core.tracing import Tracing, span_id_of, trace_id_of
 from ingest.worker import Worker
 
 log = logging.getLogger("ragops")
@@ -90,8 +90,8 @@ class RequestContext:
         traced = tracing.enabled and scope["path"].startswith(METERED_PREFIX)
         with tracing.request("ragops.request", _headers(scope)) if traced else NO_SPAN as span:
             trace_id = trace_id_of(span) if span is not None else None
-            if meter is not None:
-                meter.entry.trace_id = trace_id
+            if meter is not None and span is not None:
+                meter.entry.trace_id, meter.entry.span_id = trace_id, span_id_of(span)
 
             async def send_with_id(message: Message) -> None:
                 nonlocal status

@@ -79,6 +79,28 @@ class Tracing:
         if self.provider is not None:
             self.provider.shutdown()
 
+    def record_in_trace(
+        self, name: str, trace_id: str, span_id: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> str | None:
+        """Record an event that happened later (feedback on an answer) as a child span of a stored request span.
+
+        ``trace_id``/``span_id``: the ledger row's. Returns the new span's id; None when tracing is off
+        or the ids are not W3C hex ids.
+        """
+        if self.tracer is None:
+            return None
+        try:
+            parent = trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+                                       trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))  # fmt: skip
+        except (TypeError, ValueError):
+            return None
+        if not parent.is_valid:
+            return None
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        span = self.tracer.start_span(name, context=context, attributes=attributes)
+        span.end()
+        return span_id_of(span)
+
     @contextlib.contextmanager
     def request(self, name: str, headers: Mapping[str, str]) -> Iterator[Span | None]:
         """The request's root span, current while it runs (continuing a caller's W3C ``traceparent``).
@@ -103,6 +125,11 @@ class Tracing:
 def trace_id_of(span: Span) -> str:
     """The W3C trace id (32 hex digits) a backend shows and finds the trace by."""
     return format(span.get_span_context().trace_id, "032x")
+
+
+def span_id_of(span: Span) -> str:
+    """The span's id (16 hex digits)."""
+    return format(span.get_span_context().span_id, "016x")
 
 
 def stage(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> contextlib.AbstractContextManager[Any]:

@@ -1,7 +1,7 @@
 -- Tracing and online evaluation.
 --
--- ledger.trace_id links a request's ledger row (and so any feedback on it) to its OpenTelemetry
--- trace; NULL when tracing is off.
+-- ledger.trace_id and ledger.span_id link a request's ledger row (and so any feedback on it) to its
+-- OpenTelemetry trace and the request's root span (W3C hex ids); NULL when tracing is off.
 --
 -- A sampled share of answers is queued for the worker (online_eval_queue): one small row written
 -- with the ledger row, after the response. The worker claims rows with FOR UPDATE SKIP LOCKED and,
@@ -11,6 +11,7 @@
 -- it is evaluated.
 
 ALTER TABLE ledger ADD COLUMN trace_id text;
+ALTER TABLE ledger ADD COLUMN span_id text;
 CREATE INDEX ledger_trace_id ON ledger (trace_id) WHERE trace_id IS NOT NULL;
 
 CREATE TABLE online_eval_queue (

@@ -49,8 +49,8 @@ def traced(
                 ids = [r.headers["X-Request-Id"] for r in (whole, streamed)]
                 wait_for(lambda: conn.execute("SELECT count(*) FROM ledger WHERE request_id = ANY(%s)",
                                               (ids,)).fetchone()[0] == 2)  # fmt: skip
-                ledger = dict(conn.execute("SELECT request_id, trace_id FROM ledger WHERE request_id = ANY(%s)",
-                                           (ids,)).fetchall())  # fmt: skip
+                ledger = {r[0]: r[1:] for r in conn.execute(
+                    "SELECT request_id, trace_id, span_id FROM ledger WHERE request_id = ANY(%s)", (ids,))}  # fmt: skip
         yield {"whole": whole, "streamed": streamed, "spans": list(receiver.spans), "ledger": ledger,
                "requests": receiver.requests, "key": api_key}  # fmt: skip
 
@@ -65,11 +65,12 @@ def test_one_trace_per_answer_with_a_span_per_stage(traced: dict[str, Any], kind
     assert response.status_code == 200
     trace_id = response.headers["X-Trace-Id"]
     assert len(trace_id) == 32 and int(trace_id, 16) != 0
-    assert traced["ledger"][response.headers["X-Request-Id"]] == trace_id  # feedback can find its trace
     spans = spans_of(traced, response)
     roots = [s for s in spans if not s.parent_id]
     assert [r.name for r in roots] == ["POST /v1/query"]
     root = roots[0]
+    # feedback can find its trace and the request's span
+    assert traced["ledger"][response.headers["X-Request-Id"]] == (trace_id, root.span_id)
     assert {s.name for s in spans} - {root.name} == STAGES
     by_id = {s.span_id: s for s in spans}
     for s in spans:  # every stage hangs under the request (the output filter under generation)
@@ -123,8 +124,9 @@ def test_tracing_is_off_without_an_endpoint(
         with served_database.connect() as conn:
             request_id = response.headers["X-Request-Id"]
             wait_for(lambda: conn.execute("SELECT 1 FROM ledger WHERE request_id = %s", (request_id,)).fetchone())
-            row = conn.execute("SELECT trace_id FROM ledger WHERE request_id = %s", (request_id,)).fetchone()
-    assert row == (None,)
+            row = conn.execute("SELECT trace_id, span_id FROM ledger WHERE request_id = %s", (request_id,)).fetchone()
+    assert row == (None, None)
+    assert Tracing().record_in_trace("ragops.feedback", "0" * 32, "0" * 16) is None
     assert stage("ragops.embed") is stage("ragops.search")  # the one shared no-op: no span is made
 
 
@@ -150,3 +152,19 @@ def test_a_callers_trace_is_continued(served_database: Database, api_key: str, t
                                headers={"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"})  # fmt: skip
     assert response.headers["X-Trace-Id"] == caller_trace
     assert {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()} == {caller_trace}
+
+
+def test_later_feedback_joins_the_requests_trace() -> None:
+    """What a feedback route does with a ledger row's ids: a child span of the request's span, in its trace."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.with_processor(SimpleSpanProcessor(exporter))
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    new = tracing.record_in_trace("ragops.feedback", trace_id, span_id, {"ragops.feedback.rating": -1})
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == trace_id and format(span.context.span_id, "016x") == new
+    assert span.parent is not None and format(span.parent.span_id, "016x") == span_id
+    assert span.attributes == {"ragops.feedback.rating": -1}
+    assert tracing.record_in_trace("ragops.feedback", "not hex", span_id) is None
