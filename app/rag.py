@@ -44,7 +44,7 @@ from core.pii import PiiEngine, get_pii_engine
 from core.prompts import Prompt
 from core.settings import Settings
 from core.tokens import count_tokens
-from core.tracing import annotate, stage, stage_under, start_stage
+from core.tracing import annotate, failed, stage, stage_under, start_stage
 from ingest import pii_spans
 from ingest.versions import IndexVersion, check_embedding_model, get_index_version
 
@@ -446,6 +446,10 @@ class RagPipeline:
                     if span is not None:
                         span.set_attributes(generation_attributes(answer))
                     yield AnswerDone(answer)
+        except BaseException as exc:
+            if span is not None:
+                failed(span, exc)
+            raise
         finally:
             if span is not None:
                 span.end()

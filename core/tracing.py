@@ -137,7 +137,26 @@ def stage(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> 
     tracer = _current.get()
     if tracer is None:
         return _NOTHING
-    return tracer.start_as_current_span(name, attributes=attributes)
+    return _stage(tracer, name, attributes)
+
+
+@contextlib.contextmanager
+def _stage(tracer: Tracer, name: str, attributes: Mapping[str, AttributeValue] | None) -> Iterator[Span]:
+    """A current span that records a failure by its type only: an exception's message may quote the caller."""
+    with tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            failed(span, exc)
+            raise
+
+
+def failed(span: Span, exc: BaseException) -> None:
+    """Mark ``span`` failed with the exception's type (``error.type``), never its message."""
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_status(trace.StatusCode.ERROR)
 
 
 def start_stage(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Span | None:

@@ -168,3 +168,19 @@ def test_later_feedback_joins_the_requests_trace() -> None:
     assert span.parent is not None and format(span.parent.span_id, "016x") == span_id
     assert span.attributes == {"ragops.feedback.rating": -1}
     assert tracing.record_in_trace("ragops.feedback", "not hex", span_id) is None
+
+
+def test_a_failed_stage_records_the_error_type_never_its_message() -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from core.errors import BadRequest
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.with_processor(SimpleSpanProcessor(exporter))
+    with pytest.raises(BadRequest), tracing.request("POST /v1/query", {}), stage("ragops.pii.question"):
+        raise BadRequest(f"question mentions {MARKER}")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    failed = spans["ragops.pii.question"]
+    assert failed.attributes["error.type"] == "BadRequest" and failed.status.status_code.name == "ERROR"
+    assert MARKER not in repr([(s.attributes, s.events, s.status.description) for s in spans.values()])
