@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from app.inflight import InFlight
 from app.keys import ApiKey, VerifiedKeys
+from app.online_eval import QueuedEvaluation, enqueue
 from app.pricing import Pricing
 from core.errors import BudgetExceeded, RateLimited
 from core.money import format_usd, to_stored_usd
@@ -76,6 +77,8 @@ class LedgerEntry:
     cost_usd: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     pii_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> entity type -> count
+    trace_id: str | None = None  # the request's OpenTelemetry trace, when tracing is on
+    span_id: str | None = None  # and its root span (what feedback on it is recorded under)
 
 
 def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:
@@ -261,11 +264,11 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
     conn.execute(
         """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, collection, config_version,
                prompt_version, index_version, model, prompt_tokens, cached_tokens, completion_tokens,
-               embedding_tokens, cost_usd, latency_ms, pii_counts)
+               embedding_tokens, cost_usd, latency_ms, pii_counts, trace_id, span_id)
            VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s, %(collection)s,
                %(config_version)s, %(prompt_version)s, %(index_version)s, %(model)s, %(prompt_tokens)s,
                %(cached_tokens)s, %(completion_tokens)s, %(embedding_tokens)s, %(cost_usd)s, %(latency_ms)s,
-               %(pii_counts)s)
+               %(pii_counts)s, %(trace_id)s, %(span_id)s)
            ON CONFLICT (request_id) DO NOTHING""",
         {
             **entry.__dict__,
@@ -387,8 +390,15 @@ class Accountant:
             entry.embedding_tokens,
         )  # fmt: skip
 
-    def record(self, entry: LedgerEntry, reservation: Reservation | None = None, rate: RateHold | None = None) -> None:
-        """Settle the reservation and the tokens-per-minute hold, and write the ledger row, in one transaction.
+    def record(
+        self,
+        entry: LedgerEntry,
+        reservation: Reservation | None = None,
+        rate: RateHold | None = None,
+        evaluation: QueuedEvaluation | None = None,
+    ) -> None:
+        """Settle the reservation and the tokens-per-minute hold, write the ledger row and queue a sampled
+        online evaluation, in one transaction.
 
         A database failure is logged, never raised into the response.
         """
@@ -400,5 +410,7 @@ class Accountant:
                     used = entry.prompt_tokens + entry.completion_tokens
                     add_rate_tokens(conn, rate.key_id, used - rate.tokens, rate.window_start)
                 write_ledger(conn, entry)
+                if evaluation is not None:
+                    enqueue(conn, evaluation)
         except (psycopg.Error, OSError) as exc:
             log.error("ledger write failed for request %s: %s", entry.request_id, type(exc).__name__)

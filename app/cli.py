@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from app.feedback import CHORES
 from app.model_server import llm_app
 from core.errors import RagopsError
 from core.logs import configure_logging
@@ -29,7 +28,6 @@ app = typer.Typer(
 app.command("ingest")(ingest_cli.ingest)
 app.add_typer(ingest_cli.index_app, name="index")
 app.add_typer(ingest_cli.db_app, name="db")
-app.command("worker")(ingest_cli.worker_command(CHORES))
 app.add_typer(ingest_cli.jobs_app, name="jobs")
 app.add_typer(ingest_cli.collections_app, name="collections")
 config_app = typer.Typer(help="Check configurations and prompts.", no_args_is_help=True)
@@ -41,8 +39,61 @@ app.add_typer(feedback_app, name="feedback")
 app.add_typer(llm_app, name="llm")
 drift_app = typer.Typer(help="Drift monitoring: pin references, report judged windows.", no_args_is_help=True)
 app.add_typer(drift_app, name="drift")
+quality_app = typer.Typer(help="Online evaluation of sampled live answers.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
 DEMO_KEY_FILE = "demo-api-key"
 out = Console()
+
+
+@app.command("worker")
+def worker(
+    once: Annotated[bool, typer.Option(help="Run queued jobs and evaluations until none is left, then exit.")] = False,
+    batch_documents: Annotated[
+        int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
+    ] = 256,
+) -> None:
+    """Run reindex jobs and online evaluations from their queues (several workers never take the same one),
+    and the housekeeping between them (expired transcripts, drift windows)."""
+    from app.main import worker_chores
+    from core.catalog import Catalog
+
+    settings = get_settings()
+    catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+    ingest_cli.worker(once, batch_documents, chores=worker_chores(catalog))
+
+
+def _figure(value: object, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@quality_app.command("report")
+def quality_report(
+    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
+    since: Annotated[str | None, typer.Option(help="First day: YYYY-MM-DD or a number of days like 7d.")] = None,
+) -> None:
+    """Online-evaluation figures per collection, configuration, prompt, index version and day."""
+    from rich.table import Table
+
+    from app.online_eval import quality_report as report
+    from app.online_eval import since_day
+    from core.runtime import open_runtime
+
+    first = since_day(since)
+    with open_runtime() as rt:
+        rows = report(rt.conn, first, [collection] if collection else None)
+    if not rows:
+        out.print(f"no evaluated answers since {first.isoformat()}" + (f" in {collection!r}" if collection else ""))
+        return
+    table = Table("day", "collection", "config", "prompt", "index", "answers", "support", "top score", "margin",
+                  "refused", "citations", "PII", "latency ms", "cost $")  # fmt: skip
+    for r in rows:
+        table.add_row(
+            r["day"], r["collection"], r["config_version"], r["prompt_version"], r["index_version"], str(r["answers"]),
+            _figure(r["support"]), _figure(r["top_score"]), _figure(r["margin"]), _figure(r["refusal_rate"]),
+            _figure(r["citations_mean"], 1), _figure(r["pii_entities_mean"], 1), _figure(r["latency_ms_mean"], 0),
+            _figure(r["cost_usd_mean"], 6),
+        )  # fmt: skip
+    out.print(table)
 
 
 def _mount_plugins() -> None:

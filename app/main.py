@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,8 +28,9 @@ from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.console.sessions import SessionStore
 from app.feedback import CHORES
-from app.metering import Meter
-from app.metrics import Metrics
+from app.metering import UNMATCHED_ROUTE, Meter
+from app.metrics import Metrics, QualityGauges
+from app.online_eval import online_evaluator, today_figures
 from app.pricing import load_pricing
 from app.rag import RagPipeline
 from core.catalog import Catalog
@@ -45,11 +47,14 @@ from core.errors import (
 )
 from core.migrations import migrate
 from core.settings import Settings, get_settings
-from ingest.worker import Worker
+from core.tracing import Tracing, span_id_of, trace_id_of
+from ingest.worker import Chore, Worker
 
 log = logging.getLogger("ragops")
 METERED_PREFIXES = ("/v1/", "/ui/api/")  # the console's actions cost what their /v1 twins do
 HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
+NO_TRACING = Tracing()
+NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def _meter(request: Request) -> Meter | None:
@@ -84,24 +89,40 @@ class RequestContext:
             meter = Meter(accountant, self.metrics, LedgerEntry(request_id=request_id, route=scope["path"][:200]))
             state["meter"] = meter
         status: int | None = None  # None until a response starts: a client gone before it is a 499
+        tracing: Tracing = getattr(scope["app"].state, "tracing", NO_TRACING)
+        traced = tracing.enabled and scope["path"].startswith(METERED_PREFIXES)
+        with tracing.request("ragops.request", _headers(scope)) if traced else NO_SPAN as span:
+            trace_id = trace_id_of(span) if span is not None else None
+            if meter is not None and span is not None:
+                meter.entry.trace_id, meter.entry.span_id = trace_id, span_id_of(span)
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message).append("X-Request-Id", request_id)
-            await send(message)
+            async def send_with_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = MutableHeaders(scope=message)
+                    headers.append("X-Request-Id", request_id)
+                    if trace_id is not None:
+                        headers.append("X-Trace-Id", trace_id)
+                await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/admin/jobs/{job_id}
-            refused = _refusal(meter, route, status)
-            if refused is not None:  # counted, never ledgered: anonymous traffic must not cost a row
-                self.metrics.rejected.labels(refused).inc()
-            elif meter is not None:
-                # The response is over (or abandoned): the client does not wait for the ledger.
-                await run_in_threadpool(meter.close, status, route)
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/admin/jobs/{job_id}
+                refused = _refusal(meter, route, status)
+                if span is not None:
+                    span.update_name(f"{scope['method']} {route or UNMATCHED_ROUTE}")
+                if refused is not None:  # counted, never ledgered: anonymous traffic must not cost a row
+                    self.metrics.rejected.labels(refused).inc()
+                elif meter is not None:
+                    # The response is over (or abandoned): the client does not wait for the ledger.
+                    await run_in_threadpool(meter.close, status, route)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers, for the W3C trace context a caller may send (``traceparent``)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
 
 def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str | None:
@@ -113,14 +134,20 @@ def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str 
     return None
 
 
-def _start_worker(database: Database, settings: Settings) -> Worker | None:
-    """The in-process job worker: on with the embedded database unless turned off (production runs `ragops worker`)."""
+def worker_chores(catalog: Catalog) -> tuple[Chore, ...]:
+    """What the worker does between jobs for this layer: expired transcripts, online evaluation."""
+    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog).run_once))
+
+
+def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> Worker | None:
+    """The in-process worker (jobs and online evaluations): on with the embedded database unless turned off
+    (production runs `ragops worker`)."""
     enabled = settings.worker_in_process
     if enabled is None:
         enabled = settings.database_url is None
     if not enabled:
         return None
-    worker = Worker(database, settings, chores=CHORES)
+    worker = Worker(database, settings, chores=worker_chores(catalog))
     worker.start()
     log.info("in-process job worker %s started", worker.worker_id)
     return worker
@@ -150,6 +177,7 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
     )  # fmt: skip
     with pool.connection() as conn:  # holds a crashed process left behind
         release_stale_holds(conn, settings.budget_hold_max_age_s)
+    app.state.metrics.registry.register(QualityGauges(lambda: today_figures(pool)))
 
 
 def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -169,7 +197,7 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
             try:
                 _open_services(app, settings, catalog, pool, metering)
                 app.state.metrics.watch_drift(pool, catalog)
-                worker = _start_worker(database, settings)
+                worker = _start_worker(database, settings, catalog)
                 metrics_server = _start_metrics_server(app.state.metrics, settings)
                 try:
                     yield
@@ -179,6 +207,7 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
                         metrics_server.server_close()
                     if worker is not None:
                         worker.stop()
+                    app.state.tracing.shutdown()
             finally:
                 pool.close()
         finally:
@@ -254,10 +283,11 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return respond(request, exc, error_of(exc, getattr(request.state, "request_id", "?")))
 
 
-def create_app(settings: Settings | None = None, *, metering: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, metering: bool = True, tracing: Tracing | None = None) -> FastAPI:
     """Build the application; nothing is started until the lifespan runs.
 
     ``metering=False`` (benchmarks only) skips keys, budgets and the ledger, to measure their cost.
+    ``tracing``: where spans go; by default from the standard ``OTEL_*`` variables (off without an endpoint).
     """
     settings = settings or get_settings()
     metrics = Metrics()
@@ -268,6 +298,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         lifespan=_lifespan(settings, metering),
     )
     app.state.metrics = metrics
+    app.state.tracing = tracing if tracing is not None else Tracing.from_environment()
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
     app.state.console_sessions = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
     for api in (system, query, openai_compat, collections, usage, admin, feedback, drift, console):

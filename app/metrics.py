@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -152,3 +153,52 @@ class DriftCollector(Collector):
             for state in DRIFT_STATES:
                 families["state"].add_metric([*key, state], 1.0 if row.state == state else 0.0)
         yield from families.values()
+
+
+QUALITY_MEASURES = ("support", "top_score", "margin", "refusal_rate", "citations_mean", "latency_ms_mean",
+                    "cost_usd_mean", "pii_entities_mean", "faithfulness", "answer_relevancy")  # fmt: skip
+QUALITY_LABELS = ["collection", "config", "prompt", "index", "measure"]
+
+
+class QualityGauges(Collector):
+    """Today's online-evaluation figures (UTC day) and the evaluation queue's length, read at scrape time.
+
+    ``read`` returns (rows of ``online_eval.quality_report``, queued rows); it runs at most once
+    every ``ttl_s`` so a fast scraper costs the database little. A failed read keeps the last figures.
+    """
+
+    def __init__(self, read: Callable[[], tuple[list[dict[str, Any]], int]], ttl_s: float = 30.0) -> None:
+        self.read = read
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._cached: tuple[list[dict[str, Any]], int] = ([], 0)
+        self._expires = 0.0
+
+    def _figures(self) -> tuple[list[dict[str, Any]], int]:
+        with self._lock:
+            if time.monotonic() >= self._expires:
+                try:
+                    self._cached = self.read()
+                except Exception as exc:  # the database away: /metrics still answers
+                    log.warning("online quality gauges not refreshed: %s", type(exc).__name__)
+                self._expires = time.monotonic() + self.ttl_s
+            return self._cached
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """``ragops_online_quality`` per group and measure, ``ragops_online_evaluated_answers``, the queue length."""
+        rows, queued = self._figures()
+        quality = GaugeMetricFamily(
+            "ragops_online_quality", "Today's online-evaluation means of sampled answers.", labels=QUALITY_LABELS
+        )
+        answers = GaugeMetricFamily(
+            "ragops_online_evaluated_answers", "Sampled answers evaluated today.", labels=QUALITY_LABELS[:4]
+        )
+        for row in rows:
+            group = [row["collection"], row["config_version"], row["prompt_version"], row["index_version"]]
+            answers.add_metric(group, row["answers"])
+            for measure in QUALITY_MEASURES:
+                if row.get(measure) is not None:
+                    quality.add_metric([*group, measure], float(row[measure]))
+        yield quality
+        yield answers
+        yield GaugeMetricFamily("ragops_online_eval_queued", "Answers waiting for online evaluation.", value=queued)

@@ -22,6 +22,7 @@ MODULES = {
     "hostile": "hostile",
     "console": "console",
     "drift": "drift",
+    "online": "online",
     "report": "report",
 }
 

@@ -95,6 +95,7 @@ BENCH_SCRIPTS = {
     "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",
     "console": "bench/console.py",
     "drift": "bench/drift.py",
+    "online": "bench/online.py",
 }  # fmt: skip
 
 

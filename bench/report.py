@@ -523,6 +523,44 @@ def drift_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def online_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for what tracing and online evaluation cost, and the worker's throughput."""
+    rows = []
+    for key, label in (("tracing_paired", "tracing on (OTLP/HTTP to a local receiver) vs off"),
+                       ("sampling_paired", "online evaluation: /v1/query with 100% sampling vs 0%")):  # fmt: skip
+        if key in r:
+            p = r[key]
+            verdict = "met" if p["diff_p50_ms"] <= 1 else "MISSED"
+            rows.append(
+                (
+                    f"{label}, paired end to end, concurrency 1",
+                    f"same question back to back: p50 {p['diff_p50_ms']:+.3f} ms, IQR [{p['diff_iqr_ms'][0]:+.2f}, "
+                    f"{p['diff_iqr_ms'][1]:+.2f}] ms over {p['pairs']} pairs",
+                    f"target <= 1 ms p50: {verdict}",
+                )
+            )
+    if "tracing_off_ns_per_stage" in r:
+        ns = r["tracing_off_ns_per_stage"]
+        rows.append(
+            (
+                "tracing off: one stage span (no-op)",
+                f"{ns:.0f} ns per stage, {8 * ns / 1000:.1f} µs for a request's 8 stages",
+                "off at no cost: nothing of the SDK is built",
+            )
+        )
+    if "worker" in r:
+        w = r["worker"]
+        verdict = "met" if w["answers_per_s"] >= 20 else "MISSED"
+        rows.append(
+            (
+                "online evaluation worker, reference-free measures",
+                f"{w['answers']} queued answers in {w['seconds']:.1f} s: {w['answers_per_s']:.0f} answers/s",
+                f"target >= 20 answers/s: {verdict}",
+            )
+        )
+    return rows
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "html": html_rows,
@@ -541,6 +579,7 @@ RENDERERS = {
     "hostile": hostile_rows,
     "console": console_rows,
     "drift": drift_rows,
+    "online": online_rows,
 }
 
 

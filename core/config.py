@@ -426,6 +426,18 @@ class DriftSettings(StrictModel):
         return self.enabled and (not self.collections or collection in self.collections)
 
 
+class OnlineEvalSettings(StrictModel):
+    """Online evaluation of live answers, in the worker: what share is queued, and how it is measured."""
+
+    sample_rate: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of answers queued for evaluation (0 turns it off)."
+    )
+    support_threshold: float = Field(
+        default=0.7, gt=0.0, le=1.0,
+        description="An answer sentence is supported when this share of its content words is in one cited chunk.",
+    )  # fmt: skip
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
@@ -436,6 +448,7 @@ class RagConfig(StrictModel):
     pii: PiiSettings = PiiSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     drift: DriftSettings = DriftSettings()
+    online_eval: OnlineEvalSettings = OnlineEvalSettings()
 
     @model_validator(mode="after")
     def _transcripts_filtered(self) -> RagConfig:

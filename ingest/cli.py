@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -217,42 +217,35 @@ def db_migrate() -> None:
 jobs_app = typer.Typer(help="Reindex jobs: list, watch with a live progress bar, cancel.", no_args_is_help=True)
 
 
-def worker_command(chores: Sequence[Chore] = ()) -> Callable[..., None]:
-    """The ``ragops worker`` command, running ``chores`` (housekeeping of the layers above) between jobs."""
+def worker(
+    once: Annotated[bool, typer.Option(help="Run queued jobs until none is left, then exit.")] = False,
+    batch_documents: Annotated[
+        int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
+    ] = 256,
+    chores: Sequence[Chore] = (),
+) -> None:
+    """Run reindex jobs from the queue (several workers never run the same job); ``chores`` between them."""
+    from core.logs import configure_logging
+    from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
+    from core.settings import get_settings
+    from ingest.worker import Worker
 
-    def worker(
-        once: Annotated[bool, typer.Option(help="Run queued jobs until none is left, then exit.")] = False,
-        batch_documents: Annotated[
-            int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
-        ] = 256,
-    ) -> None:
-        """Run reindex jobs from the queue (several workers never run the same job), and periodic housekeeping."""
-        from core.logs import configure_logging
-        from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
-        from core.settings import get_settings
-        from ingest.worker import Worker
-
-        pin_malloc_mmap_threshold()
-        limit_blas_threads()
-        settings = get_settings()
-        configure_logging(settings.log_level)
-        with open_runtime(settings) as rt:
-            job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents, chores=chores)
-            console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
-            try:
-                if once:
-                    job_worker.run_chores(rt.conn, force=True)
-                    while job_worker.run_once() is not None:
-                        pass
-                else:
-                    job_worker.run_forever()
-            except KeyboardInterrupt:
-                job_worker.stopping.set()
-
-    return worker
-
-
-worker = worker_command()
+    pin_malloc_mmap_threshold()
+    limit_blas_threads()
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    with open_runtime(settings) as rt:
+        job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents, chores=chores)
+        console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
+        try:
+            if once:
+                done = job_worker.run_chores(rt.conn, force=True)
+                while job_worker.run_once() is not None or done:
+                    done = job_worker.run_chores(rt.conn)
+            else:
+                job_worker.run_forever()
+        except KeyboardInterrupt:
+            job_worker.stopping.set()
 
 
 @jobs_app.command("list")

@@ -45,15 +45,16 @@ BUSY_RETRY_S = 5  # a job whose version another writer holds waits this long bef
 
 @dataclass(frozen=True)
 class Chore:
-    """Housekeeping the worker runs every ``every_s`` between jobs, on its own connection (autocommit).
+    """Work the worker does between jobs, every ``every_s`` seconds (0: on every pass of its loop).
 
-    Layers above ``ingest`` hand theirs in (the app: deleting expired transcripts), so the worker
-    needs no import of them.
+    Housekeeping (expired transcripts, drift windows) and the queues of the layers above (online
+    evaluation) alike: those layers hand theirs in, so the worker imports none of them. ``run`` returns
+    how many items it finished (0: nothing to do), so a drained queue lets the worker rest.
     """
 
     name: str
     every_s: float
-    run: Callable[[psycopg.Connection], object]
+    run: Callable[[psycopg.Connection], int]
 
 
 @dataclass
@@ -161,36 +162,43 @@ class Worker:
             try:
                 if conn is None or conn.closed:
                     conn = self.database.connect()
-                self.run_chores(conn)
                 job = self.run_once(conn)
+                done = self.run_chores(conn)
             except (psycopg.Error, RagopsError) as exc:
                 log.warning("worker %s: %s; retrying", self.worker_id, exc)
                 if conn is not None:
                     conn.close()
                 conn = None
-            if job is None:
+                done = 0
+            if job is None and not done:
                 self.stopping.wait(self.poll_s)
         if conn is not None:
             conn.close()
 
-    def run_chores(self, conn: psycopg.Connection, *, force: bool = False) -> None:
-        """Run the chores that are due (all of them with ``force``); one that fails is logged and retried next time."""
-        now = time.monotonic()
+    def run_chores(self, conn: psycopg.Connection, *, force: bool = False) -> int:
+        """Run the chores that are due (all of them with ``force``); returns the items they finished.
+
+        A chore's failure is logged and retried when it is next due: it never stops the worker's jobs.
+        """
+        now, done = time.monotonic(), 0
         for chore in self.chores:
             if not force and self._chores_due.get(chore.name, 0.0) > now:
                 continue
             self._chores_due[chore.name] = now + chore.every_s
             try:
-                chore.run(conn)
-            except Exception as exc:  # housekeeping never stops the job worker
+                done += chore.run(conn)
+            except Exception as exc:
                 log.warning("worker %s: chore %s failed: %s", self.worker_id, chore.name, type(exc).__name__)
+                if conn.closed or conn.broken:
+                    raise  # the loop reconnects
+        return done
 
-    def judge_drift(self, conn: psycopg.Connection) -> drift_monitor.RunReport:
-        """Judge the finished drift windows of every configuration with drift on (a chore)."""
+    def judge_drift(self, conn: psycopg.Connection) -> int:
+        """Judge the finished drift windows of every configuration with drift on (a chore); windows judged."""
         report = drift_monitor.run_due(conn, self.settings.configs_dir, corpus=IndexCorpus())
         if report.windows or report.deleted:
             log.info("drift: %d windows judged, %d expired answers deleted", report.windows, report.deleted)
-        return report
+        return report.windows
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""

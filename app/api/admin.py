@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, Field
 
-from app import uploads
+from app import online_eval, uploads
 from app.api.deps import AdminGrant, AppSettings, Configs, DbPool
 from app.api.key_first import AdminKeyFirst
 from app.api.schemas import ErrorResponse, Strict
@@ -358,3 +358,51 @@ def delete_index(version_id: int, pool: DbPool, grant: AdminGrant) -> IndexOut:
                 f"index version {version.name} is active for {where}; activate another version before deleting it"
             )
         return IndexOut.of(versions.drop_index_version(conn, version_id), [])
+
+
+class QualityRow(BaseModel):
+    """Online evaluation of one collection x configuration x prompt x index version x day (means over answers)."""
+
+    day: str
+    collection: str
+    config_version: str
+    prompt_version: str
+    index_version: str
+    answers: int = Field(description="Sampled answers evaluated.")
+    refusal_rate: float | None
+    citations_mean: float | None
+    pii_entities_mean: float | None
+    latency_ms_mean: float | None
+    cost_usd_mean: float | None
+    top_score: float | None = Field(description="Mean best retrieval score.")
+    margin: float | None = Field(description="Mean lead of the best retrieval score over the second.")
+    support: float | None = Field(description="Mean share of answer sentences a cited chunk supports.")
+    faithfulness: float | None
+    answer_relevancy: float | None
+    judged: int
+    judge_cost_usd: float
+
+
+class QualityResponse(BaseModel):
+    """Online evaluation figures since a day."""
+
+    since: str
+    rows: list[QualityRow]
+
+
+@router.get("/quality", response_model=QualityResponse, responses=ERRORS)
+def read_quality(
+    pool: DbPool,
+    grant: AdminGrant,
+    collection: Annotated[str | None, Query(max_length=64, description="unset: every collection of the key.")] = None,
+    since: Annotated[str | None, Query(max_length=40, description="YYYY-MM-DD or 7d (the default).")] = None,
+) -> QualityResponse:
+    """Online evaluation of sampled live answers, per collection, configuration, prompt, index version and day."""
+    first = online_eval.since_day(since)
+    collections = None if grant.all_collections else sorted(grant.collections or ())
+    with pool.connection() as conn:
+        if collection is not None:  # another key's collection: 403, an unknown one: 404, as everywhere
+            collections = [grant.collection(collection)]
+            require_collection(conn, collections[0], grant)
+        rows = online_eval.quality_report(conn, first, collections)
+    return QualityResponse(since=first.isoformat(), rows=[QualityRow(**r) for r in rows])

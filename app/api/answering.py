@@ -13,6 +13,7 @@ from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
 from app.drift import record_answer
 from app.feedback import keep_transcript
 from app.metering import Meter
+from app.online_eval import queued_evaluation
 from app.pii import log_transcript
 from app.rag import RagPipeline, final_answer
 from core.access import Grant
@@ -37,7 +38,13 @@ def answer_events(
         if isinstance(event, AnswerDone):
             keep_transcript(pipeline.pool, meter.entry.request_id, prepared, event.answer)  # opt-in, filtered text
             record_answer(pipeline.pool, meter.entry.request_id, prepared)
+            sample_online_evaluation(meter, prepared, event.answer)
         yield event
+
+
+def sample_online_evaluation(meter: Meter, prepared: Prepared, answer: Answer) -> None:
+    """Queue a sampled share of answers for the worker's online evaluation (written with the ledger row)."""
+    meter.evaluation = queued_evaluation(meter.entry.request_id, prepared, answer, meter.entry.cost_usd)
 
 
 def complete(pipeline: RagPipeline, prepared: Prepared, meter: Meter) -> Answer:

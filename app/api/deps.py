@@ -16,6 +16,7 @@ from core.access import EVERYTHING, Grant
 from core.catalog import Catalog
 from core.errors import AuthError
 from core.settings import Settings
+from core.tracing import annotate, stage
 
 
 def get_pipeline(request: Request) -> RagPipeline:
@@ -72,12 +73,13 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     if meter.key is not None:  # already verified for this request, before its body (app/api/key_first.py)
         meter.key.require(scope)
         return meter.key
-    started = time.perf_counter()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-    key = accountant.keys.verify(accountant.pool.connection, token.strip())
-    return admit(request, key, scope, started)
+    with stage("ragops.auth"):
+        started = time.perf_counter()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        key = accountant.keys.verify(accountant.pool.connection, token.strip())
+        return admit(request, key, scope, started)
 
 
 def admit(request: Request, key: ApiKey, scope: str, started: float) -> ApiKey:
@@ -92,6 +94,7 @@ def admit(request: Request, key: ApiKey, scope: str, started: float) -> ApiKey:
         with accountant.pool.connection() as conn:
             check_rate(conn, key)
     meter.entry.latency_ms["auth"] = (time.perf_counter() - started) * 1000
+    annotate({"ragops.key.id": key.id})
     return key
 
 
