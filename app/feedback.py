@@ -9,8 +9,8 @@ expired rows (:func:`purge_expired_transcripts`). Nothing here ever holds raw ca
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from core.config import parse_duration
 from core.errors import AccessDenied, BadRequest, NotFound
 from ingest.worker import Chore
 
@@ -37,15 +38,12 @@ Scale = Literal["thumbs", "stars"]
 Reason = Literal["wrong", "incomplete", "not_in_documents", "outdated", "other"]
 REASONS: tuple[Reason, ...] = ("wrong", "incomplete", "not_in_documents", "outdated", "other")
 SCALES: dict[Scale, frozenset[int]] = {"thumbs": frozenset({-1, 1}), "stars": frozenset(range(1, 6))}
-_DURATION = re.compile(r"^\s*(\d{1,6})\s*([mhdw])\s*$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """``7d``, ``24h``, ``30m``, ``2w`` (that long ago) or an ISO date/time (UTC unless it says otherwise)."""
-    match = _DURATION.match(value)
-    if match:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    with contextlib.suppress(ValueError):
+        return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(value))
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:

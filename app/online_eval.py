@@ -11,9 +11,9 @@ leaves its rows queued, so none is lost and none is counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from app.answers import Answer, Prepared
 from app.quality import cited_numbers, claims, refused, support, top_score_and_margin
 from core.catalog import Catalog
-from core.config import LoadedConfig, OnlineEvalSettings
+from core.config import LoadedConfig, OnlineEvalSettings, parse_duration
 from core.errors import BadRequest, RagopsError
 from core.money import to_stored_usd
 
@@ -249,21 +249,18 @@ def add_measures(conn: psycopg.Connection, measures: Iterable[Measures]) -> None
         )
 
 
-_DAYS = re.compile(r"^(\d{1,4})d$")
-
-
 def since_day(value: str | None, today: date | None = None, default_days: int = 7) -> date:
-    """The first day a report covers: ``YYYY-MM-DD`` or ``Nd`` (the last N days, today included); unset: 7d."""
+    """The first day a report covers: ``YYYY-MM-DD`` or a duration (``7d``: the last 7 days with today); unset: 7d."""
     today = today or datetime.now(UTC).date()
     if value is None or not value.strip():
         return today - timedelta(days=default_days - 1)
     text = value.strip()
-    if match := _DAYS.match(text):
-        return today - timedelta(days=max(int(match.group(1)), 1) - 1)
+    with contextlib.suppress(ValueError):
+        return today - timedelta(days=max(parse_duration(text) // 86400, 1) - 1)
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise BadRequest(f"since must be a date (YYYY-MM-DD) or a number of days like 7d, not {text[:40]!r}",
+        raise BadRequest(f"since must be a date (YYYY-MM-DD) or a duration like 7d, not {text[:40]!r}",
                          field="since") from None  # fmt: skip
 
 

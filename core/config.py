@@ -364,15 +364,15 @@ class FeedbackSettings(StrictModel):
     transcripts: TranscriptSettings = TranscriptSettings()
 
 
-_DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
-_DURATION_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhdw])$")
+_DURATION_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str) -> int:
-    """Seconds in a duration such as ``30m``, ``1h`` or ``7d``; ValueError names the accepted forms."""
+    """Seconds in a duration such as ``30m``, ``1h``, ``7d`` or ``2w`` (windows, ``--since``, retention)."""
     match = _DURATION.match(text.strip())
     if not match:
-        raise ValueError(f"{text!r} is not a duration: use a whole number and m, h or d (e.g. 30m, 1h, 7d)")
+        raise ValueError(f"{text!r} is not a duration: use a whole number and m, h, d or w (e.g. 30m, 1h, 7d)")
     return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
 
 
