@@ -136,9 +136,10 @@ def test_every_readme_example_is_run_or_excluded_for_a_reason() -> None:
     assert len(EXCLUDED) <= 6 and len(excluded) <= 10, excluded
     for prefix in [*EXCLUDED, *EXPECTED]:
         assert any(e.text.startswith(prefix) for e in examples), f"stale entry: {prefix}"
-    # Shell assignments are kept for the commands after them: only these two, each used below it.
+    # Shell assignments are kept for the commands after them: the key, an answer's id to rate, and the
+    # tracing section's OTEL_* exports (environment for `ragops serve`; harmless to the curl commands).
     shell = {e.text.split()[0] for e in examples if e.kind == "shell"}
-    assert shell == {"KEY=$(cat", "REQUEST_ID=$(curl"}, "a command nobody runs"
+    assert shell == {"KEY=$(cat", "REQUEST_ID=$(curl", "export"}, "a command nobody runs"
 
 
 @pytest.fixture(scope="module")
