@@ -74,6 +74,8 @@ class LedgerEntry:
     cost_usd: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     pii_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> entity type -> count
+    rollout_id: int | None = None
+    rollout_side: str | None = None  # live or candidate (canary), shadow (the operator's re-answer, no key)
 
 
 def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:
@@ -259,11 +261,11 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
     conn.execute(
         """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, config_version,
                prompt_version, index_version, model, prompt_tokens, cached_tokens, completion_tokens,
-               embedding_tokens, cost_usd, latency_ms, pii_counts)
+               embedding_tokens, cost_usd, latency_ms, pii_counts, rollout_id, rollout_side)
            VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s,
                %(config_version)s, %(prompt_version)s, %(index_version)s, %(model)s, %(prompt_tokens)s,
                %(cached_tokens)s, %(completion_tokens)s, %(embedding_tokens)s, %(cost_usd)s, %(latency_ms)s,
-               %(pii_counts)s)
+               %(pii_counts)s, %(rollout_id)s, %(rollout_side)s)
            ON CONFLICT (request_id) DO NOTHING""",
         {
             **entry.__dict__,
@@ -275,7 +277,8 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
 
 
 GROUPS = {"key": "coalesce(key_name, '(none)')", "day": "to_char(created_at, 'YYYY-MM-DD')",
-          "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')"}  # fmt: skip
+          "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')",
+          "payer": "CASE WHEN rollout_side = 'shadow' THEN 'operator (rollout shadow)' ELSE 'keys' END"}  # fmt: skip
 
 
 def usage(

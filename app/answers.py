@@ -53,6 +53,7 @@ class Question:
     filters: dict[str, Any] | None = None
     collection: str | None = None
     index_version: int | None = None  # None: the active version (the eval harness pins its own)
+    prompt: str | None = None  # None: the configuration's prompt (a rollout's candidate may name another)
 
     @classmethod
     def from_turns(cls, turns: Sequence[Turn], **options: Any) -> Question:
@@ -85,6 +86,8 @@ class Versions:
     index: str
     model: str
     git_commit: str | None = None
+    rollout: int | None = None  # the rollout this answer took part in, and its side (live or candidate)
+    rollout_side: str | None = None
 
 
 @dataclass
@@ -120,6 +123,9 @@ class Prepared:
     # Raw model output so far, in memory only: what a failed or abandoned stream is billed for,
     # including text the PII filter was still holding back.
     generated: list[str] = field(default_factory=list)
+    rollout_id: int | None = None  # set when a rollout routed the request (app.rollouts.routing)
+    rollout_side: str | None = None
+    rollout: Any = None  # the routing's Assignment (app.rollouts.routing), for queueing the question
 
     @property
     def embedding_model(self) -> str:
@@ -139,6 +145,8 @@ class Prepared:
             index=self.index.name,
             model=model,
             git_commit=self.config.git_commit,
+            rollout=self.rollout_id,
+            rollout_side=self.rollout_side,
         )
 
 
