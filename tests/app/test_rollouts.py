@@ -233,7 +233,8 @@ def test_ledger_separates_shadow_cost_from_users(api: TestClient, private_databa
         pass
     with private_database.connect() as conn:
         shadow = conn.execute(
-            "SELECT count(*), sum(cost_usd), count(key_id) FROM ledger WHERE rollout_id = %s AND rollout_side = 'shadow'",
+            "SELECT count(*), sum(cost_usd), count(key_id) FROM ledger "
+            "WHERE rollout_id = %s AND rollout_side = 'shadow'",
             (rollout["id"],),
         ).fetchone()
         users = conn.execute(
@@ -260,8 +261,11 @@ def test_admin_routes_keep_to_the_keys_collections(api: TestClient, private_data
     assert api.get(f"/v1/admin/rollouts/{rollout['id']}", headers=headers).status_code == 404
     assert api.post(f"/v1/admin/rollouts/{rollout['id']}/abort", headers=headers).status_code == 404
     assert api.get("/v1/admin/rollouts", headers=headers).json()["rollouts"] == []
-    refused = api.post("/v1/admin/rollouts", headers=headers,
-                       json={"collection": "default", "config": "broken", "gate_id": gate(private_database)})
+    refused = api.post(
+        "/v1/admin/rollouts",
+        headers=headers,
+        json={"collection": "default", "config": "broken", "gate_id": gate(private_database)},
+    )
     assert refused.status_code == 403  # fmt: skip
     query_only = new_key(private_database, ["query"])
     assert api.get("/v1/admin/rollouts", headers={"Authorization": f"Bearer {query_only}"}).status_code == 403
