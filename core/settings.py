@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     )
     job_stale_after_s: float = Field(default=30.0, gt=0, description="A running job silent this long is recovered.")
     job_max_attempts: int = Field(default=3, ge=1, description="Runs of a job before a crash marks it failed.")
+    activation_checks: bool = Field(
+        default=True,
+        description="Run the installed activation checks (the eval gate) before a full reindex activates its build.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

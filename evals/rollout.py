@@ -18,8 +18,7 @@ from typing import Any
 from app.rollouts import store
 from core.config import load_config
 from core.errors import EvalInputError
-from core.runtime import Runtime, open_runtime
-from core.settings import get_settings
+from core.runtime import Runtime
 from evals.compare import NOT_EVALUATED, PASS, Comparison, compare, load_gate, load_report
 from evals.dataset import load_dataset
 from evals.runner import run_eval
@@ -86,17 +85,15 @@ def record(rt: Runtime, run: GateRun, candidate: dict[str, Any]) -> store.Gate:
     return store.record_gate(rt.conn, candidate, run.passed, run.verdict, run.sha256, run.report["versions"])
 
 
-def activation_check(config: str, collection: str) -> tuple[bool, str]:
+def activation_check(rt: Runtime, config: str, collection: str) -> tuple[bool, str]:
     """The gate for a full reindex asked to activate: (passed, why), on ``config``'s index settings.
 
     Registered as the ``gate`` entry point of ``ragops.activation_checks``; the job worker calls it
-    before activating a version it built.
+    before activating a version it built, with its own settings and database.
     """
-    settings = get_settings()
-    baseline = settings.config
+    baseline = rt.settings.config
     if not (BASELINES / f"{baseline}.json").is_file():
-        return False, f"no committed baseline evals/baselines/{baseline}.json to compare with"
-    with open_runtime(settings) as rt:
-        run = run_gate(rt, config, baseline_config=baseline)
+        return False, f"no committed baseline evals/baselines/{baseline}.json to compare the build with"
+    run = run_gate(rt, config, baseline_config=baseline)
     why = f"eval gate on configuration {config!r} for {collection!r}: {run.verdict} (report {run.sha256[:12]})"
     return run.passed, why
