@@ -20,6 +20,7 @@ MODULES = {
     "load": "load",
     "reindex": "reindex",
     "hostile": "hostile",
+    "rollout": "rollout",
     "report": "report",
 }
 
