@@ -20,8 +20,10 @@ from app.api.schemas import ErrorResponse, Strict
 from app.retrieval import require_collection
 from app.rollouts import service, store
 from core.access import Grant
+from core.config import NAME_PATTERN
 from core.errors import NotFound
 
+NAME = NAME_PATTERN.pattern
 router = APIRouter(prefix="/v1/admin/rollouts", tags=["rollouts"], route_class=AdminKeyFirst)
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422)}
 
@@ -29,13 +31,15 @@ ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for
 class RolloutRequest(Strict):
     """A candidate for one collection: any of configuration, prompt and index version, and its gate run."""
 
-    collection: str | None = Field(default=None, max_length=64, description="unset: 'default', or the key's only one.")
+    collection: str | None = Field(
+        default=None, pattern=NAME, description="unset: 'default', or the key's only collection."
+    )
     gate_id: int = Field(ge=1, description="A passed gate run of this candidate (`ragops rollout gate`).")
-    config: str | None = Field(default=None, max_length=64, description="Candidate configuration.")
-    prompt: str | None = Field(default=None, max_length=64, description="Candidate prompt (prompts/NAME.md).")
+    config: str | None = Field(default=None, pattern=NAME, description="Candidate configuration.")
+    prompt: str | None = Field(default=None, pattern=NAME, description="Candidate prompt (prompts/NAME.md).")
     index_version: int | None = Field(default=None, ge=1, description="Candidate index version id.")
     live_config: str | None = Field(
-        default=None, max_length=64, description="The live configuration it competes with; default if unset."
+        default=None, pattern=NAME, description="The live configuration it competes with; default if unset."
     )
 
 

@@ -283,6 +283,8 @@ def test_admin_routes_keep_to_the_keys_collections(api: TestClient, private_data
         ({"config": "broken", "junk": 1}, 422, "junk"),
         ({"config": "broken", "gate_id": "x"}, 422, "gate_id"),
         ({"config": "broken", "collection": "no-such-collection"}, 404, "no collection"),
+        ({"config": "broken", "collection": "a\x00b"}, 422, "collection"),
+        ({"config": "bro ken"}, 422, "config"),
     ],
 )
 def test_bad_input_is_refused(
