@@ -71,19 +71,28 @@ def write_configs(folder: Path) -> Path:
     return folder
 
 
-def answer_all(pipeline: RagPipeline, questions: list[str], config: str, index_version: int) -> list[dict[str, Any]]:
-    """Each question answered once with one side's versions: its measures."""
-    pricing = load_pricing(pipeline.settings.configs_dir)
+def answer_once(pipeline: RagPipeline, text: str, config: str, index_version: int) -> dict[str, Any]:
+    """One question answered with one side's versions: its measures."""
     loaded = pipeline.catalog.config(config)
-    result = []
-    for text in questions:
-        question = Question(text=text, config=config, collection="default", index_version=index_version)
-        prepared = pipeline.prepare(question, EVERYTHING)
-        answer = final_answer(pipeline.stream(prepared, incremental=False))
-        u = answer.usage
-        cost = pricing.request_cost(answer.versions.model, loaded.config.index.embedding.model, u.prompt_tokens,
-                                    u.completion_tokens, u.cached_tokens, u.embedding_tokens)  # fmt: skip
-        result.append(measures(answer, cost))
+    question = Question(text=text, config=config, collection="default", index_version=index_version)
+    prepared = pipeline.prepare(question, EVERYTHING)
+    answer = final_answer(pipeline.stream(prepared, incremental=False))
+    u = answer.usage
+    cost = load_pricing(pipeline.settings.configs_dir).request_cost(
+        answer.versions.model, loaded.config.index.embedding.model, u.prompt_tokens, u.completion_tokens,
+        u.cached_tokens, u.embedding_tokens,
+    )  # fmt: skip
+    return measures(answer, cost)
+
+
+def answer_all(pipeline: RagPipeline, questions: list[str], sides: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    """Every question answered once per side (config -> index version), the sides of one question back to back
+    in a rotating order, so that a machine busier at one moment than another slows every side alike."""
+    result: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    names = list(sides)
+    for i, text in enumerate(questions):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            result[name].append(answer_once(pipeline, text, name, sides[name]))
     return result
 
 
@@ -174,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = Settings(database_url=SecretStr(database.url), configs_dir=configs, prompts_dir=ROOT / "prompts",
                             vllm_url=None, db_pool_max=10)  # fmt: skip
         catalog = Catalog.load(configs, ROOT / "prompts", "default")
+        print("building the live index and the chunk_size 64 version", flush=True)
         with database.connect() as conn:
             default = catalog.config("default")
             IngestPipeline(conn, default, get_embedder(default.config.index.embedding)).run(ROOT / "samples")
@@ -183,10 +193,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             live = service.live_versions(conn, catalog, "default", None)
         with database.pool(4) as pool:
             pipeline = RagPipeline(settings, catalog, pool)
-            live_measures = answer_all(pipeline, questions, "default", live.index_version)
+            sides = {name: index64.id if name == "chunk64" else live.index_version for name in ("default", *CANDIDATES)}
+            answer_once(pipeline, questions[0], "default", live.index_version)  # warm-up: models loaded
+            print(f"answering {len(questions)} questions x {len(sides)} sides", flush=True)
+            answered = answer_all(pipeline, questions, sides)
             for name in CANDIDATES:
-                index = index64.id if name == "chunk64" else live.index_version
-                pairs = list(zip(live_measures, answer_all(pipeline, questions, name, index), strict=True))
+                pairs = list(zip(answered["default"], answered[name], strict=True))
                 result["candidates"][name] = simulate(pairs, guards)
                 print(
                     name, json.dumps({k: v for k, v in result["candidates"][name].items() if k != "runs"}), flush=True
