@@ -79,6 +79,8 @@ class LedgerEntry:
     pii_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> entity type -> count
     trace_id: str | None = None  # the request's OpenTelemetry trace, when tracing is on
     span_id: str | None = None  # and its root span (what feedback on it is recorded under)
+    rollout_id: int | None = None
+    rollout_side: str | None = None  # live or candidate (canary), shadow (the operator's re-answer, no key)
 
 
 def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:
@@ -264,11 +266,11 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
     conn.execute(
         """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, collection, config_version,
                prompt_version, index_version, model, prompt_tokens, cached_tokens, completion_tokens,
-               embedding_tokens, cost_usd, latency_ms, pii_counts, trace_id, span_id)
+               embedding_tokens, cost_usd, latency_ms, pii_counts, trace_id, span_id, rollout_id, rollout_side)
            VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s, %(collection)s,
                %(config_version)s, %(prompt_version)s, %(index_version)s, %(model)s, %(prompt_tokens)s,
                %(cached_tokens)s, %(completion_tokens)s, %(embedding_tokens)s, %(cost_usd)s, %(latency_ms)s,
-               %(pii_counts)s, %(trace_id)s, %(span_id)s)
+               %(pii_counts)s, %(trace_id)s, %(span_id)s, %(rollout_id)s, %(rollout_side)s)
            ON CONFLICT (request_id) DO NOTHING""",
         {
             **entry.__dict__,
@@ -280,7 +282,8 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
 
 
 GROUPS = {"key": "coalesce(key_name, '(none)')", "day": "to_char(created_at, 'YYYY-MM-DD')",
-          "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')"}  # fmt: skip
+          "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')",
+          "payer": "CASE WHEN rollout_side = 'shadow' THEN 'operator (rollout shadow)' ELSE 'keys' END"}  # fmt: skip
 
 
 _USAGE_FIELDS = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "embedding_tokens",

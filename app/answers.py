@@ -56,6 +56,7 @@ class Question:
     collection: str | None = None
     index_version: int | None = None  # None: the active version (the eval harness pins its own)
     mode: RetrievalMode | None = None  # None: the configuration's retrieval mode
+    prompt: str | None = None  # None: the configuration's prompt (a rollout's candidate may name another)
 
     @classmethod
     def from_turns(cls, turns: Sequence[Turn], **options: Any) -> Question:
@@ -88,6 +89,8 @@ class Versions:
     index: str
     model: str
     git_commit: str | None = None
+    rollout: int | None = None  # the rollout this answer took part in, and its side (live or candidate)
+    rollout_side: str | None = None
 
 
 @dataclass
@@ -127,6 +130,9 @@ class Prepared:
     # monitoring records (no text).
     query_vector: np.ndarray | None = None
     hit_scores: list[float] = field(default_factory=list)
+    rollout_id: int | None = None  # set when a rollout routed the request (app.rollouts.routing)
+    rollout_side: str | None = None
+    rollout: Any = None  # the routing's Assignment (app.rollouts.routing), for queueing the question
 
     @property
     def embedding_model(self) -> str:
@@ -146,6 +152,8 @@ class Prepared:
             index=self.index.name,
             model=model,
             git_commit=self.config.git_commit,
+            rollout=self.rollout_id,
+            rollout_side=self.rollout_side,
         )
 
 

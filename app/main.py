@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, collections, console, drift, feedback, openai_compat, query, system, usage
+from app.api import admin, collections, console, drift, feedback, openai_compat, query, rollouts, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
 from app.console.sessions import SessionStore
@@ -33,6 +33,8 @@ from app.metrics import Metrics, QualityGauges
 from app.online_eval import online_evaluator, today_figures
 from app.pricing import load_pricing
 from app.rag import RagPipeline
+from app.rollouts.routing import RolloutRouter
+from app.rollouts.shadow import ShadowWorker
 from core.catalog import Catalog
 from core.db import Database
 from core.embedding import get_embedder
@@ -153,6 +155,15 @@ def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> W
     return worker
 
 
+def _start_shadow_worker(app: FastAPI, in_process: bool) -> ShadowWorker | None:
+    """The rollout worker, in this process whenever the job worker is (production runs `ragops rollout work`)."""
+    if not in_process:
+        return None
+    shadow = ShadowWorker(app.state.pipeline, app.state.accountant)
+    shadow.start()
+    return shadow
+
+
 def _start_metrics_server(metrics: Metrics, settings: Settings) -> WSGIServer | None:
     """/metrics on its own port (RAGOPS_METRICS_PORT), so it can stay internal while the API is public."""
     if settings.metrics_port is None:
@@ -171,6 +182,7 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
         pipeline.pii_engine(config)
     pipeline.embedder(catalog.config(None))
     app.state.settings, app.state.catalog, app.state.pool, app.state.pipeline = settings, catalog, pool, pipeline
+    pipeline.rollouts = RolloutRouter(pool)
     app.state.accountant = Accountant(
         pool, pricing, auth_enabled=settings.auth_enabled and metering, key_cache_ttl_s=settings.auth_cache_ttl_s,
         hold_max_age_s=settings.budget_hold_max_age_s, max_concurrent_per_key=settings.key_max_concurrent,
@@ -198,6 +210,7 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
                 _open_services(app, settings, catalog, pool, metering)
                 app.state.metrics.watch_drift(pool, catalog)
                 worker = _start_worker(database, settings, catalog)
+                shadow = _start_shadow_worker(app, worker is not None)
                 metrics_server = _start_metrics_server(app.state.metrics, settings)
                 try:
                     yield
@@ -205,6 +218,8 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
                     if metrics_server is not None:
                         metrics_server.shutdown()
                         metrics_server.server_close()
+                    if shadow is not None:
+                        shadow.stop()
                     if worker is not None:
                         worker.stop()
                     app.state.tracing.shutdown()
@@ -301,7 +316,7 @@ def create_app(settings: Settings | None = None, *, metering: bool = True, traci
     app.state.tracing = tracing if tracing is not None else Tracing.from_environment()
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
     app.state.console_sessions = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
-    for api in (system, query, openai_compat, collections, usage, admin, feedback, drift, console):
+    for api in (system, query, openai_compat, collections, usage, admin, feedback, drift, rollouts, console):
         app.include_router(api.router)
     app.mount(f"{console.PREFIX}/static", StaticFiles(directory=console.CONSOLE / "static"), name="console-static")
     if settings.metrics_port is None:

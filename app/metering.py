@@ -99,6 +99,7 @@ class Meter:
             prepared.config.version, prepared.prompt.version, prepared.index.name,
         )  # fmt: skip
         e.embedding_tokens = prepared.embedding_tokens
+        e.rollout_id, e.rollout_side = prepared.rollout_id, prepared.rollout_side
         if prepared.pii.active:
             e.latency_ms["pii"] = prepared.timings.pii_ms
         e.latency_ms["embed"] = prepared.timings.embed_ms

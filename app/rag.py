@@ -34,12 +34,13 @@ from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
 from app.pii import PiiSession, StreamFilter, without_placeholders
 from app.retrieval import RetrievalQuery, active_version, require_collection, search
+from app.rollouts.routing import RolloutRouter
 from app.search_sql import ChunkHit
 from core.access import Grant
 from core.catalog import Catalog
 from core.config import MAX_TOP_K, LoadedConfig, PiiSettings
 from core.embedding import Embedder, get_embedder
-from core.errors import BadRequest
+from core.errors import BadRequest, NotFound
 from core.pii import PiiEngine, get_pii_engine
 from core.prompts import Prompt
 from core.settings import Settings
@@ -237,6 +238,7 @@ class RagPipeline:
         self._generators: dict[str, Generator] = {}
         self._learned: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
+        self.rollouts: RolloutRouter | None = None  # set by the API: routes requests of collections in a rollout
 
     def embedder(self, config: LoadedConfig) -> Embedder:
         """The embedder of a configuration's index settings (loaded once per process)."""
@@ -306,6 +308,10 @@ class RagPipeline:
         question = dataclasses.replace(question, collection=grant.collection(question.collection))
         self.validate(question, config)
         prompt = self.catalog.prompt_for(config)
+        if question.prompt is not None:
+            if question.prompt not in self.catalog.prompts:
+                raise NotFound(f"unknown prompt {question.prompt!r}", field="prompt")
+            prompt = self.catalog.prompts[question.prompt]
         generator = self.generator(config)
         timings = Timings()
         pii = PiiSession(self.pii_engine(config), config.config.pii)

@@ -23,6 +23,7 @@ MODULES = {
     "console": "console",
     "drift": "drift",
     "online": "online",
+    "rollout": "rollout",
     "report": "report",
 }
 

@@ -96,6 +96,7 @@ BENCH_SCRIPTS = {
     "console": "bench/console.py",
     "drift": "bench/drift.py",
     "online": "bench/online.py",
+    "rollout": "bench/rollout.py",
 }  # fmt: skip
 
 

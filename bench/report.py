@@ -561,6 +561,37 @@ def online_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def rollout_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the rollout benchmark: each candidate's outcomes over the seeds, and shadowing's request-path cost."""
+    c = r["candidates"]
+    broken, same, subtle = c["broken"], c["identical"], c["chunk64"]
+    stop = subtle["questions_to_stop"]
+    rows = [
+        (
+            "rollout: broken candidate (keyword-only, top_k 1) in shadow",
+            f"rolled back in shadow within 200 questions in {broken['rolled_back_in_shadow_within_200']} of "
+            f"{broken['seeds']} seeds (after {broken['questions_to_stop']['max']} questions at most)",
+            "target 20 of 20",
+        ),
+        (
+            "rollout: candidate identical to live",
+            f"rolled back in {same['rolled_back']} of {same['seeds']} seeds; promoted in {same['promoted']}, "
+            f"after {same['max_questions_to_promote']} paired questions at most (shadow + canary)",
+            f"target 0 rolled back, promoted within max_samples {r['guards']['max_samples']} per stage",
+        ),
+        (
+            "rollout: subtly worse candidate (chunk_size 64)",
+            f"stopped in {subtle['rolled_back']} of {subtle['seeds']} seeds, after {stop['min']}-{stop['max']} "
+            f"questions (median {stop['median']})",
+            "target >= 18 of 20",
+        ),
+    ]
+    p = r["shadow_latency_paired"]
+    rows.append(paired_row("rollout: /v1/query with shadow sampling every question minus no rollout", "on minus off",
+                           p, 1.0, 3))  # fmt: skip
+    return rows
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "html": html_rows,
@@ -580,6 +611,7 @@ RENDERERS = {
     "console": console_rows,
     "drift": drift_rows,
     "online": online_rows,
+    "rollout": rollout_rows,
 }
 
 

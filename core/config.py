@@ -438,6 +438,67 @@ class OnlineEvalSettings(StrictModel):
     )  # fmt: skip
 
 
+# Measures a rollout guard may name (app/rollouts/measures.py computes them), and whether higher is better.
+ROLLOUT_MEASURES: dict[str, bool] = {
+    "topk_overlap": True,
+    "retrieval_top_score": True,
+    "refused": False,
+    "citations": True,
+    "answer_chars": True,
+    "latency_ms": False,
+    "cost_usd": False,
+}
+
+
+class RolloutSettings(StrictModel):
+    """Guards of a staged rollout (``ragops rollout``): how much worse the candidate may be, and how sure to be.
+
+    Each guarded measure is compared per question (candidate minus live, on the same question); a
+    sequential probability ratio test per measure tells "no worse" (mean degradation 0) from "worse
+    by the margin" with the error rates below, as soon as the evidence is strong.
+    """
+
+    guards: dict[str, float] = Field(
+        default_factory=lambda: {"topk_overlap": 0.25, "refused": 0.15, "citations": 1.0, "latency_ms": 250.0},
+        description=(
+            "Measure -> the largest acceptable mean degradation per question, in the measure's unit "
+            f"(measures: {', '.join(ROLLOUT_MEASURES)})."
+        ),
+    )
+    shadow_sample_rate: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Share of live questions answered again by the candidate."
+    )
+    canary_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of keys (sticky per key) answered by the candidate in canary."
+    )
+    canary_sample_rate: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Share of canary answers also answered by the other side, paired."
+    )
+    min_samples: int = Field(default=30, ge=2, le=1_000_000, description="Paired questions before any decision.")
+    max_samples: int = Field(
+        default=400, ge=2, le=1_000_000, description="Paired questions after which a stage must decide."
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5, description="Rolling back a candidate that is no worse.")
+    beta: float = Field(default=0.05, gt=0.0, lt=0.5, description="Passing a candidate worse by a guard's margin.")
+    auto_promote: bool = Field(
+        default=False, description="Promote when canary passes; otherwise it waits for `ragops rollout promote`."
+    )
+    max_negative_feedback_share: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Roll back when more canary-side feedback than this is negative."
+    )
+
+    @model_validator(mode="after")
+    def _known_measures(self) -> RolloutSettings:
+        for name, margin in self.guards.items():
+            if name not in ROLLOUT_MEASURES:
+                raise ValueError(f"unknown rollout measure {name!r}: use one of {', '.join(ROLLOUT_MEASURES)}")
+            if not margin > 0:
+                raise ValueError(f"rollout guard {name}: the margin must be > 0")
+        if self.max_samples < self.min_samples:
+            raise ValueError(f"max_samples ({self.max_samples}) must be at least min_samples ({self.min_samples})")
+        return self
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
@@ -449,6 +510,7 @@ class RagConfig(StrictModel):
     feedback: FeedbackSettings = FeedbackSettings()
     drift: DriftSettings = DriftSettings()
     online_eval: OnlineEvalSettings = OnlineEvalSettings()
+    rollout: RolloutSettings = RolloutSettings()
 
     @model_validator(mode="after")
     def _transcripts_filtered(self) -> RagConfig:

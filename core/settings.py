@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     drift_interval_s: float = Field(
         default=60.0, gt=0, description="How often the worker judges finished drift windows (configs with drift on)."
     )
+    activation_checks: bool = Field(
+        default=True,
+        description="Run the installed activation checks (the eval gate) before a full reindex activates its build.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -27,6 +29,7 @@ from core.db import Database
 from core.drift import monitor as drift_monitor
 from core.embedding import get_embedder
 from core.errors import IndexVersionError, IngestBusy, JobCancelled, JobLost, RagopsError, SourceError, WorkerStopping
+from core.runtime import Runtime
 from core.settings import Settings
 from ingest import versions
 from ingest.drift_corpus import IndexCorpus
@@ -35,6 +38,14 @@ from ingest.pipeline import IngestPipeline, IngestProgress
 from ingest.sources import quarantine_skipped, resolve_source, scan_source
 
 log = logging.getLogger(__name__)
+ACTIVATION_CHECKS = "ragops.activation_checks"
+# (runtime, configuration name, collection) -> (passed, why): may a full build of this configuration be activated?
+ActivationCheck = Callable[[Runtime, str, str], tuple[bool, str]]
+
+
+def activation_checks() -> list[tuple[str, ActivationCheck]]:
+    """The installed activation checks (entry point group ``ragops.activation_checks``), by name."""
+    return [(entry.name, entry.load()) for entry in sorted(entry_points(group=ACTIVATION_CHECKS), key=lambda e: e.name)]
 
 
 HEARTBEAT_S = 1.0  # progress is committed at least this often, so watchers see it move every second or two
@@ -276,8 +287,10 @@ class Worker:
                     counts = {k: counts.get(k, 0) + v for k, v in report.counts.items()}
                     seconds += report.total_seconds
                 self._check(heartbeat)
+                gate = self._activation_gate(conn, params)  # while the heartbeat beats: a gate takes minutes
+                self._check(heartbeat)
                 heartbeat.close()
-                self._succeed(conn, job, params, version, counts, {"total": round(seconds, 3)})
+                self._succeed(conn, job, params, version, counts, {"total": round(seconds, 3)}, gate)
         finally:
             heartbeat.close()
 
@@ -319,6 +332,30 @@ class Worker:
             return fresh, True
         return pipeline.index_version(), False
 
+    def _activation_gate(self, conn: psycopg.Connection, params: ReindexParams) -> dict[str, Any] | None:
+        """For a full build asked to activate: every installed activation check's verdict; None otherwise.
+
+        Checks come from the ``ragops.activation_checks`` entry point group (the eval gate registers
+        one), so ingest never imports evals; with none installed, the job says activation was not gated.
+        """
+        if params.mode != "full" or params.activate is not True:
+            return None
+        checks = activation_checks() if self.settings.activation_checks else []
+        if not checks:
+            why = "installed" if self.settings.activation_checks else "enabled (RAGOPS_ACTIVATION_CHECKS=false)"
+            return {"gated": False, "passed": True, "reason": f"activation was not gated: no activation check {why}"}
+        runtime = Runtime(settings=self.settings, database=self.database, conn=conn)
+        reasons = []
+        for name, check in checks:
+            try:
+                passed, why = check(runtime, params.config, params.collection)
+            except RagopsError as exc:
+                passed, why = False, f"{name}: {exc}"
+            if not passed:
+                return {"gated": True, "passed": False, "reason": why}
+            reasons.append(why)
+        return {"gated": True, "passed": True, "reason": "; ".join(reasons)}
+
     def _record_version(self, conn: psycopg.Connection, job: Job, version_id: int, created: bool) -> None:
         try:
             conn.execute(
@@ -336,8 +373,12 @@ class Worker:
         version: versions.IndexVersion,
         counts: dict[str, int],
         timings: dict[str, float],
+        gate: dict[str, Any] | None = None,
     ) -> None:
-        """Activate (when asked) and mark the job succeeded in ONE transaction, unless it was cancelled."""
+        """Activate (when asked, and the activation checks passed) and mark the job succeeded in ONE transaction.
+
+        A build that failed its activation check is kept, not activated; the job's ``error`` says why.
+        """
         with conn.transaction():
             row = conn.execute(
                 "SELECT cancel_requested FROM jobs WHERE id = %s AND worker_id = %s AND status = 'running' FOR UPDATE",
@@ -347,15 +388,16 @@ class Worker:
                 raise JobLost("job taken over")
             if row[0]:
                 raise JobCancelled("cancelled")
-            version, activated = versions.activate_as_asked(conn, version, params.activate, params.collection)
+            refused = gate is not None and not gate["passed"]
+            activate = False if refused else params.activate
+            version, activated = versions.activate_as_asked(conn, version, activate, params.collection)
+            result: dict[str, Any] = {"counts": counts, "timings": timings, "index_version": version.name}
+            if gate is not None:
+                result["activation_gate"] = gate
             conn.execute(
-                """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s,
+                """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s, error = %s,
                        finished_at = now(), updated_at = now() WHERE id = %s""",
-                (
-                    activated,
-                    Jsonb({"counts": counts, "timings": timings, "index_version": version.name}),
-                    job.id,
-                ),
+                (activated, Jsonb(result), f"not activated: {gate['reason']}" if refused and gate else None, job.id),
             )
 
     def _end(self, job: Job, status: JobStatus, *, error: str, progress: _Progress | None = None) -> None:

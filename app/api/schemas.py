@@ -125,6 +125,8 @@ class VersionsOut(BaseModel):
     index: str
     model: str
     git_commit: str | None = None
+    rollout: int | None = Field(default=None, description="The rollout this answer took part in, if any.")
+    rollout_side: str | None = Field(default=None, description="live or candidate (the rollout's canary side).")
 
 
 class TimingsOut(BaseModel):

@@ -67,7 +67,7 @@ def read_usage(
     grant: AdminGrant,
     start: Annotated[When, Query(alias="from", description="Inclusive; default 30 days ago.")] = None,
     end: Annotated[When, Query(alias="to", description="Exclusive; default now.")] = None,
-    group_by: Annotated[Literal["key", "day", "config", "model"], Query()] = "key",
+    group_by: Annotated[Literal["key", "day", "config", "model", "payer"], Query()] = "key",
 ) -> UsageResponse:
     """Requests, tokens and cost from the ledger, grouped by key, day, configuration or model.
 
