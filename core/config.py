@@ -459,7 +459,9 @@ class RolloutSettings(StrictModel):
     """
 
     guards: dict[str, float] = Field(
-        default_factory=lambda: {"topk_overlap": 0.25, "refused": 0.15, "citations": 1.0, "latency_ms": 250.0},
+        # No latency guard by default: a shadow answer is timed in the worker, under other load than the
+        # live answer it is paired with, so an identical candidate looks slower (bench/rollout.py).
+        default_factory=lambda: {"topk_overlap": 0.25, "refused": 0.15, "citations": 1.0},
         description=(
             "Measure -> the largest acceptable mean degradation per question, in the measure's unit "
             f"(measures: {', '.join(ROLLOUT_MEASURES)})."
