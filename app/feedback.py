@@ -131,6 +131,8 @@ class Rated:
     collection: str | None
     status: int
     config_version: str | None
+    trace_id: str | None = None  # the answer's OpenTelemetry trace and root span, when it was traced
+    span_id: str | None = None
 
 
 def rateable(conn: psycopg.Connection, request_id: str, key: ApiKey | None, grant: Grant) -> Rated:
@@ -140,7 +142,8 @@ def rateable(conn: psycopg.Connection, request_id: str, key: ApiKey | None, gran
     so a key learns nothing about other keys' requests.
     """
     row = conn.execute(
-        "SELECT request_id, key_id, collection, status, config_version FROM ledger WHERE request_id = %s",
+        "SELECT request_id, key_id, collection, status, config_version, trace_id, span_id FROM ledger"
+        " WHERE request_id = %s",
         (request_id,),
     ).fetchone()
     rated = Rated(*row) if row is not None else None

@@ -49,13 +49,12 @@ from core.errors import (
 )
 from core.migrations import migrate
 from core.settings import Settings, get_settings
-from core.tracing import Tracing, span_id_of, trace_id_of
+from core.tracing import NO_TRACING, Tracing, span_id_of, trace_id_of
 from ingest.worker import Chore, Worker
 
 log = logging.getLogger("ragops")
 METERED_PREFIXES = ("/v1/", "/ui/api/")  # the console's actions cost what their /v1 twins do
 HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
-NO_TRACING = Tracing()
 NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 

@@ -185,3 +185,6 @@ def annotate(attributes: Mapping[str, AttributeValue | None]) -> None:
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+
+NO_TRACING = Tracing()  # what an app built without tracing (or a detached meter) uses

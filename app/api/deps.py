@@ -16,7 +16,7 @@ from core.access import EVERYTHING, Grant
 from core.catalog import Catalog
 from core.errors import AuthError
 from core.settings import Settings
-from core.tracing import annotate, stage
+from core.tracing import NO_TRACING, Tracing, annotate, stage
 
 
 def get_pipeline(request: Request) -> RagPipeline:
@@ -57,6 +57,12 @@ def get_meter(request: Request) -> Meter:
         meter.closed = True  # nothing is written
         request.state.meter = meter
     return meter
+
+
+def tracing_of(request: Request) -> Tracing:
+    """The app's tracing (off when the app was built without it)."""
+    tracing: Tracing = getattr(request.app.state, "tracing", NO_TRACING)
+    return tracing
 
 
 def get_request_id(request: Request) -> str:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from app.api.deps import AdminGrant, Configs, DbPool, Pipeline, authenticate, grant_of
+from app.api.deps import AdminGrant, Configs, DbPool, Pipeline, authenticate, grant_of, tracing_of
 from app.api.query import ERRORS
 from app.api.schemas import NO_NUL, Strict, VersionsOut
 from app.feedback import (
@@ -22,6 +22,7 @@ from app.feedback import (
     Scale,
     check_sources,
     filter_comment,
+    is_negative,
     list_feedback,
     parse_since,
     rateable,
@@ -116,6 +117,7 @@ class FeedbackList(BaseModel):
 
 @router.post("/feedback", response_model=FeedbackSaved, responses=ERRORS)
 def create_feedback(
+    request: Request,
     body: FeedbackRequest,
     pool: DbPool,
     pipeline: Pipeline,
@@ -142,7 +144,13 @@ def create_feedback(
         text = filter_comment(body.text, config, pipeline.pii_engine(config))
     rating = Rating(scale=body.scale, rating=body.rating, reason=body.reason, text=text, sources=sources)
     with pool.connection() as conn:
-        return FeedbackSaved(**save_rating(conn, rated, key, rating))
+        saved = FeedbackSaved(**save_rating(conn, rated, key, rating))
+    if rated.trace_id and rated.span_id:  # next to the answer's spans in the team's tracing tool (never the text)
+        attributes = {"ragops.feedback.scale": body.scale, "ragops.feedback.rating": body.rating,
+                      "ragops.feedback.negative": is_negative(body.scale, body.rating),
+                      "ragops.feedback.reason": body.reason or ""}  # fmt: skip
+        tracing_of(request).record_in_trace("ragops.feedback", rated.trace_id, rated.span_id, attributes)
+    return saved
 
 
 @router.get("/feedback", response_model=FeedbackList, responses=ERRORS)

@@ -51,6 +51,8 @@ def traced(
                                               (ids,)).fetchone()[0] == 2)  # fmt: skip
                 ledger = {r[0]: r[1:] for r in conn.execute(
                     "SELECT request_id, trace_id, span_id FROM ledger WHERE request_id = ANY(%s)", (ids,))}  # fmt: skip
+            rated = client.post("/v1/feedback", json={"request_id": ids[0], "rating": -1, "reason": "wrong"})
+            assert rated.status_code == 200, rated.text
         yield {"whole": whole, "streamed": streamed, "spans": list(receiver.spans), "ledger": ledger,
                "requests": receiver.requests, "key": api_key}  # fmt: skip
 
@@ -65,7 +67,8 @@ def test_one_trace_per_answer_with_a_span_per_stage(traced: dict[str, Any], kind
     assert response.status_code == 200
     trace_id = response.headers["X-Trace-Id"]
     assert len(trace_id) == 32 and int(trace_id, 16) != 0
-    spans = spans_of(traced, response)
+    # The request's own spans (the whole answer's trace also holds its later rating: its own test).
+    spans = [s for s in spans_of(traced, response) if s.name != "ragops.feedback"]
     roots = [s for s in spans if not s.parent_id]
     assert [r.name for r in roots] == ["POST /v1/query"]
     root = roots[0]
@@ -152,6 +155,17 @@ def test_a_callers_trace_is_continued(served_database: Database, api_key: str, t
                                headers={"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"})  # fmt: skip
     assert response.headers["X-Trace-Id"] == caller_trace
     assert {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()} == {caller_trace}
+
+
+def test_feedback_on_an_answer_is_a_span_in_the_answers_trace(traced: dict[str, Any]) -> None:
+    """POST /v1/feedback records the rating under the rated request's root span (never its text)."""
+    whole = traced["whole"]
+    trace_id, span_id = traced["ledger"][whole.headers["X-Request-Id"]]
+    (feedback,) = [s for s in traced["spans"] if s.name == "ragops.feedback"]
+    assert feedback.trace_id == trace_id == whole.headers["X-Trace-Id"] and feedback.parent_id == span_id
+    assert feedback.attributes["ragops.feedback.rating"] == -1
+    assert feedback.attributes["ragops.feedback.negative"] is True
+    assert feedback.attributes["ragops.feedback.reason"] == "wrong"
 
 
 def test_later_feedback_joins_the_requests_trace() -> None:
