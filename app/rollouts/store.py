@@ -267,10 +267,11 @@ def sample_counts(conn: psycopg.Connection, rollout_id: int) -> dict[str, int]:
 
 
 def feedback_counts(conn: psycopg.Connection, rollout_id: int) -> tuple[int, int]:
-    """(negative, all) ratings of the rollout's canary-side answers.
-
-    The seam for the feedback table (POST /v1/feedback): until it exists, no ratings. At merge, count
-    its rows joined to ``ledger`` on the request where ``ledger.rollout_id = rollout_id`` and
-    ``ledger.rollout_side = 'candidate'``.
-    """
-    return 0, 0
+    """(negative, all) ratings (POST /v1/feedback) of the rollout's canary-side answers."""
+    row = conn.execute(
+        """SELECT count(*) FILTER (WHERE f.negative), count(*) FROM feedback f
+           JOIN ledger l ON l.request_id = f.request_id
+           WHERE l.rollout_id = %s AND l.rollout_side = 'candidate'""",
+        (rollout_id,),
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -189,6 +189,29 @@ def test_canary_is_sticky_per_key_and_survives_a_restart(
     assert all(config.startswith("broken@") == (side == "candidate") for side, config in rows)
 
 
+def test_negative_canary_feedback_rolls_the_candidate_back(api: TestClient, private_database: Database) -> None:
+    """Users' ratings of canary-side answers count: more negative than the guard's share rolls back."""
+    rollout = canary(api, private_database)
+    with private_database.connect() as conn:
+        conn.execute(
+            """UPDATE rollouts SET guards = guards || '{"max_negative_feedback_share": 0.5}' WHERE id = %s""",
+            (rollout["id"],),
+        )
+    rated = 0
+    for key in [new_key(private_database, ["query"]) for _ in range(8)]:
+        headers = {"Authorization": f"Bearer {key}"}
+        body = api.post("/v1/query", json={"question": ANSWERABLE[0]}, headers=headers).json()
+        if body["versions"]["rollout_side"] == "candidate":
+            rating = api.post("/v1/feedback", json={"request_id": body["request_id"], "rating": -1}, headers=headers)
+            assert rating.status_code == 200, rating.text
+            rated += 1
+    assert rated, "no key landed on the candidate side"
+    with private_database.connect() as conn:
+        assert store.feedback_counts(conn, rollout["id"]) == (rated, rated)
+        ended = service.apply_decision(conn, rollout["id"])
+    assert ended.status == "rolled_back" and ended.reason is not None and "canary ratings negative" in ended.reason
+
+
 def test_abort_restores_live_atomically_while_queries_run(api: TestClient, private_database: Database) -> None:
     rollout = canary(api, private_database)
     keys = [new_key(private_database, ["query"]) for _ in range(6)]
