@@ -395,7 +395,7 @@ class Worker:
             if gate is not None:
                 result["activation_gate"] = gate
             conn.execute(
-                """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s, error = %s,
+                """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s, error = coalesce(%s, error),
                        finished_at = now(), updated_at = now() WHERE id = %s""",
                 (activated, Jsonb(result), f"not activated: {gate['reason']}" if refused and gate else None, job.id),
             )

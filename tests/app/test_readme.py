@@ -187,11 +187,12 @@ class Runner:
     def run(self, example: Example) -> tuple[int, str]:
         """(HTTP status or exit code, output) of one example."""
         if example.kind == "shell":  # KEY=$(cat .ragops/demo-api-key): kept for the curl commands after it
-            self.prelude += example.text + "\n"
-            done = self.bash(example.text + '\ntest -n "$KEY"')
+            line = self.served(example.text)
+            self.prelude += line + "\n"
+            done = self.bash(line + '\ntest -n "$KEY"')
             return done.returncode, done.stderr
         if example.kind == "curl":
-            command = example.text.replace("localhost:8000", self.host).replace("127.0.0.1:8000", self.host)
+            command = self.served(example.text)
             done = self.bash(command.replace("curl ", "curl -w '\\n%{http_code}' ", 1))
             body, _, status = done.stdout.rpartition("\n")
             return (int(status) if done.returncode == 0 and status.isdigit() else -done.returncode), body
@@ -204,6 +205,10 @@ class Runner:
     @property
     def host(self) -> str:
         return self.url.removeprefix("http://")
+
+    def served(self, text: str) -> str:
+        """``text`` addressed to the test's server instead of the README's localhost:8000."""
+        return text.replace("localhost:8000", self.host).replace("127.0.0.1:8000", self.host)
 
     def bash(self, command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -271,6 +276,8 @@ def test_readme_examples_run_against_a_live_server(
 
 def check_answer(example: Example, output: str) -> None:
     """The question examples answer what they ask (an answer, not a refusal, for the chat follow-up too)."""
+    if example.kind != "curl":
+        return
     if "/v1/chat" in example.text:
         assert "12 weeks" in json.loads(output)["answer"], output
     if '"How many PTO days do new employees get?"' in example.text:
