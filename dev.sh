@@ -4,7 +4,8 @@
 #                    embedding model to ONNX under .ragops/models (idempotent; offline)
 #   ./dev.sh serve   setup, ingest the bundled samples into the embedded PostgreSQL, serve the API
 #   ./dev.sh test    setup, lint, the eval gate against evals/baselines/, the vLLM venv, then the whole test suite
-#                    (RAGOPS_SKIP_VLLM=1 / RAGOPS_SKIP_GATE=1 skip the vLLM tier / eval gate locally; CI runs both)
+#                    (RAGOPS_SKIP_VLLM=1 / RAGOPS_SKIP_GATE=1 skip the vLLM tier / eval gate locally; CI runs both;
+#                    scripts/browser.sh installs chromium for the console's browser tier when it is missing)
 #   ./dev.sh bench   setup, then the benchmarks in bench/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -66,6 +67,10 @@ case "$cmd" in
       bash scripts/vllm_venv.sh >/dev/null
       export RAGOPS_REQUIRE_VLLM=1
     fi
+    # The console's browser tier: Debian's chromium + chromedriver, installed once when missing. In CI
+    # (CI=true) a missing browser fails the tier instead of skipping it, like the vLLM tier.
+    bash scripts/browser.sh
+    if [ "${CI:-}" = "true" ]; then export RAGOPS_REQUIRE_BROWSER=1; fi
     exec "$PY" -m pytest "$@" ;;
   bench)
     setup

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from app.inflight import InFlight
 from app.keys import ApiKey, VerifiedKeys
+from app.online_eval import QueuedEvaluation, enqueue
 from app.pricing import Pricing
 from core.errors import BudgetExceeded, RateLimited
 from core.money import format_usd, to_stored_usd
@@ -63,6 +65,7 @@ class LedgerEntry:
     key_id: int | None = None
     key_name: str | None = None
     error_kind: str | None = None
+    collection: str | None = None  # the collection the request read (feedback and quality are per collection)
     config_version: str | None = None
     prompt_version: str | None = None
     index_version: str | None = None
@@ -74,6 +77,10 @@ class LedgerEntry:
     cost_usd: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     pii_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> entity type -> count
+    trace_id: str | None = None  # the request's OpenTelemetry trace, when tracing is on
+    span_id: str | None = None  # and its root span (what feedback on it is recorded under)
+    rollout_id: int | None = None
+    rollout_side: str | None = None  # live or candidate (canary), shadow (the operator's re-answer, no key)
 
 
 def period_starts(now: datetime) -> dict[str, tuple[date, datetime]]:
@@ -257,13 +264,13 @@ def hold_rate_tokens(conn: psycopg.Connection, key_id: int, tokens: int) -> Rate
 def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
     """Insert the request's one ledger row (a second write for the same request is ignored)."""
     conn.execute(
-        """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, config_version,
+        """INSERT INTO ledger (request_id, key_id, key_name, route, status, error_kind, collection, config_version,
                prompt_version, index_version, model, prompt_tokens, cached_tokens, completion_tokens,
-               embedding_tokens, cost_usd, latency_ms, pii_counts)
-           VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s,
+               embedding_tokens, cost_usd, latency_ms, pii_counts, trace_id, span_id, rollout_id, rollout_side)
+           VALUES (%(request_id)s, %(key_id)s, %(key_name)s, %(route)s, %(status)s, %(error_kind)s, %(collection)s,
                %(config_version)s, %(prompt_version)s, %(index_version)s, %(model)s, %(prompt_tokens)s,
                %(cached_tokens)s, %(completion_tokens)s, %(embedding_tokens)s, %(cost_usd)s, %(latency_ms)s,
-               %(pii_counts)s)
+               %(pii_counts)s, %(trace_id)s, %(span_id)s, %(rollout_id)s, %(rollout_side)s)
            ON CONFLICT (request_id) DO NOTHING""",
         {
             **entry.__dict__,
@@ -275,31 +282,86 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
 
 
 GROUPS = {"key": "coalesce(key_name, '(none)')", "day": "to_char(created_at, 'YYYY-MM-DD')",
-          "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')"}  # fmt: skip
+          "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')",
+          "payer": "CASE WHEN rollout_side = 'shadow' THEN 'operator (rollout shadow)' ELSE 'keys' END"}  # fmt: skip
+
+
+_USAGE_FIELDS = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "embedding_tokens",
+                 "cost_usd", "latency_p50_ms", "latency_p95_ms")  # fmt: skip
+
+
+def usage_by(
+    conn: psycopg.Connection, start: datetime, end: datetime, groups: Sequence[str], *, key_id: int | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Requests, errors, tokens, cost (Decimal, as stored) and total latency p50/p95 per group of each of ``groups``.
+
+    One scan of the ledger rows in [start, end) for all groupings (GROUPING SETS); only ``key_id``'s when given.
+    """
+    columns = [GROUPS[g] for g in groups]  # allow-listed: never user text in SQL
+    which = " ".join(f"WHEN GROUPING({c}) = 0 THEN {i}" for i, c in enumerate(columns))
+    rows = conn.execute(
+        f"""SELECT CASE {which} END, coalesce({", ".join(columns)}), count(*), count(*) FILTER (WHERE status >= 400),
+                   sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(embedding_tokens),
+                   sum(cost_usd),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY (latency_ms->>'total')::float8),
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY (latency_ms->>'total')::float8)
+            FROM ledger WHERE created_at >= %s AND created_at < %s AND (%s::bigint IS NULL OR key_id = %s)
+            GROUP BY GROUPING SETS ({", ".join(f"({c})" for c in columns)}) ORDER BY 1, 2""",
+        (start, end, key_id, key_id),
+    ).fetchall()
+    result: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
+    for which_group, group, *values in rows:
+        item: dict[str, Any] = {"group": group, **dict(zip(_USAGE_FIELDS, values, strict=True))}
+        for name in _USAGE_FIELDS[:6]:
+            item[name] = int(item[name] or 0)
+        item["cost_usd"] = item["cost_usd"] or Decimal(0)
+        result[groups[which_group]].append(item)
+    return result
 
 
 def usage(
     conn: psycopg.Connection, start: datetime, end: datetime, group_by: str, *, key_id: int | None = None
 ) -> list[dict[str, Any]]:
-    """Requests, tokens and cost (Decimal, as stored) per group in [start, end); only ``key_id``'s when given."""
-    column = GROUPS[group_by]  # allow-listed: never user text in SQL
-    rows = conn.execute(
-        f"""SELECT {column} AS grp, count(*), count(*) FILTER (WHERE status >= 400),
-                   sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(embedding_tokens),
-                   sum(cost_usd)
-            FROM ledger WHERE created_at >= %s AND created_at < %s AND (%s::bigint IS NULL OR key_id = %s)
-            GROUP BY 1 ORDER BY 1""",
-        (start, end, key_id, key_id),
-    ).fetchall()
-    names = ("group", "requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
-             "embedding_tokens", "cost_usd")  # fmt: skip
-    result = []
-    for row in rows:
-        item: dict[str, Any] = dict(zip(names, row, strict=True))
-        for name in names[1:]:
-            item[name] = (item[name] or Decimal(0)) if name == "cost_usd" else int(item[name] or 0)
-        result.append(item)
-    return result
+    """Requests, tokens, cost and latency per group of one grouping in [start, end); only ``key_id``'s when given."""
+    return usage_by(conn, start, end, [group_by], key_id=key_id)[group_by]
+
+
+@dataclass(frozen=True)
+class BudgetLeft:
+    """One budget of one key in the current period: what it allows, what is spent or held, what is left."""
+
+    key_name: str
+    period: str
+    budget_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    resets_at: datetime
+
+    @property
+    def left_usd(self) -> Decimal:
+        """What the key may still spend this period."""
+        return max(self.budget_usd - self.spent_usd - self.reserved_usd, Decimal(0))
+
+
+def budgets_left(conn: psycopg.Connection, keys: Sequence[ApiKey], now: datetime | None = None) -> list[BudgetLeft]:
+    """The day and month budgets of ``keys`` (those that have one), with this period's spend."""
+    periods = period_starts(now or datetime.now(UTC))
+    budgeted = [k for k in keys if k.budget_usd_day is not None or k.budget_usd_month is not None]
+    spend = {
+        (key_id, period): (spent, reserved)
+        for key_id, period, spent, reserved in conn.execute(
+            """SELECT key_id, period, spent_usd, reserved_usd FROM key_spend WHERE key_id = ANY(%s)
+               AND ((period = 'day' AND period_start = %s) OR (period = 'month' AND period_start = %s))""",
+            ([k.id for k in budgeted], periods["day"][0], periods["month"][0]),
+        ).fetchall()
+    }
+    found = []
+    for key in budgeted:
+        for period, budget in (("day", key.budget_usd_day), ("month", key.budget_usd_month)):
+            if budget is not None:
+                spent, reserved = spend.get((key.id, period), (Decimal(0), Decimal(0)))
+                found.append(BudgetLeft(key.name, period, budget, spent, reserved, periods[period][1]))
+    return found
 
 
 class Accountant:
@@ -331,8 +393,15 @@ class Accountant:
             entry.embedding_tokens,
         )  # fmt: skip
 
-    def record(self, entry: LedgerEntry, reservation: Reservation | None = None, rate: RateHold | None = None) -> None:
-        """Settle the reservation and the tokens-per-minute hold, and write the ledger row, in one transaction.
+    def record(
+        self,
+        entry: LedgerEntry,
+        reservation: Reservation | None = None,
+        rate: RateHold | None = None,
+        evaluation: QueuedEvaluation | None = None,
+    ) -> None:
+        """Settle the reservation and the tokens-per-minute hold, write the ledger row and queue a sampled
+        online evaluation, in one transaction.
 
         A database failure is logged, never raised into the response.
         """
@@ -344,5 +413,7 @@ class Accountant:
                     used = entry.prompt_tokens + entry.completion_tokens
                     add_rate_tokens(conn, rate.key_id, used - rate.tokens, rate.window_start)
                 write_ledger(conn, entry)
+                if evaluation is not None:
+                    enqueue(conn, evaluation)
         except (psycopg.Error, OSError) as exc:
             log.error("ledger write failed for request %s: %s", entry.request_id, type(exc).__name__)

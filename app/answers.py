@@ -11,9 +11,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from app.generators.base import GenerationRequest, Generator
 from app.pii import PiiSession
-from core.config import LoadedConfig
+from core.config import LoadedConfig, RetrievalMode
 from core.errors import BadRequest
 from core.prompts import Prompt
 from ingest.versions import IndexVersion
@@ -53,6 +55,8 @@ class Question:
     filters: dict[str, Any] | None = None
     collection: str | None = None
     index_version: int | None = None  # None: the active version (the eval harness pins its own)
+    mode: RetrievalMode | None = None  # None: the configuration's retrieval mode
+    prompt: str | None = None  # None: the configuration's prompt (a rollout's candidate may name another)
 
     @classmethod
     def from_turns(cls, turns: Sequence[Turn], **options: Any) -> Question:
@@ -85,6 +89,8 @@ class Versions:
     index: str
     model: str
     git_commit: str | None = None
+    rollout: int | None = None  # the rollout this answer took part in, and its side (live or candidate)
+    rollout_side: str | None = None
 
 
 @dataclass
@@ -120,6 +126,13 @@ class Prepared:
     # Raw model output so far, in memory only: what a failed or abandoned stream is billed for,
     # including text the PII filter was still holding back.
     generated: list[str] = field(default_factory=list)
+    # The question's vector (None in keyword mode) and every retrieved chunk's score, best first: what drift
+    # monitoring records (no text).
+    query_vector: np.ndarray | None = None
+    hit_scores: list[float] = field(default_factory=list)
+    rollout_id: int | None = None  # set when a rollout routed the request (app.rollouts.routing)
+    rollout_side: str | None = None
+    rollout: Any = None  # the routing's Assignment (app.rollouts.routing), for queueing the question
 
     @property
     def embedding_model(self) -> str:
@@ -139,6 +152,8 @@ class Prepared:
             index=self.index.name,
             model=model,
             git_commit=self.config.git_commit,
+            rollout=self.rollout_id,
+            rollout_side=self.rollout_side,
         )
 
 

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,16 +28,72 @@ app = typer.Typer(
 app.command("ingest")(ingest_cli.ingest)
 app.add_typer(ingest_cli.index_app, name="index")
 app.add_typer(ingest_cli.db_app, name="db")
-app.command("worker")(ingest_cli.worker)
 app.add_typer(ingest_cli.jobs_app, name="jobs")
 app.add_typer(ingest_cli.collections_app, name="collections")
 config_app = typer.Typer(help="Check configurations and prompts.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+feedback_app = typer.Typer(help="Ratings of answers and the opt-in transcript store.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 app.add_typer(llm_app, name="llm")
+drift_app = typer.Typer(help="Drift monitoring: pin references, report judged windows.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
+quality_app = typer.Typer(help="Online evaluation of sampled live answers.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
 DEMO_KEY_FILE = "demo-api-key"
 out = Console()
+
+
+@app.command("worker")
+def worker(
+    once: Annotated[bool, typer.Option(help="Run queued jobs and evaluations until none is left, then exit.")] = False,
+    batch_documents: Annotated[
+        int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
+    ] = 256,
+) -> None:
+    """Run reindex jobs and online evaluations from their queues (several workers never take the same one),
+    and the housekeeping between them (expired transcripts, drift windows)."""
+    from app.main import worker_chores
+    from core.catalog import Catalog
+
+    settings = get_settings()
+    catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+    ingest_cli.worker(once, batch_documents, chores=worker_chores(catalog))
+
+
+def _figure(value: object, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@quality_app.command("report")
+def quality_report(
+    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
+    since: Annotated[str | None, typer.Option(help="First day: YYYY-MM-DD or a number of days like 7d.")] = None,
+) -> None:
+    """Online-evaluation figures per collection, configuration, prompt, index version and day."""
+    from rich.table import Table
+
+    from app.online_eval import quality_report as report
+    from app.online_eval import since_day
+    from core.runtime import open_runtime
+
+    first = since_day(since)
+    with open_runtime() as rt:
+        rows = report(rt.conn, first, [collection] if collection else None)
+    if not rows:
+        out.print(f"no evaluated answers since {first.isoformat()}" + (f" in {collection!r}" if collection else ""))
+        return
+    table = Table("day", "collection", "config", "prompt", "index", "answers", "support", "top score", "margin",
+                  "refused", "citations", "PII", "latency ms", "cost $")  # fmt: skip
+    for r in rows:
+        table.add_row(
+            r["day"], r["collection"], r["config_version"], r["prompt_version"], r["index_version"], str(r["answers"]),
+            _figure(r["support"]), _figure(r["top_score"]), _figure(r["margin"]), _figure(r["refusal_rate"]),
+            _figure(r["citations_mean"], 1), _figure(r["pii_entities_mean"], 1), _figure(r["latency_ms_mean"], 0),
+            _figure(r["cost_usd_mean"], 6),
+        )  # fmt: skip
+    out.print(table)
 
 
 def _mount_plugins() -> None:
@@ -216,6 +273,17 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix (see `
     out.print(f"revoked key {revoked.id} ({revoked.name})")
 
 
+@feedback_app.command("purge")
+def feedback_purge() -> None:
+    """Delete transcripts whose retention ran out now (the worker also does it every few minutes)."""
+    from app.feedback import purge_expired_transcripts
+    from core.runtime import open_runtime
+
+    with open_runtime() as rt:
+        deleted = purge_expired_transcripts(rt.conn)
+    out.print(f"deleted {deleted} expired transcript(s)")
+
+
 @app.command("usage")
 def usage_table(
     days: Annotated[int, typer.Option(help="Look back this many days.")] = 30,
@@ -243,6 +311,79 @@ def usage_table(
         )  # fmt: skip
     out.print(table)
     out.print(f"total: {sum(r['requests'] for r in rows)} requests, {format_usd(sum(r['cost_usd'] for r in rows))}")
+
+
+@drift_app.command("pin")
+def drift_pin(
+    collection: Annotated[str, typer.Option(help="Collection whose reference this becomes.")] = "default",
+    config: Annotated[str | None, typer.Option(help="Configuration (default: the service's).")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="Pin the last WINDOW of live traffic (e.g. 7d, 12h) as the reference.")
+    ] = None,
+    questions: Annotated[
+        Path | None,
+        typer.Option(help='Pin a JSONL question set (one {"question": ...} per line, e.g. the eval set) instead.'),
+    ] = None,
+) -> None:
+    """Pin a new, versioned drift reference; windows from now on are judged against it."""
+    from app import drift
+    from core.catalog import Catalog
+    from core.runtime import open_runtime
+
+    if (window is None) == (questions is None):
+        raise RagopsError("give exactly one of --window or --questions")
+    settings = get_settings()
+    loaded = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config).config(config)
+    with open_runtime(settings) as rt:
+        if window is not None:
+            pinned = drift.pin_window(rt.conn, collection, loaded, window)
+        else:
+            assert questions is not None
+            texts = drift.read_questions(questions)
+            pinned = drift.pin_questions(rt.conn, collection, loaded, texts, drift.questions_note(questions, texts))
+    out.print(
+        f"pinned drift reference {pinned.id} for {collection} / {loaded.name}: {pinned.questions} questions, "
+        f"signals {', '.join(pinned.signals)}"
+    )
+
+
+@drift_app.command("report")
+def drift_report(
+    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
+    config: Annotated[str | None, typer.Option(help="Only this configuration.")] = None,
+    days: Annotated[int, typer.Option(min=1, help="Windows of the last DAYS days.")] = 7,
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML report (a chart per signal) here.")] = None,
+) -> None:
+    """Newest verdict per signal as a table; with --html, the whole time series as charts."""
+    from datetime import UTC, datetime, timedelta
+
+    from rich.table import Table
+
+    from app.drift_report import render_html, threshold_of
+    from core.catalog import Catalog
+    from core.drift import store
+    from core.runtime import open_runtime
+
+    settings = get_settings()
+    catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+    since = datetime.now(UTC) - timedelta(days=days)
+    with open_runtime(settings) as rt:
+        rows = store.read_windows(rt.conn, collections=None, collection=collection, config=config, since=since)
+    latest = {(r.collection, r.config, r.signal): r for r in rows}
+    table = Table("collection", "config", "signal", "window start", "n", "state", "p", "p threshold", "PSI", "alarm")
+    for (coll, cfg, signal), r in sorted(latest.items()):
+        drift_settings = catalog.configs[cfg].config.drift if cfg in catalog.configs else None
+        threshold = threshold_of(signal, drift_settings)
+        table.add_row(
+            coll, cfg, signal, f"{r.window_start:%Y-%m-%d %H:%M}", str(r.n), r.state.replace("_", " "),
+            "" if r.p_value is None else f"{r.p_value:.3g}", "" if threshold is None else f"{threshold:.3g}",
+            "" if r.psi is None else f"{r.psi:.3f}", "ALARM" if r.alarm else "",
+        )  # fmt: skip
+    out.print(table if latest else "no judged drift windows (is drift.enabled on and a reference pinned?)")
+    if html is not None:
+        configs = {name: loaded.config.drift for name, loaded in catalog.configs.items()}
+        html.write_text(render_html(rows, configs), encoding="utf-8")
+        out.print(f"wrote {html}")
 
 
 def ensure_demo_key() -> tuple[str, bool] | None:
@@ -307,6 +448,7 @@ def serve(
     get_embedder(catalog.config(None).config.index.embedding)  # and a model that does not load (kept for the app)
     generator = f"vLLM at {settings.vllm_url}" if settings.vllm_url else "the extractive generator (no RAGOPS_VLLM_URL)"
     out.print(f"ragops serving on http://{bind_host}:{bind_port} (docs at /docs), answering with {generator}")
+    out.print(f"console: http://{bind_host}:{bind_port}/ui (log in with an API key)", highlight=False)
     demo = ensure_demo_key()
     if demo:
         secret, created = demo

@@ -163,6 +163,15 @@ def verify_key(conn: psycopg.Connection, presented: str) -> ApiKey:
     return key
 
 
+def get_key(conn: psycopg.Connection, key_id: int) -> ApiKey:
+    """The key with ``key_id`` as it is now; :class:`AuthError` when it is gone or revoked (a console session ends)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,)).fetchone()
+    if row is None or row["revoked_at"] is not None:
+        raise AuthError("API key revoked")
+    return _key(row)
+
+
 def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
     """Every key, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:

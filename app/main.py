@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +13,8 @@ from wsgiref.simple_server import WSGIServer
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import start_http_server
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -21,13 +23,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.accounting import Accountant, LedgerEntry, release_stale_holds
-from app.api import admin, collections, openai_compat, query, system, usage
+from app.api import admin, collections, console, drift, feedback, openai_compat, query, rollouts, system, usage
 from app.api.errors import error_body, error_of, error_response
 from app.api.limits import BodyLimitMiddleware
-from app.metering import Meter
-from app.metrics import Metrics
+from app.console.sessions import SessionStore
+from app.feedback import CHORES
+from app.metering import UNMATCHED_ROUTE, Meter
+from app.metrics import Metrics, QualityGauges
+from app.online_eval import online_evaluator, today_figures
 from app.pricing import load_pricing
 from app.rag import RagPipeline
+from app.rollouts.routing import RolloutRouter
+from app.rollouts.shadow import ShadowWorker
 from core.catalog import Catalog
 from core.db import Database
 from core.embedding import get_embedder
@@ -42,11 +49,13 @@ from core.errors import (
 )
 from core.migrations import migrate
 from core.settings import Settings, get_settings
-from ingest.worker import Worker
+from core.tracing import NO_TRACING, Tracing, span_id_of, trace_id_of
+from ingest.worker import Chore, Worker
 
 log = logging.getLogger("ragops")
-METERED_PREFIX = "/v1/"
+METERED_PREFIXES = ("/v1/", "/ui/api/")  # the console's actions cost what their /v1 twins do
 HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
+NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def _meter(request: Request) -> Meter | None:
@@ -77,28 +86,44 @@ class RequestContext:
         state["request_id"] = request_id
         meter = None
         accountant = getattr(scope["app"].state, "accountant", None)
-        if self.metering and accountant is not None and scope["path"].startswith(METERED_PREFIX):
+        if self.metering and accountant is not None and scope["path"].startswith(METERED_PREFIXES):
             meter = Meter(accountant, self.metrics, LedgerEntry(request_id=request_id, route=scope["path"][:200]))
             state["meter"] = meter
         status: int | None = None  # None until a response starts: a client gone before it is a 499
+        tracing: Tracing = getattr(scope["app"].state, "tracing", NO_TRACING)
+        traced = tracing.enabled and scope["path"].startswith(METERED_PREFIXES)
+        with tracing.request("ragops.request", _headers(scope)) if traced else NO_SPAN as span:
+            trace_id = trace_id_of(span) if span is not None else None
+            if meter is not None and span is not None:
+                meter.entry.trace_id, meter.entry.span_id = trace_id, span_id_of(span)
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message).append("X-Request-Id", request_id)
-            await send(message)
+            async def send_with_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = MutableHeaders(scope=message)
+                    headers.append("X-Request-Id", request_id)
+                    if trace_id is not None:
+                        headers.append("X-Trace-Id", trace_id)
+                await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/admin/jobs/{job_id}
-            refused = _refusal(meter, route, status)
-            if refused is not None:  # counted, never ledgered: anonymous traffic must not cost a row
-                self.metrics.rejected.labels(refused).inc()
-            elif meter is not None:
-                # The response is over (or abandoned): the client does not wait for the ledger.
-                await run_in_threadpool(meter.close, status, route)
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/admin/jobs/{job_id}
+                refused = _refusal(meter, route, status)
+                if span is not None:
+                    span.update_name(f"{scope['method']} {route or UNMATCHED_ROUTE}")
+                if refused is not None:  # counted, never ledgered: anonymous traffic must not cost a row
+                    self.metrics.rejected.labels(refused).inc()
+                elif meter is not None:
+                    # The response is over (or abandoned): the client does not wait for the ledger.
+                    await run_in_threadpool(meter.close, status, route)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers, for the W3C trace context a caller may send (``traceparent``)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
 
 def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str | None:
@@ -110,17 +135,32 @@ def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str 
     return None
 
 
-def _start_worker(database: Database, settings: Settings) -> Worker | None:
-    """The in-process job worker: on with the embedded database unless turned off (production runs `ragops worker`)."""
+def worker_chores(catalog: Catalog) -> tuple[Chore, ...]:
+    """What the worker does between jobs for this layer: expired transcripts, online evaluation."""
+    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog).run_once))
+
+
+def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> Worker | None:
+    """The in-process worker (jobs and online evaluations): on with the embedded database unless turned off
+    (production runs `ragops worker`)."""
     enabled = settings.worker_in_process
     if enabled is None:
         enabled = settings.database_url is None
     if not enabled:
         return None
-    worker = Worker(database, settings)
+    worker = Worker(database, settings, chores=worker_chores(catalog))
     worker.start()
     log.info("in-process job worker %s started", worker.worker_id)
     return worker
+
+
+def _start_shadow_worker(app: FastAPI, in_process: bool) -> ShadowWorker | None:
+    """The rollout worker, in this process whenever the job worker is (production runs `ragops rollout work`)."""
+    if not in_process:
+        return None
+    shadow = ShadowWorker(app.state.pipeline, app.state.accountant)
+    shadow.start()
+    return shadow
 
 
 def _start_metrics_server(metrics: Metrics, settings: Settings) -> WSGIServer | None:
@@ -141,12 +181,14 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
         pipeline.pii_engine(config)
     pipeline.embedder(catalog.config(None))
     app.state.settings, app.state.catalog, app.state.pool, app.state.pipeline = settings, catalog, pool, pipeline
+    pipeline.rollouts = RolloutRouter(pool)
     app.state.accountant = Accountant(
         pool, pricing, auth_enabled=settings.auth_enabled and metering, key_cache_ttl_s=settings.auth_cache_ttl_s,
         hold_max_age_s=settings.budget_hold_max_age_s, max_concurrent_per_key=settings.key_max_concurrent,
     )  # fmt: skip
     with pool.connection() as conn:  # holds a crashed process left behind
         release_stale_holds(conn, settings.budget_hold_max_age_s)
+    app.state.metrics.registry.register(QualityGauges(lambda: today_figures(pool)))
 
 
 def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -165,7 +207,9 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
             pool = database.pool(settings.db_pool_max, async_commit=True, timeout_s=settings.db_pool_timeout_s)
             try:
                 _open_services(app, settings, catalog, pool, metering)
-                worker = _start_worker(database, settings)
+                app.state.metrics.watch_drift(pool, catalog)
+                worker = _start_worker(database, settings, catalog)
+                shadow = _start_shadow_worker(app, worker is not None)
                 metrics_server = _start_metrics_server(app.state.metrics, settings)
                 try:
                     yield
@@ -173,8 +217,11 @@ def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], Abstrac
                     if metrics_server is not None:
                         metrics_server.shutdown()
                         metrics_server.server_close()
+                    if shadow is not None:
+                        shadow.stop()
                     if worker is not None:
                         worker.stop()
+                    app.state.tracing.shutdown()
             finally:
                 pool.close()
         finally:
@@ -205,8 +252,10 @@ def _record_failure(metrics: Metrics, request: Request, exc: BaseException) -> N
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Every error, ours or the framework's, answered in the one shape (app/api/errors.py)."""
 
-    def respond(request: Request, exc: BaseException, body: dict[str, Any]) -> JSONResponse:
+    def respond(request: Request, exc: BaseException, body: dict[str, Any]) -> Response:
         _record_failure(metrics, request, exc)
+        if console.wants_html(request):
+            return console.error_page(request, body["error"]["code"], body["error"]["message"])
         headers = {}
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after:
@@ -216,7 +265,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return error_response(body, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
         field = ".".join(loc) or None
@@ -224,18 +273,18 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return respond(request, exc, error_body(422, message, "invalid_request", field))
 
     @app.exception_handler(RagopsError)
-    async def ragops_error(request: Request, exc: RagopsError) -> JSONResponse:
+    async def ragops_error(request: Request, exc: RagopsError) -> Response:
         return respond(request, exc, error_of(exc, request.state.request_id))
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
-    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+    async def database_down(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable: %s", type(exc).__name__)
         unavailable = DatabaseError("database unavailable; retry shortly")
         return respond(request, unavailable, error_of(unavailable, request.state.request_id))
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         """The framework's own errors (unknown route, wrong method, unparsable or oversized body), in our shape."""
         kind = HTTP_ERROR_KINDS.get(exc.status_code, "invalid_request")
         response = respond(request, exc, error_body(exc.status_code, str(exc.detail), kind))
@@ -244,14 +293,15 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return response
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> Response:
         return respond(request, exc, error_of(exc, getattr(request.state, "request_id", "?")))
 
 
-def create_app(settings: Settings | None = None, *, metering: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, metering: bool = True, tracing: Tracing | None = None) -> FastAPI:
     """Build the application; nothing is started until the lifespan runs.
 
     ``metering=False`` (benchmarks only) skips keys, budgets and the ledger, to measure their cost.
+    ``tracing``: where spans go; by default from the standard ``OTEL_*`` variables (off without an endpoint).
     """
     settings = settings or get_settings()
     metrics = Metrics()
@@ -262,13 +312,20 @@ def create_app(settings: Settings | None = None, *, metering: bool = True) -> Fa
         lifespan=_lifespan(settings, metering),
     )
     app.state.metrics = metrics
+    app.state.tracing = tracing if tracing is not None else Tracing.from_environment()
     app.state.readiness = system.Readiness(settings.readiness_cache_s)
-    for api in (system, query, openai_compat, collections, usage, admin):
+    app.state.console_sessions = SessionStore(settings.console_session_ttl_s, recheck_s=settings.auth_cache_ttl_s)
+    for api in (system, query, openai_compat, collections, usage, admin, feedback, drift, rollouts, console):
         app.include_router(api.router)
+    app.mount(f"{console.PREFIX}/static", StaticFiles(directory=console.CONSOLE / "static"), name="console-static")
     if settings.metrics_port is None:
         app.include_router(system.metrics_router)
-    uploads = {f"{admin.router.prefix}/documents": settings.upload_body_max_bytes}
+    uploads = {
+        f"{admin.router.prefix}/documents": settings.upload_body_max_bytes,
+        f"{console.PREFIX}/api/documents": settings.upload_body_max_bytes,
+    }
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, routes=uploads)
+    app.add_middleware(console.ConsoleHeaders)
     app.add_middleware(RequestContext, metrics=metrics, metering=metering)
     _install_error_handlers(app, metrics)
     return app

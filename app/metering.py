@@ -14,20 +14,46 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from opentelemetry.util.types import AttributeValue
+
 from app.accounting import Accountant, LedgerEntry, RateHold, Reservation, hold_rate_tokens, reserve_budget
 from app.answers import Answer, AnswerDone, Prepared
 from app.generators.base import count_prompt_tokens
 from app.inflight import Slot
 from app.keys import ApiKey
 from app.metrics import Metrics
+from app.online_eval import QueuedEvaluation
 from app.pii import PiiSession
 from core.errors import status_of
 from core.tokens import count_tokens
+from core.tracing import annotate, stage
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 STAGES = ("auth", "pii", "embed", "retrieve", "ttft", "generate")
 UNMATCHED_ROUTE = "unmatched"  # the one metrics label of a path no route template matched
 E = TypeVar("E")
+
+
+def request_attributes(e: LedgerEntry, prepared: Prepared | None) -> dict[str, AttributeValue | None]:
+    """The request span's attributes: versions, tokens, cost and counts (never text, never the key)."""
+    attributes: dict[str, AttributeValue | None] = {
+        "ragops.request_id": e.request_id,
+        "http.response.status_code": e.status,
+        "ragops.config.version": e.config_version,
+        "ragops.prompt.version": e.prompt_version,
+        "ragops.index.version": e.index_version,
+        "ragops.collection": prepared.question.collection if prepared is not None else None,
+        "gen_ai.request.model": e.model,
+        "gen_ai.usage.input_tokens": e.prompt_tokens if e.model else None,
+        "gen_ai.usage.output_tokens": e.completion_tokens if e.model else None,
+        "ragops.usage.cached_tokens": e.cached_tokens,
+        "ragops.usage.embedding_tokens": e.embedding_tokens,
+        "ragops.cost_usd": e.cost_usd,
+        "error.type": e.error_kind,
+    }
+    for stage_name, counts in e.pii_counts.items():
+        attributes[f"ragops.pii.{stage_name}.entities"] = sum(counts.values())
+    return attributes
 
 
 @dataclass
@@ -48,6 +74,7 @@ class Meter:
     settled: bool = False
     closed: bool = False
     _events: Generator[object, None, None] | None = field(default=None, repr=False)
+    evaluation: QueuedEvaluation | None = None  # a sampled answer, queued with the ledger row
 
     @property
     def prompt_tokens(self) -> int:
@@ -67,10 +94,12 @@ class Meter:
         """Retrieval is done: note versions and stage times, then hold the worst-case cost and tokens."""
         self.prepared = prepared
         e = self.entry
+        e.collection = prepared.question.collection
         e.config_version, e.prompt_version, e.index_version = (
             prepared.config.version, prepared.prompt.version, prepared.index.name,
         )  # fmt: skip
         e.embedding_tokens = prepared.embedding_tokens
+        e.rollout_id, e.rollout_side = prepared.rollout_id, prepared.rollout_side
         if prepared.pii.active:
             e.latency_ms["pii"] = prepared.timings.pii_ms
         e.latency_ms["embed"] = prepared.timings.embed_ms
@@ -185,21 +214,23 @@ class Meter:
         e.latency_ms["total"] = (time.perf_counter() - self.started) * 1000
         # One connection, after the response: settlement, the token window and the ledger row.
         # Until it lands the worst-case holds stay in place, so a budget is never overrun.
-        self.accountant.record(e, self.reservation, self.rate)
+        with stage("ragops.accounting"):
+            self.accountant.record(e, self.reservation, self.rate, self.evaluation)
+        annotate(request_attributes(e, self.prepared))
         self._observe(e, route or UNMATCHED_ROUTE)
 
     def _observe(self, e: LedgerEntry, route: str) -> None:
         m = self.metrics
         m.requests.labels(route, str(e.status)).inc()
         m.latency.labels(route).observe(e.latency_ms["total"] / 1000)
-        for stage, counts in e.pii_counts.items():
+        for pii_stage, counts in e.pii_counts.items():
             for entity_type, n in counts.items():
-                m.pii_detections.labels(entity_type, stage).inc(n)
+                m.pii_detections.labels(entity_type, pii_stage).inc(n)
         if self.pii is not None and self.pii.failures:
             m.pii_failures.inc(self.pii.failures)
-        for stage in STAGES:
-            if stage in e.latency_ms:
-                m.stage.labels(stage).observe(e.latency_ms[stage] / 1000)
+        for name in STAGES:
+            if name in e.latency_ms:
+                m.stage.labels(name).observe(e.latency_ms[name] / 1000)
         if e.model:
             for kind, value in (("prompt", e.prompt_tokens), ("completion", e.completion_tokens),
                                 ("cached", e.cached_tokens), ("embedding", e.embedding_tokens)):  # fmt: skip

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import Span
+from opentelemetry.util.types import AttributeValue
 from psycopg_pool import ConnectionPool
 
 from app.answers import (
@@ -30,18 +32,20 @@ from app.answers import (
 from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, Usage
 from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
-from app.pii import PiiSession, without_placeholders
+from app.pii import PiiSession, StreamFilter, without_placeholders
 from app.retrieval import RetrievalQuery, active_version, require_collection, search
+from app.rollouts.routing import RolloutRouter
 from app.search_sql import ChunkHit
 from core.access import Grant
 from core.catalog import Catalog
 from core.config import MAX_TOP_K, LoadedConfig, PiiSettings
 from core.embedding import Embedder, get_embedder
-from core.errors import BadRequest
+from core.errors import BadRequest, NotFound
 from core.pii import PiiEngine, get_pii_engine
 from core.prompts import Prompt
 from core.settings import Settings
 from core.tokens import count_tokens
+from core.tracing import annotate, failed, stage, stage_under, start_stage
 from ingest import pii_spans
 from ingest.versions import IndexVersion, check_embedding_model, get_index_version
 
@@ -187,13 +191,30 @@ def generation_request(
     history = [{"role": t.role, "content": t.content} for t in question.history if t.role != "system"]
     generation = config.config.generation
     return GenerationRequest(
-        question=without_placeholders(question.text),
+        # What was searched for: a short follow-up ("and for the secondary one?") means nothing without the
+        # turn before it, to the extractive generator's sentence scoring as much as to retrieval.
+        question=retrieval_text(question),
         messages=[rendered[0], *history, *rendered[1:]],
         passages=passages,
         model=generation.model,
         max_tokens=generation.max_tokens,
         temperature=generation.temperature,
     )
+
+
+def generation_attributes(answer: Answer) -> dict[str, AttributeValue]:
+    """What the generation span records of an answer: model, tokens, citations (GenAI semantic conventions)."""
+    usage = answer.usage
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.response.model": answer.versions.model,
+        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens,
+        "gen_ai.response.finish_reasons": (answer.finish_reason,),
+        "ragops.citations": len(answer.citations),
+    }
+    if answer.timings.ttft_ms is not None:
+        attributes["ragops.ttft_ms"] = answer.timings.ttft_ms
+    return attributes
 
 
 def final_answer(events: Iterable[AnswerDelta | AnswerDone]) -> Answer:
@@ -217,6 +238,7 @@ class RagPipeline:
         self._generators: dict[str, Generator] = {}
         self._learned: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
+        self.rollouts: RolloutRouter | None = None  # set by the API: routes requests of collections in a rollout
 
     def embedder(self, config: LoadedConfig) -> Embedder:
         """The embedder of a configuration's index settings (loaded once per process)."""
@@ -282,19 +304,26 @@ class RagPipeline:
         """
         started = time.perf_counter()
         config = self.catalog.config(grant.config(question.config, self.catalog.default_config))
+        config = config.with_retrieval_mode(question.mode)
         question = dataclasses.replace(question, collection=grant.collection(question.collection))
         self.validate(question, config)
         prompt = self.catalog.prompt_for(config)
+        if question.prompt is not None:
+            if question.prompt not in self.catalog.prompts:
+                raise NotFound(f"unknown prompt {question.prompt!r}", field="prompt")
+            prompt = self.catalog.prompts[question.prompt]
         generator = self.generator(config)
         timings = Timings()
         pii = PiiSession(self.pii_engine(config), config.config.pii)
         if pii.active and config.config.pii.learn_allow_list:
             pii.also_allowed = self._learned_names(question.collection or "", config.config.pii)
-        question = filtered_question(question, pii)
+        with stage("ragops.pii.question"):
+            question = filtered_question(question, pii)
         query_text = retrieval_text(question)
         vector, embedding_tokens = self._embed_query(config, query_text, timings)
         index, hits = self._retrieve(question, grant, config, query_text, vector, timings, pii)
-        hits = filtered_hits(hits, pii)
+        with stage("ragops.pii.context"):
+            hits = filtered_hits(hits, pii)
         if pii.found:  # retrieved text nobody had analyzed yet: once is enough
             with self.pool.connection() as conn:
                 pii_spans.store(conn, pii.analysis, pii.found)
@@ -312,6 +341,8 @@ class RagPipeline:
             timings=timings,
             pii=pii,
             started=started,
+            query_vector=vector,
+            hit_scores=[hit.score for hit in hits],
         )
 
     def _learned_names(self, collection: str, policy: PiiSettings) -> frozenset[str]:
@@ -335,10 +366,14 @@ class RagPipeline:
         """The query vector and the tokens it cost; keyword mode needs none."""
         if config.config.retrieval.mode == "keyword":
             return None, 0
-        t0 = time.perf_counter()
-        vector = self.embedder(config).embed_query(text)
-        timings.embed_ms = (time.perf_counter() - t0) * 1000
-        return vector, count_tokens(text)
+        embedding = config.config.index.embedding
+        with stage("ragops.embed", {"gen_ai.operation.name": "embeddings", "gen_ai.request.model": embedding.model}):
+            t0 = time.perf_counter()
+            vector = self.embedder(config).embed_query(text)
+            timings.embed_ms = (time.perf_counter() - t0) * 1000
+            tokens = count_tokens(text)
+            annotate({"gen_ai.usage.input_tokens": tokens})
+        return vector, tokens
 
     def _retrieve(
         self,
@@ -351,6 +386,23 @@ class RagPipeline:
         pii: PiiSession,
     ) -> tuple[IndexVersion, list[ChunkHit]]:
         """The version that answers the collection (its active one unless the question pins one) and its best hits."""
+        with stage("ragops.search", {"ragops.retrieval.mode": config.config.retrieval.mode}):
+            index, hits = self._search(question, grant, config, text, vector, timings, pii)
+            annotate({"ragops.collection": question.collection, "ragops.index.version": index.name,
+                      "ragops.retrieval.hits": len(hits),
+                      "ragops.retrieval.top_score": hits[0].score if hits else None})  # fmt: skip
+        return index, hits
+
+    def _search(
+        self,
+        question: Question,
+        grant: Grant,
+        config: LoadedConfig,
+        text: str,
+        vector: np.ndarray | None,
+        timings: Timings,
+        pii: PiiSession,
+    ) -> tuple[IndexVersion, list[ChunkHit]]:
         t0 = time.perf_counter()
         settings = config.config.retrieval
         # Collections are namespaces: an eval run's copy of the samples must not answer users.
@@ -381,24 +433,46 @@ class RagPipeline:
         t0 = time.perf_counter()
         parts: list[str] = []
         output = prepared.pii.stream(incremental=incremental)
-        for event in prepared.generator.stream(prepared.request):
-            prepared.generation_started = True
-            if isinstance(event, Delta):
-                prepared.generated.append(event.text)
-                text = output.feed(event.text)
-            elif isinstance(event, Finished):
-                text = output.flush()
-            else:
-                continue
-            if text:
-                if prepared.timings.ttft_ms is None:
-                    prepared.timings.ttft_ms = (time.perf_counter() - prepared.started) * 1000
-                parts.append(text)
-                yield AnswerDelta(text)
-            if isinstance(event, Finished):
-                yield AnswerDone(
-                    self._answer(prepared, "".join(parts), event.usage, event.model, event.finish_reason, t0)
-                )
+        span = start_stage("ragops.generate", {"gen_ai.operation.name": "chat",
+                                               "gen_ai.request.model": prepared.request.model})  # fmt: skip
+        try:
+            for event in prepared.generator.stream(prepared.request):
+                prepared.generation_started = True
+                if isinstance(event, Delta):
+                    prepared.generated.append(event.text)
+                    text = output.feed(event.text)
+                elif isinstance(event, Finished):
+                    text = self._flush(output, prepared, span)
+                else:
+                    continue
+                if text:
+                    if prepared.timings.ttft_ms is None:
+                        prepared.timings.ttft_ms = (time.perf_counter() - prepared.started) * 1000
+                        if span is not None:
+                            span.add_event("gen_ai.first_token", {"ragops.ttft_ms": prepared.timings.ttft_ms})
+                    parts.append(text)
+                    yield AnswerDelta(text)
+                if isinstance(event, Finished):
+                    answer = self._answer(prepared, "".join(parts), event.usage, event.model, event.finish_reason, t0)
+                    if span is not None:
+                        span.set_attributes(generation_attributes(answer))
+                    yield AnswerDone(answer)
+        except BaseException as exc:
+            if span is not None:
+                failed(span, exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
+
+    def _flush(self, output: StreamFilter, prepared: Prepared, parent: Span | None) -> str:
+        """The output filter's last piece (for a whole answer, all of its work), in its own span."""
+        if parent is None:
+            return output.flush()
+        with stage_under(parent, "ragops.pii.answer") as span:
+            text = output.flush()
+            span.set_attribute("ragops.pii.answer_ms", prepared.pii.elapsed_ms - prepared.timings.pii_ms)
+        return text
 
     def answer(self, question: Question, grant: Grant) -> Answer:
         """Prepare and generate a whole answer."""

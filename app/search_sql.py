@@ -206,13 +206,12 @@ def term_statistics(conn: psycopg.Connection, version: IndexVersion, text: str, 
     """
     rows = conn.execute(
         sql.SQL(
-            """WITH q AS (SELECT DISTINCT replace(m[1], '''''', '''') AS lexeme
-                         FROM regexp_matches({positive}, '''((?:[^'']|'''')*)''', 'g') m)
+            """WITH q AS ({lexemes})
                SELECT s.chunks, s.tokens, t.lexeme, t.df FROM bm25_collections s
                LEFT JOIN bm25_terms t ON t.index_version_id = s.index_version_id AND t.collection = s.collection
                     AND t.df > 0 AND t.lexeme IN (SELECT lexeme FROM q)
                WHERE s.index_version_id = %(version)s AND s.collection = %(collection)s AND s.chunks > 0"""
-        ).format(positive=_POSITIVE_TERMS),
+        ).format(lexemes=_QUERY_LEXEMES),
         {
             "tsconfig": version.settings.get("text_search_config", "english"),
             "q": text,
@@ -226,6 +225,12 @@ def term_statistics(conn: psycopg.Connection, version: IndexVersion, text: str, 
     terms = [QueryTerm(lexeme, int(df), bm25_idf(chunks, int(df))) for _, _, lexeme, df in rows if lexeme is not None]
     terms.sort(key=lambda t: (t.df, t.lexeme))
     return TermStatistics(chunks=chunks, avg_length=max(tokens / chunks, 1.0), terms=terms)
+
+
+def query_lexemes(conn: psycopg.Connection, text: str, *, tsconfig: str) -> list[str]:
+    """The distinct lexemes keyword search reads in ``text`` (as :func:`term_statistics` does), sorted."""
+    query = sql.SQL("{lexemes} ORDER BY 1").format(lexemes=_QUERY_LEXEMES)
+    return [row[0] for row in conn.execute(query, {"tsconfig": tsconfig, "q": text}).fetchall()]
 
 
 def tsquery_any(lexemes: Iterable[str]) -> str:
@@ -355,3 +360,8 @@ def _collection(collection: str) -> str:
 # The positive part of a web-search query: ``querytree`` drops negated terms (and gives 'T' when
 # nothing positive is left); each lexeme in its text is a quoted literal with quotes doubled.
 _POSITIVE_TERMS = sql.SQL("querytree(websearch_to_tsquery(%(tsconfig)s::regconfig, %(q)s))")
+# Its distinct lexemes, one row each.
+_QUERY_LEXEMES = sql.SQL(
+    "SELECT DISTINCT replace(m[1], '''''', '''') AS lexeme"
+    " FROM regexp_matches({positive}, '''((?:[^'']|'''')*)''', 'g') m"
+).format(positive=_POSITIVE_TERMS)

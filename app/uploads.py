@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import psycopg
 
@@ -20,6 +20,7 @@ from core.config import NAME_PATTERN
 from core.errors import SourceError, UnsupportedFileType, UploadTooLarge
 from core.settings import Settings
 from ingest import documents
+from ingest.jobs import Job
 
 _READ_BYTES = 1 << 16
 
@@ -73,6 +74,50 @@ def save_upload(settings: Settings, collection: str, filename: str | None, data:
         Path(tmp).unlink(missing_ok=True)
         raise
     return SavedUpload(filename=name, path=folder / name, bytes=size)
+
+
+UploadStatus = Literal["pending", "ingested", "skipped", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class UploadedDocument:
+    """What became of one uploaded file: its document ids once its job ingested it, or why it was not."""
+
+    source: str
+    status: UploadStatus
+    document_ids: list[int] = field(default_factory=list)
+    reason: str | None = None
+    quarantined: str | None = None  # under the data folder, when the file could not be read
+
+
+def uploaded_documents(conn: psycopg.Connection, job: Job) -> list[UploadedDocument]:
+    """The files an upload queued ``job`` for, each with its document ids (a JSONL file has one per line)."""
+    names: list[str] = job.params.get("uploads", [])
+    if not names:
+        return []
+    skipped = {entry["source"]: entry for entry in job.errors}
+    ids: dict[str, list[int]] = {name: [] for name in names}
+    if job.status == "succeeded":
+        rows = conn.execute(
+            """SELECT id, split_part(source, '#', 1) FROM documents
+               WHERE collection = %s AND split_part(source, '#', 1) = ANY(%s) ORDER BY id""",
+            (job.params["collection"], names),
+        ).fetchall()
+        for document_id, name in rows:
+            ids[name].append(document_id)
+    result = []
+    for name in names:
+        if name in skipped:
+            entry = skipped[name]
+            result.append(
+                UploadedDocument(name, "skipped", reason=entry["reason"], quarantined=entry.get("quarantined"))
+            )
+        elif job.status == "succeeded":
+            result.append(UploadedDocument(name, "ingested", ids[name]))
+        else:
+            ended: UploadStatus = "failed" if job.status == "failed" else "cancelled"
+            result.append(UploadedDocument(name, ended if job.finished else "pending"))
+    return result
 
 
 def delete_document(

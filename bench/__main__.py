@@ -20,6 +20,10 @@ MODULES = {
     "load": "load",
     "reindex": "reindex",
     "hostile": "hostile",
+    "console": "console",
+    "drift": "drift",
+    "online": "online",
+    "rollout": "rollout",
     "report": "report",
 }
 

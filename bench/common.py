@@ -93,6 +93,10 @@ BENCH_SCRIPTS = {
     "streaming": "bench/streaming.py",
     "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",
     "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",
+    "console": "bench/console.py",
+    "drift": "bench/drift.py",
+    "online": "bench/online.py",
+    "rollout": "bench/rollout.py",
 }  # fmt: skip
 
 

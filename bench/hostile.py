@@ -74,9 +74,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         run()
                     except Unsatisfiable:
                         pass
-                    except Exception as exc:  # a failing check: count it, name the operation
+                    # A failing check (schemathesis raises its FailureGroup, a BaseExceptionGroup): count it,
+                    # name the operation and what failed.
+                    except (Exception, BaseExceptionGroup) as exc:
                         failures += 1
-                        failed.append(f"{operation.label}: {type(exc).__name__}")
+                        inner = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+                        failed.append(f"{operation.label}: {', '.join(sorted({type(e).__name__ for e in inner}))}")
                 result["modes"][mode.value] = {
                     "operations": len(operations), "calls": calls, "failures": failures, "failed": failed,
                 }  # fmt: skip

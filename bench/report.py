@@ -466,6 +466,132 @@ def hostile_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def console_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the console: the playground's first answer character vs /v1/query, and page renders."""
+    added, pages = r["console_added_ms"], r["page_render_ms"]
+    direct, console = r["direct_first_char_ms"]["p50"], r["console_first_char_ms"]["p50"]
+    worst = max(pages.items(), key=lambda p: p[1]["p95"])
+    return [
+        (
+            "console playground: first answer character vs /v1/query stream (interleaved, one run)",
+            f"direct p50 {direct:.1f} ms, console p50 {console:.1f} ms",
+            f"console adds p50 {added['p50']:+.1f} ms (target <= 20 ms)",
+        ),
+        (
+            f"console pages, server render with {r['ledger_rows'].split()[0]} ledger rows (synthetic)",
+            ", ".join(f"{name} p95 {p['p95']:.1f} ms" for name, p in pages.items()),
+            f"worst p95 {worst[1]['p95']:.1f} ms ({worst[0]}) (target <= 50 ms)",
+        ),
+    ]
+
+
+def drift_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the drift benchmark: the chosen rule on held-out data, the alternative statistic, retrieval drift."""
+    rows = []
+    for name, label in (("mmd", "MMD, permutation p"), ("classifier_auc", "domain-classifier AUC")):
+        dev = r["dev"].get(name, {})
+        held = r["heldout"].get(name)
+        if held is None:
+            rows.append((f"drift: question drift by {label} (dev)", "no rule of the grid met every target on dev", ""))
+            continue
+        rule = f"{held['window']}-question windows, p < {held['alpha']}, {held['consecutive']} in a row"
+        rows.append(
+            (
+                f"drift: question drift by {label}, rule chosen on dev ({rule}), {r['seeds']} seeds, held-out",
+                f"WikiQA -> PubMedQA switch caught within 200 questions in {held['switch_detected_within_200']:.0%} "
+                f"(median {held['switch_delay_median']:.0f}, max {held['switch_delay_max']}); gradual mix caught "
+                f"before 40% in {held['gradual_before_40pct']:.0%} (median at {held['gradual_share_median']:.0%}); "
+                f"false alarms {held['false_alarm_rate']:.2%} of {held['null_windows']} WikiQA windows; "
+                f"{held['seconds_per_test'] * 1000:.0f} ms per test",
+                "targets: >= 95% within 200; >= 95% before 40%; <= 5% false alarms"
+                + (f" (dev false alarms {dev['chosen']['false_alarm_rate']:.1%})" if dev.get("chosen") else ""),
+            )
+        )
+    if "retrieval" in r:
+        ret = r["retrieval"]
+        rows.append(
+            (
+                f"drift: retrieval drift, WikiQA index of all {ret['pages']} pages -> half of them "
+                f"({ret['chunks']['full']} -> {ret['chunks']['half']} chunks)",
+                f"caught within 200 questions in {ret['switch_detected_within_200']:.0%} of seeds (median "
+                f"{ret['switch_delay_median']:.0f}); false alarms {ret['false_alarm_rate']:.2%} of "
+                f"{ret['null_windows']} windows; median top score {ret['median_reference']['top_score']:.3f} -> "
+                f"{ret['median_half_index']['top_score']:.3f}",
+                "target: fires within 200 questions",
+            )
+        )
+    return rows
+
+
+def online_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for what tracing and online evaluation cost, and the worker's throughput."""
+    rows = []
+    for key, label in (("tracing_paired", "tracing on (OTLP/HTTP to a local receiver) vs off"),
+                       ("sampling_paired", "online evaluation: /v1/query with 100% sampling vs 0%")):  # fmt: skip
+        if key in r:
+            p = r[key]
+            verdict = "met" if p["diff_p50_ms"] <= 1 else "MISSED"
+            rows.append(
+                (
+                    f"{label}, paired end to end, concurrency 1",
+                    f"same question back to back: p50 {p['diff_p50_ms']:+.3f} ms, IQR [{p['diff_iqr_ms'][0]:+.2f}, "
+                    f"{p['diff_iqr_ms'][1]:+.2f}] ms over {p['pairs']} pairs",
+                    f"target <= 1 ms p50: {verdict}",
+                )
+            )
+    if "tracing_off_ns_per_stage" in r:
+        ns = r["tracing_off_ns_per_stage"]
+        rows.append(
+            (
+                "tracing off: one stage span (no-op)",
+                f"{ns:.0f} ns per stage, {8 * ns / 1000:.1f} µs for a request's 8 stages",
+                "off at no cost: nothing of the SDK is built",
+            )
+        )
+    if "worker" in r:
+        w = r["worker"]
+        verdict = "met" if w["answers_per_s"] >= 20 else "MISSED"
+        rows.append(
+            (
+                "online evaluation worker, reference-free measures",
+                f"{w['answers']} queued answers in {w['seconds']:.1f} s: {w['answers_per_s']:.0f} answers/s",
+                f"target >= 20 answers/s: {verdict}",
+            )
+        )
+    return rows
+
+
+def rollout_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for the rollout benchmark: each candidate's outcomes over the seeds, and shadowing's request-path cost."""
+    c = r["candidates"]
+    broken, same, subtle = c["broken"], c["identical"], c["chunk64"]
+    stop = subtle["questions_to_stop"]
+    rows = [
+        (
+            "rollout: broken candidate (keyword-only, top_k 1) in shadow",
+            f"rolled back in shadow within 200 questions in {broken['rolled_back_in_shadow_within_200']} of "
+            f"{broken['seeds']} seeds (after {broken['questions_to_stop']['max']} questions at most)",
+            "target 20 of 20",
+        ),
+        (
+            "rollout: candidate identical to live",
+            f"rolled back in {same['rolled_back']} of {same['seeds']} seeds; promoted in {same['promoted']}, "
+            f"after {same['max_questions_to_promote']} paired questions at most (shadow + canary)",
+            f"target 0 rolled back, promoted within max_samples {r['guards']['max_samples']} per stage",
+        ),
+        (
+            "rollout: subtly worse candidate (chunk_size 64)",
+            f"stopped in {subtle['rolled_back']} of {subtle['seeds']} seeds, after {stop['min']}-{stop['max']} "
+            f"questions (median {stop['median']})",
+            "target >= 18 of 20",
+        ),
+    ]
+    p = r["shadow_latency_paired"]
+    rows.append(paired_row("rollout: /v1/query with shadow sampling every question minus no rollout", "on minus off",
+                           p, 1.0, 3))  # fmt: skip
+    return rows
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "html": html_rows,
@@ -482,6 +608,10 @@ RENDERERS = {
     "soak": load_rows,
     "reindex": reindex_rows,
     "hostile": hostile_rows,
+    "console": console_rows,
+    "drift": drift_rows,
+    "online": online_rows,
+    "rollout": rollout_rows,
 }
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from app.search_sql import query_lexemes
 from bench.common import DATASETS, bench_server, fresh_database, read_jsonl, write_result
 from core.config import LoadedConfig, RetrievalSettings, load_config
 from core.embedding import get_embedder
@@ -104,23 +105,13 @@ def bm25s_rankings(conn: psycopg.Connection, version: IndexVersion, dataset: Bei
     cfg = version.settings.get("text_search_config", "english")
     rankings: dict[str, list[str]] = {}
     for qid, text in dataset.queries.items():
-        lexemes = query_lexemes(conn, cfg, text)
+        lexemes = query_lexemes(conn, text, tsconfig=cfg)
         if not lexemes:
             rankings[qid] = []
             continue
         docs, scores = retriever.retrieve([lexemes], k=min(CHUNK_POOL, len(corpus)), show_progress=False)
         rankings[qid] = unique_in_order([sources[i] for i, s in zip(docs[0], scores[0], strict=True) if s > 0])
     return rankings
-
-
-def query_lexemes(conn: psycopg.Connection, cfg: str, text: str) -> list[str]:
-    """The positive lexemes of a question, as ragops' keyword search reads it."""
-    row = conn.execute(
-        "SELECT ARRAY(SELECT DISTINCT replace(m[1], '''''', '''') FROM regexp_matches("
-        "querytree(websearch_to_tsquery(%s::regconfig, %s)), '''((?:[^'']|'''')*)''', 'g') m)",
-        (cfg, text),
-    ).fetchone()
-    return list(row[0]) if row else []
 
 
 def grid(

@@ -119,10 +119,13 @@ class IndexSettings(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+RetrievalMode = Literal["hybrid", "vector", "keyword"]
+
+
 class RetrievalSettings(StrictModel):
     """How chunks are found for a question."""
 
-    mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
+    mode: RetrievalMode = "hybrid"
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="Chunks handed to the generator.")
     candidates: int = Field(default=40, ge=1, le=1000, description="Chunks each retriever proposes before fusion.")
     # Defaults chosen on WikiQA dev and PubMedQA train/validation (bench/retrieval_quality.py): configs/default.yaml.
@@ -346,6 +349,158 @@ class PiiSettings(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+class TranscriptSettings(StrictModel):
+    """The opt-in transcript store: PII-filtered question, answer and citations of each answer, kept a while."""
+
+    enabled: bool = Field(default=False, description="Store filtered transcripts (needs pii on question and answer).")
+    retention_days: int = Field(
+        default=30, ge=1, le=3650, description="Days a transcript is kept; the worker deletes it after."
+    )
+
+
+class FeedbackSettings(StrictModel):
+    """What is kept of live traffic for feedback and eval harvesting (ratings themselves need nothing here)."""
+
+    transcripts: TranscriptSettings = TranscriptSettings()
+
+
+_DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhdw])$")
+_DURATION_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``30m``, ``1h``, ``7d`` or ``2w`` (windows, ``--since``, retention)."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: use a whole number and m, h, d or w (e.g. 30m, 1h, 7d)")
+    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+class DriftSettings(StrictModel):
+    """Drift monitoring of live traffic: what is recorded per answer, how windows are judged.
+
+    Recorded per answer (only where enabled): the question's embedding, already computed for retrieval,
+    and retrieval scores; never text. Window size, alpha and the consecutive-window rule were chosen on
+    development data by ``bench/drift.py``.
+    """
+
+    enabled: bool = Field(default=False, description="Record answers' vectors and scores for drift windows.")
+    collections: list[str] = Field(
+        default_factory=list, description="Collections monitored; empty: every collection this config answers."
+    )
+    window: str = Field(default="1h", description="Length of one window of live traffic (m, h or d).")
+    min_questions: int = Field(
+        default=50, ge=5, le=100_000, description="Fewer answers in a window: 'not enough data', never an alarm."
+    )
+    max_questions: int = Field(
+        default=500, ge=10, le=100_000, description="A fuller window is judged on a fixed random sample this big."
+    )
+    alpha: float = Field(
+        default=0.01, gt=0.0, lt=0.5, description="Significance per signal group (Bonferroni within the group)."
+    )
+    consecutive: int = Field(
+        default=1, ge=1, le=10, description="Windows in a row that must drift before the alarm is raised."
+    )
+    psi_min: float = Field(
+        default=0.1, ge=0.0, le=10.0, description="Scalar signals also need a PSI this large to count as drift."
+    )
+    permutations: int = Field(default=500, ge=100, le=10_000, description="Permutations of the MMD test.")
+    gap_score: float = Field(
+        default=0.5, ge=0.0, le=10.0, description="A top retrieval score below this marks a content gap."
+    )
+    retention_days: int = Field(default=30, ge=1, le=3650, description="Recorded answers older than this are deleted.")
+
+    @field_validator("window")
+    @classmethod
+    def _window_is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def window_s(self) -> int:
+        """The window length in seconds."""
+        return parse_duration(self.window)
+
+    def monitors(self, collection: str) -> bool:
+        """Whether answers in ``collection`` are recorded."""
+        return self.enabled and (not self.collections or collection in self.collections)
+
+
+class OnlineEvalSettings(StrictModel):
+    """Online evaluation of live answers, in the worker: what share is queued, and how it is measured."""
+
+    sample_rate: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of answers queued for evaluation (0 turns it off)."
+    )
+    support_threshold: float = Field(
+        default=0.7, gt=0.0, le=1.0,
+        description="An answer sentence is supported when this share of its content words is in one cited chunk.",
+    )  # fmt: skip
+
+
+# Measures a rollout guard may name (app/rollouts/measures.py computes them), and whether higher is better.
+ROLLOUT_MEASURES: dict[str, bool] = {
+    "topk_overlap": True,
+    "retrieval_top_score": True,
+    "refused": False,
+    "citations": True,
+    "answer_chars": True,
+    "latency_ms": False,
+    "cost_usd": False,
+}
+
+
+class RolloutSettings(StrictModel):
+    """Guards of a staged rollout (``ragops rollout``): how much worse the candidate may be, and how sure to be.
+
+    Each guarded measure is compared per question (candidate minus live, on the same question); a
+    sequential probability ratio test per measure tells "no worse" (mean degradation 0) from "worse
+    by the margin" with the error rates below, as soon as the evidence is strong.
+    """
+
+    guards: dict[str, float] = Field(
+        # No latency guard by default: a shadow answer is timed in the worker, under other load than the
+        # live answer it is paired with, so an identical candidate looks slower (bench/rollout.py).
+        default_factory=lambda: {"topk_overlap": 0.25, "refused": 0.15, "citations": 1.0},
+        description=(
+            "Measure -> the largest acceptable mean degradation per question, in the measure's unit "
+            f"(measures: {', '.join(ROLLOUT_MEASURES)})."
+        ),
+    )
+    shadow_sample_rate: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Share of live questions answered again by the candidate."
+    )
+    canary_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of keys (sticky per key) answered by the candidate in canary."
+    )
+    canary_sample_rate: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Share of canary answers also answered by the other side, paired."
+    )
+    min_samples: int = Field(default=30, ge=2, le=1_000_000, description="Paired questions before any decision.")
+    max_samples: int = Field(
+        default=400, ge=2, le=1_000_000, description="Paired questions after which a stage must decide."
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5, description="Rolling back a candidate that is no worse.")
+    beta: float = Field(default=0.05, gt=0.0, lt=0.5, description="Passing a candidate worse by a guard's margin.")
+    auto_promote: bool = Field(
+        default=False, description="Promote when canary passes; otherwise it waits for `ragops rollout promote`."
+    )
+    max_negative_feedback_share: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Roll back when more canary-side feedback than this is negative."
+    )
+
+    @model_validator(mode="after")
+    def _known_measures(self) -> RolloutSettings:
+        for name, margin in self.guards.items():
+            if name not in ROLLOUT_MEASURES:
+                raise ValueError(f"unknown rollout measure {name!r}: use one of {', '.join(ROLLOUT_MEASURES)}")
+            if not margin > 0:
+                raise ValueError(f"rollout guard {name}: the margin must be > 0")
+        if self.max_samples < self.min_samples:
+            raise ValueError(f"max_samples ({self.max_samples}) must be at least min_samples ({self.min_samples})")
+        return self
+
+
 class RagConfig(StrictModel):
     """One RAG configuration file."""
 
@@ -354,6 +509,20 @@ class RagConfig(StrictModel):
     retrieval: RetrievalSettings = RetrievalSettings()
     generation: GenerationSettings = GenerationSettings()
     pii: PiiSettings = PiiSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    drift: DriftSettings = DriftSettings()
+    online_eval: OnlineEvalSettings = OnlineEvalSettings()
+    rollout: RolloutSettings = RolloutSettings()
+
+    @model_validator(mode="after")
+    def _transcripts_filtered(self) -> RagConfig:
+        apply_to = self.pii.apply_to
+        if self.feedback.transcripts.enabled and not (self.pii.enabled and apply_to.question and apply_to.answer):
+            raise ValueError(
+                "feedback.transcripts.enabled needs pii.enabled with pii.apply_to.question and .answer: "
+                "only PII-filtered text is ever stored"
+            )
+        return self
 
     @model_validator(mode="after")
     def _scrub_policy_in_index_identity(self) -> RagConfig:
@@ -374,11 +543,20 @@ class LoadedConfig(BaseModel):
     sha256: str
     git_commit: str | None
     config: RagConfig
+    overrides: str = ""  # what a request changed for itself, e.g. "+mode=keyword": part of the version
 
     @property
     def version(self) -> str:
-        """``name@sha12``: changes whenever the file's bytes change."""
-        return f"{self.name}@{self.sha256[:12]}"
+        """``name@sha12``: changes whenever the file's bytes change (plus a request's overrides, if any)."""
+        return f"{self.name}@{self.sha256[:12]}{self.overrides}"
+
+    def with_retrieval_mode(self, mode: RetrievalMode | None) -> LoadedConfig:
+        """This configuration retrieving in ``mode`` (unchanged when None or already so); the version says so."""
+        if mode is None or mode == self.config.retrieval.mode:
+            return self
+        retrieval = self.config.retrieval.model_copy(update={"mode": mode})
+        config = self.config.model_copy(update={"retrieval": retrieval})
+        return self.model_copy(update={"config": config, "overrides": f"{self.overrides}+mode={mode}"})
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:

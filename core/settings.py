@@ -98,6 +98,21 @@ class Settings(BaseSettings):
     )
     job_stale_after_s: float = Field(default=30.0, gt=0, description="A running job silent this long is recovered.")
     job_max_attempts: int = Field(default=3, ge=1, description="Runs of a job before a crash marks it failed.")
+    # Web console (/ui).
+    console_session_ttl_s: float = Field(
+        default=8 * 3600, gt=0, le=30 * 86400, description="A console login lasts this long (sessions live in memory)."
+    )
+    eval_reports_dir: Path | None = Field(
+        default=None,
+        description="Folder whose `ragops eval compare --html` reports the console lists; unset = data_dir/eval.",
+    )
+    drift_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the worker judges finished drift windows (configs with drift on)."
+    )
+    activation_checks: bool = Field(
+        default=True,
+        description="Run the installed activation checks (the eval gate) before a full reindex activates its build.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -118,6 +133,16 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Where uploaded documents are kept, one folder per collection."""
         return self.data_dir / "uploads"
+
+    @property
+    def eval_reports_folder(self) -> Path:
+        """Where the console looks for eval gate reports (HTML files written by ``ragops eval compare --html``)."""
+        return self.eval_reports_dir or self.data_dir / "eval"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where uploaded files a job could not read are moved, one folder per collection."""
+        return self.data_dir / "quarantine"
 
     @property
     def upload_body_max_bytes(self) -> int:

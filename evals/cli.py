@@ -109,6 +109,66 @@ def baseline(
         configs_dir=get_settings().configs_dir, judge_url=None, judge_model=None)  # fmt: skip
 
 
+@app.command("harvest")
+def harvest_cmd(
+    collection: Annotated[str | None, typer.Option(help="Collection whose feedback to harvest.")] = None,
+    since: Annotated[str, typer.Option(help="Ratings updated since: a duration (7d, 24h) or an ISO date.")] = "7d",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Review file to write (default: harvest-COLLECTION-DATE.jsonl).")
+    ] = None,
+    dataset: Annotated[Path, typer.Option(help="Eval set to deduplicate against, or to append to.")] = DEFAULT_DATASET,
+    accept_file: Annotated[
+        Path | None, typer.Option("--accept", help="Append this review file's accepted rows to --dataset.")
+    ] = None,
+    config: Annotated[str | None, typer.Option(help="Configuration whose embedder finds near-duplicates.")] = None,
+) -> None:
+    """Propose eval rows from negative feedback (review file), or append the reviewed ones (--accept)."""
+    from app.feedback import parse_since
+    from core.catalog import Catalog
+    from core.embedding import get_embedder
+    from evals.harvest import accept, harvest, review_lines
+
+    try:
+        if accept_file is not None:
+            before, after, skipped = accept(accept_file, dataset)
+            added = len(after.questions) - len(before.questions)
+            out.print(f"appended {added} row(s) to {dataset} ({skipped} not accepted)")
+            out.print(
+                f"dataset sha256 {before.sha256[:12]} -> {after.sha256[:12]}: baselines made on the old dataset are "
+                "refused by the gate until regenerated. Regenerate deliberately and commit both in one reviewed "
+                f"change: `ragops eval baseline --dataset {dataset}`"
+            )
+            return
+        if collection is None:
+            raise EvalInputError("name the collection to harvest with --collection (or pass --accept FILE)")
+        settings = get_settings()
+        start = parse_since(since)
+        eval_set = load_dataset(dataset)
+        catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
+        embedder = get_embedder(catalog.config(config).config.index.embedding)
+        with open_runtime(settings) as rt:
+            result = harvest(rt.conn, collection, start, eval_set, embedder=embedder)
+    except RagopsError as exc:
+        _fail(exc)
+    target = out_file or Path(f"harvest-{collection}-{start:%Y%m%d}.jsonl")
+    lines = review_lines(result)
+    target.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    out.print(f"{result.negative_ratings} negative rating(s) in {collection!r} since {start:%Y-%m-%d %H:%M} UTC")
+    if result.without_transcript:
+        out.print(
+            f"{result.without_transcript} of them kept no question (the transcript store was off for their "
+            "configuration, or the transcript expired): enable feedback.transcripts to harvest them"
+        )
+    if result.unknown_sources:
+        out.print(f"{result.unknown_sources} marked-right document(s) no longer exist and were left out")
+    for dup in result.duplicates:
+        out.print(f"skipped request {dup['request_id']}: duplicate of {dup['duplicate_of']} ({dup['how']})")
+    out.print(
+        f'wrote {len(lines)} proposed row(s) to {target}: write each reference, set "accept": true, then '
+        f"`ragops eval harvest --accept {target} --dataset {dataset}`"
+    )
+
+
 tune_app = typer.Typer(help="Fit hybrid retrieval to one collection (ragops tune --collection NAME).")
 
 

@@ -20,9 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.generators.extractive import ExtractiveGenerator
 from core.errors import EvalInputError
+from core.money import format_usd
 from evals.runner import LOWER_IS_BETTER, REPORT_FORMAT
 
 PASS, REGRESSION, UNUSABLE, NOT_EVALUATED = 0, 1, 2, 3
+# A question is listed as changed when one of its gated scores moved by more than this: scores are
+# means of 0/1 outcomes and similarities, so anything smaller is float noise (an unchanged run's
+# semantic similarities differ in the 1e-8s), never a change a reviewer should read.
+SCORE_EPSILON = 1e-6
+# The reports list at most this many changed questions, worst first (the count of the rest is given).
+MAX_LISTED_QUESTIONS = 20
 
 
 class MetricRule(BaseModel):
@@ -96,12 +103,13 @@ class Comparison:
 
     metrics: list[MetricResult]
     ceilings: list[tuple[str, float, float, bool]]
-    worst_questions: list[dict[str, Any]]
+    changed_questions: list[dict[str, Any]]  # see :func:`changed_questions`
     baseline_versions: dict[str, Any]
     candidate_versions: dict[str, Any]
     not_evaluated: list[str] = field(default_factory=list)  # changed generation inputs no generator read
     answered_by: tuple[str, str] = ("unknown", "unknown")  # baseline's and candidate's generator (and model)
     judged_by: tuple[str, str] = ("none", "none")
+    aggregates: tuple[dict[str, float], dict[str, float]] = ({}, {})  # both reports' means, latency and cost
 
     @property
     def regressed(self) -> bool:
@@ -223,20 +231,35 @@ def check_metric(
     return result
 
 
-def worst_questions(
-    regressions: dict[str, float], base: dict[str, dict[str, Any]], cand: dict[str, dict[str, Any]]
+def changed_questions(
+    changes: dict[str, dict[str, tuple[float, float]]], base: dict[str, dict[str, Any]], cand: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The ten questions that lost the most, worst first, with both answers and what each retrieved."""
-    worst = sorted((i for i in regressions if regressions[i] < 0), key=lambda i: regressions[i])[:10]
-    return [
-        {
-            "id": i, "kind": cand[i]["kind"], "question": cand[i]["question"], "score_change": round(regressions[i], 3),
-            "baseline_answer": base[i]["answer"], "candidate_answer": cand[i]["answer"],
-            "baseline_retrieved": base[i].get("retrieved", []), "candidate_retrieved": cand[i].get("retrieved", []),
-            "gold": cand[i].get("gold", []),
-        }
-        for i in worst
-    ]  # fmt: skip
+    """Every question with a gated metric that moved by more than :data:`SCORE_EPSILON`, worst first.
+
+    ``score_change`` is the sum over those metrics of the change, signed so that negative is worse
+    (lower-is-better metrics negated): -1.000 is one metric lost entirely, e.g. a hit that became a miss.
+    """
+    rows = []
+    for i, moved in changes.items():
+        if not moved:
+            continue
+        score = sum((b - c) if name in LOWER_IS_BETTER else (c - b) for name, (b, c) in moved.items())
+        rows.append(
+            {
+                "id": i, "kind": cand[i]["kind"], "question": cand[i]["question"], "score_change": score,
+                "metric_changes": {name: {"baseline": b, "candidate": c} for name, (b, c) in sorted(moved.items())},
+                "baseline_answer": base[i]["answer"], "candidate_answer": cand[i]["answer"],
+                "baseline_retrieved": base[i].get("retrieved", []), "candidate_retrieved": cand[i].get("retrieved", []),
+                "gold": cand[i].get("gold", []),
+                "latency_ms": _pair(base[i], cand[i], "latency_ms"), "cost_usd": _pair(base[i], cand[i], "cost_usd"),
+            }
+        )  # fmt: skip
+    return sorted(rows, key=lambda q: (q["score_change"], q["id"]))
+
+
+def _pair(base: dict[str, Any], cand: dict[str, Any], name: str) -> dict[str, float | None]:
+    """A question's value of an ungated measure (latency, cost) on both sides."""
+    return {"baseline": base["metrics"].get(name), "candidate": cand["metrics"].get(name)}
 
 
 def generator_reads(report: dict[str, Any]) -> frozenset[str] | None:
@@ -290,7 +313,7 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> 
     """Apply the gate; raises :class:`EvalInputError` when the reports are not comparable."""
     base, cand = paired_questions(baseline, candidate)
     results = []
-    regressions: dict[str, float] = {}
+    changes: dict[str, dict[str, tuple[float, float]]] = {i: {} for i in base}
     for name, rule in gate.metrics.items():
         ids = [i for i in base if name in base[i]["metrics"] and name in cand[i]["metrics"]]
         note = ""
@@ -305,25 +328,146 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], gate: Gate) -> 
         b = np.array([base[i]["metrics"][name] for i in ids])
         c = np.array([cand[i]["metrics"][name] for i in ids])
         results.append(check_metric(name, rule, b, c, gate.bootstrap, note))
-        if rule.advisory:  # noisy judge scores do not decide which questions are listed first
+        if rule.advisory:  # noisy judge scores do not decide which questions are listed
             continue
-        lower_is_better = name in LOWER_IS_BETTER
-        for i, d in zip(ids, c - b, strict=True):  # sum of per-question losses, for "worst first"
-            regressions[i] = regressions.get(i, 0.0) + float(min(0.0, -d if lower_is_better else d))
+        for i, before, after in zip(ids, b, c, strict=True):
+            if abs(after - before) > SCORE_EPSILON:
+                changes[i][name] = (float(before), float(after))
     ceilings = []
     for name, limit in gate.ceilings.items():
         value = float(candidate["aggregates"].get(name, float("nan")))
         ceilings.append((name, value, limit, bool(value <= limit)))
     return Comparison(
-        results, ceilings, worst_questions(regressions, base, cand), baseline["versions"], candidate["versions"],
+        results, ceilings, changed_questions(changes, base, cand), baseline["versions"], candidate["versions"],
+        aggregates=(baseline.get("aggregates", {}), candidate.get("aggregates", {})),
         not_evaluated=unread_changes(baseline, candidate),
         answered_by=(answered_by(baseline), answered_by(candidate)),
         judged_by=(judged_by(baseline), judged_by(candidate)),
     )  # fmt: skip
 
 
+# The aggregates shown beside the metrics: latency and cost are not scores but belong in the same table.
+MEASURES = ("latency_p50_ms", "latency_p95_ms", "cost_per_question_usd")
+SCORE_CHANGE_MEANING = (
+    "Score change: the sum over the gated metrics of candidate minus baseline, signed so that negative is "
+    "worse; each metric is a 0-1 score, so -1.000 is one metric lost entirely (e.g. a hit that became a miss)"
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the metric table, formatted with its unit; ``status`` is ok, fail, advisory or unavailable."""
+
+    name: str
+    baseline: str
+    candidate: str
+    diff: str
+    interval: str
+    n: str
+    verdict: str
+    status: str
+
+
+def format_measure(name: str, value: float | None, *, signed: bool = False) -> str:
+    """A value with its unit: ``1,757.6 ms``, ``$0.0000000722``, or a 0-1 score to three places."""
+    if value is None or value != value:
+        return ""
+    sign = ("+" if value >= 0 else "-") if signed else ("-" if value < 0 else "")
+    if name.endswith("_ms"):
+        return f"{sign}{abs(value):,.1f} ms"
+    if name.endswith("_usd"):
+        return sign + format_usd(abs(value))
+    return f"{sign}{abs(value):.3f}"
+
+
+def metric_rows(comparison: Comparison) -> list[Row]:
+    """Every gated metric, then latency and cost (with their ceilings' verdicts), formatted for a table."""
+    rows = []
+    for m in comparison.metrics:
+        if not m.available:
+            rows.append(Row(m.name, "", "", "", "", "0", f"unavailable, advisory ({m.note})", "unavailable"))
+            continue
+        verdict, status = ("ok", "ok") if m.passed else ("; ".join(m.failures), "fail")
+        if m.advisory:
+            verdict = ("ok" if m.passed else "would fail: " + verdict) + f", advisory ({m.note})"
+            status = "ok" if m.passed else "advisory"
+        rows.append(
+            Row(m.name, f"{m.baseline:.3f}", f"{m.candidate:.3f}", f"{m.diff:+.3f}",
+                f"[{m.ci_low:+.3f}, {m.ci_high:+.3f}]", str(m.questions), verdict, status)
+        )  # fmt: skip
+    limits = {name: (limit, ok) for name, _, limit, ok in comparison.ceilings}
+    before, after = comparison.aggregates
+    for name in [*MEASURES, *(n for n in limits if n not in MEASURES)]:
+        b, c = before.get(name), after.get(name)
+        if b is None and c is None:
+            continue
+        diff = c - b if b is not None and c is not None else None
+        verdict, status = "", "ok"
+        if name in limits:
+            limit, ok = limits[name]
+            verdict = f"{'ok' if ok else 'over the limit'} (limit {format_measure(name, limit)})"
+            status = "ok" if ok else "fail"
+        rows.append(Row(name, format_measure(name, b), format_measure(name, c), format_measure(name, diff, signed=True),
+                        "", "", verdict, status))  # fmt: skip
+    return rows
+
+
+def retrieved_rows(q: dict[str, Any]) -> list[tuple[int, str | None, str | None]]:
+    """(rank, document before, document after) for every rank either side retrieved."""
+    before, after = q["baseline_retrieved"], q["candidate_retrieved"]
+    return [
+        (rank + 1, before[rank] if rank < len(before) else None, after[rank] if rank < len(after) else None)
+        for rank in range(max(len(before), len(after)))
+    ]
+
+
+def question_measures(q: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """A changed question's latency and cost on both sides, with units (not scored: shown for context)."""
+    return [
+        (name, format_measure(name, q[name]["baseline"]), format_measure(name, q[name]["candidate"]))
+        for name in ("latency_ms", "cost_usd")
+        if q[name]["baseline"] is not None or q[name]["candidate"] is not None
+    ]
+
+
+def gold_ranks(q: dict[str, Any]) -> str:
+    """Where each gold document was ranked before and after: ``handbook/pto.md: 4 -> not retrieved``."""
+
+    def rank(retrieved: list[str], doc: str) -> str:
+        return str(retrieved.index(doc) + 1) if doc in retrieved else "not retrieved"
+
+    return (
+        "; ".join(
+            f"{doc}: {rank(q['baseline_retrieved'], doc)} -> {rank(q['candidate_retrieved'], doc)}" for doc in q["gold"]
+        )
+        or "(no gold documents)"
+    )
+
+
+def changes_summary(comparison: Comparison) -> str:
+    """How many questions changed (and how many are shown), or that none did."""
+    n = len(comparison.changed_questions)
+    if not n:
+        return f"No question's gated scores changed (by more than {SCORE_EPSILON:g})."
+    shown = min(n, MAX_LISTED_QUESTIONS)
+    more = f"; the {n - shown} with the smallest changes are not shown" if n > shown else ""
+    return (
+        f"{n} question{'s' if n != 1 else ''} changed by more than {SCORE_EPSILON:g} in a gated score, "
+        f"worst first{more}. {SCORE_CHANGE_MEANING}."
+    )
+
+
+def listed_questions(comparison: Comparison) -> list[dict[str, Any]]:
+    """The changed questions the reports show: the worst and the best, the rest counted."""
+    changed = comparison.changed_questions
+    if len(changed) <= MAX_LISTED_QUESTIONS:
+        return changed
+    by_size = sorted(changed, key=lambda q: -abs(q["score_change"]))[:MAX_LISTED_QUESTIONS]
+    return sorted(by_size, key=lambda q: (q["score_change"], q["id"]))
+
+
 def markdown(comparison: Comparison) -> str:
-    """The PR comment: verdict, the metric table, then the worst-regressed questions first."""
+    """The PR comment: verdict, who answered, every metric (latency and cost too), then each changed question."""
     lines = [
         f"## ragops eval gate: {comparison.verdict}",
         "",
@@ -335,67 +479,147 @@ def markdown(comparison: Comparison) -> str:
         "| metric | baseline | candidate | diff | 95% CI | n | verdict |",
         "|---|---:|---:|---:|---|---:|---|",
     ]
-    for m in comparison.metrics:
-        if not m.available:
-            lines.append(f"| {m.name} | | | | | 0 | unavailable, advisory ({m.note}) |")
-            continue
-        verdict_cell = "ok" if m.passed else "**" + "; ".join(m.failures) + "**"
-        if m.advisory:
-            verdict_cell = ("ok" if m.passed else "would fail: " + "; ".join(m.failures)) + f", advisory ({m.note})"
-        lines.append(
-            f"| {m.name} | {m.baseline:.3f} | {m.candidate:.3f} | {m.diff:+.3f} | [{m.ci_low:+.3f}, {m.ci_high:+.3f}] "
-            f"| {m.questions} | {verdict_cell} |"
-        )
-    for name, value, limit, ok in comparison.ceilings:
-        lines.append(f"| {name} | | {value:.4g} | | limit {limit:g} | | {'ok' if ok else '**over the limit**'} |")
-    if comparison.worst_questions:
-        lines += ["", "### Worst-regressed questions", ""]
-        for q in comparison.worst_questions:
-            lines += [
-                f"- **{q['id']}** ({q['kind']}, change {q['score_change']:+.3f}): {q['question']}",
-                f"  - gold: {', '.join(q['gold']) or '(none)'}; retrieved before: "
-                f"{', '.join(q['baseline_retrieved'][:3]) or '(none)'}; after: "
-                f"{', '.join(q['candidate_retrieved'][:3]) or '(none)'}",
-                f"  - before: {q['baseline_answer'][:200]}",
-                f"  - after: {q['candidate_answer'][:200]}",
-            ]
+    for r in metric_rows(comparison):
+        verdict = f"**{r.verdict}**" if r.status == "fail" else r.verdict
+        lines.append(f"| {r.name} | {r.baseline} | {r.candidate} | {r.diff} | {r.interval} | {r.n} | {verdict} |")
+    lines += ["", "### Changed questions", "", changes_summary(comparison)]
+    for q in listed_questions(comparison):
+        lines += [
+            "",
+            f"#### {q['id']} ({q['kind']}): score change {q['score_change']:+.3f}",
+            "",
+            f"Question: {_md(q['question'])}",
+            "",
+            "| metric | before | after | change |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {name} | {v['baseline']:.3f} | {v['candidate']:.3f} | {v['candidate'] - v['baseline']:+.3f} |"
+                for name, v in q["metric_changes"].items()
+            ),
+            *(f"| {name} | {before} | {after} | |" for name, before, after in question_measures(q)),
+            "",
+            "| rank | retrieved before | retrieved after | |",
+            "|---:|---|---|---|",
+            *(
+                f"| {rank} | {_md_doc(b, q['gold'])} | {_md_doc(c, q['gold'])} | {'changed' if b != c else ''} |"
+                for rank, b, c in retrieved_rows(q)
+            ),
+            "",
+            f"Gold (**bold** above), rank before -> after: {_md(gold_ranks(q))}",
+            "",
+            f"- answer before: {_md(q['baseline_answer'][:300])}",
+            f"- answer after: {_md(q['candidate_answer'][:300])}",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def html_report(comparison: Comparison) -> str:
-    """A self-contained page: per-metric bars for both sides and the paired difference with its interval."""
-    rows = []
-    for m in comparison.metrics:
-        if not m.available:
-            cell = f"<td colspan='5'>unavailable: {html.escape(m.note)}</td>"
-            rows.append(f"<tr><td>{html.escape(m.name)}</td>{cell}</tr>")
-            continue
-        scale = max(1.0, m.baseline, m.candidate)
-        bw, cw = 200 * m.baseline / scale, 200 * m.candidate / scale
-        mid, unit = 100, 400  # x of zero and pixels per unit of difference
-        lo, hi, d = mid + m.ci_low * unit, mid + m.ci_high * unit, mid + m.diff * unit
-        colour = "#2e7d32" if m.passed else "#ef6c00" if m.advisory else "#c62828"
-        rows.append(
-            f"<tr><td>{html.escape(m.name)}</td>"
-            f'<td><svg width="210" height="34"><rect x="0" y="2" width="{bw:.1f}" height="13" fill="#90a4ae"/>'
-            f'<rect x="0" y="18" width="{cw:.1f}" height="13" fill="{colour}"/></svg></td>'
-            f"<td>{m.baseline:.3f} &rarr; {m.candidate:.3f}</td>"
-            f'<td><svg width="200" height="20"><line x1="{mid}" y1="0" x2="{mid}" y2="20" stroke="#999"/>'
-            f'<line x1="{max(lo, 0):.1f}" y1="10" x2="{min(hi, 200):.1f}" y2="10" stroke="{colour}" stroke-width="3"/>'
-            f'<circle cx="{min(max(d, 0), 200):.1f}" cy="10" r="4" fill="{colour}"/></svg></td>'
-            f"<td>{m.diff:+.3f} [{m.ci_low:+.3f}, {m.ci_high:+.3f}]</td>"
-            f"<td>{'ok' if m.passed else html.escape('; '.join(m.failures))}</td></tr>"
+def _md(text: str) -> str:
+    """Report text on one Markdown line, without table breaks."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _md_doc(doc: str | None, gold: list[str]) -> str:
+    if doc is None:
+        return "(none)"
+    return f"**{_md(doc)}** (gold)" if doc in gold else _md(doc)
+
+
+_CSS = (
+    ".ragops-eval{font-family:sans-serif}.ragops-eval table{border-collapse:collapse;margin:.5em 0 1em}"
+    ".ragops-eval td,.ragops-eval th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}"
+    ".ragops-eval .num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".ragops-eval .fail,.ragops-eval .worse{background:#fde0e0}.ragops-eval .better{background:#e0f4e0}"
+    ".ragops-eval .advisory{background:#fff0d8}.ragops-eval .changed{background:#fff8c4}"
+    ".ragops-eval .gold{font-weight:bold}.ragops-eval .about{border-left:4px solid #999;padding-left:.6em}"
+)
+
+
+def html_fragment(comparison: Comparison) -> str:
+    """The report as one ``<section class="ragops-eval">`` with its own styles, for a page of one's own."""
+    e = html.escape
+    header = "".join(f"<p class='about'>{e(line)}</p>" for line in comparison.header())
+    versions = (
+        f"<p>Baseline <code>{e(str(comparison.baseline_versions.get('config')))}</code> / index "
+        f"<code>{e(str(comparison.baseline_versions.get('index')))}</code> vs candidate "
+        f"<code>{e(str(comparison.candidate_versions.get('config')))}</code> / index "
+        f"<code>{e(str(comparison.candidate_versions.get('index')))}</code> (prompt "
+        f"<code>{e(str(comparison.candidate_versions.get('prompt')))}</code>).</p>"
+    )
+    scored = {m.name: m for m in comparison.metrics if m.available}
+    metric_table = (
+        "<p>The interval: the mean paired difference (dot) and its 95% bootstrap interval; the line is zero.</p>"
+        "<table><tr><th>metric</th><th>baseline</th><th>candidate</th><th>diff</th><th>95% CI</th><th></th><th>n</th>"
+        "<th>verdict</th></tr>"
+        + "".join(
+            f"<tr class='{r.status}'><td>{e(r.name)}</td><td class='num'>{e(r.baseline)}</td>"
+            f"<td class='num'>{e(r.candidate)}</td><td class='num'>{e(r.diff)}</td><td>{e(r.interval)}</td>"
+            f"<td>{_interval_svg(scored[r.name]) if r.name in scored else ''}</td>"
+            f"<td class='num'>{e(r.n)}</td><td>{e(r.verdict)}</td></tr>"
+            for r in metric_rows(comparison)
         )
-    header = "".join(f"<p class='about'>{html.escape(line)}</p>" for line in comparison.header())
+        + "</table>"
+    )
+    questions = "".join(_html_question(q) for q in listed_questions(comparison))
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>ragops eval gate</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td{padding:4px 10px;border-bottom:1px solid #eee}</style>"
-        f"</head><body><h1>ragops eval gate: {html.escape(comparison.verdict)}</h1>{header}"
-        "<p>Grey: baseline; coloured: candidate. Right: mean paired difference with its 95% bootstrap interval "
-        "(the vertical line is zero).</p>"
-        "<table><tr><th>metric</th><th>bars</th><th>means</th><th>difference</th><th></th><th>verdict</th></tr>"
-        + "".join(rows)
-        + "</table><h2>Worst-regressed questions</h2><pre>"
-        + html.escape(json.dumps(comparison.worst_questions, indent=2))
-        + "</pre></body></html>"
+        f"<section class='ragops-eval'><style>{_CSS}</style>"
+        f"<h1>ragops eval gate: {e(comparison.verdict)}</h1>{header}{versions}{metric_table}"
+        f"<h2>Changed questions</h2><p>{e(changes_summary(comparison))}</p>{questions}</section>"
+    )
+
+
+def _interval_svg(m: MetricResult) -> str:
+    """The paired difference and its interval on a -0.25..+0.25 axis (clipped), zero in the middle."""
+    mid, unit = 100, 400  # x of zero, pixels per unit of difference
+    lo, hi, d = (min(max(mid + v * unit, 0), 200) for v in (m.ci_low, m.ci_high, m.diff))
+    colour = "#2e7d32" if m.passed else "#ef6c00" if m.advisory else "#c62828"
+    return (
+        f'<svg width="200" height="20"><line x1="{mid}" y1="0" x2="{mid}" y2="20" stroke="#999"/>'
+        f'<line x1="{lo:.1f}" y1="10" x2="{hi:.1f}" y2="10" stroke="{colour}" stroke-width="3"/>'
+        f'<circle cx="{d:.1f}" cy="10" r="4" fill="{colour}"/></svg>'
+    )
+
+
+def _html_question(q: dict[str, Any]) -> str:
+    """One changed question: its score changes, both retrieved lists side by side, both answers."""
+    e = html.escape
+
+    def doc(value: str | None) -> str:
+        if value is None:
+            return "<td>(none)</td>"
+        return f"<td class='gold'>{e(value)} (gold)</td>" if value in q["gold"] else f"<td>{e(value)}</td>"
+
+    scores = "".join(
+        f"<tr class='{'better' if _better(name, v) else 'worse'}'><td>{e(name)}</td>"
+        f"<td class='num'>{v['baseline']:.3f}</td><td class='num'>{v['candidate']:.3f}</td>"
+        f"<td class='num'>{v['candidate'] - v['baseline']:+.3f}</td></tr>"
+        for name, v in q["metric_changes"].items()
+    ) + "".join(
+        f"<tr><td>{name}</td><td class='num'>{e(before)}</td><td class='num'>{e(after)}</td><td></td></tr>"
+        for name, before, after in question_measures(q)
+    )
+    retrieved = "".join(
+        f"<tr{' class=changed' if b != c else ''}><td class='num'>{rank}</td>{doc(b)}{doc(c)}</tr>"
+        for rank, b, c in retrieved_rows(q)
+    )
+    return (
+        f"<h3>{e(q['id'])} ({e(q['kind'])}): score change {q['score_change']:+.3f}</h3>"
+        f"<p>Question: {e(q['question'])}</p>"
+        "<table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>" + scores + "</table>"
+        "<table><tr><th>rank</th><th>retrieved before</th><th>retrieved after</th></tr>" + retrieved + "</table>"
+        f"<p>Gold, rank before &rarr; after: {e(gold_ranks(q))}</p>"
+        "<table><tr><th>answer before</th><th>answer after</th></tr>"
+        f"<tr><td>{e(q['baseline_answer'])}</td><td>{e(q['candidate_answer'])}</td></tr></table>"
+    )
+
+
+def _better(name: str, change: dict[str, float]) -> bool:
+    diff = change["candidate"] - change["baseline"]
+    return diff < 0 if name in LOWER_IS_BETTER else diff > 0
+
+
+def html_report(comparison: Comparison) -> str:
+    """A self-contained page: :func:`html_fragment` in a document of its own."""
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>ragops eval gate</title></head>"
+        f"<body style='margin:2em'>{html_fragment(comparison)}</body></html>"
     )

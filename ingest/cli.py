@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +19,9 @@ from core.migrations import migrate
 from core.runtime import open_runtime
 from ingest import documents, versions
 from ingest.pipeline import IngestPipeline, IngestProgress, IngestReport
+
+if TYPE_CHECKING:
+    from ingest.worker import Chore
 
 console = Console(stderr=True)
 out = Console()
@@ -218,8 +222,9 @@ def worker(
     batch_documents: Annotated[
         int, typer.Option(min=1, help="Documents per write batch: smaller = finer progress and cancellation.")
     ] = 256,
+    chores: Sequence[Chore] = (),
 ) -> None:
-    """Run reindex jobs from the queue (several workers never run the same job)."""
+    """Run reindex jobs from the queue (several workers never run the same job); ``chores`` between them."""
     from core.logs import configure_logging
     from core.runtime import limit_blas_threads, pin_malloc_mmap_threshold
     from core.settings import get_settings
@@ -230,12 +235,13 @@ def worker(
     settings = get_settings()
     configure_logging(settings.log_level)
     with open_runtime(settings) as rt:
-        job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents)
+        job_worker = Worker(rt.database, rt.settings, batch_documents=batch_documents, chores=chores)
         console.print(f"worker {job_worker.worker_id} waiting for jobs (Ctrl-C stops; a running job is re-queued)")
         try:
             if once:
-                while job_worker.run_once() is not None:
-                    pass
+                done = job_worker.run_chores(rt.conn, force=True)
+                while job_worker.run_once() is not None or done:
+                    done = job_worker.run_chores(rt.conn)
             else:
                 job_worker.run_forever()
         except KeyboardInterrupt:
@@ -294,7 +300,8 @@ def jobs_watch(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs lis
                 time.sleep(0.5)
                 job = get_job(rt.conn, job_id) or job
     for item in job.errors:
-        out.print(f"[yellow]skipped[/] {item.get('source')}: {item.get('reason')}")
+        moved = f" (moved to {item['quarantined']})" if item.get("quarantined") else ""
+        out.print(f"[yellow]skipped[/] {item.get('source')}: {item.get('reason')}{moved}")
     out.print(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     if job.status != "succeeded":
         raise typer.Exit(1)
@@ -310,4 +317,6 @@ def jobs_cancel(job_id: Annotated[int, typer.Argument(help="Job id (see `jobs li
         job = cancel_job(rt.conn, job_id)
     if job is None:
         raise RagopsError(f"no job {job_id}")
+    if job.finished and job.status != "cancelled":  # as the API's 409: nothing was cancelled
+        raise RagopsError(f"job {job_id} already {job.status}")
     out.print(f"job {job.id}: {job.status}" + (" (cancel requested)" if job.status == "running" else ""))

@@ -46,6 +46,7 @@ class ReindexParams(BaseModel):
     mode: Literal["incremental", "full"] = "incremental"
     activate: bool | None = None  # None: only when no version is active yet
     sync: bool = False
+    uploads: list[str] = []  # files an upload stored for this job, by source (their name in the uploads folder)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,11 @@ def enqueue_reindex(
     mode: Literal["incremental", "full"] = "incremental",
     activate: bool | None = None,
     sync: bool = False,
+    uploads: Sequence[str] = (),
 ) -> Job:
     """Validate a reindex request (config, sources under the allowed roots) and queue it.
+
+    ``uploads``: the files an upload stored, so the job can report their document ids.
 
     No ``source``: every source the collection was ingested from before, so that a full
     build holds the whole collection before it can be activated.
@@ -159,7 +163,7 @@ def enqueue_reindex(
         raise SourceError("sync needs one source (it deletes the collection's documents that source lacks)")
     params = ReindexParams(
         sources=[str(s) for s in sources], config=loaded.name, collection=collection, mode=mode,
-        activate=activate, sync=sync,
+        activate=activate, sync=sync, uploads=list(uploads),
     )  # fmt: skip
     job = _one(
         conn,

@@ -110,3 +110,23 @@ def scan_source(root: Path) -> list[SourceFile]:
             path = Path(dirpath) / name
             files.append(SourceFile(path=path, source=path.relative_to(root).as_posix()))
     return files
+
+
+def quarantine_skipped(root: Path, skipped: list[dict[str, str]], uploads_dir: Path, quarantine_dir: Path) -> None:
+    """Move uploaded files an ingest skipped whole out of the uploads folder; their entries say where to.
+
+    A file that cannot be read would otherwise stay among the uploads and be skipped again by every
+    reindex; moved to ``quarantine_dir/<collection>/`` it can be inspected, and uploaded again once fixed.
+    Entries for part of a file (a JSONL line) and files outside the uploads folder are left alone.
+    """
+    uploads = uploads_dir.resolve()
+    root = root.resolve()
+    for entry in skipped:
+        path = root if root.is_file() else root / entry["source"]
+        if not path.is_file() or path.is_symlink() or not path.resolve().is_relative_to(uploads):
+            continue
+        relative = path.resolve().relative_to(uploads)
+        target = quarantine_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        entry["quarantined"] = target.relative_to(quarantine_dir.parent).as_posix()  # e.g. quarantine/default/x.pdf

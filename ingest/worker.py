@@ -14,30 +14,58 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from core.config import load_config
 from core.db import Database
+from core.drift import monitor as drift_monitor
 from core.embedding import get_embedder
 from core.errors import IndexVersionError, IngestBusy, JobCancelled, JobLost, RagopsError, SourceError, WorkerStopping
+from core.runtime import Runtime
 from core.settings import Settings
 from ingest import versions
+from ingest.drift_corpus import IndexCorpus
 from ingest.jobs import Job, JobStatus, ReindexParams, claim_job, drop_unfinished_version, get_job, recover_stale_jobs
 from ingest.pipeline import IngestPipeline, IngestProgress
-from ingest.sources import resolve_source, scan_source
+from ingest.sources import quarantine_skipped, resolve_source, scan_source
 
 log = logging.getLogger(__name__)
+ACTIVATION_CHECKS = "ragops.activation_checks"
+# (runtime, configuration name, collection) -> (passed, why): may a full build of this configuration be activated?
+ActivationCheck = Callable[[Runtime, str, str], tuple[bool, str]]
+
+
+def activation_checks() -> list[tuple[str, ActivationCheck]]:
+    """The installed activation checks (entry point group ``ragops.activation_checks``), by name."""
+    return [(entry.name, entry.load()) for entry in sorted(entry_points(group=ACTIVATION_CHECKS), key=lambda e: e.name)]
 
 
 HEARTBEAT_S = 1.0  # progress is committed at least this often, so watchers see it move every second or two
 
 
 BUSY_RETRY_S = 5  # a job whose version another writer holds waits this long before it is tried again
+
+
+@dataclass(frozen=True)
+class Chore:
+    """Work the worker does between jobs, every ``every_s`` seconds (0: on every pass of its loop).
+
+    Housekeeping (expired transcripts, drift windows) and the queues of the layers above (online
+    evaluation) alike: those layers hand theirs in, so the worker imports none of them. ``run`` returns
+    how many items it finished (0: nothing to do), so a drained queue lets the worker rest.
+    """
+
+    name: str
+    every_s: float
+    run: Callable[[psycopg.Connection], int]
 
 
 @dataclass
@@ -108,8 +136,12 @@ class Worker:
         poll_s: float = 0.5,
         heartbeat_s: float = HEARTBEAT_S,
         batch_documents: int = 256,
+        chores: Sequence[Chore] = (),
     ) -> None:
         self.database = database
+        # Drift windows are this layer's own chore; the layers above hand theirs in.
+        self.chores = (*chores, Chore("drift windows", settings.drift_interval_s, self.judge_drift))
+        self._chores_due: dict[str, float] = {}  # chore name -> monotonic time it is next due
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.poll_s = poll_s
@@ -142,15 +174,42 @@ class Worker:
                 if conn is None or conn.closed:
                     conn = self.database.connect()
                 job = self.run_once(conn)
+                done = self.run_chores(conn)
             except (psycopg.Error, RagopsError) as exc:
                 log.warning("worker %s: %s; retrying", self.worker_id, exc)
                 if conn is not None:
                     conn.close()
                 conn = None
-            if job is None:
+                done = 0
+            if job is None and not done:
                 self.stopping.wait(self.poll_s)
         if conn is not None:
             conn.close()
+
+    def run_chores(self, conn: psycopg.Connection, *, force: bool = False) -> int:
+        """Run the chores that are due (all of them with ``force``); returns the items they finished.
+
+        A chore's failure is logged and retried when it is next due: it never stops the worker's jobs.
+        """
+        now, done = time.monotonic(), 0
+        for chore in self.chores:
+            if not force and self._chores_due.get(chore.name, 0.0) > now:
+                continue
+            self._chores_due[chore.name] = now + chore.every_s
+            try:
+                done += chore.run(conn)
+            except Exception as exc:
+                log.warning("worker %s: chore %s failed: %s", self.worker_id, chore.name, type(exc).__name__)
+                if conn.closed or conn.broken:
+                    raise  # the loop reconnects
+        return done
+
+    def judge_drift(self, conn: psycopg.Connection) -> int:
+        """Judge the finished drift windows of every configuration with drift on (a chore); windows judged."""
+        report = drift_monitor.run_due(conn, self.settings.configs_dir, corpus=IndexCorpus())
+        if report.windows or report.deleted:
+            log.info("drift: %d windows judged, %d expired answers deleted", report.windows, report.deleted)
+        return report.windows
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (the API's in-process worker)."""
@@ -214,6 +273,7 @@ class Worker:
                 seconds = 0.0
                 for root in roots:
                     self._check(heartbeat)
+                    errors_before = list(state.errors)
                     report = pipeline.run(
                         root,
                         sync=params.sync,
@@ -221,12 +281,16 @@ class Worker:
                         on_progress=self._progress_callback(state, heartbeat),
                         version=version,
                     )
+                    quarantine_skipped(root, report.skipped, self.settings.uploads_dir, self.settings.quarantine_dir)
+                    state.errors = [*errors_before, *report.skipped]
                     version = report.index_version
                     counts = {k: counts.get(k, 0) + v for k, v in report.counts.items()}
                     seconds += report.total_seconds
                 self._check(heartbeat)
+                gate = self._activation_gate(conn, params)  # while the heartbeat beats: a gate takes minutes
+                self._check(heartbeat)
                 heartbeat.close()
-                self._succeed(conn, job, params, version, counts, {"total": round(seconds, 3)})
+                self._succeed(conn, job, params, version, counts, {"total": round(seconds, 3)}, gate)
         finally:
             heartbeat.close()
 
@@ -268,6 +332,30 @@ class Worker:
             return fresh, True
         return pipeline.index_version(), False
 
+    def _activation_gate(self, conn: psycopg.Connection, params: ReindexParams) -> dict[str, Any] | None:
+        """For a full build asked to activate: every installed activation check's verdict; None otherwise.
+
+        Checks come from the ``ragops.activation_checks`` entry point group (the eval gate registers
+        one), so ingest never imports evals; with none installed, the job says activation was not gated.
+        """
+        if params.mode != "full" or params.activate is not True:
+            return None
+        checks = activation_checks() if self.settings.activation_checks else []
+        if not checks:
+            why = "installed" if self.settings.activation_checks else "enabled (RAGOPS_ACTIVATION_CHECKS=false)"
+            return {"gated": False, "passed": True, "reason": f"activation was not gated: no activation check {why}"}
+        runtime = Runtime(settings=self.settings, database=self.database, conn=conn)
+        reasons = []
+        for name, check in checks:
+            try:
+                passed, why = check(runtime, params.config, params.collection)
+            except RagopsError as exc:
+                passed, why = False, f"{name}: {exc}"
+            if not passed:
+                return {"gated": True, "passed": False, "reason": why}
+            reasons.append(why)
+        return {"gated": True, "passed": True, "reason": "; ".join(reasons)}
+
     def _record_version(self, conn: psycopg.Connection, job: Job, version_id: int, created: bool) -> None:
         try:
             conn.execute(
@@ -285,8 +373,12 @@ class Worker:
         version: versions.IndexVersion,
         counts: dict[str, int],
         timings: dict[str, float],
+        gate: dict[str, Any] | None = None,
     ) -> None:
-        """Activate (when asked) and mark the job succeeded in ONE transaction, unless it was cancelled."""
+        """Activate (when asked, and the activation checks passed) and mark the job succeeded in ONE transaction.
+
+        A build that failed its activation check is kept, not activated; the job's ``error`` says why.
+        """
         with conn.transaction():
             row = conn.execute(
                 "SELECT cancel_requested FROM jobs WHERE id = %s AND worker_id = %s AND status = 'running' FOR UPDATE",
@@ -296,15 +388,16 @@ class Worker:
                 raise JobLost("job taken over")
             if row[0]:
                 raise JobCancelled("cancelled")
-            version, activated = versions.activate_as_asked(conn, version, params.activate, params.collection)
+            refused = gate is not None and not gate["passed"]
+            activate = False if refused else params.activate
+            version, activated = versions.activate_as_asked(conn, version, activate, params.collection)
+            result: dict[str, Any] = {"counts": counts, "timings": timings, "index_version": version.name}
+            if gate is not None:
+                result["activation_gate"] = gate
             conn.execute(
-                """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s,
+                """UPDATE jobs SET status = 'succeeded', activated = %s, result = %s, error = coalesce(%s, error),
                        finished_at = now(), updated_at = now() WHERE id = %s""",
-                (
-                    activated,
-                    Jsonb({"counts": counts, "timings": timings, "index_version": version.name}),
-                    job.id,
-                ),
+                (activated, Jsonb(result), f"not activated: {gate['reason']}" if refused and gate else None, job.id),
             )
 
     def _end(self, job: Job, status: JobStatus, *, error: str, progress: _Progress | None = None) -> None:

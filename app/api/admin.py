@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, Field
 
-from app import uploads
+from app import online_eval, uploads
 from app.api.deps import AdminGrant, AppSettings, Configs, DbPool
 from app.api.key_first import AdminKeyFirst
 from app.api.schemas import ErrorResponse, Strict
@@ -60,6 +60,16 @@ class JobAccepted(BaseModel):
     status: str
 
 
+class UploadedDocumentOut(BaseModel):
+    """What became of one uploaded file."""
+
+    source: str = Field(description="The file's name in the collection's uploads folder (its documents' source).")
+    status: Literal["pending", "ingested", "skipped", "failed", "cancelled"]
+    document_ids: list[int] = Field(description="Once ingested: its document ids (one per line of a JSONL file).")
+    reason: str | None = Field(description="Why it was skipped.")
+    quarantined: str | None = Field(description="Where an unreadable file was moved, under the data folder.")
+
+
 class JobOut(BaseModel):
     """A job's state and progress."""
 
@@ -84,12 +94,17 @@ class JobOut(BaseModel):
     started_at: datetime | None
     heartbeat_at: datetime | None
     finished_at: datetime | None
+    documents: list[UploadedDocumentOut] = Field(
+        default_factory=list, description="An upload's job: each uploaded file and, once ingested, its document ids."
+    )
 
     @classmethod
-    def of(cls, job: jobs.Job) -> JobOut:
-        """The API view of a job."""
-        fields = {name: getattr(job, name) for name in cls.model_fields if name not in ("docs_per_s", "eta_s")}
-        return cls(**fields, docs_per_s=job.docs_per_s, eta_s=job.eta_s)
+    def of(cls, job: jobs.Job, documents: list[uploads.UploadedDocument]) -> JobOut:
+        """The API view of a job; ``documents``: an upload's files (:func:`app.uploads.uploaded_documents`)."""
+        derived = ("docs_per_s", "eta_s", "documents")
+        fields = {name: getattr(job, name) for name in cls.model_fields if name not in derived}
+        files = [UploadedDocumentOut(**vars(d)) for d in documents]
+        return cls(**fields, docs_per_s=job.docs_per_s, eta_s=job.eta_s, documents=files)
 
 
 class JobsResponse(BaseModel):
@@ -154,9 +169,10 @@ class UploadedFile(BaseModel):
 
 
 class UploadAccepted(BaseModel):
-    """Stored files and the job that ingests them."""
+    """Stored files and the job that ingests them: its ``documents`` give each file's document ids once done."""
 
     job_id: int
+    status_url: str = Field(description="GET it (admin scope): the job's status and each file's document ids.")
     collection: str
     files: list[UploadedFile]
 
@@ -213,14 +229,15 @@ def read_jobs(
     """Jobs of the key's collections, newest first."""
     with pool.connection() as conn:
         found = jobs.list_jobs(conn, status=status, limit=limit, collections=grant.collections)
-    return JobsResponse(jobs=[JobOut.of(j) for j in found])
+        return JobsResponse(jobs=[JobOut.of(j, uploads.uploaded_documents(conn, j)) for j in found])
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
 def read_job(job_id: int, pool: DbPool, grant: AdminGrant) -> JobOut:
     """A job's status, counts, docs/s, ETA and per-document errors."""
     with pool.connection() as conn:
-        return JobOut.of(_job_or_404(jobs.get_job(conn, job_id), job_id, grant))
+        job = _job_or_404(jobs.get_job(conn, job_id), job_id, grant)
+        return JobOut.of(job, uploads.uploaded_documents(conn, job))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
@@ -229,9 +246,10 @@ def cancel_job(job_id: int, pool: DbPool, grant: AdminGrant) -> JobOut:
     with pool.connection() as conn:
         _job_or_404(jobs.get_job(conn, job_id), job_id, grant)
         job = _job_or_404(jobs.cancel_job(conn, job_id), job_id, grant)
+        documents = uploads.uploaded_documents(conn, job)
     if job.finished and job.status != "cancelled":
         raise Conflict(f"job {job_id} already {job.status}")
-    return JobOut.of(job)
+    return JobOut.of(job, documents)
 
 
 @router.post("/documents", status_code=202, response_model=UploadAccepted, responses=ERRORS)
@@ -259,10 +277,10 @@ def create_documents(
     with pool.connection() as conn:
         job = jobs.enqueue_reindex(
             conn, settings, source=str(uploads.upload_folder(settings, collection).resolve()), config=config,
-            collection=collection,
+            collection=collection, uploads=[s.filename for s in saved],
         )  # fmt: skip
     files_out = [UploadedFile(filename=s.filename, bytes=s.bytes) for s in saved]
-    return UploadAccepted(job_id=job.id, collection=collection, files=files_out)
+    return UploadAccepted(job_id=job.id, status_url=f"/v1/admin/jobs/{job.id}", collection=collection, files=files_out)
 
 
 @router.delete("/documents/{document_id}", response_model=DocumentDeleted, responses=ERRORS)
@@ -340,3 +358,51 @@ def delete_index(version_id: int, pool: DbPool, grant: AdminGrant) -> IndexOut:
                 f"index version {version.name} is active for {where}; activate another version before deleting it"
             )
         return IndexOut.of(versions.drop_index_version(conn, version_id), [])
+
+
+class QualityRow(BaseModel):
+    """Online evaluation of one collection x configuration x prompt x index version x day (means over answers)."""
+
+    day: str
+    collection: str
+    config_version: str
+    prompt_version: str
+    index_version: str
+    answers: int = Field(description="Sampled answers evaluated.")
+    refusal_rate: float | None
+    citations_mean: float | None
+    pii_entities_mean: float | None
+    latency_ms_mean: float | None
+    cost_usd_mean: float | None
+    top_score: float | None = Field(description="Mean best retrieval score.")
+    margin: float | None = Field(description="Mean lead of the best retrieval score over the second.")
+    support: float | None = Field(description="Mean share of answer sentences a cited chunk supports.")
+    faithfulness: float | None
+    answer_relevancy: float | None
+    judged: int
+    judge_cost_usd: float
+
+
+class QualityResponse(BaseModel):
+    """Online evaluation figures since a day."""
+
+    since: str
+    rows: list[QualityRow]
+
+
+@router.get("/quality", response_model=QualityResponse, responses=ERRORS)
+def read_quality(
+    pool: DbPool,
+    grant: AdminGrant,
+    collection: Annotated[str | None, Query(max_length=64, description="unset: every collection of the key.")] = None,
+    since: Annotated[str | None, Query(max_length=40, description="YYYY-MM-DD or 7d (the default).")] = None,
+) -> QualityResponse:
+    """Online evaluation of sampled live answers, per collection, configuration, prompt, index version and day."""
+    first = online_eval.since_day(since)
+    collections = None if grant.all_collections else sorted(grant.collections or ())
+    with pool.connection() as conn:
+        if collection is not None:  # another key's collection: 403, an unknown one: 404, as everywhere
+            collections = [grant.collection(collection)]
+            require_collection(conn, collections[0], grant)
+        rows = online_eval.quality_report(conn, first, collections)
+    return QualityResponse(since=first.isoformat(), rows=[QualityRow(**r) for r in rows])

@@ -16,6 +16,7 @@ from core.access import EVERYTHING, Grant
 from core.catalog import Catalog
 from core.errors import AuthError
 from core.settings import Settings
+from core.tracing import NO_TRACING, Tracing, annotate, stage
 
 
 def get_pipeline(request: Request) -> RagPipeline:
@@ -58,6 +59,12 @@ def get_meter(request: Request) -> Meter:
     return meter
 
 
+def tracing_of(request: Request) -> Tracing:
+    """The app's tracing (off when the app was built without it)."""
+    tracing: Tracing = getattr(request.app.state, "tracing", NO_TRACING)
+    return tracing
+
+
 def get_request_id(request: Request) -> str:
     """The id of the current request (also in the X-Request-Id header)."""
     return str(request.state.request_id)
@@ -72,11 +79,19 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
     if meter.key is not None:  # already verified for this request, before its body (app/api/key_first.py)
         meter.key.require(scope)
         return meter.key
-    started = time.perf_counter()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-    key = accountant.keys.verify(accountant.pool.connection, token.strip())
+    with stage("ragops.auth"):
+        started = time.perf_counter()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        key = accountant.keys.verify(accountant.pool.connection, token.strip())
+        return admit(request, key, scope, started)
+
+
+def admit(request: Request, key: ApiKey, scope: str, started: float) -> ApiKey:
+    """Let a verified key in: recorded on the meter, checked for ``scope``, given a concurrency slot, rate-limited."""
+    accountant = get_accountant(request)
+    meter = get_meter(request)
     meter.key = key
     meter.entry.key_id, meter.entry.key_name = key.id, key.name
     key.require(scope)
@@ -85,6 +100,7 @@ def authenticate(request: Request, scope: str) -> ApiKey | None:
         with accountant.pool.connection() as conn:
             check_rate(conn, key)
     meter.entry.latency_ms["auth"] = (time.perf_counter() - started) * 1000
+    annotate({"ragops.key.id": key.id})
     return key
 
 

@@ -32,8 +32,9 @@ def _usage(answer: Answer, cost_usd: float) -> dict[str, object]:
 
 
 def _chunks(
-    pipeline: RagPipeline, prepared: Prepared, meter: Meter, completion_id: str, model: str, include_usage: bool
+    pipeline: RagPipeline, prepared: Prepared, meter: Meter, request_id: str, model: str, include_usage: bool
 ) -> Iterator[bytes]:
+    completion_id = f"chatcmpl-{request_id}"
     created = int(time.time())
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
     first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
@@ -48,6 +49,7 @@ def _chunks(
                 {
                     **base,
                     "choices": [final],
+                    "request_id": request_id,
                     "ragops": {"versions": VersionsOut(**answer.versions.__dict__).model_dump(), "pii": answer.pii},
                 }
             )
@@ -97,17 +99,17 @@ def create_chat_completion(
     config, collection = body.target()
     question = Question.from_turns(turns, config=config, top_k=body.top_k, filters=body.filters, collection=collection)
     prepared = prepare(pipeline, meter, question, grant)
-    completion_id = f"chatcmpl-{request_id}"
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(
-            guarded(_chunks(pipeline, prepared, meter, completion_id, body.model, include_usage), request_id, None),
+            guarded(_chunks(pipeline, prepared, meter, request_id, body.model, include_usage), request_id, None),
             media_type="text/event-stream",
             headers=STREAM_HEADERS,
         )
     answer = complete(pipeline, prepared, meter)
     return {
-        "id": completion_id,
+        "id": f"chatcmpl-{request_id}",
+        "request_id": request_id,  # what POST /v1/feedback takes (the id without its chatcmpl- prefix)
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.model,

@@ -42,7 +42,8 @@ STREAMED: dict[int | str, dict[str, object]] = {
 
 
 def _options(body: RetrievalOptions) -> dict[str, Any]:
-    return {"config": body.config, "top_k": body.top_k, "filters": body.filters, "collection": body.collection}
+    return {"config": body.config, "top_k": body.top_k, "filters": body.filters, "collection": body.collection,
+            "mode": body.mode}  # fmt: skip
 
 
 def _events(pipeline: RagPipeline, prepared: Prepared, meter: Meter, request_id: str) -> Iterator[bytes]:

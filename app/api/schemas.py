@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.answers import Answer, Citation, json_nodes
-from core.config import MAX_TOP_K
+from core.config import MAX_TOP_K, RetrievalMode
 from core.errors import BadRequest
 
 MAX_QUESTION_CHARS = 20_000
@@ -33,9 +33,13 @@ FILTERS_DESCRIPTION = "Metadata the chunks' documents must contain (JSON contain
 
 
 class Strict(BaseModel):
-    """Unknown fields are an error, so a typo never silently changes behaviour."""
+    """Unknown fields are an error, so a typo never silently changes behaviour; values are not coerced.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict types: ``"top_k": true`` or ``"stream": "yes"`` is a 422, as the published schema says,
+    not a quietly converted 1 or True.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RetrievalOptions(Strict):
@@ -48,6 +52,9 @@ class RetrievalOptions(Strict):
     filters: Filters = Field(default=None, description=FILTERS_DESCRIPTION)
     collection: str | None = Field(
         default=None, max_length=200, pattern=NO_NUL, description="Search this collection; unset = 'default'."
+    )
+    mode: RetrievalMode | None = Field(
+        default=None, description="Retrieval mode for this request (hybrid, vector, keyword); the config's if unset."
     )
     stream: bool = Field(default=False, description="Server-Sent Events: citations, deltas, usage, done.")
 
@@ -118,6 +125,8 @@ class VersionsOut(BaseModel):
     index: str
     model: str
     git_commit: str | None = None
+    rollout: int | None = Field(default=None, description="The rollout this answer took part in, if any.")
+    rollout_side: str | None = Field(default=None, description="live or candidate (the rollout's canary side).")
 
 
 class TimingsOut(BaseModel):
@@ -214,7 +223,7 @@ class OpenAIMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """OpenAI ``/v1/chat/completions``; ``model`` names a ragops configuration. Unknown OpenAI fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(
         min_length=1, max_length=200, pattern=NO_NUL, description="A configuration, or 'config@collection'."

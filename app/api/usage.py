@@ -40,9 +40,13 @@ class UsageResponse(BaseModel):
     total_requests: int
 
 
+# A bare number (1700000000, -5, 1.5e9), which pydantic would take for a timestamp; a date (2026-11-01) is not one.
+_BARE_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
+
+
 def _no_bare_number(value: object) -> object:
     """A date is written as a date: pydantic would read a bare number as a Unix timestamp."""
-    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9.eE+-]+\s*", value):
+    if isinstance(value, str) and _BARE_NUMBER.fullmatch(value):
         raise ValueError("expected a date (YYYY-MM-DD) or an ISO 8601 date-time")
     return value
 
@@ -63,7 +67,7 @@ def read_usage(
     grant: AdminGrant,
     start: Annotated[When, Query(alias="from", description="Inclusive; default 30 days ago.")] = None,
     end: Annotated[When, Query(alias="to", description="Exclusive; default now.")] = None,
-    group_by: Annotated[Literal["key", "day", "config", "model"], Query()] = "key",
+    group_by: Annotated[Literal["key", "day", "config", "model", "payer"], Query()] = "key",
 ) -> UsageResponse:
     """Requests, tokens and cost from the ledger, grouped by key, day, configuration or model.
 

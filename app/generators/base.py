@@ -52,7 +52,7 @@ class Passage:
 class GenerationRequest:
     """Everything a generator may use: the rendered prompt, and the passages behind it."""
 
-    question: str
+    question: str  # the standalone question: a chat's short follow-up with the user turn before it
     messages: list[dict[str, str]]
     passages: list[Passage]
     model: str

@@ -80,12 +80,17 @@ def private_database(pg_server: str, samples_template: str, request: pytest.Fixt
 
 
 def make_settings(database: Database, tmp: Path, **overrides: object) -> Settings:
-    """Settings for an app on ``database`` with the repository's configs and prompts."""
+    """Settings for an app on ``database`` with the repository's configs and prompts.
+
+    A full build asked to activate would run the whole eval gate first (evals' activation check):
+    app tests run without it unless they ask (tests/ingest/test_activation_gate.py, test_rollout_gate).
+    """
     values: dict[str, object] = {
         "database_url": SecretStr(database.url),
         "data_dir": tmp,
         "configs_dir": REPO / "configs",
         "prompts_dir": REPO / "prompts",
+        "activation_checks": False,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

@@ -230,6 +230,18 @@ def test_usage_totals_equal_the_ledger(priced: TestClient, served_database: Data
         assert body["total_cost_usd"] == pytest.approx(float(cost))
 
 
+@pytest.mark.parametrize(
+    ("start", "status"),
+    [("2026-11-01", 200), ("2026-11-01T00:00:00Z", 200), ("1700000000", 422), ("1.7e9", 422), ("-5", 422)],
+)
+def test_usage_takes_dates_and_date_times_but_not_timestamps(priced: TestClient, start: str, status: int) -> None:
+    """The README's ``?from=2026-11-01&to=2026-12-01`` is a date range; a bare number is refused, not read as epoch."""
+    response = priced.get("/v1/usage", params={"from": start, "to": "2026-12-01"})
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.json()["start"].startswith("2026-11-01T00:00:00")
+
+
 def test_usage_rejects_a_bad_group(priced: TestClient) -> None:
     response = priced.get("/v1/usage", params={"group_by": "colour"})
     assert response.status_code == 422 and "group_by" in response.json()["error"]["message"]

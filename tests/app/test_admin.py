@@ -137,15 +137,23 @@ def test_upload_then_delete_documents(admin: TestClient, settings: Settings) -> 
     ]
     response = admin.post("/v1/admin/documents", files=files, data={"collection": "uploads"})
     assert response.status_code == 202, response.text
-    assert [f["filename"] for f in response.json()["files"]] == ["holidays.md", "parking.txt"]
-    job = wait(admin, response.json()["job_id"])
+    accepted = response.json()
+    assert [f["filename"] for f in accepted["files"]] == ["holidays.md", "parking.txt"]
+    assert accepted["status_url"] == f"/v1/admin/jobs/{accepted['job_id']}"
+    job = wait(admin, accepted["job_id"])
     assert job["status"] == "succeeded" and job["result"]["counts"]["added"] == 2
     assert job["result"]["counts"]["chunks_truncated"] == 0  # the ingest summary, as the API shows it
     stored = settings.uploads_dir / "uploads" / "holidays.md"
     assert stored.read_bytes().startswith(b"# Holidays")
 
     with Database(url=settings.database_url.get_secret_value()).connect() as conn:  # type: ignore[union-attr]
-        (doc_id,) = conn.execute("SELECT id FROM documents WHERE source = 'holidays.md'").fetchone()  # type: ignore[misc]
+        ids = dict(conn.execute("SELECT source, id FROM documents WHERE collection = 'uploads'").fetchall())
+    # Each uploaded file's document id, from the job the upload answered with.
+    assert admin.get(accepted["status_url"]).json()["documents"] == [
+        {"source": name, "status": "ingested", "document_ids": [ids[name]], "reason": None, "quarantined": None}
+        for name in ("holidays.md", "parking.txt")
+    ]
+    doc_id = ids["holidays.md"]
     deleted = admin.delete(f"/v1/admin/documents/{doc_id}")
     assert deleted.status_code == 200 and deleted.json()["source"] == "holidays.md"
     assert not stored.exists()  # a later reindex cannot bring it back
@@ -207,9 +215,21 @@ def test_hostile_uploads_become_per_document_errors_and_the_worker_lives_on(
         assert set(reasons) == set(hostile)
         for name, (_, reason) in hostile.items():
             assert reason in reasons[name], reasons[name]
+        # Unreadable files leave the uploads folder for the quarantine, which the job's errors name.
+        uploaded = settings.uploads_dir / "default"
+        assert sorted(p.name for p in uploaded.iterdir()) == ["lying.pdf"]
+        for entry in job["errors"]:
+            assert entry["quarantined"] == f"quarantine/default/{entry['source']}"
+            assert (settings.data_dir / entry["quarantined"]).read_bytes() == hostile[entry["source"]][0]
+        files_out = {d["source"]: d for d in job["documents"]}
+        assert files_out["lying.pdf"]["status"] == "ingested" and len(files_out["lying.pdf"]["document_ids"]) == 1
+        assert files_out["garbage.md"]["status"] == "skipped" and "not valid UTF-8" in files_out["garbage.md"]["reason"]
+        assert files_out["truncated.pdf"]["quarantined"] == "quarantine/default/truncated.pdf"
 
         after = admin.post("/v1/admin/documents", files=[("files", ("after.md", b"# After\n\nStill here.\n"))])
-        assert wait(admin, after.json()["job_id"])["status"] == "succeeded"  # the worker survived
+        again = wait(admin, after.json()["job_id"])
+        assert again["status"] == "succeeded"  # the worker survived
+        assert again["errors"] == []  # the quarantined files are not skipped again by every later job
 
         too_big = admin.post("/v1/admin/documents", files=[("files", ("big.txt", b"x" * (512 * 1024 + 1)))])
         assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "UploadTooLarge"

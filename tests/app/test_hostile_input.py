@@ -247,6 +247,28 @@ def test_non_finite_numbers_and_lone_surrogates_in_filters_are_a_422(
     assert "Traceback" not in caplog.text
 
 
+MISTYPED = {
+    "top_k-bool": ("/v1/query", {"question": "office days", "top_k": True}, "top_k"),
+    "top_k-float": ("/v1/query", {"question": "office days", "top_k": 2.0}, "top_k"),
+    "top_k-string": ("/v1/query", {"question": "office days", "top_k": "3"}, "top_k"),
+    "stream-string": ("/v1/query", {"question": "office days", "stream": "yes"}, "stream"),
+    "stream-int": ("/v1/chat", {"messages": [{"role": "user", "content": "office days"}], "stream": 1}, "stream"),
+    "openai-top_k-bool": (
+        "/v1/chat/completions", {"model": "default", "messages": [{"role": "user", "content": "hi"}], "top_k": True},
+        "top_k",
+    ),
+    "reindex-activate-string": ("/v1/admin/reindex", {"activate": "true"}, "activate"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MISTYPED))
+def test_values_of_the_wrong_json_type_are_a_422_not_coerced(client: TestClient, case: str) -> None:
+    """The schema says integer or boolean: ``true`` for top_k or ``"yes"`` for stream is refused, not converted."""
+    route, body, param = MISTYPED[case]
+    error = assert_error(client.post(route, json=body), 422)
+    assert str(error["param"]).startswith(param), error
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -140,6 +140,14 @@ def test_bm25_scores_equal_a_plain_bm25_over_the_same_tokens(
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+@pytest.mark.parametrize(
+    "question", [*QUESTIONS, '"coffee machine" -printer', "-printer -coffee", "it's O'Brien's \\ café", ""]
+)
+def test_query_lexemes_are_the_positive_lexemes(conn: psycopg.Connection, question: str) -> None:
+    """The one reading of a question's words (benchmarks use it too) agrees with the querytree oracle."""
+    assert search_sql.query_lexemes(conn, question, tsconfig="english") == positive_lexemes(conn, question)
+
+
 def test_negated_terms_are_dropped_not_matched(conn: psycopg.Connection, team: IndexVersion) -> None:
     """A question is a bag of its positive words: ``-word`` neither counts nor makes every chunk a match."""
     negated = search_sql.search_keyword(conn, team, '"coffee machine" -printer', 50, collection="team")

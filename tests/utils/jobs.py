@@ -32,6 +32,9 @@ def job_settings(database: Database, tmp: Path, roots: list[Path], **overrides: 
         "configs_dir": write_configs(tmp / "configs"),
         "prompts_dir": REPO / "prompts",
         "source_roots": roots,
+        # A full build asked to activate would run the whole eval gate (evals' activation check) first:
+        # tests of jobs run without it unless they ask (tests/ingest/test_activation_gate.py).
+        "activation_checks": False,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

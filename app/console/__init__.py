@@ -1,0 +1,1 @@
+"""The web console (/ui): sessions, charts, templates and static files; its routes are in app/api/console.py."""

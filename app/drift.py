@@ -1,0 +1,177 @@
+"""Drift monitoring at the app layer: recording answers, pinning references, content gaps, summaries.
+
+Recording is one call from the answering path (:func:`record_answer`); it stores the vector
+retrieval already computed and the retrieval scores, never text, and only where the
+configuration's ``drift`` section enables it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from app.answers import Prepared
+from app.retrieval import RetrievalQuery, active_version, search
+from core.config import DriftSettings, LoadedConfig, parse_duration
+from core.drift import monitor, store
+from core.drift.stats import kmeans
+from core.embedding import get_embedder
+from core.errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+MIN_REFERENCE = 20  # a reference with fewer questions is refused: every window would be judged against noise
+GAP_CLUSTERS_MAX = 12
+
+
+def record_answer(pool: ConnectionPool, request_id: str, prepared: Prepared) -> None:
+    """Record an answered question for drift monitoring when its configuration monitors its collection.
+
+    A failure is logged and swallowed: monitoring must never fail an answer that was already given.
+    """
+    collection = prepared.question.collection or ""
+    if not prepared.config.config.drift.monitors(collection):
+        return
+    observation = store.Observation(
+        request_id=request_id,
+        collection=collection,
+        config=prepared.config.name,
+        embedding=prepared.query_vector,
+        scores=prepared.hit_scores,
+    )
+    try:
+        with pool.connection() as conn:
+            store.record_observation(conn, observation)
+    except psycopg.Error as exc:
+        log.warning("drift: answer %s not recorded: %s", request_id, type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A stored reference."""
+
+    id: int
+    questions: int
+    signals: list[str]
+
+
+def pin_window(
+    conn: psycopg.Connection, collection: str, config: LoadedConfig, window: str, *, now: datetime | None = None
+) -> Pinned:
+    """Pin the last ``window`` (e.g. ``7d``) of live traffic as the reference of (collection, config)."""
+    try:
+        seconds = parse_duration(window)
+    except ValueError as exc:
+        raise BadRequest(str(exc), field="window") from None
+    end = now or datetime.now(UTC)
+    start = end - timedelta(seconds=seconds)
+    vectors, values = monitor.reference_from_window(conn, collection, config.name, start, end)
+    if len(vectors) < MIN_REFERENCE:
+        raise BadRequest(
+            f"only {len(vectors)} recorded answers of {config.name!r} in {collection!r} over the last {window}; "
+            f"a reference needs at least {MIN_REFERENCE} (is drift.enabled on, and traffic flowing?)"
+        )
+    ref_id = store.create_reference(
+        conn, collection, config.name, "window", vectors, values, window=(start, end), note=f"last {window}"
+    )
+    return Pinned(ref_id, len(vectors), sorted(["question_embedding", *(k for k, v in values.items() if len(v))]))
+
+
+def read_questions(path: Path) -> list[str]:
+    """Questions of a JSONL file (the eval set's format: one object with a "question" per line)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise BadRequest(f"{path}:{number}: not JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise BadRequest(f'{path}:{number}: expected an object with a "question" string')
+        questions.append(row["question"])
+    return questions
+
+
+def pin_questions(
+    conn: psycopg.Connection, collection: str, config: LoadedConfig, questions: Sequence[str], note: str
+) -> Pinned:
+    """Pin a question set (e.g. the eval set) as the reference: their vectors and retrieval scores, no text.
+
+    Retrieval runs against the collection's active index with the configuration's settings, the way
+    the answering path would; answer-side signals have no reference from questions alone.
+    """
+    if len(questions) < MIN_REFERENCE:
+        raise BadRequest(f"{len(questions)} questions; a reference needs at least {MIN_REFERENCE}")
+    embedder = get_embedder(config.config.index.embedding)
+    vectors = embedder.embed_batch(list(questions))
+    settings = config.config.retrieval
+    index = active_version(conn, collection)
+    tops, margins, empty = [], [], []
+    for text, vector in zip(questions, vectors, strict=True):
+        query_vector = None if settings.mode == "keyword" else vector
+        scores = [h.score for h in search(conn, index, settings, RetrievalQuery(text, settings.top_k, collection, None),
+                                          query_vector)]  # fmt: skip
+        empty.append(not scores)
+        if scores:
+            tops.append(scores[0])
+        if len(scores) > 1:
+            margins.append(scores[0] - scores[1])
+    values = {
+        "top_score": np.array(tops),
+        "score_margin": np.array(margins),
+        "empty_retrieval": np.array(empty, dtype=np.float64),
+    }
+    ref_id = store.create_reference(conn, collection, config.name, "questions", vectors, values, note=note)
+    return Pinned(ref_id, len(questions), ["question_embedding", "top_score", "score_margin", "empty_retrieval"])
+
+
+def questions_note(path: Path, questions: Sequence[str]) -> str:
+    """How a question-set reference names its source: file name and a hash of its questions (no text)."""
+    digest = hashlib.sha256("\n".join(questions).encode()).hexdigest()[:12]
+    return f"{path.name} sha256:{digest} ({len(questions)} questions)"
+
+
+@dataclass(frozen=True)
+class GapCluster:
+    """Questions that retrieved poorly and sit close together: a topic the documents do not answer."""
+
+    cluster: int
+    questions: int
+    mean_top_score: float
+    examples: list[str]  # PII-filtered examples from the transcript store; empty while there is none
+
+
+def content_gaps(
+    conn: psycopg.Connection, collection: str, config: str, settings: DriftSettings, *, days: int = 7
+) -> list[GapCluster]:
+    """Poorly retrieved questions of the last ``days``, clustered on their vectors, biggest cluster first.
+
+    Counts only: examples need the transcript store (PII-filtered text kept by opt-in), which this
+    build does not have; a transcript reader fills ``examples`` when it does.
+    """
+    since = datetime.now(UTC) - timedelta(days=days)
+    vectors, scores = store.low_score_vectors(conn, collection, config, since, settings.gap_score)
+    if len(vectors) == 0:
+        return []
+    k = max(1, min(GAP_CLUSTERS_MAX, round(math.sqrt(len(vectors) / 2))))
+    labels = kmeans(vectors, k)
+    clusters = [
+        GapCluster(int(j), int((labels == j).sum()), round(float(scores[labels == j].mean()), 4), [])
+        for j in np.unique(labels)
+    ]
+    return sorted(clusters, key=lambda c: -c.questions)

@@ -1,0 +1,84 @@
+"""Live answer measures: the answer-side drift signals of the answers recorded in a window.
+
+One seam, :class:`AnswerMeasures`, so the source can change without the monitor changing: today
+the ledger (tokens, cost and PII counts of each recorded answer, joined on its request id);
+online evaluation's per-answer measures (refusal, support share) plug in as another
+implementation, combined with this one by :class:`CombinedMeasures`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+
+import numpy as np
+import psycopg
+
+
+class AnswerMeasures(ABC):
+    """Per-answer measures of the answers recorded for (collection, config) in ``[start, end)``."""
+
+    signals: tuple[str, ...]
+
+    @abstractmethod
+    def window(
+        self, conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime
+    ) -> dict[str, np.ndarray]:
+        """Signal name -> one value per answer that has the measure (answers without it are left out)."""
+
+
+class LedgerMeasures(AnswerMeasures):
+    """Answer length (completion tokens), cost and PII entities filtered, from each answer's ledger row."""
+
+    signals = ("answer_tokens", "cost_usd", "pii_entities")
+
+    def window(
+        self, conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime
+    ) -> dict[str, np.ndarray]:
+        rows = conn.execute(
+            """SELECT l.completion_tokens, l.cost_usd::float8,
+                      coalesce((SELECT sum(c.value::int) FROM jsonb_each(l.pii_counts) AS s(stage, counts),
+                                jsonb_each_text(s.counts) AS c(type, value)
+                                WHERE jsonb_typeof(s.counts) = 'object'), 0)
+               FROM drift_observations o JOIN ledger l ON l.request_id = o.request_id
+               WHERE o.collection = %s AND o.config = %s AND o.created_at >= %s AND o.created_at < %s
+                 AND l.status < 400
+               ORDER BY o.id""",
+            (collection, config, start, end),
+        ).fetchall()
+        return {name: np.array([r[i] for r in rows], dtype=np.float64) for i, name in enumerate(self.signals)}
+
+
+class CombinedMeasures(AnswerMeasures):
+    """Several sources side by side; a later source's signal wins over an earlier one's of the same name."""
+
+    def __init__(self, sources: Sequence[AnswerMeasures]) -> None:
+        self.sources = tuple(sources)
+        self.signals = tuple(dict.fromkeys(s for source in self.sources for s in source.signals))
+
+    def window(
+        self, conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime
+    ) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for source in self.sources:
+            out.update(source.window(conn, collection, config, start, end))
+        return out
+
+
+class CorpusSamples(ABC):
+    """Chunk vectors of a collection's active index: those of documents ingested in a window, and the rest.
+
+    Implemented where the index is known (``ingest.drift_corpus``); the worker hands it to the monitor.
+    """
+
+    @abstractmethod
+    def window(
+        self, conn: psycopg.Connection, collection: str, start: datetime, end: datetime, limit: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(chunks of documents added or changed in ``[start, end)``, a sample of the chunks indexed before)."""
+
+
+def default_measures() -> AnswerMeasures:
+    """The answer measures the worker reads: the ledger's (online evaluation's join here when it lands)."""
+    return CombinedMeasures([LedgerMeasures()])
