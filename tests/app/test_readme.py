@@ -65,6 +65,14 @@ EXPECTED: dict[str, tuple[set[int], str]] = {
     ".venv/bin/ragops jobs cancel 3": ({1}, "job 3 (the upload) was watched to its end just before"),
     ".venv/bin/ragops index drop 1": ({0}, "version 1 answers no collection after the two activations above"),
     "curl -s -X DELETE localhost:8000/v1/admin/indexes/1": ({404}, "`ragops index drop 1` above dropped it"),
+    ".venv/bin/ragops eval harvest --accept": (
+        {2},
+        "a person marks the rows to keep first: unreviewed, nothing is added",
+    ),
+    ".venv/bin/ragops drift pin --collection default --window": (
+        {1},
+        "drift recording is off in the shipped configuration, so there is no live traffic to pin yet",
+    ),
 }
 
 
