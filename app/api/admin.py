@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from app import online_eval, uploads
 from app.api.deps import AdminGrant, AppSettings, Configs, DbPool
 from app.api.key_first import AdminKeyFirst
-from app.api.schemas import ErrorResponse, Strict
+from app.api.schemas import ErrorResponse, RowId, Strict
 from app.retrieval import require_collection
 from core.access import Grant
 from core.errors import Conflict, IndexVersionError, NotFound, UploadTooLarge
@@ -233,7 +233,7 @@ def read_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-def read_job(job_id: int, pool: DbPool, grant: AdminGrant) -> JobOut:
+def read_job(job_id: RowId, pool: DbPool, grant: AdminGrant) -> JobOut:
     """A job's status, counts, docs/s, ETA and per-document errors."""
     with pool.connection() as conn:
         job = _job_or_404(jobs.get_job(conn, job_id), job_id, grant)
@@ -241,7 +241,7 @@ def read_job(job_id: int, pool: DbPool, grant: AdminGrant) -> JobOut:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
-def cancel_job(job_id: int, pool: DbPool, grant: AdminGrant) -> JobOut:
+def cancel_job(job_id: RowId, pool: DbPool, grant: AdminGrant) -> JobOut:
     """Cancel a queued job, or stop a running one at its next batch (its index is never activated)."""
     with pool.connection() as conn:
         _job_or_404(jobs.get_job(conn, job_id), job_id, grant)
@@ -284,7 +284,7 @@ def create_documents(
 
 
 @router.delete("/documents/{document_id}", response_model=DocumentDeleted, responses=ERRORS)
-def delete_document(document_id: int, pool: DbPool, settings: AppSettings, grant: AdminGrant) -> DocumentDeleted:
+def delete_document(document_id: RowId, pool: DbPool, settings: AppSettings, grant: AdminGrant) -> DocumentDeleted:
     """Delete a document from every index version (and its uploaded file)."""
     with pool.connection() as conn:
         deleted = uploads.delete_document(conn, settings, document_id, grant)
@@ -309,7 +309,7 @@ def read_indexes(pool: DbPool, grant: AdminGrant) -> IndexesResponse:
 
 @router.post("/indexes/{version_id}/activate", response_model=ActivateResponse, responses=ERRORS)
 def activate_index(
-    version_id: int,
+    version_id: RowId,
     pool: DbPool,
     catalog: Configs,
     grant: AdminGrant,
@@ -346,7 +346,7 @@ def activate_index(
 
 
 @router.delete("/indexes/{version_id}", response_model=IndexOut, responses=ERRORS)
-def delete_index(version_id: int, pool: DbPool, grant: AdminGrant) -> IndexOut:
+def delete_index(version_id: RowId, pool: DbPool, grant: AdminGrant) -> IndexOut:
     """Drop a version no collection is answered from, and its chunks (global admin); an active one is refused (409)."""
     grant.require_all_collections("dropping an index version")
     with pool.connection() as conn:

@@ -41,7 +41,7 @@ from app.api.deps import (
     get_pool,
 )
 from app.api.query import create_query
-from app.api.schemas import QueryRequest, QueryResponse
+from app.api.schemas import QueryRequest, QueryResponse, RowId
 from app.console import charts
 from app.console.sessions import Session, SessionStore
 from app.keys import ApiKey, list_keys
@@ -392,7 +392,7 @@ def create_console_reindex(
 @router.post("/api/indexes/{version_id}/activate")
 def activate_console_index(
     request: Request,
-    version_id: int,
+    version_id: RowId,
     viewer: AdminAction,
     pool: DbPool,
     catalog: Configs,

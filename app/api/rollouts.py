@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import AdminGrant, AdminKey, Configs, DbPool, Pipeline
 from app.api.key_first import AdminKeyFirst
-from app.api.schemas import ErrorResponse, Strict
+from app.api.schemas import BIGINT_MAX, ErrorResponse, RowId, Strict
 from app.retrieval import require_collection
 from app.rollouts import service, store
 from core.access import Grant
@@ -34,7 +34,7 @@ class RolloutRequest(Strict):
     collection: str | None = Field(
         default=None, pattern=NAME, description="unset: 'default', or the key's only collection."
     )
-    gate_id: int = Field(ge=1, description="A passed gate run of this candidate (`ragops rollout gate`).")
+    gate_id: int = Field(ge=1, le=BIGINT_MAX, description="A passed gate run of this candidate (ragops rollout gate).")
     config: str | None = Field(default=None, pattern=NAME, description="Candidate configuration.")
     prompt: str | None = Field(default=None, pattern=NAME, description="Candidate prompt (prompts/NAME.md).")
     index_version: int | None = Field(default=None, ge=1, description="Candidate index version id.")
@@ -128,14 +128,14 @@ def read_rollouts(pool: DbPool, grant: AdminGrant, limit: Annotated[int, Query(g
 
 
 @router.get("/{rollout_id}", response_model=RolloutOut, responses=ERRORS)
-def read_rollout(rollout_id: int, pool: DbPool, grant: AdminGrant) -> RolloutOut:
+def read_rollout(rollout_id: RowId, pool: DbPool, grant: AdminGrant) -> RolloutOut:
     """A rollout's stage, samples, and the sequential test's state per guarded measure."""
     with pool.connection() as conn:
         return _out(conn, _own(conn, rollout_id, grant))
 
 
 @router.post("/{rollout_id}/promote", response_model=RolloutOut, responses=ERRORS)
-def promote_rollout(rollout_id: int, pool: DbPool, grant: AdminGrant, pipeline: Pipeline) -> RolloutOut:
+def promote_rollout(rollout_id: RowId, pool: DbPool, grant: AdminGrant, pipeline: Pipeline) -> RolloutOut:
     """Promote now: the candidate's index version is activated for the collection in one transaction."""
     with pool.connection() as conn:
         _own(conn, rollout_id, grant)
@@ -146,7 +146,7 @@ def promote_rollout(rollout_id: int, pool: DbPool, grant: AdminGrant, pipeline: 
 
 
 @router.post("/{rollout_id}/abort", response_model=RolloutOut, responses=ERRORS)
-def abort_rollout(rollout_id: int, pool: DbPool, grant: AdminGrant, pipeline: Pipeline) -> RolloutOut:
+def abort_rollout(rollout_id: RowId, pool: DbPool, grant: AdminGrant, pipeline: Pipeline) -> RolloutOut:
     """Stop: every answer comes from the live versions again (they were never changed)."""
     with pool.connection() as conn:
         _own(conn, rollout_id, grant)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.answers import Answer, Citation, json_nodes
@@ -12,6 +13,9 @@ from core.config import MAX_TOP_K, RetrievalMode
 from core.errors import BadRequest
 
 MAX_QUESTION_CHARS = 20_000
+BIGINT_MAX = 2**63 - 1
+# A row id in a URL: beyond PostgreSQL's bigint it is a 422, not a database error.
+RowId = Annotated[int, Path(ge=-BIGINT_MAX - 1, le=BIGINT_MAX, description="An id (a 64-bit integer).")]
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused with a 422 naming the field
 
 

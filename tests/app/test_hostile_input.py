@@ -269,6 +269,21 @@ def test_values_of_the_wrong_json_type_are_a_422_not_coerced(client: TestClient,
     assert str(error["param"]).startswith(param), error
 
 
+ID_ROUTES = [
+    ("GET", "/v1/admin/jobs/{}"), ("POST", "/v1/admin/jobs/{}/cancel"), ("DELETE", "/v1/admin/documents/{}"),
+    ("POST", "/v1/admin/indexes/{}/activate"), ("DELETE", "/v1/admin/indexes/{}"), ("GET", "/v1/admin/rollouts/{}"),
+    ("POST", "/v1/admin/rollouts/{}/abort"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "route"), ID_ROUTES)
+def test_ids_beyond_a_bigint_are_a_422_not_a_database_error(client: TestClient, method: str, route: str) -> None:
+    """bench hostile found 2**63 in a path answered by a PostgreSQL DataError; an id is a 64-bit integer."""
+    error = assert_error(client.request(method, route.format(2**63)), 422)
+    assert "id" in str(error["param"]), error
+    assert client.request(method, route.format(2**63 - 1)).status_code in (404, 409), route  # in range: not found
+
+
 @pytest.mark.parametrize(
     "message",
     [
