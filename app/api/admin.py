@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from app import online_eval, uploads
 from app.api.deps import AdminGrant, AppSettings, Configs, DbPool
 from app.api.key_first import AdminKeyFirst
-from app.api.schemas import ErrorResponse, RowId, Strict
+from app.api.schemas import NO_NUL, ErrorResponse, RowId, Strict
 from app.retrieval import require_collection
 from core.access import Grant
 from core.errors import Conflict, IndexVersionError, NotFound, UploadTooLarge
@@ -394,8 +394,12 @@ class QualityResponse(BaseModel):
 def read_quality(
     pool: DbPool,
     grant: AdminGrant,
-    collection: Annotated[str | None, Query(max_length=64, description="unset: every collection of the key.")] = None,
-    since: Annotated[str | None, Query(max_length=40, description="YYYY-MM-DD or 7d (the default).")] = None,
+    collection: Annotated[
+        str | None, Query(max_length=64, pattern=NO_NUL, description="unset: every collection of the key.")
+    ] = None,
+    since: Annotated[
+        str | None, Query(max_length=40, pattern=NO_NUL, description="YYYY-MM-DD or 7d (the default).")
+    ] = None,
 ) -> QualityResponse:
     """Online evaluation of sampled live answers, per collection, configuration, prompt, index version and day."""
     first = online_eval.since_day(since)
