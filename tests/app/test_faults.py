@@ -291,7 +291,7 @@ def test_vllm_killed_mid_stream_ends_with_an_error_event_and_ledgers_partial_tok
             lines.append(line)
             if line.startswith("event: delta"):
                 deltas += 1
-                if deltas == 3:
+                if deltas == 1:  # at once: the random model may end its answer (EOS) a few tokens later
                     fault_vllm.kill()  # mid-answer
     frames = parse_sse("\n".join(lines) + "\n\n")
     events = [event for event, _ in frames]
@@ -304,4 +304,4 @@ def test_vllm_killed_mid_stream_ends_with_an_error_event_and_ledgers_partial_tok
     assert row is not None
     status, error_kind, completion_tokens = row
     assert status >= 500 and error_kind
-    assert completion_tokens >= 3  # the tokens that were produced and sent are accounted
+    assert completion_tokens >= 1  # the tokens that were produced and sent are accounted
