@@ -315,7 +315,11 @@ def activate_index(
     grant: AdminGrant,
     collection: Annotated[
         str | None,
-        Query(max_length=64, description="Switch only this collection; unset: the default version (global admin)."),
+        Query(
+            max_length=64,
+            pattern=NO_NUL,
+            description="Switch only this collection; unset: the default version (global admin).",
+        ),
     ] = None,
     force: Annotated[
         bool, Query(description="Activate even when the default configuration embeds with another model.")

@@ -283,6 +283,12 @@ def test_a_nul_in_a_collection_query_is_a_422(client: TestClient, route: str) ->
     assert error["param"] == "collection", error
 
 
+def test_a_nul_in_the_collection_to_activate_is_a_422(client: TestClient) -> None:
+    """bench hostile found it on POST /v1/admin/indexes/{id}/activate?collection= (a DataError, 500)."""
+    error = assert_error(client.post("/v1/admin/indexes/1/activate", params={"collection": "a\x00b"}), 422)
+    assert error["param"] == "collection", error
+
+
 @pytest.mark.parametrize(("method", "route"), ID_ROUTES)
 def test_ids_beyond_a_bigint_are_a_422_not_a_database_error(client: TestClient, method: str, route: str) -> None:
     """bench hostile found 2**63 in a path answered by a PostgreSQL DataError; an id is a 64-bit integer."""
