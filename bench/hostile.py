@@ -4,7 +4,9 @@ Every route, authenticated with an admin key, valid and invalid inputs: counts c
 failures (5xx or a response outside the schema). The "valid data is accepted" check is off for
 the reason given in tests/app/test_schemathesis.py.
 
-    python -m bench hostile [--examples 20]
+    python -m bench hostile [--examples 20] [--operation "POST /v1/query"]
+
+A failure is recorded with the request that caused it (a curl line), so it can be replayed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(prog="python -m bench hostile")
     parser.add_argument("--examples", type=int, default=20, help="per operation and mode")
+    parser.add_argument("--operation", default="", help="only operations whose label contains this")
     args = parser.parse_args(argv)
     config = load_config("default", ROOT / "configs")
     result: dict[str, Any] = {"examples_per_operation": args.examples, "modes": {}}
@@ -52,10 +55,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with TestClient(create_app(app_settings)) as client:
             schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
             operations = [r.ok() for r in schema.get_all_operations()]  # type: ignore[union-attr]
+            operations = [o for o in operations if args.operation in o.label]
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 calls = failures = 0
                 failed: list[str] = []
                 for operation in operations:
+                    last: list[str] = []  # the request of the latest example: the failing one when a check fails
 
                     @given(case=operation.as_strategy(generation_mode=mode))
                     @settings(
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     def run(case: schemathesis.Case) -> None:
                         nonlocal calls
                         calls += 1
+                        last[:] = [case.as_curl_command(headers={"Authorization": "Bearer <admin key>"})]
                         case.call_and_validate(
                             headers={"Authorization": f"Bearer {key}"},
                             excluded_checks=[checks.positive_data_acceptance],
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     except (Exception, BaseExceptionGroup) as exc:
                         failures += 1
                         inner = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
-                        failed.append(f"{operation.label}: {', '.join(sorted({type(e).__name__ for e in inner}))}")
+                        kinds = ", ".join(sorted({type(e).__name__ for e in inner}))
+                        failed.append(f"{operation.label}: {kinds}: {last[0] if last else '(no request made)'}")
                 result["modes"][mode.value] = {
                     "operations": len(operations), "calls": calls, "failures": failures, "failed": failed,
                 }  # fmt: skip

@@ -290,6 +290,9 @@ def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
     tmp_path: Path,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # Every answer queued for online evaluation (its filtered text is stored until the worker measures it),
+    # not the configuration's random share: the scan must cover that table in every run.
+    monkeypatch.setattr("app.online_eval.sampled", lambda rate: True)
     s = SEEDED
     question = (
         f"This is {s['name']}, {s['email']}, {s['phone']}, staff id {s['employee']}, AWS key {s['secret']}. "
@@ -341,7 +344,12 @@ def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
         "every table (eval)": table_dump(database),
         "eval report": report_file.read_text(),
     }
-    for where, text in haystacks.items():
-        for key, value in s.items():
-            assert value not in text, f"{key} leaked into {where}"
+    leaks = [
+        f"{key} leaked into {where}: {line[:40]}...{line[max(0, line.index(value) - 200):line.index(value) + 100]}..."
+        for where, text in haystacks.items()
+        for key, value in s.items()
+        for line in text.splitlines()
+        if value in line
+    ]
+    assert not leaks, "\n".join(leaks)  # the lines, not the whole haystack: a table dump is megabytes
     assert table_dump(served_database)  # the scan looked at something

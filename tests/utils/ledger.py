@@ -21,7 +21,7 @@ def ledger_row(database: Database, request_id: str, wait_s: float = 0.0) -> dict
 
 
 def table_dump(database: Database, *, skip_index: bool = False) -> str:
-    """Every row of every table, as text, for leak scans.
+    """Every row of every table, as text (``table: row``, a line each), for leak scans.
 
     ``skip_index``: not documents, chunks and the chunks' BM25 terms (the source text and its words).
     """
@@ -36,5 +36,5 @@ def table_dump(database: Database, *, skip_index: bool = False) -> str:
         ).fetchall()
         for (table,) in tables:
             rows = conn.execute(psycopg.sql.SQL("SELECT t::text FROM {} t").format(psycopg.sql.Identifier(table)))
-            dump.extend(row[0] for row in rows)
+            dump.extend(f"{table}: " + row[0].replace("\n", " ") for row in rows)  # one line per row
     return "\n".join(dump)
