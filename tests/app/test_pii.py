@@ -270,6 +270,12 @@ def test_transcript_is_never_logged_for_a_configuration_without_filtering() -> N
     assert no_answer.filtered_transcript() is None
 
 
+def excerpt(line: str, value: str) -> str:
+    """Where ``value`` sits in ``line``: its start (a dumped row's table) and the text around the value."""
+    at = line.index(value)
+    return f"{line[:40]} ... {line[max(0, at - 200) : at + len(value) + 100]}"
+
+
 SEEDED = {
     "name": "Teodor Lindqvist-Amaro",
     "email": "teodor.lindqvist@example.net",
@@ -345,7 +351,7 @@ def test_leak_scan_no_seeded_value_is_stored_logged_or_reported(
         "eval report": report_file.read_text(),
     }
     leaks = [
-        f"{key} leaked into {where}: {line[:40]}...{line[max(0, line.index(value) - 200):line.index(value) + 100]}..."
+        f"{key} leaked into {where}: {excerpt(line, value)}"
         for where, text in haystacks.items()
         for key, value in s.items()
         for line in text.splitlines()
