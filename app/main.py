@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -107,9 +109,12 @@ class RequestContext:
                         headers.append("X-Trace-Id", trace_id)
                 await send(message)
 
+            watcher = DisconnectWatcher(receive, meter.gone) if meter is not None else None
             try:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, watcher.receive if watcher is not None else receive, send_with_id)
             finally:
+                if watcher is not None:
+                    watcher.stop()
                 route = getattr(scope.get("route"), "path", None)  # the template, e.g. /v1/admin/jobs/{job_id}
                 refused = _refusal(meter, route, status)
                 if span is not None:
@@ -119,6 +124,39 @@ class RequestContext:
                 elif meter is not None:
                     # The response is over (or abandoned): the client does not wait for the ledger.
                     await run_in_threadpool(meter.close, status, route)
+
+
+class DisconnectWatcher:
+    """Tells a route running in a worker thread that its client hung up (``gone`` is set).
+
+    Once the app has read the whole request body, nothing else listens to the connection until a
+    streamed response does: a whole answer would be computed for a client long gone, holding its
+    key's concurrency slot and the CPU other clients wait for. The watcher listens from then on.
+    """
+
+    def __init__(self, receive: Receive, gone: threading.Event) -> None:
+        self._receive = receive
+        self.gone = gone
+        self._task: asyncio.Task[None] | None = None
+
+    async def receive(self) -> Message:
+        """The app's receive: passes every message on, and starts listening once the body is complete."""
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.gone.set()
+        elif message["type"] == "http.request" and not message.get("more_body", False) and self._task is None:
+            self._task = asyncio.create_task(self._listen())
+        return message
+
+    async def _listen(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.gone.set()
+
+    def stop(self) -> None:
+        """The response is over: stop listening."""
+        if self._task is not None:
+            self._task.cancel()
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -9,6 +9,7 @@ error, or abandoned by a client that hung up (even before the stream's first byt
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from app.keys import ApiKey
 from app.metrics import Metrics
 from app.online_eval import QueuedEvaluation
 from app.pii import PiiSession
-from core.errors import status_of
+from core.errors import ClientGone, status_of
 from core.tokens import count_tokens
 from core.tracing import annotate, stage
 
@@ -75,6 +76,7 @@ class Meter:
     closed: bool = False
     _events: Generator[object, None, None] | None = field(default=None, repr=False)
     evaluation: QueuedEvaluation | None = None  # a sampled answer, queued with the ledger row
+    gone: threading.Event = field(default_factory=threading.Event)  # set when the client disconnects
 
     @property
     def prompt_tokens(self) -> int:
@@ -155,6 +157,12 @@ class Meter:
             e.latency_ms["ttft"] = answer.timings.ttft_ms
         e.latency_ms["generate"] = answer.timings.generate_ms
         self._settle()
+
+    def check_gone(self) -> None:
+        """Stop here if the client already hung up: no model time is spent on an answer nobody reads."""
+        if self.gone.is_set():
+            self.fail("client_disconnected", CLIENT_CLOSED)
+            raise ClientGone("the client closed the connection before the answer was generated")
 
     def fail(self, error_kind: str, status: int | None = None) -> None:
         """Generation failed or the client left: bill what was spent, settle.

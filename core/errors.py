@@ -183,6 +183,15 @@ class RateLimited(RagopsError):
         self.retry_after_s = retry_after_s
 
 
+class ClientGone(RagopsError):
+    """The client closed the connection before its answer was generated: the rest of the work is skipped.
+
+    Nobody reads the response; the status (nginx's 499) is for the ledger and the metrics.
+    """
+
+    status = 499
+
+
 class PiiUnavailable(RagopsError):
     """The PII filter failed or timed out; the text was not let through unfiltered (503)."""
 

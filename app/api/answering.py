@@ -26,6 +26,7 @@ def prepare(pipeline: RagPipeline, meter: Meter, question: Question, grant: Gran
 
     In a collection with a rollout in canary, the key's side (sticky) decides which versions answer.
     """
+    meter.check_gone()
     assignment = None
     if pipeline.rollouts is not None:
         key_id = meter.key.id if meter.key is not None else None
@@ -41,7 +42,11 @@ def prepare(pipeline: RagPipeline, meter: Meter, question: Question, grant: Gran
 def answer_events(
     pipeline: RagPipeline, prepared: Prepared, meter: Meter, *, incremental: bool = True
 ) -> Iterator[AnswerDelta | AnswerDone]:
-    """Generate under the meter's watch; ``incremental=False`` when nobody reads the deltas."""
+    """Generate under the meter's watch; ``incremental=False`` when nobody reads the deltas.
+
+    A client that hung up during retrieval ends the request here, before any model time is spent.
+    """
+    meter.check_gone()
     for event in meter.watch(pipeline.stream(prepared, incremental=incremental)):
         if isinstance(event, AnswerDone):
             if pipeline.settings.log_text:

@@ -128,6 +128,54 @@ def test_a_hang_up_before_the_body_has_a_ledger_row_and_no_hold(
     wait_for(lambda: holds(served_database, key) == (0, 0))
 
 
+@pytest.fixture
+def slow_retrieval(priced_app: Any) -> Iterator[list[str]]:
+    """Retrieval held 0.5 s, so a client can hang up before generation; yields the questions generated.
+
+    A fake in timing only: the real pipeline retrieves and generates, the real generator is wrapped
+    to note each question it is asked.
+    """
+    pipeline = priced_app.state.pipeline
+    prepare, stream = pipeline.prepare, pipeline.stream
+    generated: list[str] = []
+
+    def slow_prepare(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)
+        return prepare(*args, **kwargs)
+
+    def noted_stream(prepared: Any, **kwargs: Any) -> Any:
+        generated.append(prepared.question.text)
+        return stream(prepared, **kwargs)
+
+    pipeline.prepare, pipeline.stream = slow_prepare, noted_stream
+    try:
+        yield generated
+    finally:
+        pipeline.prepare, pipeline.stream = prepare, stream
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_hang_up_during_retrieval_generates_nothing_and_bills_no_completion(
+    url: str, served_database: Database, slow_retrieval: list[str], stream: bool
+) -> None:
+    key = new_key(served_database, ["query"], budget_usd_day=1000.0)
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({**QUESTION, "stream": stream}).encode()
+    head = (
+        f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + body)
+        time.sleep(0.1)  # the request is read and retrieving
+    wait_for(lambda: len(ledger_rows(served_database, key)) == 1)
+    [row] = ledger_rows(served_database, key)
+    assert row["status"] == 499 and row["error_kind"] == "client_disconnected", row
+    assert row["completion_tokens"] == 0
+    assert slow_retrieval == []  # the generator was never asked
+    wait_for(lambda: holds(served_database, key) == (0, 0))
+
+
 def test_50_early_hang_ups_leave_nothing_reserved(url: str, served_database: Database) -> None:
     key = new_key(served_database, ["query"], budget_usd_day=1000.0, budget_usd_month=5000.0)
     with ThreadPoolExecutor(10) as pool:
