@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psycopg
@@ -43,7 +42,7 @@ def observation_to_record(request_id: str, prepared: Prepared, answer: Answer) -
     """Recording the answer for drift monitoring, when its configuration monitors its collection.
 
     Everything recorded is already in memory (no model runs, no read): the question's vector and
-    the retrieval scores, and the answer's numbers (:func:`answer_numbers`). Written with the
+    the retrieval scores, and the answer's length, refusal and support share. Written with the
     ledger row, after the response.
     """
     collection = prepared.question.collection or ""
@@ -55,26 +54,25 @@ def observation_to_record(request_id: str, prepared: Prepared, answer: Answer) -
         config=prepared.config.name,
         embedding=prepared.query_vector,
         scores=prepared.hit_scores,
-        **answer_numbers(prepared, answer),
+        answer_tokens=answer.usage.completion_tokens,
+        refused=refused(answer.text),
+        support_share=live_support_share(prepared, answer),
     )
     return AfterAnswer("drift", lambda conn: store.record_observation(conn, observation))
 
 
-def answer_numbers(prepared: Prepared, answer: Answer) -> dict[str, Any]:
-    """The answer-side drift measures of one answer: its length in tokens, whether it refused, its support share.
+def live_support_share(prepared: Prepared, answer: Answer) -> float | None:
+    """The answer's support share, as online evaluation measures it, on the same text online evaluation reads.
 
-    Support is online evaluation's measure on the same text online evaluation reads (the answer as
-    the PII filter left it) against the cited chunks as the model read them; None where the
-    configuration does not filter answers, so the two series agree.
+    That text is the answer as the PII filter left it, judged against the cited chunks as the model
+    read them; None where the configuration does not filter answers (so the two series agree), for
+    a refusal, or with nothing cited.
     """
-    was_refused = refused(answer.text)
-    share = None
     transcript = prepared.pii.filtered_transcript()
-    if transcript is not None and not was_refused:
-        text = transcript["answer"]
-        threshold = prepared.config.config.online_eval.support_threshold
-        share = support_share(text, cited(text, prepared.context), threshold)
-    return {"answer_tokens": answer.usage.completion_tokens, "refused": was_refused, "support_share": share}
+    if transcript is None:
+        return None
+    text = transcript["answer"]
+    return support_share(text, cited(text, prepared.context), prepared.config.config.online_eval.support_threshold)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from app.drift_report import render_html
 from app.generators.base import NOT_FOUND_ANSWER, Delta, Finished, GenerationRequest, Generator
 from app.main import create_app
+from app.metrics import DriftCollector
 from core.config import DriftSettings
 from core.db import Database
 from core.drift import monitor, store
@@ -309,7 +310,7 @@ def observe_answers(
 
 @pytest.mark.parametrize(("refusal_rate", "state"), [(1.0, "drift"), (0.1, "ok")])
 def test_refusal_rate_drifts_when_a_window_refuses_everything_not_when_unchanged(
-    clean: psycopg.Connection, drift_configs: Path, refusal_rate: float, state: str
+    drift_client: TestClient, clean: psycopg.Connection, drift_configs: Path, refusal_rate: float, state: str
 ) -> None:
     from app.drift import pin_window
     from core.config import load_config
@@ -328,6 +329,19 @@ def test_refusal_rate_drifts_when_a_window_refuses_everything_not_when_unchanged
     assert rows["refusal"].window_value == pytest.approx(refusal_rate)
     assert rows["answer_tokens"].state == "ok" and rows["question_embedding"].state == "ok"
     assert rows["support_share"].n == round(40 * (1 - refusal_rate))  # refusals have no support share
+
+    body = drift_client.get("/v1/admin/drift", params={"collection": "default"}).json()
+    assert {w["signal"]: w["state"] for w in body["latest"]}["refusal"] == state
+    app_state = drift_client.app.state  # type: ignore[attr-defined]
+    gauges = {
+        (s.name, s.labels["signal"], s.labels.get("state")): s.value
+        for family in DriftCollector(app_state.pool, app_state.catalog).collect()
+        for s in family.samples
+    }
+    assert gauges[("ragops_drift_state", "refusal", state)] == 1.0
+    assert gauges[("ragops_drift_p_threshold", "refusal", None)] == pytest.approx(0.01 / 5)  # the answer group
+    page = render_html(store.read_windows(clean, collections=None), {"default": DriftSettings(**DRIFT)})
+    assert "refusal" in page and "support_share" in page
 
 
 def test_a_reference_of_questions_only_has_no_answer_reference(clean: psycopg.Connection) -> None:
