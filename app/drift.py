@@ -36,6 +36,7 @@ MIN_REFERENCE = 20  # a reference with fewer questions is refused: every window 
 GAP_CLUSTERS_MAX = 12
 GAP_EXAMPLES = 3  # example questions shown per content-gap cluster
 GAP_EXAMPLE_CHARS = 300
+GAP_CANDIDATES = 50  # stored questions looked up per cluster for its examples
 
 
 def observation_to_record(request_id: str, prepared: Prepared, answer: Answer) -> AfterAnswer | None:
@@ -196,22 +197,19 @@ def content_gaps(
         return []
     k = max(1, min(GAP_CLUSTERS_MAX, round(math.sqrt(len(vectors) / 2))))
     labels = kmeans(vectors, k)
-    texts = filtered_questions(conn, request_ids) if examples else {}
+    nearest = {int(j): _by_closeness(vectors, np.flatnonzero(labels == j)) for j in np.unique(labels)}
+    texts: dict[str, str] = {}
+    if examples:  # only the questions nearest each centre are looked up: the store may hold weeks of them
+        texts = filtered_questions(conn, [request_ids[i] for m in nearest.values() for i in m[:GAP_CANDIDATES]])
     clusters = []
-    for j in np.unique(labels):
-        members = np.flatnonzero(labels == j)
-        clusters.append(GapCluster(int(j), len(members), round(float(scores[members].mean()), 4),
-                                   _nearest_examples(vectors, members, request_ids, texts)))  # fmt: skip
+    for j, m in nearest.items():
+        found = [texts[request_ids[i]] for i in m[:GAP_CANDIDATES] if request_ids[i] in texts]
+        clusters.append(GapCluster(j, len(m), round(float(scores[m].mean()), 4),
+                                   [text[:GAP_EXAMPLE_CHARS] for text in found[:GAP_EXAMPLES]]))  # fmt: skip
     return sorted(clusters, key=lambda c: -c.questions)
 
 
-def _nearest_examples(
-    vectors: np.ndarray, members: np.ndarray, request_ids: Sequence[str], texts: dict[str, str]
-) -> list[str]:
-    """Up to GAP_EXAMPLES stored questions of a cluster, those nearest its centre first."""
-    if not texts:
-        return []
-    centre = vectors[members].mean(axis=0)
-    order = members[np.argsort(-(vectors[members] @ centre), kind="stable")]
-    found = [texts[request_ids[i]] for i in order if request_ids[i] in texts]
-    return [text[:GAP_EXAMPLE_CHARS] for text in found[:GAP_EXAMPLES]]
+def _by_closeness(vectors: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """A cluster's members, the one nearest its centre (cosine) first."""
+    x = vectors[members] / np.maximum(np.linalg.norm(vectors[members], axis=1, keepdims=True), 1e-12)
+    return members[np.argsort(-(x @ x.mean(axis=0)), kind="stable")]
