@@ -26,9 +26,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from app.after_answer import AfterAnswer, perform
 from app.inflight import InFlight
 from app.keys import ApiKey, VerifiedKeys
-from app.online_eval import QueuedEvaluation, enqueue
 from app.pricing import Pricing
 from core.errors import BudgetExceeded, RateLimited
 from core.money import format_usd, to_stored_usd
@@ -398,10 +398,11 @@ class Accountant:
         entry: LedgerEntry,
         reservation: Reservation | None = None,
         rate: RateHold | None = None,
-        evaluation: QueuedEvaluation | None = None,
+        after: Sequence[AfterAnswer] = (),
     ) -> None:
-        """Settle the reservation and the tokens-per-minute hold, write the ledger row and queue a sampled
-        online evaluation, in one transaction.
+        """Settle the reservation and the tokens-per-minute hold, write the ledger row, then what the answer
+        left behind (``after``, each in a savepoint: one failing loses neither the others nor the row),
+        in one transaction.
 
         A database failure is logged, never raised into the response.
         """
@@ -413,7 +414,6 @@ class Accountant:
                     used = entry.prompt_tokens + entry.completion_tokens
                     add_rate_tokens(conn, rate.key_id, used - rate.tokens, rate.window_start)
                 write_ledger(conn, entry)
-                if evaluation is not None:
-                    enqueue(conn, evaluation)
+                perform(conn, after, entry.request_id)
         except (psycopg.Error, OSError) as exc:
             log.error("ledger write failed for request %s: %s", entry.request_id, type(exc).__name__)

@@ -130,6 +130,9 @@ class Prepared:
     # monitoring records (no text).
     query_vector: np.ndarray | None = None
     hit_scores: list[float] = field(default_factory=list)
+    # The text of each citation's chunk as the model read it ([n] is context[n - 1]), in memory only: drift
+    # monitoring measures the answer's support share on it.
+    context: list[str] = field(default_factory=list)
     rollout_id: int | None = None  # set when a rollout routed the request (app.rollouts.routing)
     rollout_side: str | None = None
     rollout: Any = None  # the routing's Assignment (app.rollouts.routing), for queueing the question

@@ -1,8 +1,8 @@
 """Drift monitoring at the app layer: recording answers, pinning references, content gaps, summaries.
 
-Recording is one call from the answering path (:func:`record_answer`); it stores the vector
-retrieval already computed and the retrieval scores, never text, and only where the
-configuration's ``drift`` section enables it.
+Recording is one write the answering path leaves behind (:func:`observation_to_record`): the
+vector retrieval already computed, the retrieval scores and the answer's numbers, never text, and
+only where the configuration's ``drift`` section enables it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from psycopg_pool import ConnectionPool
 
-from app.answers import Prepared
+from app.after_answer import AfterAnswer
+from app.answers import Answer, Prepared
+from app.feedback import filtered_questions
+from app.quality import cited, refused, support_share
 from app.retrieval import RetrievalQuery, active_version, search
 from core.config import DriftSettings, LoadedConfig, parse_duration
 from core.drift import monitor, store
@@ -32,28 +34,46 @@ log = logging.getLogger(__name__)
 
 MIN_REFERENCE = 20  # a reference with fewer questions is refused: every window would be judged against noise
 GAP_CLUSTERS_MAX = 12
+GAP_EXAMPLES = 3  # example questions shown per content-gap cluster
+GAP_EXAMPLE_CHARS = 300
+GAP_CANDIDATES = 50  # stored questions looked up per cluster for its examples
 
 
-def record_answer(pool: ConnectionPool, request_id: str, prepared: Prepared) -> None:
-    """Record an answered question for drift monitoring when its configuration monitors its collection.
+def observation_to_record(request_id: str, prepared: Prepared, answer: Answer) -> AfterAnswer | None:
+    """Recording the answer for drift monitoring, when its configuration monitors its collection.
 
-    A failure is logged and swallowed: monitoring must never fail an answer that was already given.
+    Everything recorded is already in memory (no model runs, no read): the question's vector and
+    the retrieval scores, and the answer's length, refusal and support share. Written with the
+    ledger row, after the response.
     """
     collection = prepared.question.collection or ""
     if not prepared.config.config.drift.monitors(collection):
-        return
+        return None
     observation = store.Observation(
         request_id=request_id,
         collection=collection,
         config=prepared.config.name,
         embedding=prepared.query_vector,
         scores=prepared.hit_scores,
+        answer_tokens=answer.usage.completion_tokens,
+        refused=refused(answer.text),
+        support_share=live_support_share(prepared, answer),
     )
-    try:
-        with pool.connection() as conn:
-            store.record_observation(conn, observation)
-    except psycopg.Error as exc:
-        log.warning("drift: answer %s not recorded: %s", request_id, type(exc).__name__)
+    return AfterAnswer("drift", lambda conn: store.record_observation(conn, observation))
+
+
+def live_support_share(prepared: Prepared, answer: Answer) -> float | None:
+    """The answer's support share, as online evaluation measures it, on the same text online evaluation reads.
+
+    That text is the answer as the PII filter left it, judged against the cited chunks as the model
+    read them; None where the configuration does not filter answers (so the two series agree), for
+    a refusal, or with nothing cited.
+    """
+    transcript = prepared.pii.filtered_transcript()
+    if transcript is None:
+        return None
+    text = transcript["answer"]
+    return support_share(text, cited(text, prepared.context), prepared.config.config.online_eval.support_threshold)
 
 
 @dataclass(frozen=True)
@@ -153,25 +173,43 @@ class GapCluster:
     cluster: int
     questions: int
     mean_top_score: float
-    examples: list[str]  # PII-filtered examples from the transcript store; empty while there is none
+    examples: list[str]  # PII-filtered questions from the transcript store; empty while it is off
 
 
 def content_gaps(
-    conn: psycopg.Connection, collection: str, config: str, settings: DriftSettings, *, days: int = 7
+    conn: psycopg.Connection,
+    collection: str,
+    config: str,
+    settings: DriftSettings,
+    *,
+    days: int = 7,
+    examples: bool = False,
 ) -> list[GapCluster]:
     """Poorly retrieved questions of the last ``days``, clustered on their vectors, biggest cluster first.
 
-    Counts only: examples need the transcript store (PII-filtered text kept by opt-in), which this
-    build does not have; a transcript reader fills ``examples`` when it does.
+    ``examples``: the configuration keeps transcripts; each cluster then shows up to
+    ``GAP_EXAMPLES`` of its questions as the transcript store holds them (PII-filtered, the ones
+    nearest its centre first). Otherwise counts only: drift tables hold no text.
     """
     since = datetime.now(UTC) - timedelta(days=days)
-    vectors, scores = store.low_score_vectors(conn, collection, config, since, settings.gap_score)
+    vectors, scores, request_ids = store.low_score_vectors(conn, collection, config, since, settings.gap_score)
     if len(vectors) == 0:
         return []
     k = max(1, min(GAP_CLUSTERS_MAX, round(math.sqrt(len(vectors) / 2))))
     labels = kmeans(vectors, k)
-    clusters = [
-        GapCluster(int(j), int((labels == j).sum()), round(float(scores[labels == j].mean()), 4), [])
-        for j in np.unique(labels)
-    ]
+    nearest = {int(j): _by_closeness(vectors, np.flatnonzero(labels == j)) for j in np.unique(labels)}
+    texts: dict[str, str] = {}
+    if examples:  # only the questions nearest each centre are looked up: the store may hold weeks of them
+        texts = filtered_questions(conn, [request_ids[i] for m in nearest.values() for i in m[:GAP_CANDIDATES]])
+    clusters = []
+    for j, m in nearest.items():
+        found = [texts[request_ids[i]] for i in m[:GAP_CANDIDATES] if request_ids[i] in texts]
+        clusters.append(GapCluster(j, len(m), round(float(scores[m].mean()), 4),
+                                   [text[:GAP_EXAMPLE_CHARS] for text in found[:GAP_EXAMPLES]]))  # fmt: skip
     return sorted(clusters, key=lambda c: -c.questions)
+
+
+def _by_closeness(vectors: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """A cluster's members, the one nearest its centre (cosine) first."""
+    x = vectors[members] / np.maximum(np.linalg.norm(vectors[members], axis=1, keepdims=True), 1e-12)
+    return members[np.argsort(-(x @ x.mean(axis=0)), kind="stable")]

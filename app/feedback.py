@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,13 +20,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from app.after_answer import AfterAnswer
 from core.config import parse_duration
 from core.errors import AccessDenied, BadRequest, NotFound
 from ingest.worker import Chore
 
 if TYPE_CHECKING:  # types only: the CLI imports this module for the worker's chores
-    from psycopg_pool import ConnectionPool
-
     from app.answers import Answer, Prepared
     from app.keys import ApiKey
     from core.access import Grant
@@ -75,35 +75,42 @@ def transcript_citations(prepared: Prepared, answer: Answer) -> list[dict[str, A
     ]
 
 
-def keep_transcript(pool: ConnectionPool, request_id: str, prepared: Prepared, answer: Answer) -> bool:
-    """Store the answer's filtered transcript when its configuration opts in; whether a row was written.
+def transcript_to_keep(request_id: str, prepared: Prepared, answer: Answer) -> AfterAnswer | None:
+    """Storing the answer's filtered transcript, when its configuration opts in (written with the ledger row).
 
-    Nothing is stored when the question or answer went unfiltered (``pii.on_error: pass``); a failed
-    write is logged, never raised: the answer has already been given.
+    Nothing is stored when the question or answer went unfiltered (``pii.on_error: pass``).
     """
     settings = prepared.config.config.feedback.transcripts
     if not settings.enabled:
-        return False
+        return None
     transcript = prepared.pii.filtered_transcript()
     if transcript is None:
         log.info("request %s: no transcript stored; configuration %r did not filter question and answer",
                  request_id, prepared.config.name)  # fmt: skip
-        return False
-    try:
-        with pool.connection() as conn:
-            conn.execute(
-                """INSERT INTO transcripts (request_id, collection, config_version, prompt_version, index_version,
-                       model, question, answer, citations, expires_at)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(days => %s))
-                   ON CONFLICT (request_id) DO NOTHING""",
-                (request_id, prepared.question.collection or "", answer.versions.config, answer.versions.prompt,
-                 answer.versions.index, answer.versions.model, transcript["question"], transcript["answer"],
-                 Jsonb(transcript_citations(prepared, answer)), settings.retention_days),
-            )  # fmt: skip
-    except (psycopg.Error, OSError) as exc:
-        log.error("transcript write failed for request %s: %s", request_id, type(exc).__name__)
-        return False
-    return True
+        return None
+    row = (request_id, prepared.question.collection or "", answer.versions.config, answer.versions.prompt,
+           answer.versions.index, answer.versions.model, transcript["question"], transcript["answer"],
+           Jsonb(transcript_citations(prepared, answer)), settings.retention_days)  # fmt: skip
+
+    def write(conn: psycopg.Connection) -> None:
+        conn.execute(
+            """INSERT INTO transcripts (request_id, collection, config_version, prompt_version, index_version,
+                   model, question, answer, citations, expires_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(days => %s))
+               ON CONFLICT (request_id) DO NOTHING""",
+            row,
+        )
+
+    return AfterAnswer("transcript", write)
+
+
+def filtered_questions(conn: psycopg.Connection, request_ids: Sequence[str]) -> dict[str, str]:
+    """The transcript store's (PII-filtered) question of each of ``request_ids`` that has an unexpired one."""
+    rows = conn.execute(
+        "SELECT request_id, question FROM transcripts WHERE request_id = ANY(%s) AND expires_at > now()",
+        (list(request_ids),),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
 
 
 def purge_expired_transcripts(conn: psycopg.Connection, now: datetime | None = None) -> int:

@@ -338,7 +338,8 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 def create_app(settings: Settings | None = None, *, metering: bool = True, tracing: Tracing | None = None) -> FastAPI:
     """Build the application; nothing is started until the lifespan runs.
 
-    ``metering=False`` (benchmarks only) skips keys, budgets and the ledger, to measure their cost.
+    ``metering=False`` (benchmarks only) skips keys, budgets and the ledger, to measure their cost, and with
+    the ledger what answers leave behind (app/after_answer.py).
     ``tracing``: where spans go; by default from the standard ``OTEL_*`` variables (off without an endpoint).
     """
     settings = settings or get_settings()

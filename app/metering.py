@@ -18,12 +18,12 @@ from typing import TypeVar
 from opentelemetry.util.types import AttributeValue
 
 from app.accounting import Accountant, LedgerEntry, RateHold, Reservation, hold_rate_tokens, reserve_budget
+from app.after_answer import AfterAnswer
 from app.answers import Answer, AnswerDone, Prepared
 from app.generators.base import count_prompt_tokens
 from app.inflight import Slot
 from app.keys import ApiKey
 from app.metrics import Metrics
-from app.online_eval import QueuedEvaluation
 from app.pii import PiiSession
 from core.errors import ClientGone, status_of
 from core.tokens import count_tokens
@@ -75,7 +75,7 @@ class Meter:
     settled: bool = False
     closed: bool = False
     _events: Generator[object, None, None] | None = field(default=None, repr=False)
-    evaluation: QueuedEvaluation | None = None  # a sampled answer, queued with the ledger row
+    after: list[AfterAnswer] = field(default_factory=list)  # written with the ledger row, after the response
     gone: threading.Event = field(default_factory=threading.Event)  # set when the client disconnects
 
     @property
@@ -123,6 +123,11 @@ class Meter:
                 self.reservation = reserve_budget(
                     conn, key, worst, e.request_id, stale_after_s=self.accountant.hold_max_age_s
                 )
+
+    def leave(self, write: AfterAnswer | None) -> None:
+        """Have ``write`` performed with the ledger row, once the response is over (None: nothing to write)."""
+        if write is not None:
+            self.after.append(write)
 
     def watch(self, events: Iterator[E]) -> Iterator[E]:
         """The answer's events, accounted: finished by the last one, failed by an error.
@@ -220,10 +225,11 @@ class Meter:
         if self.pii is not None:
             e.pii_counts = self.pii.report()
         e.latency_ms["total"] = (time.perf_counter() - self.started) * 1000
-        # One connection, after the response: settlement, the token window and the ledger row.
+        # One connection, after the response: settlement, the token window, the ledger row and what the
+        # answer left behind.
         # Until it lands the worst-case holds stay in place, so a budget is never overrun.
         with stage("ragops.accounting"):
-            self.accountant.record(e, self.reservation, self.rate, self.evaluation)
+            self.accountant.record(e, self.reservation, self.rate, self.after)
         annotate(request_attributes(e, self.prepared))
         self._observe(e, route or UNMATCHED_ROUTE)
 

@@ -1,7 +1,7 @@
 """Online evaluation: a sampled share of live answers, measured in the worker, aggregated per day.
 
 The request path only decides whether an answer is sampled and, if so, hands one small row to
-the ledger write (after the response, in the same transaction; see ``Accountant.record``). The
+the ledger write (after the response, in the same transaction; see app/after_answer.py). The
 row keeps no one's words: the PII-filtered answer (none at all when the configuration does not
 filter answers), the cited chunk ids and their retrieval scores, and numbers. The worker claims
 rows with ``FOR UPDATE SKIP LOCKED``, measures them (app/quality.py: no model runs), adds the measures to
@@ -24,8 +24,9 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from app.after_answer import AfterAnswer
 from app.answers import Answer, Prepared
-from app.quality import cited_numbers, claims, refused, support, top_score_and_margin
+from app.quality import cited, cited_numbers, refused, support_share, top_score_and_margin
 from core.catalog import Catalog
 from core.config import LoadedConfig, OnlineEvalSettings, parse_duration
 from core.errors import BadRequest, RagopsError
@@ -98,6 +99,12 @@ def queued_evaluation(request_id: str, prepared: Prepared, answer: Answer, cost_
     )
 
 
+def evaluation_to_queue(request_id: str, prepared: Prepared, answer: Answer, cost_usd: float) -> AfterAnswer | None:
+    """Queueing the answer for online evaluation, when it is sampled (written with the ledger row)."""
+    item = queued_evaluation(request_id, prepared, answer, cost_usd)
+    return AfterAnswer("online evaluation", lambda conn: enqueue(conn, item)) if item is not None else None
+
+
 def enqueue(conn: psycopg.Connection, item: QueuedEvaluation) -> None:
     """Queue one evaluation (a second one for the same request is ignored)."""
     conn.execute(
@@ -147,9 +154,7 @@ def answer_support(
     """Share of the answer's sentences a chunk it cites supports (None for a refusal, or nothing to check)."""
     if refused(answer):
         return None
-    numbers = cited_numbers(answer, len(chunk_ids))
-    cited = [chunk_ids[n - 1] for n in numbers] if numbers else list(chunk_ids)
-    return support(claims(answer), chunk_texts(conn, index_version_id, cited), threshold)
+    return support_share(answer, chunk_texts(conn, index_version_id, cited(answer, chunk_ids)), threshold)
 
 
 class OnlineEvaluator:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 from app.generators.base import NOT_FOUND_ANSWER
 from app.generators.extractive import content_words, split_sentences
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
+T = TypeVar("T")
 
 
 def refused(answer: str) -> bool:
@@ -29,6 +31,12 @@ def cited_numbers(answer: str, offered: int) -> list[int]:
         if 1 <= n <= offered:
             seen.setdefault(n, None)
     return list(seen)
+
+
+def cited(answer: str, offered: Sequence[T]) -> list[T]:
+    """What the answer cites of ``offered`` (numbered ``[1]``... in order), all of it when it cites nothing."""
+    numbers = cited_numbers(answer, len(offered))
+    return [offered[n - 1] for n in numbers] if numbers else list(offered)
 
 
 def claims(answer: str) -> list[str]:
@@ -61,3 +69,10 @@ def support(sentences: Sequence[str], chunks: Sequence[str], threshold: float) -
         if words and max(len(words & cw) for cw in chunk_words) >= threshold * len(words):
             supported += 1
     return supported / len(sentences)
+
+
+def support_share(answer: str, cited_texts: Sequence[str], threshold: float) -> float | None:
+    """Share of the answer's sentences the texts it cites support (None for a refusal, or nothing to judge)."""
+    if refused(answer):
+        return None
+    return support(claims(answer), cited_texts, threshold)

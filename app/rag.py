@@ -343,6 +343,7 @@ class RagPipeline:
             started=started,
             query_vector=vector,
             hit_scores=[hit.score for hit in hits],
+            context=[p.hit.text for p in passages],
         )
 
     def _learned_names(self, collection: str, policy: PiiSettings) -> frozenset[str]:

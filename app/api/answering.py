@@ -2,18 +2,20 @@
 
 The request's meter (owned by the request middleware) begins once retrieval is done and
 watches the answer's events; the middleware closes it when the response is over, so streamed
-and whole answers, errors and hang-ups are all settled in one place.
+and whole answers, errors and hang-ups are all settled in one place, and what a finished answer
+leaves behind is written there too, never before the ``done`` event reaches the client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from app.after_answer import AfterAnswer
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
-from app.drift import record_answer
-from app.feedback import keep_transcript
+from app.drift import observation_to_record
+from app.feedback import transcript_to_keep
 from app.metering import Meter
-from app.online_eval import queued_evaluation
+from app.online_eval import evaluation_to_queue
 from app.pii import log_transcript
 from app.rag import RagPipeline, final_answer
 from core.access import Grant
@@ -51,19 +53,26 @@ def answer_events(
         if isinstance(event, AnswerDone):
             if pipeline.settings.log_text:
                 log_transcript(meter.entry.request_id, prepared.config.name, prepared.pii)
-            keep_transcript(pipeline.pool, meter.entry.request_id, prepared, event.answer)  # opt-in, filtered text
-            record_answer(pipeline.pool, meter.entry.request_id, prepared)
-            sample_online_evaluation(meter, prepared, event.answer)
-            if prepared.rollout is not None and pipeline.rollouts is not None:
-                pipeline.rollouts.after_answer(
-                    prepared.rollout, prepared, event.answer, meter.entry.cost_usd, meter.entry.request_id
-                )
+            for write in left_behind(pipeline, prepared, event.answer, meter.entry.request_id, meter.entry.cost_usd):
+                meter.leave(write)
         yield event
 
 
-def sample_online_evaluation(meter: Meter, prepared: Prepared, answer: Answer) -> None:
-    """Queue a sampled share of answers for the worker's online evaluation (written with the ledger row)."""
-    meter.evaluation = queued_evaluation(meter.entry.request_id, prepared, answer, meter.entry.cost_usd)
+def left_behind(
+    pipeline: RagPipeline, prepared: Prepared, answer: Answer, request_id: str, cost_usd: float
+) -> list[AfterAnswer | None]:
+    """What an answer leaves behind, decided now from memory and written with the ledger row after the response:
+    the opt-in filtered transcript, the drift record, a sampled online evaluation, a rollout's sampled question.
+    """
+    rollout = None
+    if prepared.rollout is not None and pipeline.rollouts is not None:
+        rollout = pipeline.rollouts.after_answer(prepared.rollout, prepared, answer, cost_usd, request_id)
+    return [
+        transcript_to_keep(request_id, prepared, answer),
+        observation_to_record(request_id, prepared, answer),
+        evaluation_to_queue(request_id, prepared, answer, cost_usd),
+        rollout,
+    ]
 
 
 def complete(pipeline: RagPipeline, prepared: Prepared, meter: Meter) -> Answer:

@@ -44,7 +44,7 @@ class DriftWindowOut(BaseModel):
 
 
 class GapOut(BaseModel):
-    """A cluster of poorly retrieved questions (counts; examples only with a transcript store)."""
+    """A cluster of poorly retrieved questions (counts; PII-filtered example questions only with a transcript store)."""
 
     cluster: int
     questions: int
@@ -85,7 +85,9 @@ def read_drift(
         rows = store.read_windows(
             conn, collections=frozenset({name}), collection=name, config=loaded.name, since=since, limit=limit
         )
-        gaps = drift.content_gaps(conn, name, loaded.name, loaded.config.drift)
+        gaps = drift.content_gaps(
+            conn, name, loaded.name, loaded.config.drift, examples=loaded.config.feedback.transcripts.enabled
+        )
     latest: dict[str, store.WindowRow] = {}
     for row in rows:
         latest[row.signal] = row

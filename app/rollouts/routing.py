@@ -1,9 +1,9 @@
 """The request path's part of a rollout: which side answers, and queueing a sampled question for the worker.
 
-Nothing here answers a second time: a sampled question is one INSERT (its PII-filtered text and the
-measures of the answer the user got); the worker answers it on the other side. Active rollouts are
-read at most once per ``ttl_s`` per process, so a request costs no query; an abort or a promotion
-reaches every process within that time.
+Nothing here answers a second time: a sampled question is one INSERT, written with the ledger row after
+the response (its PII-filtered text and the measures of the answer the user got); the worker answers
+it on the other side. Active rollouts are read at most once per ``ttl_s`` per process, so a request
+costs no query; an abort or a promotion reaches every process within that time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from app.after_answer import AfterAnswer
 from app.answers import Answer, Prepared, Question
 from app.rollouts import store
 from app.rollouts.measures import measures
@@ -94,15 +95,17 @@ class RolloutRouter:
         return question, grant, Assignment(rollout, side)
 
     def after_answer(self, assignment: Assignment, prepared: Prepared, answer: Answer, cost_usd: float,
-                     request_id: str) -> None:  # fmt: skip
-        """Queue a sampled share of answered questions for the other side (never unfiltered text)."""
+                     request_id: str) -> AfterAnswer | None:  # fmt: skip
+        """Queueing the question for the other side, for a sampled share of answers (never unfiltered text).
+
+        The sample is drawn and the answer measured now; the row is written with the ledger row.
+        """
         rollout = assignment.rollout
         rate = rollout.guards.shadow_sample_rate if rollout.status == "shadow" else rollout.guards.canary_sample_rate
         if rate <= 0 or self.rng.random() >= rate or not prepared.pii.applies("question"):
-            return
-        try:
-            with self.pool.connection() as conn:
-                store.enqueue(conn, rollout, request_id, assignment.side, prepared.question.text,
-                              measures(answer, cost_usd))  # fmt: skip
-        except psycopg.Error as exc:  # a lost sample, never a failed answer
-            log.warning("rollout %s: could not queue a question: %s", rollout.id, type(exc).__name__)
+            return None
+        question, served = prepared.question.text, measures(answer, cost_usd)
+        return AfterAnswer(
+            "rollout queue",
+            lambda conn: store.enqueue(conn, rollout, request_id, assignment.side, question, served),
+        )

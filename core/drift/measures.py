@@ -1,9 +1,9 @@
 """Live answer measures: the answer-side drift signals of the answers recorded in a window.
 
-One seam, :class:`AnswerMeasures`, so the source can change without the monitor changing: today
-the ledger (tokens, cost and PII counts of each recorded answer, joined on its request id);
-online evaluation's per-answer measures (refusal, support share) plug in as another
-implementation, combined with this one by :class:`CombinedMeasures`.
+One seam, :class:`AnswerMeasures`, so the source can change without the monitor changing: the
+ledger (cost and PII counts of each recorded answer, joined on its request id) and the numbers
+recorded beside each answer's observation (length, refusal, and online evaluation's support
+share), side by side through :class:`CombinedMeasures`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from datetime import datetime
 
 import numpy as np
 import psycopg
+
+from core.drift import store
 
 
 class AnswerMeasures(ABC):
@@ -29,15 +31,15 @@ class AnswerMeasures(ABC):
 
 
 class LedgerMeasures(AnswerMeasures):
-    """Answer length (completion tokens), cost and PII entities filtered, from each answer's ledger row."""
+    """Cost and PII entities filtered, from each answer's ledger row."""
 
-    signals = ("answer_tokens", "cost_usd", "pii_entities")
+    signals = ("cost_usd", "pii_entities")
 
     def window(
         self, conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime
     ) -> dict[str, np.ndarray]:
         rows = conn.execute(
-            """SELECT l.completion_tokens, l.cost_usd::float8,
+            """SELECT l.cost_usd::float8,
                       coalesce((SELECT sum(c.value::int) FROM jsonb_each(l.pii_counts) AS s(stage, counts),
                                 jsonb_each_text(s.counts) AS c(type, value)
                                 WHERE jsonb_typeof(s.counts) = 'object'), 0)
@@ -48,6 +50,17 @@ class LedgerMeasures(AnswerMeasures):
             (collection, config, start, end),
         ).fetchall()
         return {name: np.array([r[i] for r in rows], dtype=np.float64) for i, name in enumerate(self.signals)}
+
+
+class ObservedMeasures(AnswerMeasures):
+    """Answer length, refusal and support share, as recorded beside each answer's observation."""
+
+    signals = ("answer_tokens", "refusal", "support_share")
+
+    def window(
+        self, conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime
+    ) -> dict[str, np.ndarray]:
+        return store.window_answers(conn, collection, config, start, end)
 
 
 class CombinedMeasures(AnswerMeasures):
@@ -80,5 +93,5 @@ class CorpusSamples(ABC):
 
 
 def default_measures() -> AnswerMeasures:
-    """The answer measures the worker reads: the ledger's (online evaluation's join here when it lands)."""
-    return CombinedMeasures([LedgerMeasures()])
+    """The answer measures the worker reads: the ledger's and those recorded with each answer."""
+    return CombinedMeasures([LedgerMeasures(), ObservedMeasures()])

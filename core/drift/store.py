@@ -1,7 +1,7 @@
-"""Drift tables: recorded answers (vectors and scores, never text), references, judged windows.
+"""Drift tables: recorded answers (vectors, scores and numbers, never text), references, judged windows.
 
 The worker reads and writes through here, the API records through here, and the CLI pins and
-reports through here, so the SQL of migration 0011 has one home.
+reports through here, so the SQL of migrations 0011 and 0015 has one home.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pgvector.psycopg import register_vector
 
 from core.drift.stats import State
 
-# Scalar signals read straight from drift_observations (the answer-side ones come from a LiveMeasures).
+# Scalar signals read straight from drift_observations (the answer-side ones come from an AnswerMeasures).
 RETRIEVAL_SIGNALS = ("top_score", "score_margin", "empty_retrieval")
 
 
@@ -29,6 +29,9 @@ class Observation:
     config: str
     embedding: np.ndarray | None
     scores: list[float]  # every retrieved chunk's score, best first
+    answer_tokens: int | None = None
+    refused: bool | None = None
+    support_share: float | None = None  # None: a refusal, nothing cited, or the answer went unfiltered
 
     @property
     def top_score(self) -> float | None:
@@ -79,13 +82,15 @@ class WindowRow:
 
 
 def record_observation(conn: psycopg.Connection, obs: Observation) -> None:
-    """Store one answer's vector and retrieval scores (a retried request id is stored once)."""
+    """Store one answer's vector, retrieval scores and answer measures (a retried request id is stored once)."""
     register_vector(conn)
     conn.execute(
-        """INSERT INTO drift_observations (request_id, collection, config, embedding, top_score, score_margin, hits)
-           VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING""",
-        (obs.request_id, obs.collection, obs.config, obs.embedding, obs.top_score, obs.margin, len(obs.scores)),
-    )
+        """INSERT INTO drift_observations (request_id, collection, config, embedding, top_score, score_margin, hits,
+               answer_tokens, refused, support_share)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING""",
+        (obs.request_id, obs.collection, obs.config, obs.embedding, obs.top_score, obs.margin, len(obs.scores),
+         obs.answer_tokens, obs.refused, obs.support_share),
+    )  # fmt: skip
 
 
 def delete_expired(conn: psycopg.Connection, config: str, retention_days: int) -> int:
@@ -123,6 +128,22 @@ def window_retrieval(
         "top_score": np.array([r[0] for r in rows if r[0] is not None], dtype=np.float64),
         "score_margin": np.array([r[1] for r in rows if r[1] is not None], dtype=np.float64),
         "empty_retrieval": np.array([r[2] == 0 for r in rows], dtype=bool),
+    }
+
+
+def window_answers(
+    conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime
+) -> dict[str, np.ndarray]:
+    """The answer measures recorded beside the answers of ``[start, end)``, each where it was measured."""
+    rows = conn.execute(
+        """SELECT answer_tokens, refused, support_share FROM drift_observations WHERE collection = %s
+               AND config = %s AND created_at >= %s AND created_at < %s ORDER BY id""",
+        (collection, config, start, end),
+    ).fetchall()
+    return {
+        "answer_tokens": np.array([r[0] for r in rows if r[0] is not None], dtype=np.float64),
+        "refusal": np.array([r[1] for r in rows if r[1] is not None], dtype=bool),
+        "support_share": np.array([r[2] for r in rows if r[2] is not None], dtype=np.float64),
     }
 
 
@@ -281,17 +302,20 @@ def latest_windows(conn: psycopg.Connection) -> list[WindowRow]:
 
 def low_score_vectors(
     conn: psycopg.Connection, collection: str, config: str, since: datetime, below: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors and top scores of answers since ``since`` whose top score is below ``below`` (or retrieved nothing)."""
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Vectors, top scores and request ids of answers since ``since`` whose top score is below ``below``
+    (or that retrieved nothing)."""
     register_vector(conn)
     rows = conn.execute(
-        """SELECT embedding, coalesce(top_score, 0) FROM drift_observations WHERE collection = %s AND config = %s
-               AND created_at >= %s AND embedding IS NOT NULL AND (top_score IS NULL OR top_score < %s)""",
+        """SELECT embedding, coalesce(top_score, 0), request_id FROM drift_observations
+           WHERE collection = %s AND config = %s AND created_at >= %s AND embedding IS NOT NULL
+             AND (top_score IS NULL OR top_score < %s) ORDER BY id""",
         (collection, config, since, below),
     ).fetchall()
     if not rows:
-        return np.zeros((0, 0), np.float32), np.zeros(0)
-    return np.stack([np.asarray(r[0], dtype=np.float32) for r in rows]), np.array([r[1] for r in rows])
+        return np.zeros((0, 0), np.float32), np.zeros(0), []
+    vectors = np.stack([np.asarray(r[0], dtype=np.float32) for r in rows])
+    return vectors, np.array([r[1] for r in rows]), [r[2] for r in rows]
 
 
 def as_dict(row: WindowRow) -> dict[str, Any]:

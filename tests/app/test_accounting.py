@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -15,9 +17,12 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from app.accounting import LedgerEntry
+from app.after_answer import AfterAnswer
 from app.keys import VerifiedKeys, create_key, revoke_key
 from app.main import create_app
 from core.db import Database
+from core.drift import store
 from core.errors import AuthError
 from tests.app.conftest import authed, make_settings
 from tests.utils.accounts import QUESTION, new_key
@@ -114,6 +119,31 @@ def test_success_is_one_ledger_row_with_tokens_cost_and_versions(priced: TestCli
     )
     assert {"auth", "embed", "retrieve", "generate", "total"} <= set(row["latency_ms"])
     assert "PTO" not in str(row) and "first year" not in str(row)  # no question text in the ledger
+
+
+def test_a_failing_after_answer_write_loses_neither_the_ledger_row_nor_the_other_writes(
+    priced: TestClient, served_database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    accountant = priced.app.state.accountant  # type: ignore[attr-defined]
+    request_id = f"after-{uuid.uuid4().hex}"
+    marker = f"zq{uuid.uuid4().hex[:8]}"
+
+    def broken(conn: psycopg.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (%s)", (marker,))
+
+    def kept(conn: psycopg.Connection) -> None:
+        store.record_observation(conn, store.Observation(request_id, "default", "default", None, [0.5]))
+
+    writes = [AfterAnswer("broken", broken), AfterAnswer("drift", kept)]
+    with caplog.at_level(logging.ERROR, logger="app.after_answer"):
+        accountant.record(LedgerEntry(request_id=request_id, route="/v1/query", status=200), after=writes)
+    assert ledger_row(served_database, request_id) is not None
+    with served_database.connect() as conn:
+        row = conn.execute("SELECT hits FROM drift_observations WHERE request_id = %s", (request_id,)).fetchone()
+        conn.execute("DELETE FROM drift_observations WHERE request_id = %s", (request_id,))
+    assert row == (1,)
+    assert f"broken write failed for request {request_id}: UndefinedTable" in caplog.text
+    assert marker not in caplog.text  # by type name: never the statement or its values
 
 
 def test_a_4xx_is_recorded(priced: TestClient, served_database: Database) -> None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psycopg
 import pytest
@@ -19,29 +20,41 @@ import yaml
 from fastapi.testclient import TestClient
 
 from app.drift_report import render_html
+from app.generators.base import NOT_FOUND_ANSWER, Delta, Finished, GenerationRequest, Generator
 from app.main import create_app
+from app.metrics import DriftCollector
 from core.config import DriftSettings
 from core.db import Database
 from core.drift import monitor, store
-from core.drift.measures import AnswerMeasures, LedgerMeasures
+from core.drift.measures import AnswerMeasures, default_measures
 from core.drift.signals import SIGNALS, judge
+from core.errors import GenerationError
 from ingest.drift_corpus import IndexCorpus
 from ingest.worker import Worker
 from tests.app.conftest import REPO, authed, make_settings
 from tests.utils.accounts import new_key
 from tests.utils.ledger import ledger_row, table_dump
+from tests.utils.server import serve_in_thread, wait_for
 
 WINDOW_S = 3600
 DRIFT = {"enabled": True, "window": "1h", "min_questions": 20, "max_questions": 200, "consecutive": 2}
+ANSWERED = "How many PTO days do new employees get in their first year?"
+UNANSWERABLE = "What is the CEO's favourite ice cream flavour?"
+# Made-up values in valid formats (Presidio rejects well-known sample numbers).
+EMAIL = "odalys.brennan@example.org"
 
 
 @pytest.fixture(scope="module")
 def drift_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's default configuration with drift recording on and small windows."""
+    """The repository's default configuration with drift recording on and small windows, and ``kept``: the same
+    with the transcript store on and every question counted as a content gap."""
     folder = tmp_path_factory.mktemp("drift-configs")
     data = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
     data["drift"] = DRIFT
     (folder / "default.yaml").write_text(yaml.safe_dump(data))
+    data["drift"] = {**DRIFT, "gap_score": 10.0}
+    data["feedback"]["transcripts"]["enabled"] = True
+    (folder / "kept.yaml").write_text(yaml.safe_dump(data))
     shutil.copy(REPO / "configs" / "pricing.yaml", folder / "pricing.yaml")
     return folder
 
@@ -66,20 +79,60 @@ def clean(private_database: Database) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def test_no_drift_table_holds_question_text(drift_client: TestClient, private_database: Database) -> None:
+def test_no_drift_table_holds_question_or_answer_text(drift_client: TestClient, private_database: Database) -> None:
     marker = f"zq{uuid.uuid4().hex[:12]}x"
     response = drift_client.post("/v1/query", json={"question": f"How many PTO days do I get {marker}?"})
     assert response.status_code == 200, response.text
-    request_id = response.json()["request_id"]
+    request_id, answer = response.json()["request_id"], response.json()["answer"]
     with private_database.connect() as conn:
         row = conn.execute(
-            "SELECT collection, config, vector_dims(embedding), top_score, hits FROM drift_observations "
+            "SELECT collection, config, vector_dims(embedding), top_score, hits, refused FROM drift_observations "
             "WHERE request_id = %s",
             (request_id,),
         ).fetchone()
+        columns = conn.execute(
+            """SELECT table_name, column_name, data_type FROM information_schema.columns
+               WHERE table_schema = 'public' AND table_name LIKE 'drift%%'"""
+        ).fetchall()
     assert row is not None and row[:3] == ("default", "default", 384) and row[3] > 0 and row[4] > 0
+    assert row[5] is False  # the answer-side numbers are recorded beside it
     assert ledger_row(private_database, request_id, wait_s=5) is not None
-    assert marker not in table_dump(private_database, skip_index=True)
+    dump = table_dump(private_database, skip_index=True)
+    assert marker not in dump
+    sentences = [s.strip() for s in answer.replace("\n", " ").split(".") if len(s.strip()) > 30]
+    assert sentences and not any(s in dump for s in sentences)  # the answer is not kept either
+    # The only text columns of the drift tables are names and the reference's note (a file name and hash).
+    text_columns = {(t, c) for t, c, kind in columns if kind in ("text", "character varying", "jsonb", "ARRAY")}
+    assert text_columns == {
+        ("drift_observations", "request_id"), ("drift_observations", "collection"), ("drift_observations", "config"),
+        ("drift_references", "collection"), ("drift_references", "config"), ("drift_references", "source"),
+        ("drift_references", "note"), ("drift_reference_values", "signal"), ("drift_reference_values", "values"),
+        ("drift_windows", "collection"), ("drift_windows", "config"), ("drift_windows", "signal"),
+        ("drift_windows", "state"),
+    }  # fmt: skip
+
+
+def observation(database: Database, request_id: str) -> dict[str, Any] | None:
+    with database.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute(
+            "SELECT config, hits, answer_tokens, refused, support_share FROM drift_observations WHERE request_id = %s",
+            (request_id,),
+        ).fetchone()
+
+
+def test_each_answer_records_its_length_refusal_and_support_share(
+    drift_client: TestClient, private_database: Database
+) -> None:
+    answered = drift_client.post("/v1/query", json={"question": ANSWERED}).json()
+    refused = drift_client.post("/v1/query", json={"question": UNANSWERABLE}).json()
+    assert refused["answer"] == NOT_FOUND_ANSWER != answered["answer"]
+    row = observation(private_database, answered["request_id"])
+    assert row is not None and row["refused"] is False
+    assert row["answer_tokens"] == answered["usage"]["completion_tokens"] > 0
+    # The extractive generator answers with the cited chunks' own sentences: all of them are supported.
+    assert row["support_share"] == 1.0
+    row = observation(private_database, refused["request_id"])
+    assert row is not None and row["refused"] is True and row["support_share"] is None
 
 
 def test_answers_are_not_recorded_where_drift_is_off(client: TestClient, served_database: Database) -> None:
@@ -136,7 +189,7 @@ def test_windows_are_judged_once_even_across_a_crash_and_a_restart(
 
     settings = DriftSettings(**DRIFT)
     with conn.transaction():
-        assert monitor.judge_window(conn, "default", "default", settings, base, LedgerMeasures())
+        assert monitor.judge_window(conn, "default", "default", settings, base, default_measures())
     with pytest.raises(RuntimeError):  # the second window dies half-way: nothing of it may stay
         monitor.judge_due(conn, "default", "default", settings, now=now, measures=Crashing())
     assert [r[0] for r in window_counts(conn)] == [base]
@@ -238,3 +291,145 @@ def test_corpus_drift_compares_newly_ingested_chunks_with_the_index(clean: psyco
         verdict = judge(SIGNALS["corpus_embedding"], indexed, added, DriftSettings(min_questions=5))
         assert verdict.reference_n == len(indexed)
         assert (verdict.state == "not_enough_data") is (len(added) < 5)
+
+
+def observe_answers(
+    conn: psycopg.Connection, rng: np.random.Generator, at: datetime, n: int, refusal_rate: float
+) -> None:
+    """``n`` recorded answers at ``at`` of which a ``refusal_rate`` share refused (question vectors unchanged)."""
+    home = np.ones(16)
+    for i, v in enumerate(unit(rng, n, home)):
+        was_refused = i < round(n * refusal_rate)
+        request_id = f"t-{uuid.uuid4().hex}"
+        store.record_observation(conn, store.Observation(
+            request_id, "default", "default", v, [0.8, 0.6], answer_tokens=int(rng.integers(40, 60)),
+            refused=was_refused, support_share=None if was_refused else float(rng.uniform(0.8, 1.0)),
+        ))  # fmt: skip
+        conn.execute("UPDATE drift_observations SET created_at = %s WHERE request_id = %s", (at, request_id))
+
+
+@pytest.mark.parametrize(("refusal_rate", "state"), [(1.0, "drift"), (0.1, "ok")])
+def test_refusal_rate_drifts_when_a_window_refuses_everything_not_when_unchanged(
+    drift_client: TestClient, clean: psycopg.Connection, drift_configs: Path, refusal_rate: float, state: str
+) -> None:
+    from app.drift import pin_window
+    from core.config import load_config
+
+    rng = np.random.default_rng(3)
+    now = datetime.now(UTC)
+    observe_answers(clean, rng, now - timedelta(hours=1), 60, 0.1)
+    pinned = pin_window(clean, "default", load_config("default", drift_configs), "1d", now=now)
+    assert {"refusal", "support_share", "answer_tokens"} <= set(pinned.signals)
+    base = monitor.window_floor(now, WINDOW_S) + timedelta(hours=2)
+    observe_answers(clean, rng, base + timedelta(minutes=1), 40, refusal_rate)
+    monitor.run_due(clean, drift_configs, now=base + timedelta(hours=1, minutes=5))
+    rows = {r.signal: r for r in store.read_windows(clean, collections=None) if r.window_start == base}
+    assert rows["refusal"].state == state and rows["refusal"].n == 40 and rows["refusal"].reference_n == 60
+    assert rows["refusal"].reference_value == pytest.approx(0.1)
+    assert rows["refusal"].window_value == pytest.approx(refusal_rate)
+    assert rows["answer_tokens"].state == "ok" and rows["question_embedding"].state == "ok"
+    assert rows["support_share"].n == round(40 * (1 - refusal_rate))  # refusals have no support share
+
+    body = drift_client.get("/v1/admin/drift", params={"collection": "default"}).json()
+    assert {w["signal"]: w["state"] for w in body["latest"]}["refusal"] == state
+    app_state = drift_client.app.state  # type: ignore[attr-defined]
+    gauges = {
+        (s.name, s.labels["signal"], s.labels.get("state")): s.value
+        for family in DriftCollector(app_state.pool, app_state.catalog).collect()
+        for s in family.samples
+    }
+    assert gauges[("ragops_drift_state", "refusal", state)] == 1.0
+    assert gauges[("ragops_drift_p_threshold", "refusal", None)] == pytest.approx(0.01 / 5)  # the answer group
+    page = render_html(store.read_windows(clean, collections=None), {"default": DriftSettings(**DRIFT)})
+    assert "refusal" in page and "support_share" in page
+
+
+def test_a_reference_of_questions_only_has_no_answer_reference(clean: psycopg.Connection) -> None:
+    rng = np.random.default_rng(4)
+    home = np.ones(16)
+    store.create_reference(clean, "default", "default", "questions", unit(rng, 40, home),
+                           {"top_score": rng.normal(0.8, 0.05, 40)})  # fmt: skip
+    base = monitor.window_floor(datetime.now(UTC), WINDOW_S) - timedelta(hours=3)
+    observe_answers(clean, rng, base + timedelta(minutes=1), 30, 1.0)
+    with clean.transaction():
+        monitor.judge_window(clean, "default", "default", DriftSettings(**DRIFT), base, default_measures())
+    rows = {r.signal: r for r in store.read_windows(clean, collections=None)}
+    for signal in ("refusal", "answer_tokens", "support_share", "cost_usd", "pii_entities"):
+        assert rows[signal].state == "no_reference" and not rows[signal].alarm, signal
+    assert rows["question_embedding"].state == "ok"
+
+
+def test_content_gaps_show_filtered_questions_only_with_the_transcript_store(
+    drift_client: TestClient, private_database: Database, clean: psycopg.Connection, drift_configs: Path
+) -> None:
+    from app.drift import content_gaps
+
+    asked = [f"My email is {EMAIL}. Is there a team offsite in {city}?" for city in ("Lisbon", "Oslo", "Quito")]
+    asked.append(UNANSWERABLE)
+    for question in asked:
+        response = drift_client.post("/v1/query", json={"question": question, "config": "kept"})
+        assert response.status_code == 200, response.text
+    kept = DriftSettings(**{**DRIFT, "gap_score": 10.0})
+    [gap] = content_gaps(clean, "default", "kept", kept, examples=True)  # four questions: one cluster
+    assert gap.questions == 4 and len(gap.examples) == 3 and len(set(gap.examples)) == 3
+    assert set(gap.examples) <= {q.replace(EMAIL, "<EMAIL_ADDRESS>") for q in asked}  # as filtered, never raw
+    assert not any(EMAIL in e for e in gap.examples)
+    examples = gap.examples
+    assert all(g.examples == [] for g in content_gaps(clean, "default", "kept", kept))  # the store is off: counts
+    body = drift_client.get("/v1/admin/drift", params={"collection": "default", "config": "kept"}).json()
+    assert sorted(e for g in body["content_gaps"] for e in g["examples"]) == sorted(examples)
+    body = drift_client.get("/v1/admin/drift", params={"collection": "default", "config": "default"}).json()
+    assert all(g["examples"] == [] for g in body["content_gaps"])
+
+
+class FailingGenerator(Generator):
+    """The real extractive generator, failing after its first delta.
+
+    A fake in one respect only: a backend dying mid-stream needs the vLLM tier (tests/app/test_faults.py).
+    """
+
+    name = "extractive"
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
+        for event in self.inner.stream(request):
+            yield event
+            raise GenerationError("the model server went away")
+
+    def model_for(self, request: GenerationRequest) -> str:
+        return self.inner.model_for(request)
+
+
+def test_a_streamed_answer_leaves_its_records_after_done_even_if_the_client_hangs_up(
+    drift_client: TestClient, private_database: Database
+) -> None:
+    pipeline = drift_client.app.state.pipeline  # type: ignore[attr-defined]
+    headers = {"Authorization": drift_client.headers["Authorization"]}
+    payload = {"question": ANSWERED, "config": "kept", "stream": True}
+    with serve_in_thread(drift_client.app, lifespan=False) as url, httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{url}/v1/query", json=payload, headers=headers) as response:
+            answered = response.headers["X-Request-Id"]
+            for line in response.iter_lines():
+                if line.startswith("event: done"):
+                    break  # hang up as soon as the answer is done, before the stream's end
+        slot = f"extractive:{pipeline.catalog.config('kept').name}"
+        real = pipeline.generator(pipeline.catalog.config("kept"))
+        pipeline._generators[slot] = FailingGenerator(real)
+        try:
+            with http.stream("POST", f"{url}/v1/query", json=payload, headers=headers) as response:
+                failed = response.headers["X-Request-Id"]
+                events = [line for line in response.iter_lines() if line.startswith("event: ")]
+        finally:
+            pipeline._generators[slot] = real
+    assert "event: error" in events and "event: done" not in events
+    wait_for(lambda: observation(private_database, answered) is not None)
+    with private_database.connect() as conn:
+        kept = conn.execute("SELECT count(*) FROM transcripts WHERE request_id = %s", (answered,)).fetchone()
+        assert kept == (1,)
+        failed_row = ledger_row(private_database, failed, wait_s=10)
+        assert failed_row is not None and (failed_row["status"], failed_row["error_kind"]) == (502, "GenerationError")
+        for table in ("drift_observations", "transcripts"):
+            left = conn.execute(f"SELECT count(*) FROM {table} WHERE request_id = %s", (failed,)).fetchone()
+            assert left == (0,), table
