@@ -31,6 +31,7 @@ from app.feedback import CHORES
 from app.metering import UNMATCHED_ROUTE, Meter
 from app.metrics import Metrics, QualityGauges
 from app.online_eval import online_evaluator, today_figures
+from app.online_judge import OnlineJudges
 from app.pricing import load_pricing
 from app.rag import RagPipeline
 from app.rollouts.routing import RolloutRouter
@@ -135,9 +136,13 @@ def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str 
     return None
 
 
-def worker_chores(catalog: Catalog) -> tuple[Chore, ...]:
-    """What the worker does between jobs for this layer: expired transcripts, online evaluation."""
-    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog).run_once))
+def worker_chores(catalog: Catalog, settings: Settings) -> tuple[Chore, ...]:
+    """What the worker does between jobs for this layer: expired transcripts, online evaluation (and its
+    LLM judge when a configuration names one; a judge model without a price is a ConfigError here)."""
+    judges = None
+    if any(c.config.online_eval.judge.enabled for c in catalog.configs.values()):
+        judges = OnlineJudges(catalog, settings, load_pricing(settings.configs_dir))
+    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog, judges).run_once))
 
 
 def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> Worker | None:
@@ -148,7 +153,7 @@ def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> W
         enabled = settings.database_url is None
     if not enabled:
         return None
-    worker = Worker(database, settings, chores=worker_chores(catalog))
+    worker = Worker(database, settings, chores=worker_chores(catalog, settings))
     worker.start()
     log.info("in-process job worker %s started", worker.worker_id)
     return worker
