@@ -400,7 +400,7 @@ class JudgeSpendRow(BaseModel):
     day: str
     config: str
     usd: float
-    answers: int = Field(description="Answers judged.")
+    answers: int = Field(description="Answers sent to the judge.")
 
 
 class QualityResponse(BaseModel):
