@@ -558,23 +558,23 @@ class RagConfig(StrictModel):
     rollout: RolloutSettings = RolloutSettings()
 
     @model_validator(mode="after")
-    def _transcripts_filtered(self) -> RagConfig:
+    def _stored_text_filtered(self) -> RagConfig:
         apply_to = self.pii.apply_to
-        if self.feedback.transcripts.enabled and not (self.pii.enabled and apply_to.question and apply_to.answer):
-            raise ValueError(
-                "feedback.transcripts.enabled needs pii.enabled with pii.apply_to.question and .answer: "
-                "only PII-filtered text is ever stored"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _judge_sees_filtered_text(self) -> RagConfig:
-        apply_to = self.pii.apply_to
-        if self.online_eval.judge.enabled and not (self.pii.enabled and apply_to.question and apply_to.answer):
-            raise ValueError(
-                "online_eval.judge needs pii.enabled with pii.apply_to.question and .answer: "
-                "only the PII-filtered question and answer are queued for the judge"
-            )
+        if self.pii.enabled and apply_to.question and apply_to.answer:
+            return self
+        needing = {
+            "feedback.transcripts.enabled": (
+                self.feedback.transcripts.enabled,
+                "only PII-filtered text is ever stored",
+            ),
+            "online_eval.judge": (
+                self.online_eval.judge.enabled,
+                "only the PII-filtered question and answer are queued for the judge",
+            ),
+        }
+        for name, (on, why) in needing.items():
+            if on:
+                raise ValueError(f"{name} needs pii.enabled with pii.apply_to.question and .answer: {why}")
         return self
 
     @model_validator(mode="after")

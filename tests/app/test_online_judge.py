@@ -318,6 +318,11 @@ def test_report_route_and_cli_show_judge_scores_failures_and_spend(
     spend = {s["config"]: s for s in body["judge_spend"]}
     assert spend["capped"]["answers"] == 1 and spend["capped"]["usd"] >= 1.0 and spend["judged"]["usd"] > 0
 
+    gauges = client.get("/metrics").text
+    assert 'measure="faithfulness"' in gauges and 'measure="answer_relevancy"' in gauges
+    assert 'ragops_online_judge_cost_usd{collection="default",config="capped@' in gauges
+    assert 'ragops_online_judged_answers{collection="default",config="judged@' in gauges
+
     env = {**os.environ, "RAGOPS_DATABASE_URL": private_database.url, "COLUMNS": "300"}
     done = subprocess.run([sys.executable, "-m", "app.cli", "quality", "report", "--since", "1d"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)  # fmt: skip
