@@ -207,9 +207,10 @@ class OnlineEvaluator:
             ).fetchall()
             if not rows:
                 return 0
+            # A queued question marks a row the judge's sample picked; without judges it is measured plainly.
+            plain = [r for r in rows if self.judges is None or r[15] is None]
             for_judge = [r for r in rows if self.judges is not None and r[15] is not None][: self.judge_batch]
             leased = {r[0] for r in for_judge}
-            plain = [r for r in rows if r[0] not in leased and not (self.judges is not None and r[15] is not None)]
             if plain:
                 add_measures(conn, [self.measure(conn, row) for row in plain])
                 conn.execute("DELETE FROM online_eval_queue WHERE request_id = ANY(%s)", ([r[0] for r in plain],))

@@ -3,7 +3,8 @@
 A configuration's ``online_eval.judge`` names an OpenAI-compatible endpoint (or "vllm": the service's
 own), a model and a cap. The worker hands each answer the judge's sample picked to ``OnlineJudges.judge``
 outside any transaction; it checks today's spend against the cap, scores the PII-filtered question
-and answer against the cited chunks (app/judge.py: ragas Faithfulness and AnswerRelevancy), prices
+and answer against the cited chunks, filtered by the same policy (app/judge.py: ragas Faithfulness
+and AnswerRelevancy), prices
 the tokens the judge reported and records the spend at once. Failures become counted outcomes,
 never exceptions: a judge that is down costs the batch its judge scores, nothing else.
 """
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from app.pii import PiiSession
 from app.pricing import Pricing
 from core.catalog import Catalog
 from core.config import LoadedConfig, OnlineJudgeSettings
 from core.embedding import get_embedder
 from core.errors import RagopsError
 from core.money import to_stored_usd
+from core.pii import get_pii_engine
 from core.settings import Settings
 
 if TYPE_CHECKING:  # ragas is imported only once a judge runs
@@ -48,6 +51,15 @@ class JudgeOutcome:
 def judge_model(config: LoadedConfig) -> str:
     """The model a configuration's judge asks for (and is priced as): its own, else the generation model."""
     return config.config.online_eval.judge.model or config.config.generation.model
+
+
+def filtered_contexts(config: LoadedConfig, texts: list[str]) -> list[str] | None:
+    """The cited chunks as the configuration's PII policy lets them reach a model (``apply_to.context``),
+    as the answer's own model saw them; None when the filter failed (the judge then sees nothing)."""
+    policy = config.config.pii
+    session = PiiSession(get_pii_engine(policy.nlp_model) if policy.enabled else None, policy)
+    filtered = [session.filter_context(text) for text in texts]
+    return None if session.failures else filtered
 
 
 def lease_seconds(judge: OnlineJudgeSettings, answers: int) -> float:
@@ -127,7 +139,11 @@ class OnlineJudges:
         if spent_today(conn, config.name) >= settings.daily_cap_usd:
             outcome.outcomes["skipped:cap"] += 1
             return outcome
-        result = self.judge_for(config, url).score(question, answer, contexts)
+        filtered = filtered_contexts(config, contexts)
+        if filtered is None:
+            outcome.outcomes["skipped:pii_unavailable"] += 1
+            return outcome
+        result = self.judge_for(config, url).score(question, answer, filtered)
         outcome.scores = dict(result.scores)
         outcome.outcomes.update(f"{name}:{reason}" for name, reason in result.failures.items())
         outcome.cost_usd = self.pricing.model(judge_model(config)).cost(result.prompt_tokens, result.completion_tokens)

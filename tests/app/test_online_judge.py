@@ -331,6 +331,19 @@ def test_report_route_and_cli_show_judge_scores_failures_and_spend(
     assert "judge spend" in done.stdout and "capped: $" in done.stdout
 
 
+def test_the_judge_reads_the_cited_chunks_only_as_the_policy_filters_them(
+    client: TestClient, private_database: Database, settings: Settings, configs: Path, judge_server: FakeJudge
+) -> None:
+    rows = ask(client, private_database, ["judged"])
+    table = sql.Identifier(f"chunks_v{rows[0]['index_version_id']}")
+    with private_database.connect() as conn:  # a document with someone's address in every chunk
+        conn.execute(sql.SQL("UPDATE {} SET text = text || ' Write to dana.kowalski@example.net.'").format(table))
+    before = len(judge_server.requests)
+    assert drain(evaluator(settings, configs), private_database) == len(QUESTIONS)
+    sent = str(judge_server.requests[before:])
+    assert "Write to <EMAIL_ADDRESS" in sent and "dana.kowalski" not in sent
+
+
 @pytest.mark.parametrize(
     ("judge", "message"),
     [
