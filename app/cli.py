@@ -195,8 +195,12 @@ def config_validate() -> None:
         model = loaded.config.generation.model
         if loaded.config.generation.backend != "extractive":
             pricing.model(model)  # a model the config may use must have a price
-        if loaded.config.online_eval.judge.enabled:
+        judge = loaded.config.online_eval.judge
+        if judge.enabled:
             pricing.model(judge_model(loaded))  # the judge's daily cap is enforced from its price
+            if judge.url == "vllm" and not settings.vllm_url:
+                out.print(f"warning: {loaded.name}: online_eval.judge.url is vllm but RAGOPS_VLLM_URL is not set "
+                          "here: its answers would be skipped (no_endpoint)", markup=False)  # fmt: skip
         out.print(f"ok  config {loaded.version}  (prompt {catalog.prompt_for(loaded).version})")
     for _, prompt in sorted(catalog.prompts.items()):
         out.print(f"ok  prompt {prompt.version}")

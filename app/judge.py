@@ -99,7 +99,7 @@ class Judge:
         timeout_s: float = 60.0,
         max_tokens: int = 1024,
     ) -> None:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
         from ragas.llms import llm_factory
         from ragas.metrics.collections import AnswerRelevancy, Faithfulness
 
@@ -109,7 +109,7 @@ class Judge:
         self.tokens: Counter[str] = Counter()  # usage reported by every judge response so far
         self.client = AsyncOpenAI(
             base_url=url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0,
-            http_client=httpx.AsyncClient(event_hooks={"response": [self._count_usage]}),
+            http_client=DefaultAsyncHttpxClient(event_hooks={"response": [self._count_usage]}),
         )  # fmt: skip
         # instructor: one attempt per call (no re-asking a model that answered badly).
         llm = llm_factory(model, client=self.client, max_tokens=max_tokens, temperature=0.0, max_retries=1)

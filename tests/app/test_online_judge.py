@@ -318,6 +318,11 @@ def test_report_route_and_cli_show_judge_scores_failures_and_spend(
     spend = {s["config"]: s for s in body["judge_spend"]}
     assert spend["capped"]["answers"] == 1 and spend["capped"]["usd"] >= 1.0 and spend["judged"]["usd"] > 0
 
+    with private_database.connect() as conn:
+        other = create_key(conn, "other", ["query", "admin"], collections=["other"], configs=["*"])[1]
+    theirs = client.get("/v1/admin/quality", params={"since": "1d"}, headers={"Authorization": f"Bearer {other}"})
+    assert theirs.status_code == 200 and theirs.json()["rows"] == [] and theirs.json()["judge_spend"] == []
+
     gauges = client.get("/metrics").text
     assert 'measure="faithfulness"' in gauges and 'measure="answer_relevancy"' in gauges
     assert 'ragops_online_judge_cost_usd{collection="default",config="capped@' in gauges
