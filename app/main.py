@@ -31,7 +31,7 @@ from app.feedback import CHORES
 from app.metering import UNMATCHED_ROUTE, Meter
 from app.metrics import Metrics, QualityGauges
 from app.online_eval import online_evaluator, today_figures
-from app.online_judge import OnlineJudges
+from app.online_judge import OnlineJudges, judge_model
 from app.pricing import load_pricing
 from app.rag import RagPipeline
 from app.rollouts.routing import RolloutRouter
@@ -181,8 +181,10 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
     """Build what the routes use (prices, pipeline, accountant) and load every model now, not on a request."""
     pricing = load_pricing(settings.configs_dir)
     pipeline = RagPipeline(settings, catalog, pool)
-    for config in catalog.configs.values():  # every model a config can answer with has a price
+    for config in catalog.configs.values():  # every model a config can answer (or be judged) with has a price
         pricing.model(pipeline.generator(config).model_for_config(config))
+        if config.config.online_eval.judge.enabled:
+            pricing.model(judge_model(config))
         pipeline.pii_engine(config)
     pipeline.embedder(catalog.config(None))
     app.state.settings, app.state.catalog, app.state.pool, app.state.pipeline = settings, catalog, pool, pipeline

@@ -31,6 +31,7 @@ from app.pricing import load_pricing
 from core.catalog import Catalog
 from core.config import RagConfig
 from core.db import Database
+from core.errors import ConfigError
 from core.settings import Settings
 from tests.app.conftest import authed, make_settings
 from tests.conftest import REPO
@@ -373,15 +374,26 @@ def test_a_judge_needs_filtered_questions_and_answers() -> None:
         RagConfig.model_validate({"online_eval": {"judge": judge}, "pii": {"apply_to": {"question": False}}})
 
 
-def test_config_validate_refuses_a_judge_without_a_price(tmp_path: Path) -> None:
-    shutil.copy(REPO / "configs" / "pricing.yaml", tmp_path / "pricing.yaml")
+def unpriced_judge(folder: Path) -> Path:
+    """Configurations whose default names a judge model the pricing file does not price."""
+    shutil.copy(REPO / "configs" / "pricing.yaml", folder / "pricing.yaml")
     default = (REPO / "configs" / "default.yaml").read_text()
     judge = "\n  judge:\n    url: vllm\n    model: unpriced-judge\n"
-    (tmp_path / "default.yaml").write_text(default.replace("\n  sample_rate: 0.1\n", f"\n  sample_rate: 0.1{judge}"))
-    env = {**os.environ, "RAGOPS_CONFIGS_DIR": str(tmp_path)}
+    (folder / "default.yaml").write_text(default.replace("\n  sample_rate: 0.1\n", f"\n  sample_rate: 0.1{judge}"))
+    return folder
+
+
+def test_config_validate_refuses_a_judge_without_a_price(tmp_path: Path) -> None:
+    env = {**os.environ, "RAGOPS_CONFIGS_DIR": str(unpriced_judge(tmp_path))}
     done = subprocess.run([sys.executable, "-m", "app.cli", "config", "validate"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)  # fmt: skip
     assert done.returncode != 0 and "no price for model 'unpriced-judge'" in done.stdout + done.stderr
+
+
+def test_the_service_refuses_to_start_with_a_judge_without_a_price(private_database: Database, tmp_path: Path) -> None:
+    settings = make_settings(private_database, tmp_path, configs_dir=unpriced_judge(tmp_path), vllm_url=None)
+    with pytest.raises(ConfigError, match="no price for model 'unpriced-judge'"), TestClient(create_app(settings)):
+        pass
 
 
 def test_the_real_tiny_vllm_as_judge_is_counted_not_fatal(
