@@ -59,7 +59,7 @@ def worker(
 
     settings = get_settings()
     catalog = Catalog.load(settings.configs_dir, settings.prompts_dir, settings.config)
-    ingest_cli.worker(once, batch_documents, chores=worker_chores(catalog))
+    ingest_cli.worker(once, batch_documents, chores=worker_chores(catalog, settings))
 
 
 def _figure(value: object, digits: int = 3) -> str:
@@ -74,26 +74,39 @@ def quality_report(
     """Online-evaluation figures per collection, configuration, prompt, index version and day."""
     from rich.table import Table
 
+    from app.online_eval import judge_spend, since_day
     from app.online_eval import quality_report as report
-    from app.online_eval import since_day
     from core.runtime import open_runtime
 
     first = since_day(since)
+    collections = [collection] if collection else None
     with open_runtime() as rt:
-        rows = report(rt.conn, first, [collection] if collection else None)
+        rows = report(rt.conn, first, collections)
+        spend = judge_spend(rt.conn, first, collections)
     if not rows:
         out.print(f"no evaluated answers since {first.isoformat()}" + (f" in {collection!r}" if collection else ""))
         return
     table = Table("day", "collection", "config", "prompt", "index", "answers", "support", "top score", "margin",
-                  "refused", "citations", "PII", "latency ms", "cost $")  # fmt: skip
+                  "refused", "citations", "PII", "latency ms", "cost $", "faithful", "relevancy", "judged")  # fmt: skip
+    judge_notes = []
     for r in rows:
         table.add_row(
             r["day"], r["collection"], r["config_version"], r["prompt_version"], r["index_version"], str(r["answers"]),
             _figure(r["support"]), _figure(r["top_score"]), _figure(r["margin"]), _figure(r["refusal_rate"]),
             _figure(r["citations_mean"], 1), _figure(r["pii_entities_mean"], 1), _figure(r["latency_ms_mean"], 0),
-            _figure(r["cost_usd_mean"], 6),
+            _figure(r["cost_usd_mean"], 6), _figure(r["faithfulness"]), _figure(r["answer_relevancy"]),
+            f"{r['judged']}/{r['answer_relevancy_judged']}",
         )  # fmt: skip
+        counts = [f"{metric} {reason} {n}" for metric, reasons in r["judge_failures"].items()
+                  for reason, n in reasons.items()]  # fmt: skip
+        counts += [f"skipped: {why} {n}" for why, n in r["judge_skipped"].items()]
+        if counts:
+            judge_notes.append(f"judge {r['day']} {r['config_version']} {r['collection']}: {', '.join(counts)}")
     out.print(table)
+    for note in judge_notes:
+        out.print(note, markup=False, highlight=False)
+    for s in spend:
+        out.print(f"judge spend {s['day']} {s['config']}: ${s['usd']:.6f} for {s['answers']} answers")
 
 
 def _mount_plugins() -> None:
@@ -171,6 +184,7 @@ def config_pii(
 @config_app.command("validate")
 def config_validate() -> None:
     """Validate every file in configs/ and prompts/; exit 1 with the first problem."""
+    from app.online_judge import judge_model
     from app.pricing import load_pricing
     from core.catalog import Catalog
 
@@ -181,6 +195,12 @@ def config_validate() -> None:
         model = loaded.config.generation.model
         if loaded.config.generation.backend != "extractive":
             pricing.model(model)  # a model the config may use must have a price
+        judge = loaded.config.online_eval.judge
+        if judge.enabled:
+            pricing.model(judge_model(loaded))  # the judge's daily cap is enforced from its price
+            if judge.url == "vllm" and not settings.vllm_url:
+                out.print(f"warning: {loaded.name}: online_eval.judge.url is vllm but RAGOPS_VLLM_URL is not set "
+                          "here: its answers would be skipped (no_endpoint)", markup=False)  # fmt: skip
         out.print(f"ok  config {loaded.version}  (prompt {catalog.prompt_for(loaded).version})")
     for _, prompt in sorted(catalog.prompts.items()):
         out.print(f"ok  prompt {prompt.version}")

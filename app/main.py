@@ -33,6 +33,7 @@ from app.feedback import CHORES
 from app.metering import UNMATCHED_ROUTE, Meter
 from app.metrics import Metrics, QualityGauges
 from app.online_eval import online_evaluator, today_figures
+from app.online_judge import OnlineJudges, judge_model
 from app.pricing import load_pricing
 from app.rag import RagPipeline
 from app.rollouts.routing import RolloutRouter
@@ -173,9 +174,13 @@ def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str 
     return None
 
 
-def worker_chores(catalog: Catalog) -> tuple[Chore, ...]:
-    """What the worker does between jobs for this layer: expired transcripts, online evaluation."""
-    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog).run_once))
+def worker_chores(catalog: Catalog, settings: Settings) -> tuple[Chore, ...]:
+    """What the worker does between jobs for this layer: expired transcripts, online evaluation (and its
+    LLM judge when a configuration names one; a judge model without a price is a ConfigError here)."""
+    judges = None
+    if any(c.config.online_eval.judge.enabled for c in catalog.configs.values()):
+        judges = OnlineJudges(catalog, settings, load_pricing(settings.configs_dir))
+    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog, judges).run_once))
 
 
 def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> Worker | None:
@@ -186,7 +191,7 @@ def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> W
         enabled = settings.database_url is None
     if not enabled:
         return None
-    worker = Worker(database, settings, chores=worker_chores(catalog))
+    worker = Worker(database, settings, chores=worker_chores(catalog, settings))
     worker.start()
     log.info("in-process job worker %s started", worker.worker_id)
     return worker
@@ -214,8 +219,10 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
     """Build what the routes use (prices, pipeline, accountant) and load every model now, not on a request."""
     pricing = load_pricing(settings.configs_dir)
     pipeline = RagPipeline(settings, catalog, pool)
-    for config in catalog.configs.values():  # every model a config can answer with has a price
+    for config in catalog.configs.values():  # every model a config can answer (or be judged) with has a price
         pricing.model(pipeline.generator(config).model_for_config(config))
+        if config.config.online_eval.judge.enabled:
+            pricing.model(judge_model(config))
         pipeline.pii_engine(config)
     pipeline.embedder(catalog.config(None))
     app.state.settings, app.state.catalog, app.state.pool, app.state.pipeline = settings, catalog, pool, pipeline

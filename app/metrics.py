@@ -193,12 +193,22 @@ class QualityGauges(Collector):
         answers = GaugeMetricFamily(
             "ragops_online_evaluated_answers", "Sampled answers evaluated today.", labels=QUALITY_LABELS[:4]
         )
+        judged = GaugeMetricFamily(
+            "ragops_online_judged_answers", "Answers the LLM judge scored today.", labels=QUALITY_LABELS[:4]
+        )
+        judge_cost = GaugeMetricFamily(
+            "ragops_online_judge_cost_usd", "What judging today's answers cost.", labels=QUALITY_LABELS[:4]
+        )
         for row in rows:
             group = [row["collection"], row["config_version"], row["prompt_version"], row["index_version"]]
             answers.add_metric(group, row["answers"])
+            judged.add_metric(group, row.get("judged") or 0)
+            judge_cost.add_metric(group, row.get("judge_cost_usd") or 0.0)
             for measure in QUALITY_MEASURES:
                 if row.get(measure) is not None:
                     quality.add_metric([*group, measure], float(row[measure]))
         yield quality
         yield answers
+        yield judged
+        yield judge_cost
         yield GaugeMetricFamily("ragops_online_eval_queued", "Answers waiting for online evaluation.", value=queued)

@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import regex
 import yaml
@@ -426,6 +427,47 @@ class DriftSettings(StrictModel):
         return self.enabled and (not self.collections or collection in self.collections)
 
 
+class OnlineJudgeSettings(StrictModel):
+    """The LLM judge of online evaluation: ragas Faithfulness and AnswerRelevancy on a share of queued answers.
+
+    Off unless ``url`` is set. Its API key, if the endpoint needs one, is ``RAGOPS_JUDGE_API_KEY``
+    (never in a configuration file). Spend is priced from the tokens the judge reports with the
+    pricing file's price for ``model``; once a configuration's judge spend of the (UTC) day reaches
+    ``daily_cap_usd``, its answers are no longer judged that day.
+    """
+
+    url: str | None = Field(
+        default=None,
+        description='OpenAI-compatible base URL of the judge, or "vllm" for the service\'s own (RAGOPS_VLLM_URL); '
+        "unset: no judge.",
+    )
+    model: str | None = Field(
+        default=None, max_length=200, description="The judge's model name (and price); unset: generation.model."
+    )
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0, description="Share of queued answers judged.")
+    daily_cap_usd: float = Field(
+        default=1.0, gt=0.0, le=1_000_000.0, description="Judge spend per configuration and UTC day, then no more."
+    )
+    timeout_s: float = Field(default=30.0, gt=0.0, le=600.0, description="Each judge call gives up after this.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value == "vllm":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f'judge url must be "vllm" or an http(s) URL, not {value[:80]!r}')
+        if parts.username or parts.password or parts.query:
+            raise ValueError("judge url must not carry credentials or a query (the key is RAGOPS_JUDGE_API_KEY)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a judge is configured."""
+        return self.url is not None
+
+
 class OnlineEvalSettings(StrictModel):
     """Online evaluation of live answers, in the worker: what share is queued, and how it is measured."""
 
@@ -436,6 +478,7 @@ class OnlineEvalSettings(StrictModel):
         default=0.7, gt=0.0, le=1.0,
         description="An answer sentence is supported when this share of its content words is in one cited chunk.",
     )  # fmt: skip
+    judge: OnlineJudgeSettings = OnlineJudgeSettings()
 
 
 # Measures a rollout guard may name (app/rollouts/measures.py computes them), and whether higher is better.
@@ -515,13 +558,23 @@ class RagConfig(StrictModel):
     rollout: RolloutSettings = RolloutSettings()
 
     @model_validator(mode="after")
-    def _transcripts_filtered(self) -> RagConfig:
+    def _stored_text_filtered(self) -> RagConfig:
         apply_to = self.pii.apply_to
-        if self.feedback.transcripts.enabled and not (self.pii.enabled and apply_to.question and apply_to.answer):
-            raise ValueError(
-                "feedback.transcripts.enabled needs pii.enabled with pii.apply_to.question and .answer: "
-                "only PII-filtered text is ever stored"
-            )
+        if self.pii.enabled and apply_to.question and apply_to.answer:
+            return self
+        needing = {
+            "feedback.transcripts.enabled": (
+                self.feedback.transcripts.enabled,
+                "only PII-filtered text is ever stored",
+            ),
+            "online_eval.judge": (
+                self.online_eval.judge.enabled,
+                "only the PII-filtered question and answer are queued for the judge",
+            ),
+        }
+        for name, (on, why) in needing.items():
+            if on:
+                raise ValueError(f"{name} needs pii.enabled with pii.apply_to.question and .answer: {why}")
         return self
 
     @model_validator(mode="after")

@@ -36,7 +36,7 @@ from ingest.pipeline import IngestPipeline
 from ingest.versions import IndexVersion
 
 if TYPE_CHECKING:  # ragas is imported only when a judge is configured
-    from evals.judge import Judge, JudgeScores
+    from app.judge import Judge, JudgeScores
 
 REPORT_FORMAT = 1
 EVAL_COLLECTION = "eval-samples"
@@ -137,7 +137,7 @@ def make_judge(
     url = url or settings.judge_url
     if not url:
         return None
-    from evals.judge import Judge
+    from app.judge import Judge
 
     key = settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
     return Judge(url, model or settings.judge_model or config_model, embedder, api_key=key,

@@ -381,10 +381,26 @@ class QualityRow(BaseModel):
     top_score: float | None = Field(description="Mean best retrieval score.")
     margin: float | None = Field(description="Mean lead of the best retrieval score over the second.")
     support: float | None = Field(description="Mean share of answer sentences a cited chunk supports.")
-    faithfulness: float | None
-    answer_relevancy: float | None
-    judged: int
-    judge_cost_usd: float
+    faithfulness: float | None = Field(description="Mean LLM-judged faithfulness (ragas) of judged answers.")
+    answer_relevancy: float | None = Field(description="Mean LLM-judged answer relevancy (ragas) of judged answers.")
+    judged: int = Field(description="Answers the judge scored for faithfulness.")
+    answer_relevancy_judged: int = Field(description="Answers the judge scored for answer relevancy.")
+    judge_cost_usd: float = Field(description="What judging these answers cost.")
+    judge_failures: dict[str, dict[str, int]] = Field(
+        description="Per judge metric: why a score is missing (timeout, unreachable, bad_json, ...) -> answers."
+    )
+    judge_skipped: dict[str, int] = Field(
+        description="Answers picked for the judge but not judged, by reason (cap: the daily spend cap was reached)."
+    )
+
+
+class JudgeSpendRow(BaseModel):
+    """The LLM judge's spend on one UTC day for one configuration (what its daily cap is checked against)."""
+
+    day: str
+    config: str
+    usd: float
+    answers: int = Field(description="Answers sent to the judge.")
 
 
 class QualityResponse(BaseModel):
@@ -392,6 +408,7 @@ class QualityResponse(BaseModel):
 
     since: str
     rows: list[QualityRow]
+    judge_spend: list[JudgeSpendRow]
 
 
 @router.get("/quality", response_model=QualityResponse, responses=ERRORS)
@@ -413,4 +430,7 @@ def read_quality(
             collections = [grant.collection(collection)]
             require_collection(conn, collections[0], grant)
         rows = online_eval.quality_report(conn, first, collections)
-    return QualityResponse(since=first.isoformat(), rows=[QualityRow(**r) for r in rows])
+        spend = online_eval.judge_spend(conn, first, collections)
+    return QualityResponse(
+        since=first.isoformat(), rows=[QualityRow(**r) for r in rows], judge_spend=[JudgeSpendRow(**s) for s in spend]
+    )

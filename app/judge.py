@@ -3,18 +3,22 @@
 Judge scores move between runs (the same data scores 0.57 one day and 0.67 the next), so they are
 recorded per question and per repeat, reported beside the deterministic metrics, and never the
 primary gate. A judge that fails (invalid JSON, a timeout, an endpoint that is down) marks that
-score unavailable with a counted reason; it never stops the run.
+score unavailable with a counted reason; it never stops the run. The eval harness (evals/runner.py)
+and online evaluation (app/online_judge.py) both judge with this class; it counts the tokens the
+judge reports so that its calls can be priced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from ragas.embeddings.base import BaseRagasEmbedding
 
 from core.embedding import Embedder
@@ -78,6 +82,8 @@ class JudgeScores:
 
     scores: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    prompt_tokens: int = 0  # what the judge's calls for this answer reported using (for its price)
+    completion_tokens: int = 0
 
 
 class Judge:
@@ -93,14 +99,18 @@ class Judge:
         timeout_s: float = 60.0,
         max_tokens: int = 1024,
     ) -> None:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
         from ragas.llms import llm_factory
         from ragas.metrics.collections import AnswerRelevancy, Faithfulness
 
         self.url = url
         self.model = model
         # No client retries: a failed call is counted, not silently repeated at the cost of the gate's time.
-        self.client = AsyncOpenAI(base_url=url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0)
+        self.tokens: Counter[str] = Counter()  # usage reported by every judge response so far
+        self.client = AsyncOpenAI(
+            base_url=url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0,
+            http_client=DefaultAsyncHttpxClient(event_hooks={"response": [self._count_usage]}),
+        )  # fmt: skip
         # instructor: one attempt per call (no re-asking a model that answered badly).
         llm = llm_factory(model, client=self.client, max_tokens=max_tokens, temperature=0.0, max_retries=1)
         self.faithfulness = Faithfulness(llm=llm)
@@ -109,8 +119,17 @@ class Judge:
         self.scored: Counter[str] = Counter()
         self.failed: dict[str, Counter[str]] = {name: Counter() for name in JUDGE_METRICS}
 
+    async def _count_usage(self, response: httpx.Response) -> None:
+        """Add a response's reported token usage (also of answers ragas then rejects: they were paid for)."""
+        await response.aread()
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            usage = response.json().get("usage") or {}
+            self.tokens["prompt"] += int(usage.get("prompt_tokens") or 0)
+            self.tokens["completion"] += int(usage.get("completion_tokens") or 0)
+
     def score(self, question: str, answer: str, contexts: list[str]) -> JudgeScores:
-        """Both metrics for one answer; each failure is recorded by reason, never raised."""
+        """Both metrics for one answer, with the tokens they used; each failure is recorded by reason, never raised."""
+        before = Counter(self.tokens)
         result = JudgeScores()
         calls = {
             "faithfulness": lambda: self.faithfulness.ascore(
@@ -131,6 +150,8 @@ class Judge:
                 reason = "no_statements"  # ragas found nothing to judge in the answer
             result.failures[name] = reason
             self.failed[name][reason] += 1
+        result.prompt_tokens = self.tokens["prompt"] - before["prompt"]
+        result.completion_tokens = self.tokens["completion"] - before["completion"]
         return result
 
     def summary(self) -> dict[str, Any]:
