@@ -35,6 +35,7 @@ from app.pricing import load_pricing
 from app.rag import RagPipeline
 from app.rollouts.routing import RolloutRouter
 from app.rollouts.shadow import ShadowWorker
+from app.usage import USAGE_ROLLUP
 from core.catalog import Catalog
 from core.db import Database
 from core.embedding import get_embedder
@@ -136,8 +137,8 @@ def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str 
 
 
 def worker_chores(catalog: Catalog) -> tuple[Chore, ...]:
-    """What the worker does between jobs for this layer: expired transcripts, online evaluation."""
-    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog).run_once))
+    """What the worker does between jobs for this layer: expired transcripts, usage roll-up, online evaluation."""
+    return (*CHORES, USAGE_ROLLUP, Chore("online evaluation", 0.0, online_evaluator(catalog).run_once))
 
 
 def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> Worker | None:

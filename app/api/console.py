@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.accounting import budgets_left, usage_by
+from app.accounting import budgets_left
 from app.answers import Question
 from app.api import admin
 from app.api.answering import complete, prepare
@@ -45,6 +45,7 @@ from app.api.schemas import QueryRequest, QueryResponse, RowId
 from app.console import charts
 from app.console.sessions import Session, SessionStore
 from app.keys import ApiKey, list_keys
+from app.usage import usage_by
 from core.access import Grant
 from core.config import RetrievalMode
 from core.errors import AuthError, NotFound, RagopsError, ScopeError

@@ -1,0 +1,246 @@
+"""Usage from the ledger: requests, errors, tokens, cost and latency percentiles per key, day, configuration,
+model or payer, for any period; read by ``GET /v1/usage``, ``ragops usage`` and the console's usage page.
+
+Finished UTC days are rolled up once into ``usage_days`` (sql/0016_usage_days.sql): one row per day x key x
+configuration x model x payer with its sums and every request's total latency, so that percentiles of any
+grouping stay exact (PostgreSQL's ``percentile_cont``, to the bit) while a page reads a few hundred rows
+instead of every ledger row of the period. The rest of a period (today, a partial first day, a day not
+rolled up yet) is aggregated from the ledger by the same query, and both are merged here.
+
+Rolling up happens in the worker (:data:`USAGE_ROLLUP`) and, for the days a read needs, on the read itself;
+one process at a time (an advisory lock: another process reads such days live meanwhile). A day is rolled
+up only once it ended :data:`SETTLE` ago, so that requests still being written have landed; a ledger row
+that still arrives for a rolled-up day (a request that spanned midnight) rolls that day up again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from ingest.worker import Chore
+
+GROUPS = ("key", "day", "config", "model", "payer")
+SETTLE = timedelta(minutes=10)  # a day is rolled up this long after it ends
+MAX_DAYS_PER_PASS = 31  # the worker rolls up a long backlog a month per pass, in short transactions
+_LOCK = 0x7573_6167_6501  # advisory lock of the roll-up ("usage", 1)
+_SHADOW_PAYER, _KEYS_PAYER = "operator (rollout shadow)", "keys"
+_COUNTS = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "embedding_tokens")
+
+# One row per day x key x configuration x model x payer of the ledger rows selected, as usage_days stores it.
+_CELLS = """SELECT (created_at AT TIME ZONE 'UTC')::date, key_id, coalesce(key_name, '(none)'),
+       coalesce(config_version, '(none)'), coalesce(model, '(none)'), coalesce(rollout_side = 'shadow', false),
+       count(*), count(*) FILTER (WHERE status >= 400), sum(prompt_tokens), sum(cached_tokens),
+       sum(completion_tokens), sum(embedding_tokens), sum(cost_usd),
+       coalesce(string_agg(float8send((latency_ms->>'total')::float8), ''::bytea), ''::bytea)"""
+_CELL_GROUPS = "GROUP BY 1, 2, 3, 4, 5, 6"
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One day x key x configuration x model x payer: sums, and total latencies as big-endian float8s."""
+
+    day: date
+    key_id: int | None
+    key_name: str
+    config: str
+    model: str
+    shadow: bool
+    counts: tuple[int, ...]
+    cost_usd: Decimal
+    latencies: bytes
+
+    def group(self, by: str) -> str:
+        """The cell's group under a grouping."""
+        if by == "day":
+            return self.day.isoformat()
+        if by == "payer":
+            return _SHADOW_PAYER if self.shadow else _KEYS_PAYER
+        return {"key": self.key_name, "config": self.config, "model": self.model}[by]
+
+
+def _cells(rows: Iterable[tuple[Any, ...]]) -> list[_Cell]:
+    return [
+        _Cell(day, key_id, key, config, model, shadow, tuple(int(v or 0) for v in counts), cost or Decimal(0), lat)
+        for day, key_id, key, config, model, shadow, *counts, cost, lat in rows
+    ]
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, UTC)
+
+
+def _horizon(now: datetime) -> date:
+    """The first day not finished long enough to roll up."""
+    return (now - SETTLE).astimezone(UTC).date()
+
+
+def _roll_day(conn: psycopg.Connection, day: date) -> None:
+    """Replace a day's roll-up by its ledger rows as they are now (inside the roll-up's transaction)."""
+    bounds = {"day": day, "from": _day_start(day), "to": _day_start(day + timedelta(days=1))}
+    conn.execute("DELETE FROM usage_days WHERE day = %(day)s", bounds)
+    conn.execute(
+        f"""INSERT INTO usage_days (day, key_id, key_name, config_version, model, shadow, requests, errors,
+                prompt_tokens, cached_tokens, completion_tokens, embedding_tokens, cost_usd, latencies)
+            {_CELLS} FROM ledger WHERE created_at >= %(from)s AND created_at < %(to)s {_CELL_GROUPS}""",
+        bounds,
+    )
+    conn.execute(
+        """INSERT INTO usage_rolled_days (day, ledger_rows, max_ledger_id)
+           SELECT %(day)s, count(*), coalesce(max(id), 0) FROM ledger
+            WHERE created_at >= %(from)s AND created_at < %(to)s
+           ON CONFLICT (day) DO UPDATE SET ledger_rows = excluded.ledger_rows,
+               max_ledger_id = excluded.max_ledger_id, rolled_at = now()""",
+        bounds,
+    )
+
+
+def roll_up(conn: psycopg.Connection, now: datetime | None = None, days: Sequence[date] | None = None) -> int:
+    """Roll up finished days not rolled up yet, and again those a late ledger row arrived for; returns how many.
+
+    ``days``: only these (those not finished long enough are skipped); default: every finished day since the
+    ledger's first row, at most :data:`MAX_DAYS_PER_PASS` per call. Returns 0 without waiting while another
+    process is rolling up (its reads then take the days it has not finished from the ledger).
+    """
+    horizon = _horizon(now or datetime.now(UTC))
+    with conn.transaction():
+        if not _fetch(conn, "SELECT pg_try_advisory_xact_lock(%s)", (_LOCK,)):
+            return 0
+        top = _fetch(conn, "SELECT max(id) FROM ledger")
+        if top is None:
+            return 0
+        checked = _fetch(conn, "SELECT checked_id FROM usage_rollup_state")
+        late: set[date] = set()
+        if checked is not None and top > checked:  # rows written since the last pass: any for a rolled-up day?
+            late = {d for (d,) in conn.execute(
+                """SELECT DISTINCT r.day FROM ledger l
+                     JOIN usage_rolled_days r ON r.day = (l.created_at AT TIME ZONE 'UTC')::date
+                    WHERE l.id > %s AND l.id <= %s""",
+                (checked, top),
+            )}  # fmt: skip
+        if days is None:
+            first = _fetch(conn, "SELECT min(created_at) FROM ledger").astimezone(UTC).date()
+            wanted = [first + timedelta(days=i) for i in range(max((horizon - first).days, 0))]
+        else:
+            wanted = [d for d in days if d < horizon]
+        rolled = {d for (d,) in conn.execute("SELECT day FROM usage_rolled_days WHERE day = ANY(%s)", (wanted,))}
+        missing = sorted(set(wanted) - rolled)
+        todo = sorted(late | set(missing if days is not None else missing[:MAX_DAYS_PER_PASS]))
+        for day in todo:
+            _roll_day(conn, day)
+        conn.execute(
+            """INSERT INTO usage_rollup_state (checked_id) VALUES (%s) ON CONFLICT (only_row)
+               DO UPDATE SET checked_id = greatest(usage_rollup_state.checked_id, excluded.checked_id)""",
+            (top,),
+        )
+    return len(todo)
+
+
+def _fetch(conn: psycopg.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+USAGE_ROLLUP = Chore("usage roll-up", 300.0, roll_up)
+
+
+def _percentiles(chunks: list[bytes], qs: Sequence[float]) -> list[float | None]:
+    """``percentile_cont`` of each q over the latencies in ``chunks``, computed as PostgreSQL computes it."""
+    values = np.frombuffer(b"".join(chunks), dtype=">f8").astype(np.float64)
+    n = len(values)
+    if n == 0:
+        return [None for _ in qs]
+    positions = [q * (n - 1) for q in qs]
+    kth = sorted({k for p in positions for k in (math.floor(p), math.ceil(p))})
+    ordered = np.partition(values, kth)
+    found: list[float | None] = []
+    for pos in positions:
+        lo, hi = math.floor(pos), math.ceil(pos)
+        first = float(ordered[lo])
+        found.append(first if hi == lo else first + (pos - lo) * (float(ordered[hi]) - first))
+    return found
+
+
+def _live_ranges(start: datetime, end: datetime, rolled: Sequence[date]) -> list[tuple[datetime, datetime]]:
+    """[start, end) without the rolled-up days, as few ranges as possible."""
+    ranges: list[tuple[datetime, datetime]] = []
+    cursor = start
+    for day in sorted(rolled):
+        if _day_start(day) > cursor:
+            ranges.append((cursor, _day_start(day)))
+        cursor = max(cursor, _day_start(day + timedelta(days=1)))
+    if cursor < end:
+        ranges.append((cursor, end))
+    return ranges
+
+
+def usage_by(
+    conn: psycopg.Connection,
+    start: datetime,
+    end: datetime,
+    groups: Sequence[str],
+    *,
+    key_id: int | None = None,
+    now: datetime | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Requests, errors, tokens, cost (Decimal, as stored) and total latency p50/p95 (ms) per group of each of
+    ``groups`` over the ledger rows in [start, end), ordered by group; only ``key_id``'s rows when given.
+
+    Equal to aggregating those ledger rows directly: finished days come from their roll-up (rolled up
+    here first when missing), the rest from the ledger.
+    """
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown usage grouping {unknown[0]!r}: one of {', '.join(GROUPS)}")
+    first = start.astimezone(UTC).date() + timedelta(days=0 if _day_start(start.astimezone(UTC).date()) == start else 1)
+    last = min(end.astimezone(UTC).date(), _horizon(now or datetime.now(UTC)))  # days before it end before `end`
+    full_days = [first + timedelta(days=i) for i in range(max((last - first).days, 0))]
+    if full_days:
+        roll_up(conn, now, full_days)
+    rolled = [d for (d,) in conn.execute("SELECT day FROM usage_rolled_days WHERE day = ANY(%s)", (full_days,))]
+    cells = _cells(conn.execute(
+        """SELECT day, key_id, key_name, config_version, model, shadow, requests, errors, prompt_tokens,
+                  cached_tokens, completion_tokens, embedding_tokens, cost_usd, latencies
+             FROM usage_days WHERE day = ANY(%s) AND (%s::bigint IS NULL OR key_id = %s)""",
+        (rolled, key_id, key_id),
+    ))  # fmt: skip
+    ranges = _live_ranges(start, end, rolled)
+    if ranges:
+        cells += _cells(conn.execute(
+            f"""{_CELLS} FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS r(a, b)
+                  JOIN ledger ON created_at >= r.a AND created_at < r.b
+                 WHERE %s::bigint IS NULL OR key_id = %s {_CELL_GROUPS}""",
+            ([a for a, _ in ranges], [b for _, b in ranges], key_id, key_id),
+        ))  # fmt: skip
+    return {by: _grouped(cells, by) for by in groups}
+
+
+def _grouped(cells: Sequence[_Cell], by: str) -> list[dict[str, Any]]:
+    merged: dict[str, tuple[list[int], list[Decimal], list[bytes]]] = {}
+    for cell in cells:
+        counts, cost, latencies = merged.setdefault(cell.group(by), ([0] * len(_COUNTS), [], []))
+        for i, value in enumerate(cell.counts):
+            counts[i] += value
+        cost.append(cell.cost_usd)
+        latencies.append(cell.latencies)
+    rows = []
+    for group in sorted(merged):
+        counts, cost, latencies = merged[group]
+        p50, p95 = _percentiles(latencies, (0.5, 0.95))
+        rows.append({"group": group, **dict(zip(_COUNTS, counts, strict=True)), "cost_usd": sum(cost, Decimal(0)),
+                     "latency_p50_ms": p50, "latency_p95_ms": p95})  # fmt: skip
+    return rows
+
+
+def usage(
+    conn: psycopg.Connection, start: datetime, end: datetime, group_by: str, *, key_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Requests, tokens, cost and latency per group of one grouping in [start, end); only ``key_id``'s when given."""
+    return usage_by(conn, start, end, [group_by], key_id=key_id)[group_by]
