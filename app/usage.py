@@ -209,7 +209,7 @@ def usage_by(
         """SELECT day, key_id, key_name, config_version, model, shadow, requests, errors, prompt_tokens,
                   cached_tokens, completion_tokens, embedding_tokens, cost_usd, latencies
              FROM usage_days WHERE day = ANY(%s) AND (%s::bigint IS NULL OR key_id = %s)""",
-        (rolled, key_id, key_id),
+        (rolled, key_id, key_id), prepare=False,
     ))  # fmt: skip
     ranges = _live_ranges(start, end, rolled)
     if ranges:
@@ -218,6 +218,7 @@ def usage_by(
                   JOIN ledger ON created_at >= r.a AND created_at < r.b
                  WHERE %s::bigint IS NULL OR key_id = %s {_CELL_GROUPS}""",
             ([a for a, _ in ranges], [b for _, b in ranges], key_id, key_id),
+            prepare=False,  # planned for these ranges: a generic plan of a prepared statement scans the whole ledger
         ))  # fmt: skip
     return {by: _grouped(cells, by) for by in groups}
 
