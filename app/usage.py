@@ -34,9 +34,11 @@ _LOCK = 0x7573_6167_6501  # advisory lock of the roll-up ("usage", 1)
 _SHADOW_PAYER, _KEYS_PAYER = "operator (rollout shadow)", "keys"
 _COUNTS = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "embedding_tokens")
 
-# One row per day x key x configuration x model x payer of the ledger rows selected, as usage_days stores it.
-_CELLS = """SELECT (created_at AT TIME ZONE 'UTC')::date, key_id, coalesce(key_name, '(none)'),
-       coalesce(config_version, '(none)'), coalesce(model, '(none)'), coalesce(rollout_side = 'shadow', false),
+# One row per day x key x configuration x model x payer of the ledger rows selected, as usage_days stores it
+# (grouped by byte order: the same groups as the database's collation, sorted without its cost).
+_CELLS = """SELECT (created_at AT TIME ZONE 'UTC')::date, key_id, coalesce(key_name, '(none)') COLLATE "C",
+       coalesce(config_version, '(none)') COLLATE "C", coalesce(model, '(none)') COLLATE "C",
+       coalesce(rollout_side = 'shadow', false),
        count(*), count(*) FILTER (WHERE status >= 400), sum(prompt_tokens), sum(cached_tokens),
        sum(completion_tokens), sum(embedding_tokens), sum(cost_usd),
        coalesce(string_agg(float8send((latency_ms->>'total')::float8), ''::bytea), ''::bytea)"""
@@ -45,7 +47,7 @@ _CELL_GROUPS = "GROUP BY 1, 2, 3, 4, 5, 6"
 
 @dataclass(frozen=True)
 class _Cell:
-    """One day x key x configuration x model x payer: sums, and total latencies as big-endian float8s."""
+    """One day x key x configuration x model x payer: sums, and its requests' total latencies."""
 
     day: date
     key_id: int | None
@@ -55,7 +57,7 @@ class _Cell:
     shadow: bool
     counts: tuple[int, ...]
     cost_usd: Decimal
-    latencies: bytes
+    latencies: np.ndarray
 
     def group(self, by: str) -> str:
         """The cell's group under a grouping."""
@@ -68,7 +70,17 @@ class _Cell:
 
 def _cells(rows: Iterable[tuple[Any, ...]]) -> list[_Cell]:
     return [
-        _Cell(day, key_id, key, config, model, shadow, tuple(int(v or 0) for v in counts), cost or Decimal(0), lat)
+        _Cell(
+            day,
+            key_id,
+            key,
+            config,
+            model,
+            shadow,
+            tuple(int(v or 0) for v in counts),
+            cost or Decimal(0),
+            np.frombuffer(lat, dtype=">f8").astype(np.float64),
+        )
         for day, key_id, key, config, model, shadow, *counts, cost, lat in rows
     ]
 
@@ -143,17 +155,33 @@ def roll_up(conn: psycopg.Connection, now: datetime | None = None, days: Sequenc
     return len(todo)
 
 
-def _fetch(conn: psycopg.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    row = conn.execute(sql, params).fetchone()
+def _pending(conn: psycopg.Connection, days: Sequence[date]) -> bool:
+    """Whether any of ``days`` is not rolled up, or a ledger row arrived late for a rolled-up day (read only)."""
+    rolled, checked = conn.execute(
+        """SELECT (SELECT count(*) FROM usage_rolled_days WHERE day = ANY(%s)),
+                  (SELECT checked_id FROM usage_rollup_state)""",
+        (list(days),),
+    ).fetchone() or (0, None)
+    if rolled < len(days):
+        return True
+    return checked is not None and bool(_fetch(conn,  # the id as a value: planned as a range scan of the newest rows
+        """SELECT EXISTS (SELECT 1 FROM ledger l JOIN usage_rolled_days r
+                            ON r.day = (l.created_at AT TIME ZONE 'UTC')::date WHERE l.id > %s)""",
+        (checked,), prepare=False,
+    ))  # fmt: skip
+
+
+def _fetch(conn: psycopg.Connection, sql: str, params: Sequence[Any] = (), *, prepare: bool | None = None) -> Any:
+    row = conn.execute(sql, params, prepare=prepare).fetchone()
     return row[0] if row else None
 
 
 USAGE_ROLLUP = Chore("usage roll-up", 300.0, roll_up)
 
 
-def _percentiles(chunks: list[bytes], qs: Sequence[float]) -> list[float | None]:
+def _percentiles(chunks: list[np.ndarray], qs: Sequence[float]) -> list[float | None]:
     """``percentile_cont`` of each q over the latencies in ``chunks``, computed as PostgreSQL computes it."""
-    values = np.frombuffer(b"".join(chunks), dtype=">f8").astype(np.float64)
+    values = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
     n = len(values)
     if n == 0:
         return [None for _ in qs]
@@ -202,10 +230,11 @@ def usage_by(
     first = start.astimezone(UTC).date() + timedelta(days=0 if _day_start(start.astimezone(UTC).date()) == start else 1)
     last = min(end.astimezone(UTC).date(), _horizon(now or datetime.now(UTC)))  # days before it end before `end`
     full_days = [first + timedelta(days=i) for i in range(max((last - first).days, 0))]
-    if full_days:
+    if full_days and _pending(conn, full_days):
         roll_up(conn, now, full_days)
     rolled = [d for (d,) in conn.execute("SELECT day FROM usage_rolled_days WHERE day = ANY(%s)", (full_days,))]
-    cells = _cells(conn.execute(
+    binary = conn.cursor(binary=True)  # latencies as bytes, not hex
+    cells = _cells(binary.execute(
         """SELECT day, key_id, key_name, config_version, model, shadow, requests, errors, prompt_tokens,
                   cached_tokens, completion_tokens, embedding_tokens, cost_usd, latencies
              FROM usage_days WHERE day = ANY(%s) AND (%s::bigint IS NULL OR key_id = %s)""",
@@ -213,7 +242,7 @@ def usage_by(
     ))  # fmt: skip
     ranges = _live_ranges(start, end, rolled)
     if ranges:
-        cells += _cells(conn.execute(
+        cells += _cells(binary.execute(
             f"""{_CELLS} FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS r(a, b)
                   JOIN ledger ON created_at >= r.a AND created_at < r.b
                  WHERE %s::bigint IS NULL OR key_id = %s {_CELL_GROUPS}""",
@@ -224,7 +253,7 @@ def usage_by(
 
 
 def _grouped(cells: Sequence[_Cell], by: str) -> list[dict[str, Any]]:
-    merged: dict[str, tuple[list[int], list[Decimal], list[bytes]]] = {}
+    merged: dict[str, tuple[list[int], list[Decimal], list[np.ndarray]]] = {}
     for cell in cells:
         counts, cost, latencies = merged.setdefault(cell.group(by), ([0] * len(_COUNTS), [], []))
         for i, value in enumerate(cell.counts):

@@ -457,11 +457,16 @@ router.add_api_route(
 def read_console_usage(
     request: Request, viewer: AdminViewer, pool: DbPool, days: Annotated[int, Query(ge=1, le=366)] = 30
 ) -> HTMLResponse:
-    """Requests, tokens, cost, latency and errors per key, configuration and day; budgets and what is left."""
+    """Requests, tokens, cost, latency and errors per key, configuration and day; budgets and what is left.
+
+    The period is whole UTC days, today's included: every bar is a day, and every day but today is read from
+    the usage roll-up.
+    """
     until = datetime.now(UTC) + timedelta(seconds=1)
+    since = datetime.combine(until.date() - timedelta(days=days - 1), datetime.min.time(), UTC)
     own = None if viewer.grant.all_collections else viewer.key.id
     with pool.connection() as conn:
-        groups = usage_by(conn, until - timedelta(days=days), until, ["key", "config", "day"], key_id=own)
+        groups = usage_by(conn, since, until, ["key", "config", "day"], key_id=own)
         keys = list_keys(conn) if own is None else [viewer.key]
         budgets = budgets_left(conn, [k for k in keys if k.revoked_at is None])
     daily = groups["day"]
