@@ -5,7 +5,9 @@ Finished UTC days are rolled up once into ``usage_days`` (sql/0016_usage_days.sq
 configuration x model x payer with its sums and every request's total latency, so that percentiles of any
 grouping stay exact (PostgreSQL's ``percentile_cont``, to the bit) while a page reads a few hundred rows
 instead of every ledger row of the period. The rest of a period (today, a partial first day, a day not
-rolled up yet) is aggregated from the ledger by the same query, and both are merged here.
+rolled up yet) is aggregated from the ledger by the same query, and both are merged here. Each process keeps
+the merged groups of the rolled-up days it last read (checked against the days' roll-up times on every read),
+so a page view reads and sorts only today's latencies.
 
 Rolling up happens in the worker (:data:`USAGE_ROLLUP`) and, for the days a read needs, on the read itself;
 one process at a time (an advisory lock: another process reads such days live meanwhile). A day is rolled
@@ -16,6 +18,8 @@ that still arrives for a rolled-up day (a request that spanned midnight) rolls t
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -179,21 +183,100 @@ def _fetch(conn: psycopg.Connection, sql: str, params: Sequence[Any] = (), *, pr
 USAGE_ROLLUP = Chore("usage roll-up", 300.0, roll_up)
 
 
-def _percentiles(chunks: list[np.ndarray], qs: Sequence[float]) -> list[float | None]:
-    """``percentile_cont`` of each q over the latencies in ``chunks``, computed as PostgreSQL computes it."""
-    values = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-    n = len(values)
+@dataclass(frozen=True)
+class _Group:
+    """One group's sums and its requests' total latencies, in ascending order."""
+
+    counts: tuple[int, ...]
+    cost_usd: Decimal
+    latencies: np.ndarray
+
+
+def _merged(cells: Sequence[_Cell], by: str) -> dict[str, _Group]:
+    """The cells' sums and latencies per group of one grouping."""
+    parts: dict[str, tuple[list[int], list[Decimal], list[np.ndarray]]] = {}
+    for cell in cells:
+        counts, cost, latencies = parts.setdefault(cell.group(by), ([0] * len(_COUNTS), [], []))
+        for i, value in enumerate(cell.counts):
+            counts[i] += value
+        cost.append(cell.cost_usd)
+        latencies.append(cell.latencies)
+    return {group: _Group(tuple(counts), sum(cost, Decimal(0)), np.sort(np.concatenate(latencies)))
+            for group, (counts, cost, latencies) in parts.items()}  # fmt: skip
+
+
+def _kth(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """The k-th smallest (from 0) of two ascending arrays together, without merging them."""
+    if len(b) == 0:
+        return float(a[k])
+    if len(a) == 0:
+        return float(b[k])
+    lo, hi = max(0, k + 1 - len(a)), min(k + 1, len(b))  # how many of the k + 1 smallest come from b
+    while lo < hi:
+        i = (lo + hi) // 2
+        if b[i] < a[k - i]:  # b's next is below a's last taken: take more from b
+            lo = i + 1
+        else:
+            hi = i
+    taken = [b[lo - 1]] if lo > 0 else []
+    if k + 1 - lo > 0:
+        taken.append(a[k - lo])
+    return float(max(taken))
+
+
+def _percentiles(a: np.ndarray, b: np.ndarray, qs: Sequence[float]) -> list[float | None]:
+    """``percentile_cont`` of each q over two ascending arrays together, computed as PostgreSQL computes it."""
+    n = len(a) + len(b)
     if n == 0:
         return [None for _ in qs]
-    positions = [q * (n - 1) for q in qs]
-    kth = sorted({k for p in positions for k in (math.floor(p), math.ceil(p))})
-    ordered = np.partition(values, kth)
     found: list[float | None] = []
-    for pos in positions:
+    for q in qs:
+        pos = q * (n - 1)
         lo, hi = math.floor(pos), math.ceil(pos)
-        first = float(ordered[lo])
-        found.append(first if hi == lo else first + (pos - lo) * (float(ordered[hi]) - first))
+        first = _kth(a, b, lo)
+        found.append(first if hi == lo else first + (pos - lo) * (_kth(a, b, hi) - first))
     return found
+
+
+_NOTHING = np.empty(0)
+_CACHE_SIZE = 16
+_cache: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, dict[str, _Group]]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _rolled_groups(
+    conn: psycopg.Connection, days: Sequence[date], key_id: int | None, groups: Sequence[str]
+) -> tuple[list[date], dict[str, dict[str, _Group]]]:
+    """The rolled-up days among ``days`` and their groups, kept per process until a day is (re-)rolled up.
+
+    Which days are rolled up, and when each was, is the version: one small query per read, while the
+    latencies of the whole period are read and sorted only when it changes.
+    """
+    version = conn.execute(
+        """SELECT coalesce(array_agg(day ORDER BY day), '{}'), coalesce(array_agg(rolled_at ORDER BY day), '{}')
+             FROM usage_rolled_days WHERE day = ANY(%s)""",
+        (list(days),),
+    ).fetchone() or ([], [])
+    rolled: list[date] = list(version[0])
+    key = (tuple(days), key_id, tuple(groups))
+    stamp = (tuple(version[0]), tuple(version[1]))
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            _cache.move_to_end(key)
+            return rolled, hit[1]
+    cells = _cells(conn.cursor(binary=True).execute(  # binary: latencies as bytes, not hex
+        """SELECT day, key_id, key_name, config_version, model, shadow, requests, errors, prompt_tokens,
+                  cached_tokens, completion_tokens, embedding_tokens, cost_usd, latencies
+             FROM usage_days WHERE day = ANY(%s) AND (%s::bigint IS NULL OR key_id = %s)""",
+        (rolled, key_id, key_id), prepare=False,
+    ))  # fmt: skip
+    grouped = {by: _merged(cells, by) for by in groups}
+    with _cache_lock:
+        _cache[key] = (stamp, grouped)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return rolled, grouped
 
 
 def _live_ranges(start: datetime, end: datetime, rolled: Sequence[date]) -> list[tuple[datetime, datetime]]:
@@ -232,40 +315,34 @@ def usage_by(
     full_days = [first + timedelta(days=i) for i in range(max((last - first).days, 0))]
     if full_days and _pending(conn, full_days):
         roll_up(conn, now, full_days)
-    rolled = [d for (d,) in conn.execute("SELECT day FROM usage_rolled_days WHERE day = ANY(%s)", (full_days,))]
-    binary = conn.cursor(binary=True)  # latencies as bytes, not hex
-    cells = _cells(binary.execute(
-        """SELECT day, key_id, key_name, config_version, model, shadow, requests, errors, prompt_tokens,
-                  cached_tokens, completion_tokens, embedding_tokens, cost_usd, latencies
-             FROM usage_days WHERE day = ANY(%s) AND (%s::bigint IS NULL OR key_id = %s)""",
-        (rolled, key_id, key_id), prepare=False,
-    ))  # fmt: skip
+    rolled, grouped = _rolled_groups(conn, full_days, key_id, groups)
+    live: list[_Cell] = []
     ranges = _live_ranges(start, end, rolled)
     if ranges:
-        cells += _cells(binary.execute(
+        live = _cells(conn.cursor(binary=True).execute(
             f"""{_CELLS} FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS r(a, b)
                   JOIN ledger ON created_at >= r.a AND created_at < r.b
                  WHERE %s::bigint IS NULL OR key_id = %s {_CELL_GROUPS}""",
             ([a for a, _ in ranges], [b for _, b in ranges], key_id, key_id),
             prepare=False,  # planned for these ranges: a generic plan of a prepared statement scans the whole ledger
         ))  # fmt: skip
-    return {by: _grouped(cells, by) for by in groups}
+    return {by: _rows(grouped[by], _merged(live, by)) for by in groups}
 
 
-def _grouped(cells: Sequence[_Cell], by: str) -> list[dict[str, Any]]:
-    merged: dict[str, tuple[list[int], list[Decimal], list[np.ndarray]]] = {}
-    for cell in cells:
-        counts, cost, latencies = merged.setdefault(cell.group(by), ([0] * len(_COUNTS), [], []))
-        for i, value in enumerate(cell.counts):
-            counts[i] += value
-        cost.append(cell.cost_usd)
-        latencies.append(cell.latencies)
+def _rows(rolled: dict[str, _Group], live: dict[str, _Group]) -> list[dict[str, Any]]:
+    """Rolled-up and live groups added up, one row per group in order."""
     rows = []
-    for group in sorted(merged):
-        counts, cost, latencies = merged[group]
-        p50, p95 = _percentiles(latencies, (0.5, 0.95))
-        rows.append({"group": group, **dict(zip(_COUNTS, counts, strict=True)), "cost_usd": sum(cost, Decimal(0)),
-                     "latency_p50_ms": p50, "latency_p95_ms": p95})  # fmt: skip
+    for name in sorted(rolled.keys() | live.keys()):
+        parts = [g for g in (rolled.get(name), live.get(name)) if g is not None]
+        counts = [sum(values) for values in zip(*(g.counts for g in parts), strict=True)]
+        a, b = (
+            (rolled[name].latencies if name in rolled else _NOTHING),
+            (live[name].latencies if name in live else _NOTHING),
+        )
+        p50, p95 = _percentiles(a, b, (0.5, 0.95))
+        rows.append({"group": name, **dict(zip(_COUNTS, counts, strict=True)),
+                     "cost_usd": sum((g.cost_usd for g in parts), Decimal(0)), "latency_p50_ms": p50,
+                     "latency_p95_ms": p95})  # fmt: skip
     return rows
 
 

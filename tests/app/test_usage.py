@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
 from app.keys import create_key
-from app.usage import GROUPS, SETTLE, roll_up, usage_by
+from app.usage import GROUPS, SETTLE, _kth, roll_up, usage_by
 from core.db import Database
 
 # The usage query as it was before the roll-up: every ledger row of the period, aggregated by PostgreSQL.
@@ -135,3 +136,13 @@ def test_a_read_while_another_process_rolls_up_takes_the_ledger(
         other.execute("SELECT pg_advisory_xact_lock(%s)", (0x7573_6167_6501,))
         assert usage_by(conn, start, now, GROUPS, now=now) == reference(conn, start, now)
         assert conn.execute("SELECT count(*) FROM usage_rolled_days").fetchone() == (0,)
+
+
+def test_the_kth_of_two_sorted_arrays_is_the_kth_of_them_merged() -> None:
+    """The selection the percentiles of rolled-up plus live latencies rest on, ties and empty sides included."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        a = np.sort(rng.integers(0, 20, int(rng.integers(0, 30))).astype(np.float64))
+        b = np.sort(rng.integers(0, 20, int(rng.integers(0, 6))).astype(np.float64))
+        merged = np.sort(np.concatenate([a, b]))
+        assert [_kth(a, b, k) for k in range(len(merged))] == merged.tolist()
