@@ -244,6 +244,23 @@ _cache: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, dict[str, 
 _cache_lock = threading.Lock()
 
 
+def _full_days(conn: psycopg.Connection, start: datetime, end: datetime, now: datetime) -> list[date]:
+    """The days inside [start, end) that can be rolled up: finished :data:`SETTLE` ago, none before the ledger's
+    first row (so that a period from the year 1 rolls up nothing more)."""
+    oldest = _fetch(conn, "SELECT min(created_at) FROM ledger")
+    if oldest is None:
+        return []
+    lower = max(start, _day_start(oldest.astimezone(UTC).date()))  # compared, not converted: the year 1 is fine
+    upper = min(end, now - SETTLE)
+    if lower >= upper:
+        return []
+    first = lower.astimezone(UTC).date()
+    if _day_start(first) < lower:
+        first += timedelta(days=1)
+    last = upper.astimezone(UTC).date()  # the days before it end by `upper`
+    return [first + timedelta(days=i) for i in range(max((last - first).days, 0))]
+
+
 def _rolled_groups(
     conn: psycopg.Connection, days: Sequence[date], key_id: int | None, groups: Sequence[str]
 ) -> tuple[list[date], dict[str, dict[str, _Group]]]:
@@ -310,9 +327,7 @@ def usage_by(
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise ValueError(f"unknown usage grouping {unknown[0]!r}: one of {', '.join(GROUPS)}")
-    first = start.astimezone(UTC).date() + timedelta(days=0 if _day_start(start.astimezone(UTC).date()) == start else 1)
-    last = min(end.astimezone(UTC).date(), _horizon(now or datetime.now(UTC)))  # days before it end before `end`
-    full_days = [first + timedelta(days=i) for i in range(max((last - first).days, 0))]
+    full_days = _full_days(conn, start, end, now or datetime.now(UTC))
     if full_days and _pending(conn, full_days):
         roll_up(conn, now, full_days)
     rolled, grouped = _rolled_groups(conn, full_days, key_id, groups)

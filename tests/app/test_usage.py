@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -146,3 +146,17 @@ def test_the_kth_of_two_sorted_arrays_is_the_kth_of_them_merged() -> None:
         b = np.sort(rng.integers(0, 20, int(rng.integers(0, 6))).astype(np.float64))
         merged = np.sort(np.concatenate([a, b]))
         assert [_kth(a, b, k) for k in range(len(merged))] == merged.tolist()
+
+
+def test_a_period_from_the_year_1_to_the_year_9999_rolls_up_only_the_ledgers_days(
+    ledger: tuple[psycopg.Connection, list[int]],
+) -> None:
+    """Any period the API accepts: no overflow at the calendar's ends, no roll-up of empty centuries."""
+    conn, keys = ledger
+    now = datetime.now(UTC)
+    seed(conn, keys, 200, now - timedelta(days=2), now, "y-")
+    start = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    end = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    assert usage_by(conn, start, end, GROUPS, now=now) == reference(conn, start, end)
+    rolled = conn.execute("SELECT count(*) FROM usage_rolled_days").fetchone()
+    assert rolled is not None and 1 <= rolled[0] <= 3
