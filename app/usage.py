@@ -239,7 +239,7 @@ def _percentiles(a: np.ndarray, b: np.ndarray, qs: Sequence[float]) -> list[floa
 
 
 _NOTHING = np.empty(0)
-_CACHE_SIZE = 16
+_CACHE_SIZE = 4  # periods x key views; each holds a float per request of its rolled-up days, per grouping
 _cache: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, dict[str, _Group]]]] = OrderedDict()
 _cache_lock = threading.Lock()
 

@@ -352,3 +352,16 @@ def test_rollouts_page_shows_the_test_per_guard_and_aborts_after_a_confirmation(
         assert aborted.status_code == 303 and aborted.headers["location"] == "/ui/rollouts"
         after = client.get("/ui/rollouts").text
         assert '<span class="state">aborted</span>' in after and f"/ui/api/rollouts/{rollout.id}/abort" not in after
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/ui/quality?since=yesterday-ish", "/ui/quality?collection=%00", "/ui/feedback?days=0",
+     "/ui/feedback?negative=maybe", "/ui/drift?config=no-such-config", "/ui/drift?collection=nowhere",
+     "/ui/usage?days=100000", "/ui/playground?rated=sideways"],
+)  # fmt: skip
+def test_odd_page_parameters_are_a_4xx_page(console: TestClient, keys: dict[str, str], path: str) -> None:
+    login(console, keys["admin"])
+    page = console.get(path)
+    assert 400 <= page.status_code < 500, (path, page.status_code)
+    assert "text/html" in page.headers["content-type"] and keys["admin"] not in page.text
