@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -279,51 +278,6 @@ def write_ledger(conn: psycopg.Connection, entry: LedgerEntry) -> None:
             "pii_counts": Jsonb(entry.pii_counts),
         },
     )
-
-
-GROUPS = {"key": "coalesce(key_name, '(none)')", "day": "to_char(created_at, 'YYYY-MM-DD')",
-          "config": "coalesce(config_version, '(none)')", "model": "coalesce(model, '(none)')",
-          "payer": "CASE WHEN rollout_side = 'shadow' THEN 'operator (rollout shadow)' ELSE 'keys' END"}  # fmt: skip
-
-
-_USAGE_FIELDS = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "embedding_tokens",
-                 "cost_usd", "latency_p50_ms", "latency_p95_ms")  # fmt: skip
-
-
-def usage_by(
-    conn: psycopg.Connection, start: datetime, end: datetime, groups: Sequence[str], *, key_id: int | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """Requests, errors, tokens, cost (Decimal, as stored) and total latency p50/p95 per group of each of ``groups``.
-
-    One scan of the ledger rows in [start, end) for all groupings (GROUPING SETS); only ``key_id``'s when given.
-    """
-    columns = [GROUPS[g] for g in groups]  # allow-listed: never user text in SQL
-    which = " ".join(f"WHEN GROUPING({c}) = 0 THEN {i}" for i, c in enumerate(columns))
-    rows = conn.execute(
-        f"""SELECT CASE {which} END, coalesce({", ".join(columns)}), count(*), count(*) FILTER (WHERE status >= 400),
-                   sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(embedding_tokens),
-                   sum(cost_usd),
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY (latency_ms->>'total')::float8),
-                   percentile_cont(0.95) WITHIN GROUP (ORDER BY (latency_ms->>'total')::float8)
-            FROM ledger WHERE created_at >= %s AND created_at < %s AND (%s::bigint IS NULL OR key_id = %s)
-            GROUP BY GROUPING SETS ({", ".join(f"({c})" for c in columns)}) ORDER BY 1, 2""",
-        (start, end, key_id, key_id),
-    ).fetchall()
-    result: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
-    for which_group, group, *values in rows:
-        item: dict[str, Any] = {"group": group, **dict(zip(_USAGE_FIELDS, values, strict=True))}
-        for name in _USAGE_FIELDS[:6]:
-            item[name] = int(item[name] or 0)
-        item["cost_usd"] = item["cost_usd"] or Decimal(0)
-        result[groups[which_group]].append(item)
-    return result
-
-
-def usage(
-    conn: psycopg.Connection, start: datetime, end: datetime, group_by: str, *, key_id: int | None = None
-) -> list[dict[str, Any]]:
-    """Requests, tokens, cost and latency per group of one grouping in [start, end); only ``key_id``'s when given."""
-    return usage_by(conn, start, end, [group_by], key_id=key_id)[group_by]
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ def usage_table(
 
     from rich.table import Table
 
-    from app.accounting import GROUPS, usage
+    from app.usage import GROUPS, usage
     from core.money import format_usd
     from core.runtime import open_runtime
 

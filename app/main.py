@@ -38,6 +38,7 @@ from app.pricing import load_pricing
 from app.rag import RagPipeline
 from app.rollouts.routing import RolloutRouter
 from app.rollouts.shadow import ShadowWorker
+from app.usage import USAGE_ROLLUP
 from core.catalog import Catalog
 from core.db import Database
 from core.embedding import get_embedder
@@ -175,12 +176,12 @@ def _refusal(meter: Meter | None, route: str | None, status: int | None) -> str 
 
 
 def worker_chores(catalog: Catalog, settings: Settings) -> tuple[Chore, ...]:
-    """What the worker does between jobs for this layer: expired transcripts, online evaluation (and its
-    LLM judge when a configuration names one; a judge model without a price is a ConfigError here)."""
+    """What the worker does between jobs for this layer: expired transcripts, usage roll-up, online evaluation
+    (and its LLM judge when a configuration names one; a judge model without a price is a ConfigError here)."""
     judges = None
     if any(c.config.online_eval.judge.enabled for c in catalog.configs.values()):
         judges = OnlineJudges(catalog, settings, load_pricing(settings.configs_dir))
-    return (*CHORES, Chore("online evaluation", 0.0, online_evaluator(catalog, judges).run_once))
+    return (*CHORES, USAGE_ROLLUP, Chore("online evaluation", 0.0, online_evaluator(catalog, judges).run_once))
 
 
 def _start_worker(database: Database, settings: Settings, catalog: Catalog) -> Worker | None:

@@ -41,7 +41,7 @@ QUESTIONS = (
     "How do I rotate an API key?",
     "How long is parental leave for the primary caregiver?",
 )
-PAGES = ("playground", "index", "usage", "evals")
+PAGES = ("playground", "index", "usage", "feedback", "quality", "drift", "rollouts", "evals")
 
 
 def seed_ledger(database: Database, rows: int) -> None:

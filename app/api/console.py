@@ -24,9 +24,12 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.accounting import budgets_left, usage_by
+from app.accounting import budgets_left
 from app.answers import Question
 from app.api import admin
+from app.api import drift as drift_api
+from app.api import feedback as feedback_api
+from app.api import rollouts as rollouts_api
 from app.api.answering import complete, prepare
 from app.api.deps import (
     AppSettings,
@@ -41,10 +44,11 @@ from app.api.deps import (
     get_pool,
 )
 from app.api.query import create_query
-from app.api.schemas import QueryRequest, QueryResponse, RowId
+from app.api.schemas import NO_NUL, QueryRequest, QueryResponse, RowId
 from app.console import charts
 from app.console.sessions import Session, SessionStore
 from app.keys import ApiKey, list_keys
+from app.usage import usage_by
 from core.access import Grant
 from core.config import RetrievalMode
 from core.errors import AuthError, NotFound, RagopsError, ScopeError
@@ -57,12 +61,15 @@ SESSION_COOKIE = "ragops_session"
 LOGIN_COOKIE = "ragops_login"  # double-submit token of the login form (there is no session yet)
 CSRF_HEADER = "x-csrf-token"
 MODES: tuple[RetrievalMode, ...] = ("hybrid", "vector", "keyword")
-# Pages in the navigation, each with the scope it needs; later pages (feedback, quality, drift,
-# rollouts) are one line here and one template.
+# Pages in the navigation, each with the scope it needs: a page is one line here and one template.
 NAV = (
     ("playground", "Playground", "query"),
     ("index", "Index", "admin"),
     ("usage", "Usage and cost", "admin"),
+    ("feedback", "Feedback", "admin"),
+    ("quality", "Quality", "admin"),
+    ("drift", "Drift", "admin"),
+    ("rollouts", "Rollouts", "admin"),
     ("evals", "Evals", "admin"),
 )
 # script-src 'self': no inline script, none from elsewhere; SVG charts are markup, styles a file.
@@ -298,9 +305,16 @@ def _collections(pool: Any, grant: Grant) -> list[documents.CollectionSummary]:
 
 
 @router.get("/playground")
-def read_playground(request: Request, viewer: QueryViewer, pool: DbPool, catalog: Configs) -> HTMLResponse:
+def read_playground(
+    request: Request,
+    viewer: QueryViewer,
+    pool: DbPool,
+    catalog: Configs,
+    rated: Annotated[Literal["up", "down"] | None, Query()] = None,
+) -> HTMLResponse:
     """Ask a question with a chosen collection, configuration and retrieval mode; compare two configurations."""
-    return _render(request, "playground.html", viewer, _playground_context(pool, catalog, viewer))
+    context = {**_playground_context(pool, catalog, viewer), "rated": rated}
+    return _render(request, "playground.html", viewer, context)
 
 
 def _playground_context(pool: Any, catalog: Any, viewer: Viewer) -> dict[str, Any]:
@@ -443,11 +457,16 @@ router.add_api_route(
 def read_console_usage(
     request: Request, viewer: AdminViewer, pool: DbPool, days: Annotated[int, Query(ge=1, le=366)] = 30
 ) -> HTMLResponse:
-    """Requests, tokens, cost, latency and errors per key, configuration and day; budgets and what is left."""
+    """Requests, tokens, cost, latency and errors per key, configuration and day; budgets and what is left.
+
+    The period is whole UTC days, today's included: every bar is a day, and every day but today is read from
+    the usage roll-up.
+    """
     until = datetime.now(UTC) + timedelta(seconds=1)
+    since = datetime.combine(until.date() - timedelta(days=days - 1), datetime.min.time(), UTC)
     own = None if viewer.grant.all_collections else viewer.key.id
     with pool.connection() as conn:
-        groups = usage_by(conn, until - timedelta(days=days), until, ["key", "config", "day"], key_id=own)
+        groups = usage_by(conn, since, until, ["key", "config", "day"], key_id=own)
         keys = list_keys(conn) if own is None else [viewer.key]
         budgets = budgets_left(conn, [k for k in keys if k.revoked_at is None])
     daily = groups["day"]
@@ -463,6 +482,145 @@ def read_console_usage(
         },
     }
     return _render(request, "usage.html", viewer, context)
+
+
+# Feedback, online quality, drift and rollouts: the admin API's own handlers, with the key's grant.
+
+
+def _chosen(pool: Any, viewer: Viewer, collection: str | None) -> tuple[str | None, list[str]]:
+    """The collection a page shows (asked for, else the key's first) and the key's collections to choose from."""
+    names = [c.name for c in _collections(pool, viewer.grant)]
+    return collection or (names[0] if names else None), names
+
+
+def _short(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%m-%d %H:%M")
+
+
+Collection = Annotated[str | None, Query(max_length=64, pattern=NO_NUL)]
+FEEDBACK_SHOWN = 500
+
+
+@router.get("/feedback")
+def read_console_feedback(
+    request: Request,
+    viewer: AdminViewer,
+    pool: DbPool,
+    collection: Collection = None,
+    days: Annotated[int, Query(ge=1, le=366)] = 7,
+    negative: Annotated[Literal["", "true", "false"], Query()] = "",
+) -> HTMLResponse:
+    """Ratings of a collection the key administers, newest first, with the versions that produced each answer
+    (GET /v1/feedback); the free text shown is the PII-filtered text stored."""
+    chosen, names = _chosen(pool, viewer, collection)
+    only = {"true": True, "false": False}.get(negative)
+    items = feedback_api.read_feedback(pool, viewer.grant, chosen, f"{days}d", only, 0, FEEDBACK_SHOWN).items
+    per_day: dict[str, list[int]] = {}
+    for item in items:
+        counts = per_day.setdefault(item.updated_at.astimezone(UTC).strftime("%m-%d"), [0, 0])
+        counts[1 if item.negative else 0] += 1
+    context = {
+        "collection": chosen, "collections": names, "negative": negative, "days": days, "items": items[::-1],
+        "limit": FEEDBACK_SHOWN,
+        "charts": {
+            "Good ratings per day": charts.bars([(d, c[0]) for d, c in sorted(per_day.items())], "good ratings"),
+            "Poor ratings per day": charts.bars([(d, c[1]) for d, c in sorted(per_day.items())], "poor ratings"),
+        },
+    }  # fmt: skip
+    return _render(request, "feedback.html", viewer, context)
+
+
+@router.get("/quality")
+def read_console_quality(
+    request: Request,
+    viewer: AdminViewer,
+    pool: DbPool,
+    collection: Collection = None,
+    since: Annotated[str, Query(max_length=40, pattern=NO_NUL)] = "7d",
+) -> HTMLResponse:
+    """Online evaluation of sampled live answers per collection, configuration, versions and day
+    (GET /v1/admin/quality)."""
+    report = admin.read_quality(pool, viewer.grant, collection or None, since)
+    rows = report.rows
+    several = len({(r.collection, r.config_version) for r in rows}) > 1
+
+    def label(r: admin.QualityRow) -> str:
+        return r.day[5:] + (f" {r.collection}/{r.config_version.partition('@')[0]}" if several else "")
+
+    context = {
+        "report": report, "collection": collection or "", "since": since, "collections": _chosen(pool, viewer, None)[1],
+        "charts": {
+            "Answers evaluated": charts.bars([(label(r), r.answers) for r in rows], "answers evaluated"),
+            "Support (mean share of supported sentences)": charts.bars([(label(r), r.support or 0.0) for r in rows]),
+            "Refusal rate": charts.bars([(label(r), r.refusal_rate or 0.0) for r in rows], "refusal rate"),
+            "Top retrieval score (mean)": charts.bars([(label(r), r.top_score or 0.0) for r in rows]),
+        },
+    }  # fmt: skip
+    return _render(request, "quality.html", viewer, context)
+
+
+@router.get("/drift")
+def read_console_drift(
+    request: Request,
+    viewer: AdminViewer,
+    pool: DbPool,
+    catalog: Configs,
+    collection: Collection = None,
+    config: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+) -> HTMLResponse:
+    """Drift windows of a collection and configuration, the newest verdict per signal, content gaps
+    (GET /v1/admin/drift)."""
+    chosen, names = _chosen(pool, viewer, collection)
+    drift = drift_api.read_drift(pool, catalog, viewer.grant, chosen, config or None, None, 2000)
+    by_signal: dict[str, list[tuple[str, float]]] = {}
+    for w in drift.windows:
+        value = w.window_value if w.window_value is not None else (w.statistic or 0.0)
+        by_signal.setdefault(w.signal, []).append((_short(w.window_start), value))
+    context = {
+        "drift": drift, "collections": names, "configs": viewer.grant.configs_of(catalog.configs),
+        "charts": {signal: charts.bars(points, signal) for signal, points in sorted(by_signal.items())},
+    }  # fmt: skip
+    return _render(request, "drift.html", viewer, context)
+
+
+@router.get("/rollouts")
+def read_console_rollouts(request: Request, viewer: AdminViewer, pool: DbPool) -> HTMLResponse:
+    """Rollouts of the key's collections: stage, samples, the sequential test per guard; promote or abort
+    (GET /v1/admin/rollouts)."""
+    rollouts = rollouts_api.read_rollouts(pool, viewer.grant, 50).rollouts
+    return _render(request, "rollouts.html", viewer, {"rollouts": rollouts})
+
+
+@router.post("/api/rollouts/{rollout_id}/{action}")
+def act_on_console_rollout(
+    request: Request,
+    rollout_id: RowId,
+    action: Literal["promote", "abort"],
+    viewer: AdminAction,
+    pool: DbPool,
+    pipeline: Pipeline,
+) -> Response:
+    """Promote or abort a rollout (POST /v1/admin/rollouts/{id}/promote or /abort)."""
+    handler = rollouts_api.promote_rollout if action == "promote" else rollouts_api.abort_rollout
+    return _done(request, "rollouts", handler(rollout_id, pool, viewer.grant, pipeline))
+
+
+@router.post("/api/feedback")
+def create_console_feedback(
+    request: Request,
+    viewer: QueryAction,
+    pool: DbPool,
+    pipeline: Pipeline,
+    catalog: Configs,
+    request_id: Annotated[str, Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
+    rating: Annotated[int, Form(ge=-1, le=1)],
+) -> Response:
+    """Thumbs up or down on a playground answer (POST /v1/feedback)."""
+    body = feedback_api.FeedbackRequest(request_id=request_id, scale="thumbs", rating=rating)
+    saved = feedback_api.create_feedback(request, body, pool, pipeline, catalog, viewer.key, viewer.grant)
+    if CSRF_HEADER in request.headers:
+        return Response(saved.model_dump_json(), media_type="application/json")
+    return RedirectResponse(f"{PREFIX}/playground?rated={'up' if rating > 0 else 'down'}", status_code=303)
 
 
 # Eval gate reports.

@@ -9,9 +9,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, BeforeValidator
 
-from app.accounting import usage
 from app.api.deps import AdminGrant, AdminKey, DbPool
 from app.api.query import ERRORS
+from app.usage import usage
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 

@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,17 @@ from app.api.console import CSP, REPORT_CSP, SESSION_COOKIE
 from app.console.sessions import SessionStore
 from app.keys import create_key, revoke_key
 from app.main import create_app
+from app.online_eval import Measures, add_measures
+from app.rollouts import store as rollout_store
+from core.config import load_config
 from core.db import Database
 from tests.app.conftest import make_settings
 from tests.utils.ledger import ledger_row
 from tests.utils.sse import parse_sse
 
 QUESTION = "How many PTO days do new employees get?"
+ADMIN_PAGES = ("/ui/playground", "/ui/index", "/ui/usage", "/ui/feedback", "/ui/quality", "/ui/drift", "/ui/rollouts",
+               "/ui/evals")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,7 @@ def test_login_sets_a_strict_httponly_cookie_and_the_key_appears_nowhere(
     cookie = next(v for k, v in response.headers.multi_items() if k == "set-cookie" and SESSION_COOKIE in v)
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
     assert keys["admin"] not in cookie and keys["admin"] not in response.headers["location"]
-    for path in ("/ui/playground", "/ui/index", "/ui/usage", "/ui/evals"):
+    for path in ADMIN_PAGES:
         shown = console.get(path)
         assert shown.status_code == 200, path
         assert keys["admin"] not in shown.text and "<script>" not in shown.text
@@ -145,7 +151,7 @@ def test_a_query_key_sees_no_admin_page_and_no_other_collection(console: TestCli
     playground = console.get("/ui/playground").text
     assert 'href="/ui/index"' not in playground and 'href="/ui/usage"' not in playground
     assert ">default (" not in playground  # the samples' collection is not this key's
-    for path in ("/ui/index", "/ui/usage", "/ui/evals", "/ui/evals/report/report.html"):
+    for path in (*ADMIN_PAGES[1:], "/ui/evals/report/report.html", "/ui/feedback?collection=default"):
         page = console.get(path)
         assert page.status_code == 403, path
         assert "admin" in page.text and "index version" not in page.text.lower() and "ndcg" not in page.text
@@ -246,3 +252,116 @@ def test_a_revoked_key_or_an_expired_session_ends_the_login(database: Database) 
     old_id, _ = expired.create(key)
     time.sleep(0.02)
     assert expired.get(old_id, database.connect) is None
+
+
+def answer_of(console: TestClient, csrf: str) -> str:
+    """Ask through the playground's stream; returns the answer's request id once its ledger row is written."""
+    response = console.post("/ui/api/ask", json={"question": QUESTION, "collection": "default"},
+                            headers={"x-csrf-token": csrf})  # fmt: skip
+    assert response.status_code == 200
+    done = json.loads(dict(parse_sse(response.text))["done"] or "{}")
+    return str(done["request_id"])
+
+
+def test_thumbs_on_a_playground_answer_show_on_the_feedback_page(
+    console: TestClient, keys: dict[str, str], served_database: Database
+) -> None:
+    csrf = login(console, keys["admin"])
+    request_id = answer_of(console, csrf)
+    assert ledger_row(served_database, request_id, wait_s=10) is not None
+    forged = console.post("/ui/api/feedback", data={"request_id": request_id, "rating": "-1", "csrf": "x"})
+    assert forged.status_code == 403
+    rated = console.post("/ui/api/feedback", data={"request_id": request_id, "rating": "-1"},
+                         headers={"x-csrf-token": csrf})  # fmt: skip
+    assert rated.status_code == 200, rated.text
+    assert rated.json()["negative"] is True and rated.json()["scale"] == "thumbs"
+    zero = console.post("/ui/api/feedback", data={"request_id": request_id, "rating": "0"},
+                        headers={"x-csrf-token": csrf})  # fmt: skip
+    assert zero.status_code == 422 and "thumbs" in zero.json()["error"]["message"]
+    page = console.get("/ui/feedback?collection=default&negative=true")
+    row = re.search(rf"<tr class=\"poor\">(?:(?!</tr>).)*{request_id}", page.text, re.S)
+    assert page.status_code == 200 and row is not None and "thumbs down" in row.group(0)
+    assert page.text.count("<svg") == 2
+    # Without JavaScript: the form posts, the playground says thanks; rating again replaces the rating.
+    again = console.post("/ui/api/feedback", data={"request_id": request_id, "rating": "1", "csrf": csrf})
+    assert again.status_code == 303 and again.headers["location"] == "/ui/playground?rated=up"
+    assert "thumbs up) was saved" in console.get(again.headers["location"]).text
+    good = console.get("/ui/feedback?collection=default&negative=false").text
+    assert request_id in good and request_id not in console.get("/ui/feedback?negative=true").text
+
+
+def test_a_collection_admin_sees_only_its_collections_feedback_and_quality(
+    console: TestClient, served_database: Database
+) -> None:
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    with served_database.connect() as conn:
+        other = create_key(conn, "console-hr-admin", ["admin"], collections=["hr-only"])[1]
+        group = (today, "default", "default@console-test", "prompt@console-test", "v-console-test")
+        add_measures(conn, [Measures(group, refused=False, cited=2, pii_entities=0, latency_ms=40.0,
+                                     cost_usd=Decimal(0), top_score=0.8, margin=0.2, support=0.75)])  # fmt: skip
+    admin = login(console, create_admin(served_database))
+    assert admin
+    quality = console.get("/ui/quality?collection=default")
+    assert quality.status_code == 200 and "default@console-test" in quality.text and "0.750" in quality.text
+    login(console, other)
+    for path in ("/ui/feedback?collection=default", "/ui/quality?collection=default", "/ui/drift?collection=default"):
+        page = console.get(path)
+        assert page.status_code == 403, path
+        assert "console-test" not in page.text and "thumbs" not in page.text
+    assert "default@console-test" not in console.get("/ui/quality").text  # every collection of this key: hr-only
+
+
+def create_admin(database: Database) -> str:
+    with database.connect() as conn:
+        return create_key(conn, "console-admin-2", ["admin"], collections=["*"], configs=["*"])[1]
+
+
+def test_rollouts_page_shows_the_test_per_guard_and_aborts_after_a_confirmation(
+    private_database: Database, keys_private: dict[str, str], tmp_path: Path
+) -> None:
+    """A rollout row written straight to the store (the gate and the shadow traffic are test_rollouts.py's)."""
+    guards = load_config("default", Path(__file__).resolve().parents[2] / "configs").config.rollout
+    with private_database.connect() as conn:
+        version = conn.execute("SELECT id FROM index_versions WHERE is_active").fetchone()
+        assert version is not None
+        live = rollout_store.Versions("default", "default", version[0])
+        candidate = rollout_store.Versions("default", "console-candidate", version[0])
+        rollout = rollout_store.insert_rollout(conn, "default", live, candidate, guards, None, "key:console")
+        decision = {"verdict": "continue", "samples": 3, "reason": None,
+                    "measures": [{"measure": "support", "margin": 0.05, "n": 3, "mean_degradation": 0.01,
+                                  "log_lr": -0.4213, "verdict": "continue"}]}  # fmt: skip
+        rollout_store.note_decision(conn, rollout.id, decision)
+        outsider = create_key(conn, "console-outsider", ["admin"], collections=["hr-only"])[1]
+    settings = make_settings(private_database, tmp_path, vllm_url=None, worker_in_process=False)
+    with TestClient(create_app(settings), follow_redirects=False) as client:
+        login(client, outsider)
+        assert client.get("/ui/rollouts").text.count(f"Rollout {rollout.id}") == 0
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', client.get("/ui/rollouts").text)
+        assert csrf is not None
+        refused = client.post(f"/ui/api/rollouts/{rollout.id}/abort", data={"csrf": csrf.group(1)})
+        assert refused.status_code == 404 and "console-candidate" not in refused.text
+        csrf_admin = login(client, keys_private["admin"])
+        page = client.get("/ui/rollouts").text
+        section = page[page.index(f'id="rollout-{rollout.id}"') :]
+        assert '<span class="state">shadow</span>' in section and "console-candidate" in section
+        assert "<td>support</td><td>0.05</td><td>3</td><td>0.01</td><td>-0.4213</td><td>continue</td>" in section
+        assert 'class="confirm" data-confirm="Abort rollout' in section
+        forged = client.post(f"/ui/api/rollouts/{rollout.id}/abort", data={"csrf": "forged"})
+        assert forged.status_code == 403
+        aborted = client.post(f"/ui/api/rollouts/{rollout.id}/abort", data={"csrf": csrf_admin})
+        assert aborted.status_code == 303 and aborted.headers["location"] == "/ui/rollouts"
+        after = client.get("/ui/rollouts").text
+        assert '<span class="state">aborted</span>' in after and f"/ui/api/rollouts/{rollout.id}/abort" not in after
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/ui/quality?since=yesterday-ish", "/ui/quality?collection=%00", "/ui/feedback?days=0",
+     "/ui/feedback?negative=maybe", "/ui/drift?config=no-such-config", "/ui/drift?collection=nowhere",
+     "/ui/usage?days=100000", "/ui/playground?rated=sideways"],
+)  # fmt: skip
+def test_odd_page_parameters_are_a_4xx_page(console: TestClient, keys: dict[str, str], path: str) -> None:
+    login(console, keys["admin"])
+    page = console.get(path)
+    assert 400 <= page.status_code < 500, (path, page.status_code)
+    assert "text/html" in page.headers["content-type"] and keys["admin"] not in page.text

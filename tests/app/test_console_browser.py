@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -17,6 +19,9 @@ import pytest
 
 from app.keys import create_key
 from app.main import create_app
+from app.online_eval import Measures, add_measures
+from app.rollouts import store as rollout_store
+from core.config import load_config
 from core.db import Database
 from tests.app.conftest import SAMPLES, make_settings
 from tests.conftest import REPO
@@ -190,12 +195,84 @@ def test_usage_and_evals_pages(browser: Any, site: str, keys: dict[str, str]) ->
     assert_clean(browser, keys["admin"], EMAIL)
 
 
+def test_thumbs_down_in_the_playground_shows_on_the_feedback_page(
+    browser: Any, site: str, keys: dict[str, str]
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    login(browser, site, keys["admin"])
+    css(browser, "#question").send_keys(QUESTION)
+    Select(css(browser, "#collection")).select_by_value("default")
+    assert not css(browser, "#pane-a form.rate").is_displayed()  # nothing to rate yet
+    css(browser, "#ask button[type=submit]").click()
+    wait_until(browser, lambda b: css(b, "#status").text == "Done.")
+    css(browser, "#pane-a form.rate button.down").click()
+    wait_until(browser, lambda b: css(b, "#pane-a .rated").text == "Thanks: rated down.")
+    config = css(browser, "#pane-a .facts").text.split("config ", 1)[1].split(",", 1)[0]
+    browser.get(f"{site}/ui/feedback?collection=default&negative=true")
+    rows = css_all(browser, "#ratings tbody tr.poor")
+    assert rows and "thumbs down" in rows[0].text and config in rows[0].text
+    assert css_all(browser, "svg.chart")
+    shoot(browser, "feedback")
+    assert_clean(browser, keys["admin"], EMAIL)
+
+
+def test_quality_drift_and_rollout_pages_and_an_abort_after_confirmation(
+    browser: Any, site: str, keys: dict[str, str], private_database: Database
+) -> None:
+    """Quality figures and the rollout are written to their stores directly (the worker's and the gate's parts
+    are tested in test_online_eval.py and test_rollouts.py)."""
+    today = datetime.now(UTC).date()
+    guards = load_config("default", REPO / "configs").config.rollout
+    with private_database.connect() as conn:
+        version = conn.execute("SELECT id FROM index_versions WHERE is_active").fetchone()
+        assert version is not None
+        group = (today, "default", "default@browser", "default@browser", f"v{version[0]}")
+        add_measures(conn, [
+            Measures(group, refused=False, cited=2, pii_entities=1, latency_ms=35.0, cost_usd=Decimal("0.0002"),
+                     top_score=0.71, margin=0.12, support=support)
+            for support in (0.82, 0.64)
+        ])  # fmt: skip
+        live = rollout_store.Versions("default", "default", version[0])
+        candidate = rollout_store.Versions("default", "concise", version[0])
+        rollout = rollout_store.insert_rollout(conn, "default", live, candidate, guards, None, "key:operator")
+        rollout_store.note_decision(conn, rollout.id, {
+            "verdict": "continue", "samples": 12, "reason": None,
+            "measures": [{"measure": m, "margin": 0.05, "n": 12, "mean_degradation": 0.004, "log_lr": -0.8,
+                          "verdict": "continue"} for m in ("support", "top_score")],
+        })  # fmt: skip
+    login(browser, site, keys["admin"])
+    browser.get(f"{site}/ui/quality")
+    assert "default@browser" in css(browser, "#quality").text and len(css_all(browser, "svg.chart")) == 4
+    shoot(browser, "quality")
+    browser.get(f"{site}/ui/drift")
+    assert "default" in css(browser, "h1 + form").text and css(browser, "#latest")
+    shoot(browser, "drift")
+    browser.get(f"{site}/ui/rollouts")
+    section = f"#rollout-{rollout.id}"
+    assert css(browser, f"{section} .state").text == "shadow"
+    assert "support" in css(browser, f"{section} table.guards").text
+    shoot(browser, "rollouts")
+    abort = f"{section} form[action$='/abort'] button"
+    css(browser, abort).click()
+    alert = wait_until(browser, lambda b: b.switch_to.alert)
+    assert f"Abort rollout {rollout.id}" in alert.text
+    alert.dismiss()  # cancelled: nothing changes
+    time.sleep(0.3)
+    assert css(browser, f"{section} .state").text == "shadow"
+    css(browser, abort).click()
+    wait_until(browser, lambda b: b.switch_to.alert).accept()
+    wait_until(browser, lambda b: css(b, f"{section} .state").text == "aborted")
+    assert not css_all(browser, f"{section} form")
+    assert_clean(browser, keys["admin"], EMAIL)
+
+
 def test_a_query_key_gets_403_pages_without_data(browser: Any, site: str, keys: dict[str, str]) -> None:
     login(browser, site, keys["query"])
     nav = css(browser, "nav").text
-    assert "Playground" in nav and "Index" not in nav and "Usage" not in nav
+    assert "Playground" in nav and "Index" not in nav and "Usage" not in nav and "Rollouts" not in nav
     assert "default (" not in css(browser, "#collection").text
-    for page in ("index", "usage", "evals"):
+    for page in ("index", "usage", "feedback", "quality", "drift", "rollouts", "evals"):
         browser.get(f"{site}/ui/{page}")
         assert "403" in css(browser, "h1").text and "admin" in css(browser, "main").text
         assert "version" not in browser.page_source.lower() and "operator" not in browser.page_source

@@ -103,9 +103,12 @@
     const facts = pane.querySelector(".facts");
     const list = pane.querySelector(".citations");
     pane.querySelector(".label").textContent = (body.config || "") + (body.mode ? " · " + body.mode : "");
+    const rate = pane.querySelector("form.rate");
     answer.textContent = "";
     facts.textContent = "";
     list.textContent = "";
+    rate.hidden = true;
+    rate.querySelector(".rated").textContent = "";
     pane.setAttribute("aria-busy", "true");
     const chunks = {};
     let text = "";
@@ -150,6 +153,8 @@
         fact(facts, "Versions", "config " + v.config + ", prompt " + v.prompt + ", index " + v.index + ", model " + v.model);
         fact(facts, "Timings", "embed " + ms(t.embed_ms) + ", retrieve " + ms(t.retrieve_ms) + ", first token " + ms(t.ttft_ms) + ", generate " + ms(t.generate_ms) + ", total " + ms(t.total_ms));
         fact(facts, "PII filtered", piiText(data.pii));
+        rate.elements.request_id.value = data.request_id;
+        rate.hidden = false;
         const byChunk = {};
         for (const [n, s] of citedSentences(text)) (byChunk[n] = byChunk[n] || []).push(s);
         for (const [n, sentences] of Object.entries(byChunk)) {
@@ -186,6 +191,36 @@
       status.textContent = "Answering…";
       await Promise.all(runs);
       status.textContent = "Done.";
+    });
+  }
+
+  // Thumbs up or down on an answer: POST /ui/api/feedback, the page stays as it is.
+  function setUpRating(form) {
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const body = new URLSearchParams(new FormData(form));
+      body.set("rating", e.submitter ? e.submitter.value : "1");
+      const shown = form.querySelector(".rated");
+      const response = await fetch(form.action, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", "x-csrf-token": csrf },
+        body: body,
+        credentials: "same-origin",
+      });
+      if (response.ok) {
+        shown.textContent = "Thanks: rated " + (body.get("rating") === "1" ? "up" : "down") + ".";
+      } else {
+        let message = response.statusText;
+        try { message = (await response.json()).error.message; } catch (err) { /* not JSON */ }
+        shown.textContent = "Not saved: " + message;
+      }
+    });
+  }
+
+  // Any form that changes state asks first (rollouts: promote, abort).
+  function setUpConfirm(form) {
+    form.addEventListener("submit", (e) => {
+      if (!window.confirm(form.dataset.confirm)) e.preventDefault();
     });
   }
 
@@ -262,6 +297,8 @@
     const ask = document.getElementById("ask");
     if (ask) setUpPlayground(ask);
     document.querySelectorAll("form.activate").forEach(setUpActivate);
+    document.querySelectorAll("form.confirm").forEach(setUpConfirm);
+    document.querySelectorAll("form.rate").forEach(setUpRating);
     const drop = document.getElementById("drop");
     if (drop) setUpDrop(drop);
     const jobs = document.getElementById("jobs");
