@@ -20,7 +20,7 @@ import numpy as np
 import psycopg
 
 from app.after_answer import AfterAnswer
-from app.answers import Answer, Prepared
+from app.answers import Answer, Prepared, Question
 from app.feedback import filtered_questions
 from app.quality import cited, refused, support_share
 from app.retrieval import RetrievalQuery, active_version, search
@@ -60,6 +60,17 @@ def observation_to_record(request_id: str, prepared: Prepared, answer: Answer) -
         support_share=live_support_share(prepared, answer),
     )
     return AfterAnswer("drift", lambda conn: store.record_observation(conn, observation))
+
+
+def block_to_record(config: LoadedConfig, question: Question) -> AfterAnswer | None:
+    """Counting a question refused for blocked personal data, when its configuration monitors its collection.
+
+    Only the collection and configuration names are written: the question itself is never kept.
+    """
+    collection = question.collection or ""
+    if not config.config.drift.monitors(collection):
+        return None
+    return AfterAnswer("drift", lambda conn: store.record_block(conn, collection, config.name))
 
 
 def live_support_share(prepared: Prepared, answer: Answer) -> float | None:

@@ -296,6 +296,12 @@ class RagPipeline:
             raise BadRequest("messages must not contain NUL characters", field="messages")
         check_history(question.history, config)
 
+    def resolve(self, question: Question, grant: Grant) -> tuple[LoadedConfig, Question]:
+        """The configuration that answers ``question`` and the question with its collection named, within ``grant``."""
+        config = self.catalog.config(grant.config(question.config, self.catalog.default_config))
+        config = config.with_retrieval_mode(question.mode)
+        return config, dataclasses.replace(question, collection=grant.collection(question.collection))
+
     def prepare(self, question: Question, grant: Grant) -> Prepared:
         """Validate, embed, retrieve and render the prompt: everything before the first token.
 
@@ -303,9 +309,7 @@ class RagPipeline:
         before anything else, and retrieval reads only a granted collection.
         """
         started = time.perf_counter()
-        config = self.catalog.config(grant.config(question.config, self.catalog.default_config))
-        config = config.with_retrieval_mode(question.mode)
-        question = dataclasses.replace(question, collection=grant.collection(question.collection))
+        config, question = self.resolve(question, grant)
         self.validate(question, config)
         prompt = self.catalog.prompt_for(config)
         if question.prompt is not None:

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 
 from app.after_answer import AfterAnswer
 from app.answers import Answer, AnswerDelta, AnswerDone, Prepared, Question
-from app.drift import observation_to_record
+from app.drift import block_to_record, observation_to_record
 from app.feedback import transcript_to_keep
 from app.metering import Meter
 from app.online_eval import evaluation_to_queue
 from app.pii import log_transcript
 from app.rag import RagPipeline, final_answer
 from core.access import Grant
+from core.errors import PiiBlocked
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -33,7 +34,11 @@ def prepare(pipeline: RagPipeline, meter: Meter, question: Question, grant: Gran
     if pipeline.rollouts is not None:
         key_id = meter.key.id if meter.key is not None else None
         question, grant, assignment = pipeline.rollouts.route(question, grant, pipeline.catalog.default_config, key_id)
-    prepared = pipeline.prepare(question, grant)
+    try:
+        prepared = pipeline.prepare(question, grant)
+    except PiiBlocked:  # a drift signal of its own: the share of questions refused for blocked personal data
+        meter.leave(block_to_record(*pipeline.resolve(question, grant)))
+        raise
     if assignment is not None:
         prepared.rollout = assignment
         prepared.rollout_id, prepared.rollout_side = assignment.rollout.id, assignment.side

@@ -63,6 +63,17 @@ class ObservedMeasures(AnswerMeasures):
         return store.window_answers(conn, collection, config, start, end)
 
 
+class BlockMeasures(AnswerMeasures):
+    """Share of questions refused for carrying personal data of a blocked type (they leave no answer)."""
+
+    signals = ("pii_blocked",)
+
+    def window(
+        self, conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime
+    ) -> dict[str, np.ndarray]:
+        return {"pii_blocked": store.window_blocks(conn, collection, config, start, end)}
+
+
 class CombinedMeasures(AnswerMeasures):
     """Several sources side by side; a later source's signal wins over an earlier one's of the same name."""
 
@@ -93,5 +104,5 @@ class CorpusSamples(ABC):
 
 
 def default_measures() -> AnswerMeasures:
-    """The answer measures the worker reads: the ledger's and those recorded with each answer."""
-    return CombinedMeasures([LedgerMeasures(), ObservedMeasures()])
+    """The answer measures the worker reads: the ledger's, those recorded with each answer, and PII blocks."""
+    return CombinedMeasures([LedgerMeasures(), ObservedMeasures(), BlockMeasures()])

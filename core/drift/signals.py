@@ -41,6 +41,7 @@ SIGNALS: dict[str, Signal] = {
         Signal("pii_entities", "answer", "scalar", "PII entities filtered per answer (KS, PSI)"),
         Signal("refusal", "answer", "rate", "share of answers that declined (Fisher)"),
         Signal("support_share", "answer", "scalar", "share of answer sentences a cited chunk supports (KS, PSI)"),
+        Signal("pii_blocked", "answer", "rate", "share of questions refused for blocked personal data (Fisher)"),
         Signal("corpus_embedding", "corpus", "embedding", "newly ingested chunks vs the index (MMD)"),
     )
 }

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
 
 from core.drift.stats import State
 
@@ -93,13 +94,36 @@ def record_observation(conn: psycopg.Connection, obs: Observation) -> None:
     )  # fmt: skip
 
 
+def record_block(conn: psycopg.Connection, collection: str, config: str) -> None:
+    """Count one question refused for blocked personal data (nothing of the question is kept)."""
+    conn.execute("INSERT INTO drift_blocks (collection, config) VALUES (%s, %s)", (collection, config))
+
+
 def delete_expired(conn: psycopg.Connection, config: str, retention_days: int) -> int:
-    """Delete a configuration's recorded answers older than its retention; returns how many."""
-    cur = conn.execute(
-        "DELETE FROM drift_observations WHERE config = %s AND created_at < now() - make_interval(days => %s)",
-        (config, retention_days),
-    )
-    return cur.rowcount
+    """Delete a configuration's recorded answers and blocks older than its retention; returns how many."""
+    deleted = 0
+    for table in ("drift_observations", "drift_blocks"):
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE config = %s AND created_at < now() - make_interval(days => %s)").format(
+                sql.Identifier(table)
+            ),
+            (config, retention_days),
+        )
+        deleted += cur.rowcount
+    return deleted
+
+
+def window_blocks(conn: psycopg.Connection, collection: str, config: str, start: datetime, end: datetime) -> np.ndarray:
+    """One flag per question of ``[start, end)``: True for each blocked one, False for each recorded answer."""
+    row = conn.execute(
+        """SELECT (SELECT count(*) FROM drift_blocks WHERE collection = %(c)s AND config = %(k)s
+                       AND created_at >= %(s)s AND created_at < %(e)s),
+                  (SELECT count(*) FROM drift_observations WHERE collection = %(c)s AND config = %(k)s
+                       AND created_at >= %(s)s AND created_at < %(e)s)""",
+        {"c": collection, "k": config, "s": start, "e": end},
+    ).fetchone()
+    blocked, answered = (int(row[0]), int(row[1])) if row else (0, 0)
+    return np.concatenate([np.ones(blocked, dtype=bool), np.zeros(answered, dtype=bool)])
 
 
 def window_vectors(

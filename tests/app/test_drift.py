@@ -75,7 +75,7 @@ def drift_client(
 def clean(private_database: Database) -> Iterator[psycopg.Connection]:
     """A connection to the module's database with the drift tables emptied before the test."""
     with private_database.connect() as conn:
-        conn.execute("TRUNCATE drift_observations, drift_windows, drift_references CASCADE")
+        conn.execute("TRUNCATE drift_observations, drift_blocks, drift_windows, drift_references CASCADE")
         yield conn
 
 
@@ -105,6 +105,7 @@ def test_no_drift_table_holds_question_or_answer_text(drift_client: TestClient, 
     text_columns = {(t, c) for t, c, kind in columns if kind in ("text", "character varying", "jsonb", "ARRAY")}
     assert text_columns == {
         ("drift_observations", "request_id"), ("drift_observations", "collection"), ("drift_observations", "config"),
+        ("drift_blocks", "collection"), ("drift_blocks", "config"),
         ("drift_references", "collection"), ("drift_references", "config"), ("drift_references", "source"),
         ("drift_references", "note"), ("drift_reference_values", "signal"), ("drift_reference_values", "values"),
         ("drift_windows", "collection"), ("drift_windows", "config"), ("drift_windows", "signal"),
@@ -339,9 +340,49 @@ def test_refusal_rate_drifts_when_a_window_refuses_everything_not_when_unchanged
         for s in family.samples
     }
     assert gauges[("ragops_drift_state", "refusal", state)] == 1.0
-    assert gauges[("ragops_drift_p_threshold", "refusal", None)] == pytest.approx(0.01 / 5)  # the answer group
+    assert gauges[("ragops_drift_p_threshold", "refusal", None)] == pytest.approx(0.01 / 6)  # the answer group
     page = render_html(store.read_windows(clean, collections=None), {"default": DriftSettings(**DRIFT)})
     assert "refusal" in page and "support_share" in page
+
+
+def test_a_blocked_question_is_counted_for_drift_and_nothing_of_it_kept(
+    drift_client: TestClient, clean: psycopg.Connection, private_database: Database
+) -> None:
+    card = "4487 5749 1186 2520"
+    response = drift_client.post("/v1/query", json={"question": f"My card is {card}, can I expense it?"})
+    assert response.status_code == 422 and "CREDIT_CARD" in response.text
+    wait_for(lambda: clean.execute("SELECT count(*) FROM drift_blocks").fetchone() == (1,))
+    row = clean.execute("SELECT collection, config FROM drift_blocks").fetchone()
+    assert row == ("default", "default")
+    assert card not in table_dump(private_database, skip_index=True)
+
+
+@pytest.mark.parametrize(("blocked", "state"), [(20, "drift"), (1, "ok")])
+def test_pii_block_rate_drifts_when_blocks_surge_not_when_unchanged(
+    clean: psycopg.Connection, drift_configs: Path, blocked: int, state: str
+) -> None:
+    from app.drift import pin_window
+    from core.config import load_config
+
+    rng = np.random.default_rng(5)
+    now = datetime.now(UTC)
+    observe_answers(clean, rng, now - timedelta(hours=1), 60, 0.1)
+    for _ in range(2):  # the reference: 2 of 62 questions blocked
+        store.record_block(clean, "default", "default")
+    clean.execute("UPDATE drift_blocks SET created_at = %s", (now - timedelta(hours=1),))
+    pinned = pin_window(clean, "default", load_config("default", drift_configs), "1d", now=now)
+    assert "pii_blocked" in pinned.signals
+    base = monitor.window_floor(now, WINDOW_S) + timedelta(hours=2)
+    observe_answers(clean, rng, base + timedelta(minutes=1), 40, 0.1)
+    for _ in range(blocked):
+        store.record_block(clean, "default", "default")
+    clean.execute("UPDATE drift_blocks SET created_at = %s WHERE created_at > %s",
+                  (base + timedelta(minutes=2), now - timedelta(minutes=30)))  # fmt: skip
+    monitor.run_due(clean, drift_configs, now=base + timedelta(hours=1, minutes=5))
+    rows = {r.signal: r for r in store.read_windows(clean, collections=None) if r.window_start == base}
+    assert rows["pii_blocked"].state == state and rows["pii_blocked"].n == 40 + blocked
+    assert rows["pii_blocked"].reference_value == pytest.approx(2 / 62)
+    assert rows["refusal"].state == "ok"
 
 
 def test_a_reference_of_questions_only_has_no_answer_reference(clean: psycopg.Connection) -> None:
@@ -354,7 +395,7 @@ def test_a_reference_of_questions_only_has_no_answer_reference(clean: psycopg.Co
     with clean.transaction():
         monitor.judge_window(clean, "default", "default", DriftSettings(**DRIFT), base, default_measures())
     rows = {r.signal: r for r in store.read_windows(clean, collections=None)}
-    for signal in ("refusal", "answer_tokens", "support_share", "cost_usd", "pii_entities"):
+    for signal in ("refusal", "answer_tokens", "support_share", "cost_usd", "pii_entities", "pii_blocked"):
         assert rows[signal].state == "no_reference" and not rows[signal].alarm, signal
     assert rows["question_embedding"].state == "ok"
 
