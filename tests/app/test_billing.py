@@ -81,16 +81,22 @@ def ledger_rows(database: Database, key: str) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def hang_up_before_the_body(base: str, key: str, route: str = "/v1/query") -> None:
-    """Send a streamed request and close the socket without reading a byte of the response."""
+def send_raw(base: str, key: str, route: str, payload: dict[str, Any]) -> socket.socket:
+    """POST ``payload`` to ``route`` on a raw socket (so the test decides when the client hangs up)."""
     host, port = base.removeprefix("http://").split(":")
-    body = json.dumps(STREAMED_ROUTES[route]).encode()
+    body = json.dumps(payload).encode()
     head = (
         f"POST {route} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(head + body)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(head + body)
+    return sock
+
+
+def hang_up_before_the_body(base: str, key: str, route: str = "/v1/query") -> None:
+    """Send a streamed request and close the socket without reading a byte of the response."""
+    with send_raw(base, key, route, STREAMED_ROUTES[route]) as sock:
         sock.shutdown(socket.SHUT_RDWR)
 
 
@@ -159,15 +165,8 @@ def test_a_hang_up_during_retrieval_generates_nothing_and_bills_no_completion(
     url: str, served_database: Database, slow_retrieval: list[str], stream: bool
 ) -> None:
     key = new_key(served_database, ["query"], budget_usd_day=1000.0)
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({**QUESTION, "stream": stream}).encode()
-    head = (
-        f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(head + body)
-        time.sleep(0.1)  # the request is read and retrieving
+    with send_raw(url, key, "/v1/query", {**QUESTION, "stream": stream}):
+        time.sleep(0.1)  # the request is read and retrieving; then the socket closes
     wait_for(lambda: len(ledger_rows(served_database, key)) == 1)
     [row] = ledger_rows(served_database, key)
     assert row["status"] == 499 and row["error_kind"] == "client_disconnected", row
