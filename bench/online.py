@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from opentelemetry.util.types import AttributeValue
 from pydantic import SecretStr
 
 from app.keys import create_key
@@ -112,8 +113,10 @@ def traced_request_cost_us(endpoint: str, calls: int = 3000) -> float:
         del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
     stages = ("ragops.auth", "ragops.pii.question", "ragops.embed", "ragops.retrieve", "ragops.pii.context",
               "ragops.generate", "ragops.pii.answer", "ragops.accounting")  # fmt: skip
-    attributes = {"ragops.config.version": "default@0123456789ab", "gen_ai.usage.input_tokens": 812,
-                  "gen_ai.usage.output_tokens": 64, "ragops.cost_usd": 0.0}  # fmt: skip
+    attributes: dict[str, AttributeValue | None] = {
+        "ragops.config.version": "default@0123456789ab", "gen_ai.usage.input_tokens": 812,
+        "gen_ai.usage.output_tokens": 64, "ragops.cost_usd": 0.0,
+    }  # fmt: skip
     durations = []
     try:
         for _ in range(calls):

@@ -17,6 +17,7 @@ from app import drift
 from app.api.deps import AdminGrant, Configs, DbPool
 from app.api.key_first import AdminKeyFirst
 from app.api.schemas import NO_NUL, ErrorResponse
+from app.feedback import parse_since
 from app.retrieval import require_collection
 from core.drift import store
 
@@ -74,7 +75,10 @@ def read_drift(
     grant: AdminGrant,
     collection: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     config: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
-    since: Annotated[datetime | None, Query(description="Windows starting at or after this time.")] = None,
+    since: Annotated[
+        str | None,
+        Query(max_length=40, pattern=NO_NUL, description="Windows since: a duration (7d, 24h) or an ISO date."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 2000,
 ) -> DriftResponse:
     """Drift windows of one collection and configuration, newest verdicts and content gaps."""
@@ -83,7 +87,12 @@ def read_drift(
     with pool.connection() as conn:
         require_collection(conn, name, grant)
         rows = store.read_windows(
-            conn, collections=frozenset({name}), collection=name, config=loaded.name, since=since, limit=limit
+            conn,
+            collections=frozenset({name}),
+            collection=name,
+            config=loaded.name,
+            since=parse_since(since) if since else None,
+            limit=limit,
         )
         gaps = drift.content_gaps(
             conn, name, loaded.name, loaded.config.drift, examples=loaded.config.feedback.transcripts.enabled

@@ -263,8 +263,11 @@ def test_drift_route_tenancy_gauges_and_report(
     assert drift_client.get("/v1/admin/drift", headers=query_only).status_code == 403
     unknown = drift_client.get("/v1/admin/drift", params={"collection": "suport"})
     assert unknown.status_code == 404 and "default" in unknown.json()["error"]["message"]
-    for params in ({"collection": "de\x00fault"}, {"config": "x\x00"}, {"since": "yesterday"}, {"limit": 0}):
+    bad = ({"collection": "de\x00fault"}, {"config": "x\x00"}, {"since": "yesterday"}, {"since": "60.0"}, {"limit": 0})
+    for params in bad:  # "60.0" was read as a Unix time (bench hostile's negative mode found it)
         assert drift_client.get("/v1/admin/drift", params=params).status_code == 422, params
+    recent = drift_client.get("/v1/admin/drift", params={"since": "3h"}).json()["windows"]  # read as feedback's since
+    assert recent and {datetime.fromisoformat(w["window_start"]) for w in recent} == {base + timedelta(hours=1)}
 
     metrics = drift_client.get("/metrics").text
     assert 'ragops_drift_alert{collection="default",config="default",signal="question_embedding"} 1.0' in metrics
