@@ -48,7 +48,8 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise BadRequest(f"since: {value!r} is neither a duration like 7d or 24h nor an ISO date", "since") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    # In UTC: ISO 8601 allows offsets PostgreSQL refuses (beyond +-15:59); the same instant in UTC it takes.
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def is_negative(scale: Scale, rating: int) -> bool:

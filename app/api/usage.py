@@ -55,8 +55,9 @@ When = Annotated[datetime | date | None, BeforeValidator(_no_bare_number)]
 
 
 def _as_datetime(value: date | datetime) -> datetime:
+    """In UTC: ISO 8601 allows offsets PostgreSQL refuses (beyond +-15:59), the same instant in UTC never is."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.combine(value, time.min, UTC)
 
 

@@ -262,8 +262,12 @@ def test_usage_totals_equal_the_ledger(priced: TestClient, served_database: Data
 
 @pytest.mark.parametrize(
     ("start", "status"),
-    [("2026-11-01", 200), ("2026-11-01T00:00:00Z", 200), ("1700000000", 422), ("1.7e9", 422), ("-5", 422)],
-)
+    [
+        ("2026-11-01", 200), ("2026-11-01T00:00:00Z", 200),
+        ("2026-11-01T16:00:00+16:00", 200),  # an offset PostgreSQL refuses: read as the same instant in UTC
+        ("1700000000", 422), ("1.7e9", 422), ("-5", 422),
+    ],
+)  # fmt: skip
 def test_usage_takes_dates_and_date_times_but_not_timestamps(priced: TestClient, start: str, status: int) -> None:
     """The README's ``?from=2026-11-01&to=2026-12-01`` is a date range; a bare number is refused, not read as epoch."""
     response = priced.get("/v1/usage", params={"from": start, "to": "2026-12-01"})

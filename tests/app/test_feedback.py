@@ -310,6 +310,8 @@ def test_parse_since_takes_durations_and_dates() -> None:
     now = datetime(2026, 1, 8, tzinfo=UTC)
     assert parse_since("7d", now) == datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_since("2026-01-02", now) == datetime(2026, 1, 2, tzinfo=UTC)
+    since = parse_since("2026-01-02T16:00:00+16:00", now)
+    assert since == datetime(2026, 1, 2, tzinfo=UTC) and since.utcoffset() == timedelta(0)
     with pytest.raises(BadRequest, match="duration"):
         parse_since("soon", now)
 
