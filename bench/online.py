@@ -3,7 +3,8 @@
     python -m bench online [--pairs 40 --rounds 10 --top-k 1 --answers 2000]
 
 - Tracing: two apps on one database, one exporting every request's spans over OTLP/HTTP to a local
-  receiver (tests/utils/otlp.py, batched as in production), one with tracing off; the same question
+  receiver (tests/utils/otlp.py, in a process of its own as a collector would be, batched as in
+  production), one with tracing off; the same question
   to both back to back, in alternating order, at concurrency 1: the paired difference is what tracing
   adds end to end. Answers cite one chunk (``--top-k``): tracing's spans are the same for any answer,
   and a short answer keeps the pairs' noise far below the 1 ms being measured.
@@ -25,6 +26,8 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +49,6 @@ from core.embedding import get_embedder
 from core.settings import Settings
 from core.tracing import Tracing, annotate, stage
 from ingest.pipeline import IngestPipeline
-from tests.utils.otlp import otlp_receiver
 from tests.utils.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +100,41 @@ def off_cost_ns(calls: int = 200_000) -> float:
         with stage("ragops.embed"):
             pass
     return (time.perf_counter_ns() - t0) / calls
+
+
+RECEIVER = """
+import sys
+from tests.utils.otlp import otlp_receiver
+with otlp_receiver() as receiver:
+    print(receiver.url, flush=True)
+    sys.stdin.read()
+    print(len(receiver.spans), flush=True)
+"""
+
+
+@contextlib.contextmanager
+def receiver_process() -> Iterator[tuple[str, Callable[[], int]]]:
+    """The OTLP receiver in its own process (a collector never shares the service's interpreter and its GIL):
+    its URL, and a call that stops it and returns how many spans it received."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    received: list[int] = []
+
+    def stop() -> int:
+        if not received:
+            child.stdin.close()  # type: ignore[union-attr]
+            received.append(int(child.stdout.readline()))  # type: ignore[union-attr]
+            child.wait(30)
+        return received[0]
+
+    try:
+        yield child.stdout.readline().strip(), stop
+    finally:
+        if child.poll() is None:
+            stop()
 
 
 def traced_request_cost_us(endpoint: str, calls: int = 3000) -> float:
@@ -177,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"corpus": "bundled samples/", "generator": "extractive", "top_k": args.top_k}
     result["tracing_off_ns_per_stage"] = round(off_cost_ns(), 1)
     configs = write_configs(Path(tempfile.mkdtemp(prefix="ragops-online-")))
-    with bench_server() as admin_uri, otlp_receiver() as receiver:
+    with bench_server() as admin_uri, receiver_process() as (receiver_url, stop_receiver):
         database = fresh_database(admin_uri, "online_bench")
         with database.connect() as conn:
             IngestPipeline(conn, config, get_embedder(config.config.index.embedding)).run(ROOT / "samples")
@@ -188,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )  # fmt: skip
         headers = {"Authorization": f"Bearer {key}"}
         with (
-            traced_app(settings, receiver.url) as traced,
+            traced_app(settings, receiver_url) as traced,
             serve_in_thread(traced, keep_alive_s=60) as traced_url,
             serve_in_thread(create_app(settings, tracing=Tracing()), keep_alive_s=60) as plain_url,
             httpx.Client(timeout=60, headers=headers) as client,
@@ -207,9 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sides = [("sampled", ask(plain_url, "sampled")), ("unsampled", ask(plain_url, "default"))]
             result["sampling_paired"] = paired(sides, questions, args.rounds)
             print(json.dumps(result["sampling_paired"]), flush=True)
-        result["tracing_on_us_per_request"] = round(traced_request_cost_us(receiver.url), 1)
+        result["tracing_on_us_per_request"] = round(traced_request_cost_us(receiver_url), 1)
         print(json.dumps({"tracing_on_us_per_request": result["tracing_on_us_per_request"]}), flush=True)
-        result["spans_received"] = len(receiver.spans)
+        result["spans_received"] = stop_receiver()
         result["worker"] = worker_throughput(database, configs, args.answers)
         print(json.dumps(result["worker"]), flush=True)
     shutil.rmtree(configs, ignore_errors=True)
