@@ -25,6 +25,19 @@ def test_the_bundled_eval_set_is_valid_and_covers_every_kind() -> None:
     assert all(q.key_fact for q in answerable)  # string presence is scored on every answerable question
 
 
+def test_the_held_out_set_is_valid_and_shares_no_question_with_the_eval_set() -> None:
+    """Answer-selection changes are judged on both sets; a shared question would not be held out."""
+    held_out = load_dataset(REPO / "evals" / "datasets" / "holdout.jsonl").questions
+    sample = load_dataset(REPO / "evals" / "datasets" / "sample.jsonl").questions
+    assert len(held_out) >= 40 and [q.kind for q in held_out].count("unanswerable") >= 5
+    assert all(q.key_fact for q in held_out if q.kind != "unanswerable")
+    for q in held_out:
+        for source in q.sources:
+            assert (REPO / "samples" / source).is_file(), source
+    assert not {q.question.lower() for q in held_out} & {q.question.lower() for q in sample}
+    assert not {q.id for q in held_out} & {q.id for q in sample}
+
+
 GOOD = {"id": "a", "question": "q?", "reference": "r", "sources": ["x.md"], "kind": "answerable"}
 
 
