@@ -4,7 +4,7 @@ spaCy's small model reads capitalization more than meaning. In documents it call
 cells, product and tool names, codes and street names persons ("Refresh cycle", "Email and chat",
 "managed in Toggler", ``CUSTOMS_HOLD``, "18 Foundry Lane"), and it labels many unfamiliar personal
 names ORG. This pipe corrects both: a name-shaped ORG becomes PERSON, and a PERSON span that has a
-reading under which it cannot be a name (below, :func:`not_a_name`) is dropped. Each reading is
+reading under which it cannot be a name (below, :func:`_not_a_name`) is dropped. Each reading is
 about the span's shape or its place in the text, never a list of particular words of one collection;
 a span with none of them stays a PERSON, so a real name in a heading, a list or a sentence's first
 word is still found.
@@ -12,7 +12,9 @@ word is still found.
 
 from __future__ import annotations
 
+import bisect
 import re
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ _THING_FIELDS = frozenset(
 _NAME_SUFFIXES = frozenset("cpa dds esq ii iii iv jr md mba phd rn sr".split())
 _CODE_SHAPE = re.compile(r"[_/@\\]|[a-z0-9]\.[a-z]")  # snake_case, paths, handles, file names (".html")
 _MARKUP = "*_`\"'“”‘’([{"
+_TABLE_RULE = re.compile(r"[\s|:-]*-[\s|:-]*")
+_LOOK_BACK = 200  # characters of a line read before a span for its label or previous word (a label is short)
 
 
 def looks_like_name(words: Span) -> bool:
@@ -75,10 +79,10 @@ def looks_like_name(words: Span) -> bool:
 
 def tidy_entities(doc: Doc) -> Doc:
     """Possessives off entity ends (so "Kestrel Freight's" meets the allow list); name-shaped ORG -> PERSON;
-    PERSON spans split at line breaks and free-standing punctuation, and dropped where :func:`not_a_name`."""
+    PERSON spans split at line breaks and free-standing punctuation, and dropped where :func:`_not_a_name`."""
     from spacy.tokens import Span
 
-    lowercase = {t.lower_ for t in doc if t.is_lower}
+    layout = _Layout(doc)
     tidy = []
     for ent in doc.ents:
         end = ent.end
@@ -90,7 +94,7 @@ def tidy_entities(doc: Doc) -> Doc:
             tidy.append(Span(doc, ent.start, end, label=label))
             continue
         for piece in _pieces(doc[ent.start : end]):
-            if not not_a_name(piece, lowercase):
+            if not _not_a_name(piece, layout):
                 tidy.append(Span(doc, piece.start, piece.end, label="PERSON"))
     doc.ents = tidy
     return doc
@@ -114,17 +118,77 @@ def _pieces(span: Span) -> list[Span]:
     return pieces
 
 
-def not_a_name(span: Span, lowercase: set[str] | None = None) -> bool:
-    """Whether a span the model calls PERSON has a reading under which it is not a person's name.
+class _Layout:
+    """What the readings need of a whole text, computed once per text and only when asked.
 
-    ``lowercase``: the words the whole text writes in lowercase; a single word also written so
-    ("Drill results ..." beside "a restore drill") is a common noun at the start of a sentence.
+    Entities are looked up by offset (bisect), so a long text with many entities costs linear time.
     """
+
+    def __init__(self, doc: Doc) -> None:
+        self.doc = doc
+        self.text = doc.text  # spaCy joins its tokens anew on every read of Doc.text: read it once
+        self._pipes: dict[int, tuple[list[int], bool]] = {}  # per row: where its pipes are, and a leading one
+
+    @cached_property
+    def lowercase(self) -> set[str]:
+        """The words the text writes in lowercase."""
+        return {t.lower_ for t in self.doc if t.is_lower}
+
+    @cached_property
+    def starts(self) -> list[int]:
+        """Where each line starts."""
+        return [0] + [m.end() for m in re.finditer("\n", self.text)]
+
+    def line_of(self, offset: int) -> int:
+        return bisect.bisect_right(self.starts, offset) - 1
+
+    def line(self, i: int) -> str:
+        end = self.starts[i + 1] - 1 if i + 1 < len(self.starts) else len(self.text)
+        return self.text[self.starts[i] : end]
+
+    @cached_property
+    def rows(self) -> list[bool]:
+        """Per line: whether it is a table row."""
+        return [_is_row(self.line(i)) for i in range(len(self.starts))]
+
+    @cached_property
+    def headers(self) -> list[int | None]:
+        """Per line: the line holding its table's header row, when the line is a table row and the text shows it.
+
+        The first row of a block of table rows is its header when a line precedes the block or a
+        Markdown rule (``|---|``) follows that row; a block at the very start of a chunk may have lost it.
+        """
+        headers: list[int | None] = []
+        header: int | None = None
+        in_block = False
+        for i, row in enumerate(self.rows):
+            if not row:
+                in_block = False
+                headers.append(None)
+                continue
+            if not in_block:
+                in_block = True
+                follows = self.line(i + 1) if i + 1 < len(self.starts) else ""
+                header = i if i > 0 or _TABLE_RULE.fullmatch(follows) else None
+            headers.append(header)
+        return headers
+
+    def column(self, i: int, offset: int) -> int:
+        """Which cell of row ``i`` holds ``offset``."""
+        if i not in self._pipes:
+            line = self.line(i)
+            self._pipes[i] = ([m.start() for m in re.finditer(r"\|", line)], line.lstrip().startswith("|"))
+        pipes, outer = self._pipes[i]
+        return bisect.bisect_right(pipes, offset - self.starts[i]) - outer
+
+
+def _not_a_name(span: Span, layout: _Layout) -> bool:
+    """Whether a span the model calls PERSON has a reading under which it is not a person's name."""
     words = [t for t in span if not t.is_punct]
     if not words:
         return True
     doc = span.doc
-    if any(_CODE_SHAPE.search(t.text) for t in span) or _before(span) == "`":
+    if any(_CODE_SHAPE.search(t.text) for t in span) or layout.text[span.start_char - 1 : span.start_char] == "`":
         return True  # code, a path or a file name
     last = words[-1]
     if len(words) == 1 and len(last.text) >= 2 and last.text.isupper():
@@ -135,15 +199,19 @@ def not_a_name(span: Span, lowercase: set[str] | None = None) -> bool:
         return True  # a name followed by an acronym names a thing ("Clearwater EAP")
     if _is_address(span):
         return True
-    previous = _previous_word(span)
+    line = layout.line_of(span.start_char)
+    before = layout.text[max(layout.starts[line], span.start_char - _LOOK_BACK) : span.start_char]
+    previous = _last_word(before)
     if previous in _DETERMINERS:
         return True
     following = doc[span.end].lower_ if span.end < len(doc) else ""
     if previous in _THING_PREPOSITIONS and following not in _POSSESSIVE:
         return True
-    if _field_holds_no_person(span):
+    if _field_holds_no_person(span, layout, line, before):
         return True
-    return lowercase is not None and len(words) == 1 and bool(_forms(last.lower_) & lowercase)
+    # A single word the text also writes in lowercase ("Drill results ..." beside "a restore drill")
+    # is a common noun at the start of a sentence or in a heading.
+    return len(words) == 1 and bool(_forms(last.lower_) & layout.lowercase)
 
 
 def _forms(word: str) -> set[str]:
@@ -156,16 +224,10 @@ def _forms(word: str) -> set[str]:
     return forms
 
 
-def _before(span: Span) -> str:
-    """The character right before the span."""
-    at = span.start_char
-    return span.doc.text[at - 1] if at else ""
-
-
-def _previous_word(span: Span) -> str:
-    """The word before the span on its line, lowercased, past markup ("in **Toggler**" -> "in")."""
-    line = span.doc.text[: span.start_char].rsplit("\n", 1)[-1].rstrip().rstrip(_MARKUP).split()
-    return line[-1].lower() if line else ""
+def _last_word(before: str) -> str:
+    """The last word of the text before a span, lowercased, past markup ("in **Toggler**" -> "in")."""
+    words = before.rstrip().rstrip(_MARKUP).split()
+    return words[-1].lower() if words else ""
 
 
 def _is_address(span: Span) -> bool:
@@ -178,46 +240,30 @@ def _is_address(span: Span) -> bool:
     return len(span) == 1 and span[0].lower_ in _UNIT_WORDS and after is not None and after.like_num
 
 
-def _field_holds_no_person(span: Span) -> bool:
+def _field_holds_no_person(span: Span, layout: _Layout, line: int, before: str) -> bool:
     """The span is a table cell under a column, or a value after a label, that names a kind of thing."""
-    text = span.doc.text
-    line_start = text.rfind("\n", 0, span.start_char) + 1
-    line_end = text.find("\n", span.end_char)
-    line = text[line_start : line_end if line_end >= 0 else len(text)]
-    if line.count("|") >= 1 and len(_cells(line)) >= 2:
-        header = _table_header(text, line_start)
+    if layout.rows[line]:
+        header = layout.headers[line]
         if header is None:
             return False  # the table's header row is not in this text: nothing known of the column
-        if header == line_start:
+        if header == line:
             return True  # a header cell names a column, not a person
-        column = line[: span.start_char - line_start].count("|") - line.lstrip().startswith("|")
-        cells = _cells(text[header : text.find("\n", header)])
+        cells = _cells(layout.line(header))
+        column = layout.column(line, span.start_char)
         return 0 <= column < len(cells) and _names_things(cells[column])
-    label = text[line_start : span.start_char].rsplit(";", 1)[-1].strip(" \t-•" + _MARKUP)
+    if ";" not in before and layout.starts[line] < span.start_char - _LOOK_BACK:
+        return False  # more than a short label precedes the span on its line
+    label = before.rsplit(";", 1)[-1].strip(" \t-•" + _MARKUP)
     return label.endswith(":") and len(label.split()) <= 4 and _names_things(label[:-1])
+
+
+def _is_row(line: str) -> bool:
+    """A table row as loaders write it (``a | b | c``, with or without outer pipes)."""
+    return "|" in line and len(_cells(line)) >= 2
 
 
 def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def _table_header(text: str, line_start: int) -> int | None:
-    """Where the header row of the table holding the line at ``line_start`` starts, when the text shows it.
-
-    The first row of a block of table lines is its header when something precedes the block or a
-    Markdown rule (``|---|``) follows that row; a block at the very start of a chunk may have lost it.
-    """
-    start = line_start
-    while start > 0:
-        previous = text.rfind("\n", 0, start - 1) + 1
-        if "|" not in text[previous : start - 1]:
-            break
-        start = previous
-    first_end = text.find("\n", start)
-    following = text[first_end + 1 : text.find("\n", first_end + 1)] if first_end >= 0 else ""
-    if start > 0 or re.fullmatch(r"[\s|:-]*-[\s|:-]*", following):
-        return start
-    return None
 
 
 def _names_things(label: str) -> bool:
