@@ -337,7 +337,7 @@ class PiiSettings(StrictModel):
                 "nlp_model": self.nlp_model,
                 "entities": sorted(self.entities),
                 "recognizers": [r.model_dump(mode="json") for r in self.recognizers],
-                "analysis": 1,  # bump when the raw analysis itself changes
+                "analysis": 2,  # bump when the raw analysis itself changes (2: core.pii_names reads non-names)
             },
             sort_keys=True,
         )

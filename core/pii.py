@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,13 +23,14 @@ from typing import TYPE_CHECKING
 
 from core.config import PiiSettings
 from core.errors import ConfigError, PiiUnavailable
+from core.pii_names import tidy_entities
 
 if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngine
     from presidio_anonymizer import AnonymizerEngine
     from spacy.language import Language
-    from spacy.tokens import Doc, Span
+    from spacy.tokens import Doc
 
 log = logging.getLogger(__name__)
 
@@ -43,60 +43,11 @@ NER_ENTITIES = frozenset({"PERSON", "LOCATION", "NRP", "DATE_TIME", "ORGANIZATIO
 _UNUSED_PIPES = ("parser", "tagger", "attribute_ruler", "lemmatizer")
 _LOWER_LEMMA = "ragops_lower_lemma"
 _TIDY_ENTITIES = "ragops_tidy_entities"
-# spaCy's small model labels many unfamiliar personal names ORG ("Ewan MacLeod", "Camila Rodrigues").
-# An ORG span shaped like a name (2-4 capitalized words, name particles allowed, no word that names
-# an organization) is reported as PERSON: a redacted company name costs less than a leaked name.
-_NAME_WORD = re.compile(r"^(?:Mc|Mac|O['’])?[A-Z][a-z]+(?:[-'’][A-Za-z][a-z]+)*$")
-_NAME_PARTICLES = frozenset(
-    "al bin da das de del della den der di dos du el ibn la le ten ter van von".split()
-)  # fmt: skip
-_ORGANIZATION_WORDS = frozenset(
-    # legal forms and kinds of organization
-    """ag agency airlines airways association authority bank board bv co college commission committee company
-    corp corporation council court department foundation fund gmbh group holdings hospital inc institute
-    insurance llc ltd ministry partners plc police sa school securities society team trust union university
-    academy administration church clinic club museum office"""
-    # business functions: team names read like two capitalized words ("People Operations")
-    """ analytics care compliance customer customers data design development engineering facilities finance
-    infrastructure legal marketing operations payroll people platform procurement product quality relations
-    reliability research resources sales security service services success support"""
-    # sites, products, programmes and events
-    """ airport app capital center centre cloud conference connect depot desk energy express federal foods
-    freight global handbook harbor harbour hotel hub initiative international labs logistics media motors
-    national network news pharma policy port portal press program programme project quay revenue shipping
-    software solutions summit systems technologies technology track transport warehouse week""".split()
-)
-_POSSESSIVE = frozenset({"'s", "’s", "'", "’"})
 
 
 def _lower_lemma(doc: Doc) -> Doc:
     for token in doc:
         token.lemma_ = token.lower_
-    return doc
-
-
-def _looks_like_name(words: Span) -> bool:
-    if not 2 <= len(words) <= 4 or words[0].lower_ in _NAME_PARTICLES or words[-1].lower_ in _NAME_PARTICLES:
-        return False
-    return all(
-        w.lower_ in _NAME_PARTICLES or (_NAME_WORD.match(w.text) is not None and w.lower_ not in _ORGANIZATION_WORDS)
-        for w in words
-    )
-
-
-def _tidy_entities(doc: Doc) -> Doc:
-    """Possessives off entity ends (so "Kestrel Freight's" meets the allow list); name-shaped ORG -> PERSON."""
-    from spacy.tokens import Span
-
-    tidy = []
-    for ent in doc.ents:
-        end = ent.end
-        while end > ent.start + 1 and doc[end - 1].lower_ in _POSSESSIVE:
-            end -= 1
-        words = doc[ent.start : end]
-        label = "PERSON" if ent.label_ == "ORG" and _looks_like_name(words) else ent.label_
-        tidy.append(Span(doc, ent.start, end, label=label))
-    doc.ents = tidy
     return doc
 
 
@@ -234,7 +185,7 @@ class PiiEngine:
             _use_numpy_blas(spacy_nlp)
             from spacy.language import Language
 
-            for name, component in ((_TIDY_ENTITIES, _tidy_entities), (_LOWER_LEMMA, _lower_lemma)):
+            for name, component in ((_TIDY_ENTITIES, tidy_entities), (_LOWER_LEMMA, _lower_lemma)):
                 if not Language.has_factory(name):
                     Language.component(name, func=component)
                 if name not in spacy_nlp.pipe_names:

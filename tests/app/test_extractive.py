@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.generators.base import NOT_FOUND_ANSWER, GenerationRequest, Passage
-from app.generators.extractive import ExtractiveGenerator, word_weights
+from app.generators.extractive import ExtractiveGenerator, passage_candidates, word_weights
 from app.search_sql import ChunkHit
 from core.config import ExtractiveSettings
 from core.embedding import Embedder
@@ -44,3 +44,68 @@ def test_answers_from_the_passages_and_refuses_what_they_do_not_say(
     generator = ExtractiveGenerator(embedder, ExtractiveSettings())
     text, _ = generate(generator, request(question))
     assert (text != NOT_FOUND_ANSWER) is answered, text
+
+
+PTO_CHUNK = """Allowance by tenure
+
+Your yearly PTO allowance depends on how long you have worked at Kestrel Freight:
+
+- **Year 1** (your first 12 months): 15 days
+- **Years 2 through 4**: 18 days
+- **Year 5 onward**: 22 days
+
+The new allowance starts on the first pay period after your work anniversary.
+
+Accrual
+
+New hires may take up to 3 days of PTO before they have accrued it (a negative balance).
+
+Up to 5 unused PTO days carry over into the next calendar year."""
+
+OFFICES_CHUNK = """Overview
+Office | Address | Desks
+Port Aldane | 412 Harbor Row | 260
+Millbrook | 18 Foundry Lane | 180
+Every office is open to every employee."""
+
+
+def test_list_items_are_read_with_their_lead_in_and_headings_are_not_quoted() -> None:
+    candidates = passage_candidates(PTO_CHUNK, 1, "Paid Time Off (PTO) Policy > Annual PTO allowance")
+    quotes = [c.quote for c in candidates]
+    assert "Allowance by tenure" not in quotes and "Accrual" not in quotes
+    assert not any(q.endswith(":") for q in quotes)  # the lead-in is context, not an answer
+    year_one = next(c for c in candidates if c.quote == "Year 1 (your first 12 months): 15 days")
+    assert year_one.scored.startswith("Your yearly PTO allowance depends on")
+    prose = next(c for c in candidates if c.quote.startswith("New hires may take"))
+    assert prose.scored == prose.quote
+
+
+def test_table_rows_are_read_with_their_header_row() -> None:
+    candidates = passage_candidates(OFFICES_CHUNK, 2)
+    quotes = [c.quote for c in candidates]
+    assert "Office: Millbrook; Address: 18 Foundry Lane; Desks: 180" in quotes
+    assert not any(q.startswith("Office | Address") or q.startswith("Office: Office") for q in quotes)
+    assert "Every office is open to every employee." in quotes
+
+
+def test_a_short_list_item_is_quoted_with_its_lead_in() -> None:
+    text = (
+        "A failed delivery is retried up to 8 times. The delays after each failed attempt"
+        " are:\n1. 1 minute\n2. 5 minutes"
+    )
+    quotes = [c.quote for c in passage_candidates(text, 1)]
+    assert quotes == [
+        "A failed delivery is retried up to 8 times.",
+        "The delays after each failed attempt are: 1 minute",
+        "The delays after each failed attempt are: 5 minutes",
+    ]
+
+
+def test_a_bullet_under_its_heading_answers_the_question_it_belongs_to(embedder: Embedder) -> None:
+    """The README's first example: the first-year bullet is quoted whole, without its list marker or emphasis."""
+    section = "Paid Time Off (PTO) Policy > Annual PTO allowance"
+    hit = ChunkHit(1, 1, "handbook/pto.md", "PTO", section, PTO_CHUNK, 0, 1.0)
+    req = GenerationRequest("How many PTO days do new employees get?", [], [Passage(1, hit)], "extractive", 64)
+    text, _ = generate(ExtractiveGenerator(embedder, ExtractiveSettings()), req)
+    assert "Year 1 (your first 12 months): 15 days [1]" in text, text
+    assert "Allowance by tenure" not in text and "depends on how long" not in text, text
