@@ -51,6 +51,11 @@ class IndexVersion:
         return sql.Identifier(f"chunks_v{self.id}")
 
     @property
+    def postings(self) -> sql.Identifier:
+        """This version's BM25 postings (sql/0020_bm25_postings.sql), kept by the chunk table's triggers."""
+        return sql.Identifier(f"chunks_v{self.id}_postings")
+
+    @property
     def name(self) -> str:
         """Human id: ``v<id>-<hash8>``; recorded on every answer."""
         return f"v{self.id}-{self.settings_hash[:8]}"
@@ -249,7 +254,7 @@ def drop_index_version(conn: psycopg.Connection, version_id: int) -> IndexVersio
             )
         if not try_lock_version(conn, version_id, xact=True):
             raise IngestBusy(f"index version {version.name} is being written by an ingest; try again later")
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(version.table))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(version.table, version.postings))
         conn.execute("DELETE FROM index_versions WHERE id = %s", (version_id,))
     return version
 
