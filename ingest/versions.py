@@ -272,7 +272,8 @@ def mark_version_ready(conn: psycopg.Connection, version: IndexVersion) -> Index
 
 
 def build_hnsw_index(conn: psycopg.Connection, version: IndexVersion) -> None:
-    """Create the cosine HNSW index after loading (several times faster than row by row), then ANALYZE."""
+    """Create the cosine HNSW index after loading (several times faster than row by row), then ANALYZE
+    (and VACUUM the postings). ``conn`` must be in autocommit mode, outside a transaction."""
     with conn.transaction():
         conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
         conn.execute(
@@ -288,6 +289,9 @@ def build_hnsw_index(conn: psycopg.Connection, version: IndexVersion) -> None:
         )
         conn.execute("UPDATE index_versions SET hnsw_built = true WHERE id = %s", (version.id,))
     conn.execute(sql.SQL("ANALYZE {}").format(version.table))
+    # Keyword search reads the postings index-only, which skips the table only for pages the
+    # visibility map marks all-visible: VACUUM marks the loaded ones (autovacuum, later writes).
+    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(version.postings))
 
 
 def try_lock_version(conn: psycopg.Connection, version_id: int, *, xact: bool = False) -> bool:
