@@ -212,7 +212,7 @@ class RagopsRetriever(BaseRetriever):
         with self.pool.connection() as conn:
             version = active_version(conn, self.collection)
             query_ = RetrievalQuery(query, self.settings.top_k, self.collection, self.filters)
-            hits = search(conn, version, self.settings, query_, vector)
+            hits = search(conn, version, self.settings, query_, vector, pool=self.pool)
         return [
             LCDocument(
                 page_content=hit.text,
