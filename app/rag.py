@@ -422,7 +422,7 @@ class RagPipeline:
             if vector is not None:
                 check_embedding_model(index, config)
             # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
-            hits = [] if has_nul(question.filters) else search(conn, index, settings, query, vector)
+            hits = [] if has_nul(question.filters) else search(conn, index, settings, query, vector, pool=self.pool)
             if not hits:  # checked only here: a collection with hits exists
                 require_collection(conn, collection, grant)
             if pii.applies("context"):  # their entity spans, found at ingest: no analysis per query

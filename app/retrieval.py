@@ -5,15 +5,18 @@ Also a langchain-core ``BaseRetriever`` so LangChain chains can use ragops' inde
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import ConfigDict
 
 from app import search_sql
@@ -61,8 +64,13 @@ def search(
     settings: RetrievalSettings,
     query: RetrievalQuery,
     vector: np.ndarray | None,
+    *,
+    pool: ConnectionPool | None = None,
 ) -> list[ChunkHit]:
-    """Run the configured mode; ``vector`` may be None only in keyword mode."""
+    """Run the configured mode; ``vector`` may be None only in keyword mode.
+
+    ``pool``: where hybrid search may borrow a second connection, to run its two searches at once.
+    """
     common: dict[str, Any] = {"collection": query.collection, "metadata": query.filters or None}
     if settings.mode == "keyword":
         hits = search_sql.search_keyword(conn, version, query.text, query.top_k, bm25=bm25_of(settings), **common)
@@ -81,6 +89,7 @@ def search(
             fusion=fusion_of(settings),
             bm25=bm25_of(settings),
             ef_search=settings.ef_search,
+            pool=pool,
             **common,
         )
     if settings.min_score is None:
@@ -116,12 +125,75 @@ def search_hybrid(
     fusion: Fusion = DEFAULT_FUSION,
     bm25: Bm25 = DEFAULT_BM25,
     ef_search: int = 40,
+    pool: ConnectionPool | None = None,
 ) -> list[ChunkHit]:
-    """``candidates`` chunks from each of vector and BM25 search, fused (:mod:`app.fusion`) into ``top_k``."""
+    """``candidates`` chunks from each of vector and BM25 search, fused (:mod:`app.fusion`) into ``top_k``.
+
+    With a ``pool`` that has a connection free, BM25 runs on it while the vector search runs on
+    ``conn``: the answer waits for the slower of the two, not for both.
+    """
     common: dict[str, Any] = {"collection": collection, "metadata": metadata}
-    vector_hits = search_sql.search_vector(conn, version, vector, candidates, ef_search=ef_search, **common)
-    keyword_hits = search_sql.search_keyword(conn, version, text, candidates, bm25=bm25, **common)
+    with _spare_connection(pool) as other:
+        keyword = _in_background(
+            lambda: search_sql.search_keyword(other or conn, version, text, candidates, bm25=bm25, **common),
+            run=other is not None,
+        )
+        try:
+            vector_hits = search_sql.search_vector(conn, version, vector, candidates, ef_search=ef_search, **common)
+        finally:
+            keyword_hits = keyword()  # the spare connection goes back only once its search is done
     return fuse(vector_hits, keyword_hits, top_k, fusion)
+
+
+# How long hybrid search waits for a second connection before running its searches one after the
+# other: a request already holding one connection must never queue for another (requests holding
+# all of a full pool would each wait for a second one that nobody returns).
+SPARE_CONNECTION_WAIT_S = 0.002
+
+
+@contextmanager
+def _spare_connection(pool: ConnectionPool | None) -> Iterator[psycopg.Connection | None]:
+    """A connection from ``pool`` if one is free at once, else None."""
+    if pool is None:
+        yield None
+        return
+    try:
+        spare = pool.getconn(timeout=SPARE_CONNECTION_WAIT_S)
+    except PoolTimeout:
+        yield None
+        return
+    try:
+        yield spare
+    finally:
+        pool.putconn(spare)
+
+
+T = TypeVar("T")
+
+
+def _in_background(fn: Callable[[], T], *, run: bool) -> Callable[[], T]:
+    """Start ``fn`` on its own thread (``run``; else it runs when its result is asked for) and
+    return what waits for its result, raising what it raised."""
+    if not run:
+        return fn
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="ragops-bm25", daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return result
 
 
 class RagopsRetriever(BaseRetriever):
@@ -140,7 +212,7 @@ class RagopsRetriever(BaseRetriever):
         with self.pool.connection() as conn:
             version = active_version(conn, self.collection)
             query_ = RetrievalQuery(query, self.settings.top_k, self.collection, self.filters)
-            hits = search(conn, version, self.settings, query_, vector)
+            hits = search(conn, version, self.settings, query_, vector, pool=self.pool)
         return [
             LCDocument(
                 page_content=hit.text,

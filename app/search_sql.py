@@ -167,8 +167,8 @@ class Bm25:
     k1: float = 0.9
     b: float = 0.4
     title_weight: float = 1.0
-    # Chunks scored in the first round (sum of the rarest terms' document frequencies).
-    first_round_chunks: int = 500
+    # Postings read per round of the pruned search (the rarest terms' document frequencies).
+    round_postings: int = 500
 
 
 DEFAULT_BM25 = Bm25()
@@ -233,12 +233,6 @@ def query_lexemes(conn: psycopg.Connection, text: str, *, tsconfig: str) -> list
     return [row[0] for row in conn.execute(query, {"tsconfig": tsconfig, "q": text}).fetchall()]
 
 
-def tsquery_any(lexemes: Iterable[str]) -> str:
-    """A tsquery matching any of ``lexemes`` taken literally (no parsing or stemming of their text)."""
-    quoted = ["'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes]
-    return " | ".join(quoted)
-
-
 def search_keyword(
     conn: psycopg.Connection,
     version: IndexVersion,
@@ -251,11 +245,13 @@ def search_keyword(
 ) -> list[ChunkHit]:
     """The ``top_k`` chunks by BM25 over the question's lexemes (a bag of words: any term may match).
 
-    Exact top-k with MaxScore pruning: the rarest terms' chunks are scored first (with every query
-    term); a chunk containing only the remaining, common terms cannot score more than the sum of their
-    upper bounds (their idfs), so once the k-th best score reaches that sum the search stops;
-    otherwise the next terms' chunks are scored too. Common words therefore never make every chunk
-    that contains them a candidate unless the question has nothing rarer to go on.
+    Exact top-k with MaxScore pruning, read from the version's postings (index-only, no tsvector):
+    a chunk holding none of the rarest terms ``terms[:e]`` scores less than the sum of the other
+    terms' upper bounds (their idfs). So a first round scores the chunks best placed by the rarest
+    terms' postings, which gives a k-th best score; only the terms whose removal would let a chunk
+    beat it need their postings read in full, and the common rest are looked up only for the chunks
+    still in the running. Common words therefore never make every chunk that contains them a
+    candidate unless the question has nothing rarer to go on.
     """
     bm25 = bm25 or DEFAULT_BM25
     stats = term_statistics(conn, version, text, collection=collection)
@@ -263,90 +259,182 @@ def search_keyword(
     if not terms:
         return []
     upper = [t.idf for t in terms]  # tf / (tf + K) < 1
-    rest = [sum(upper[i:]) for i in range(len(terms) + 1)]  # bound for chunks matching only terms[i:]
-    end, postings = 0, 0
-    while end < len(terms) and (end == 0 or postings + terms[end].df <= bm25.first_round_chunks):
+    rest = [sum(upper[i:]) * _BOUND_SLACK for i in range(len(terms) + 1)]  # bound for chunks with only terms[i:]
+    end, postings = 1, terms[0].df
+    while end < len(terms) and postings + terms[end].df <= bm25.round_postings:
         postings += terms[end].df
         end += 1
-    best: list[ChunkHit] = []
-    start = 0
     with conn.transaction():
-        # Candidates come from the GIN index: a sequential scan would detoast every row's tsvector to
-        # test it, which the planner does not count, and so it picks one on tables of a few thousand rows.
-        conn.execute("SET LOCAL enable_seqscan = off")
-        while True:
-            new = _bm25_round(conn, version, stats, terms[start:end], terms[:start], top_k, collection, metadata, bm25)
-            best = sorted(best + new, key=lambda h: (-h.score, h.chunk_id))[:top_k]
-            threshold = best[-1].score if len(best) >= top_k else 0.0
-            if end == len(terms) or rest[end] <= threshold:
-                return best
-            start = end
-            while end < len(terms) and rest[end] > threshold:
-                end += 1
+        # A sequential scan of the postings would read every term of every chunk; a nested loop over
+        # a list of chunk ids would scan the postings once per id; parallel workers cost more to start
+        # than these scans take.
+        conn.execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_nestloop = off;"
+            " SET LOCAL max_parallel_workers_per_gather = 0"
+        )
+        best = _bm25_round(conn, version, stats, 0, end, None, rest, top_k, collection, metadata, bm25)
+        threshold = -best[-1][0] if len(best) >= top_k else 0.0
+        if end < len(terms) and rest[end] >= threshold:
+            essential = next(i for i in range(end + 1, len(terms) + 1) if rest[i] < threshold or i == len(terms))
+            more = _bm25_round(conn, version, stats, end, essential, threshold, rest, top_k, collection, metadata, bm25)
+            best = sorted(best + more)[:top_k]
+    return _hits_by_id(conn, version, best)
+
+
+# Upper bounds are inflated by this factor, so that rounding in their sums never prunes a chunk
+# that could tie.
+_BOUND_SLACK = 1.0 + 1e-9
 
 
 def _bm25_round(
     conn: psycopg.Connection,
     version: IndexVersion,
     stats: TermStatistics,
-    new_terms: list[QueryTerm],
-    scored_terms: list[QueryTerm],
+    start: int,
+    end: int,
+    threshold: float | None,
+    rest: list[float],
     top_k: int,
     collection: str,
     metadata: dict[str, Any] | None,
     bm25: Bm25,
-) -> list[ChunkHit]:
-    """Score, with all query terms, the chunks containing one of ``new_terms`` but none of ``scored_terms``."""
-    where, params = _filters(collection, metadata)
-    params |= {
-        "lexemes": [t.lexeme for t in stats.terms],
-        "idfs": [t.idf for t in stats.terms],
-        "match": tsquery_any(t.lexeme for t in new_terms),
-        "seen": tsquery_any(t.lexeme for t in scored_terms) or None,
+) -> list[tuple[float, int]]:
+    """The best (-score, chunk id), up to ``top_k``, among the chunks holding one of ``terms[start:end]``
+    but none of ``terms[:start]`` (an earlier round scored those); such a chunk holds only ``terms[start:]``.
+
+    The new terms' postings give each chunk a partial score; the later terms complete it. With
+    ``threshold`` None every chunk is completed, each looked up on its own (a first round, over the
+    few chunks of the rarest terms). Otherwise only the chunks that could still reach ``threshold``
+    or the k-th best partial score, with the later terms' upper bounds ``rest[end]``, stay in the
+    running: the first later term's postings are read in full for them (there may be many), the
+    chunks that can no longer make it drop out, and the remaining terms are looked up for the rest.
+    """
+    terms = stats.terms
+    params: dict[str, Any] = {
+        "collection": _collection(collection),
+        "seen": [t.lexeme for t in terms[:start]],
         "title_extra": bm25.title_weight - 1.0,
         "k1": bm25.k1,
         "b": bm25.b,
         "avgdl": stats.avg_length,
+        "threshold": threshold,
         "k": top_k,
     }
-    if bm25.title_weight == 1.0:
-        title_terms = sql.SQL("")
-        per = sql.SQL(
-            "SELECT cand.id, cand.dl, u.lexeme, cardinality(u.positions)::float8 AS tf FROM cand, unnest(cand.terms) u"
+    kept: sql.Composable = sql.SQL("")
+    if metadata:
+        kept = sql.SQL(
+            "WHERE EXISTS (SELECT FROM {table} c WHERE c.id = g.chunk_id AND c.metadata @> %(metadata)s)"
+        ).format(table=version.table)
+        params["metadata"] = Jsonb(metadata)
+    branches = []
+    for i in range(start, end):
+        params[f"lexeme{i}"], params[f"idf{i}"] = terms[i].lexeme, terms[i].idf
+        branches.append(
+            sql.SQL(
+                "SELECT p.chunk_id, {score} AS score FROM {postings} p {tf}"
+                " WHERE p.collection = %(collection)s AND p.lexeme = %({lexeme})s"
+            ).format(
+                score=_bm25_term(sql.SQL(f"%(idf{i})s::float8")),
+                postings=version.postings,
+                tf=_BM25_TF,
+                lexeme=sql.SQL(f"lexeme{i}"),
+            )
         )
-    else:  # the positions in the title or headings count title_weight times
-        title_terms = sql.SQL(
-            ", ts_filter(setweight(ts_filter(c.tsv, '{a}'), 'B', %(lexemes)s::text[]), '{b}') AS title_terms"
+    seen: sql.Composable = sql.SQL("")
+    if start:
+        seen = sql.SQL(
+            """WHERE NOT EXISTS (SELECT FROM {postings} s WHERE s.collection = %(collection)s
+                                 AND s.lexeme = ANY(%(seen)s::text[]) AND s.chunk_id = t.chunk_id)"""
+        ).format(postings=version.postings)
+    steps: list[sql.Composable] = [
+        sql.SQL(
+            """part AS MATERIALIZED (
+            SELECT g.chunk_id, g.score FROM (
+                SELECT t.chunk_id, sum(t.score) AS score FROM ({new_terms}) t {seen} GROUP BY t.chunk_id) g {kept})"""
+        ).format(new_terms=sql.SQL(" UNION ALL ").join(branches), seen=seen, kept=kept)
+    ]
+    later = end
+    if threshold is None:
+        steps.append(sql.SQL("open AS MATERIALIZED (SELECT part.chunk_id, part.score FROM part)"))
+    elif end < len(terms):
+        later = end + 1
+        params |= {"lexeme_first": terms[end].lexeme, "idf_first": terms[end].idf}
+        params |= {"bound": rest[end], "bound_after": rest[later]}
+        steps.append(
+            sql.SQL(
+                """candidates AS MATERIALIZED (
+                SELECT part.chunk_id, part.score FROM part
+                WHERE part.score + %(bound)s >= greatest(%(threshold)s, {kth_part})),
+            first AS MATERIALIZED (
+                SELECT c.chunk_id, c.score + coalesce(t.score, 0) AS score FROM candidates c LEFT JOIN (
+                    SELECT p.chunk_id, {score} AS score FROM {postings} p {tf}
+                    WHERE p.collection = %(collection)s AND p.lexeme = %(lexeme_first)s) t ON t.chunk_id = c.chunk_id),
+            open AS MATERIALIZED (
+                SELECT first.chunk_id, first.score FROM first
+                WHERE first.score + %(bound_after)s >= greatest(%(threshold)s, {kth_first}))"""
+            ).format(
+                kth_part=_kth_best("part"),
+                kth_first=_kth_best("first"),
+                score=_bm25_term(sql.SQL("%(idf_first)s::float8")),
+                postings=version.postings,
+                tf=_BM25_TF,
+            )
         )
-        per = sql.SQL(
-            """SELECT cand.id, cand.dl, t.lexeme, sum(t.n) AS tf
-            FROM cand CROSS JOIN LATERAL (
-                SELECT u.lexeme, cardinality(u.positions)::float8 AS n FROM unnest(cand.terms) u
-                UNION ALL
-                SELECT u.lexeme, %(title_extra)s * cardinality(u.positions) FROM unnest(cand.title_terms) u) t
-            GROUP BY cand.id, cand.dl, t.lexeme"""
+    else:
+        steps.append(
+            sql.SQL(
+                "open AS MATERIALIZED (SELECT part.chunk_id, part.score FROM part"
+                " WHERE part.score >= greatest(%(threshold)s, {kth}))"
+            ).format(kth=_kth_best("part"))
         )
+    params |= {"lexemes": [t.lexeme for t in terms[later:]], "idfs": [t.idf for t in terms[later:]]}
     query = sql.SQL(
-        """WITH q AS (SELECT * FROM unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS q(lexeme, idf)),
-        cand AS (
-            -- Each candidate's tsvector cut down to the question's lexemes: setweight marks them B,
-            -- a weight the tsv column never uses, and ts_filter keeps only B.
-            SELECT c.id, c.bm25_length AS dl,
-                   ts_filter(setweight(c.tsv, 'B', %(lexemes)s::text[]), '{{b}}') AS terms {title_terms}
-            FROM {table} c
-            WHERE c.tsv @@ %(match)s::tsquery AND NOT coalesce(c.tsv @@ %(seen)s::tsquery, false) AND {where}),
-        per AS ({per}),
-        scored AS (
-            SELECT per.id,
-                   coalesce(sum(q.idf * per.tf
-                                / nullif(per.tf + %(k1)s * (1 - %(b)s + %(b)s * per.dl / %(avgdl)s), 0)), 0) AS score
-            FROM per JOIN q ON q.lexeme = per.lexeme
-            GROUP BY per.id ORDER BY score DESC, per.id LIMIT %(k)s)
-        SELECT {cols}, scored.score FROM scored
-        JOIN {table} c ON c.id = scored.id JOIN documents d ON d.id = c.document_id
-        ORDER BY scored.score DESC, c.id"""
-    ).format(table=version.table, where=where, cols=_HIT_COLUMNS, title_terms=title_terms, per=per)
-    # Never prepared: a generic plan would not see how selective this tsquery is.
+        """WITH {steps},
+        later AS (
+            SELECT p.chunk_id, sum({score}) AS score
+            FROM {postings} p {tf} JOIN unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS q(lexeme, idf)
+                ON q.lexeme = p.lexeme
+            WHERE p.chunk_id = ANY(ARRAY(SELECT open.chunk_id FROM open)) AND p.lexeme = ANY(%(lexemes)s::text[])
+            GROUP BY p.chunk_id)
+        SELECT -(open.score + coalesce(later.score, 0)), open.chunk_id
+        FROM open LEFT JOIN later ON later.chunk_id = open.chunk_id
+        ORDER BY 1, 2 LIMIT %(k)s"""
+    ).format(
+        steps=sql.SQL(",\n").join(steps),
+        postings=version.postings,
+        score=_bm25_term(sql.SQL("q.idf")),
+        tf=_BM25_TF,
+    )
+    # Never prepared: a generic plan would not see how selective these terms are.
+    return [(float(score), int(chunk_id)) for score, chunk_id in conn.execute(query, params, prepare=False)]
+
+
+def _kth_best(step: str) -> sql.Composable:
+    """The k-th best score in the CTE ``step`` (NULL when it holds fewer rows: ``greatest`` ignores it)."""
+    return sql.SQL("(SELECT score FROM {step} ORDER BY score DESC OFFSET %(k)s - 1 LIMIT 1)").format(
+        step=sql.Identifier(step)
+    )
+
+
+# A posting's term frequency, its title and heading positions counted title_weight times.
+_BM25_TF = sql.SQL("CROSS JOIN LATERAL (SELECT p.tf + %(title_extra)s * p.title_tf AS tf) w")
+
+
+def _bm25_term(idf: sql.Composable) -> sql.Composable:
+    """One term's BM25 contribution from one posting ``p`` (tf from ``_BM25_TF``)."""
+    return sql.SQL("{idf} * w.tf / nullif(w.tf + %(k1)s * (1 - %(b)s + %(b)s * p.dl / %(avgdl)s), 0)").format(idf=idf)
+
+
+def _hits_by_id(conn: psycopg.Connection, version: IndexVersion, scored: list[tuple[float, int]]) -> list[ChunkHit]:
+    """The chunks of ``scored`` ((-score, chunk id), best first) as hits, in that order."""
+    if not scored:
+        return []
+    query = sql.SQL(
+        """SELECT {cols}, -s.score FROM unnest(%(ids)s::bigint[], %(scores)s::float8[]) AS s(id, score)
+        JOIN {table} c ON c.id = s.id JOIN documents d ON d.id = c.document_id
+        ORDER BY s.score, c.id"""
+    ).format(cols=_HIT_COLUMNS, table=version.table)
+    params = {"ids": [chunk_id for _, chunk_id in scored], "scores": [score for score, _ in scored]}
     return _hits(conn.execute(query, params, prepare=False).fetchall())
 
 

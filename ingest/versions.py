@@ -51,6 +51,11 @@ class IndexVersion:
         return sql.Identifier(f"chunks_v{self.id}")
 
     @property
+    def postings(self) -> sql.Identifier:
+        """This version's BM25 postings (sql/0020_bm25_postings.sql), kept by the chunk table's triggers."""
+        return sql.Identifier(f"chunks_v{self.id}_postings")
+
+    @property
     def name(self) -> str:
         """Human id: ``v<id>-<hash8>``; recorded on every answer."""
         return f"v{self.id}-{self.settings_hash[:8]}"
@@ -249,7 +254,7 @@ def drop_index_version(conn: psycopg.Connection, version_id: int) -> IndexVersio
             )
         if not try_lock_version(conn, version_id, xact=True):
             raise IngestBusy(f"index version {version.name} is being written by an ingest; try again later")
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(version.table))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(version.table, version.postings))
         conn.execute("DELETE FROM index_versions WHERE id = %s", (version_id,))
     return version
 
@@ -267,7 +272,8 @@ def mark_version_ready(conn: psycopg.Connection, version: IndexVersion) -> Index
 
 
 def build_hnsw_index(conn: psycopg.Connection, version: IndexVersion) -> None:
-    """Create the cosine HNSW index after loading (several times faster than row by row), then ANALYZE."""
+    """Create the cosine HNSW index after loading (several times faster than row by row), then ANALYZE
+    (and VACUUM the postings). ``conn`` must be in autocommit mode, outside a transaction."""
     with conn.transaction():
         conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
         conn.execute(
@@ -283,6 +289,9 @@ def build_hnsw_index(conn: psycopg.Connection, version: IndexVersion) -> None:
         )
         conn.execute("UPDATE index_versions SET hnsw_built = true WHERE id = %s", (version.id,))
     conn.execute(sql.SQL("ANALYZE {}").format(version.table))
+    # Keyword search reads the postings index-only, which skips the table only for pages the
+    # visibility map marks all-visible: VACUUM marks the loaded ones (autovacuum, later writes).
+    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(version.postings))
 
 
 def try_lock_version(conn: psycopg.Connection, version_id: int, *, xact: bool = False) -> bool:

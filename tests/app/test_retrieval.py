@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from app.retrieval import RagopsRetriever, RetrievalQuery, active_version, search
@@ -72,3 +74,22 @@ def test_langchain_retriever(served_database: Database, embedder: Embedder) -> N
     ]
     assert EXPECTED in [d.metadata["source"] for d in documents]
     assert {d.metadata["index_version"] for d in documents} == {version.name}
+
+
+def test_hybrid_search_on_two_connections_answers_as_on_one(served_database: Database, embedder: Embedder) -> None:
+    """With a pool, BM25 runs on a second connection beside the vector search: same hits. With the
+    pool's only connection taken, it does not wait for one: the two searches run one after the other."""
+    settings = RetrievalSettings(mode="hybrid")
+    query = RetrievalQuery(QUESTION, 5, DEFAULT_COLLECTION)
+    vector = embedder.embed_query(QUESTION)
+    with served_database.connect() as conn:
+        version = active_version(conn)
+        alone = search(conn, version, settings, query, vector)
+        with served_database.pool(2) as pool:
+            assert search(conn, version, settings, query, vector, pool=pool) == alone
+            pool.wait()
+            with pool.connection(), pool.connection():  # every connection of the pool busy
+                started = time.perf_counter()
+                assert search(conn, version, settings, query, vector, pool=pool) == alone
+                assert time.perf_counter() - started < 5  # the pool's own timeout is 30 s
+    assert EXPECTED in [h.source for h in alone[:3]]

@@ -79,7 +79,8 @@ def positive_lexemes(conn: psycopg.Connection, question: str) -> list[str]:
     return sorted(set(parts))
 
 
-def stored_statistics(conn: psycopg.Connection, version: IndexVersion) -> tuple[set[tuple[str, str, int]], set[tuple]]:
+def stored_statistics(conn: psycopg.Connection, version: IndexVersion) -> tuple[set[tuple], ...]:
+    """The statistics and postings the triggers keep (sql/0008_bm25.sql, sql/0020_bm25_postings.sql)."""
     terms = conn.execute(
         "SELECT collection, lexeme, df FROM bm25_terms WHERE index_version_id = %s AND df > 0", (version.id,)
     ).fetchall()
@@ -87,13 +88,17 @@ def stored_statistics(conn: psycopg.Connection, version: IndexVersion) -> tuple[
         "SELECT collection, chunks, tokens FROM bm25_collections WHERE index_version_id = %s AND chunks > 0",
         (version.id,),
     ).fetchall()
-    return set(terms), set(collections)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"chunks_v{version.id}_postings",)).fetchone()
+    if not exists or not exists[0]:
+        return set(terms), set(collections), set()
+    postings = conn.execute(
+        sql.SQL("SELECT collection, lexeme, chunk_id, tf, title_tf, dl FROM {}").format(version.postings)
+    ).fetchall()
+    return set(terms), set(collections), set(postings)
 
 
-def recounted_statistics(
-    conn: psycopg.Connection, version: IndexVersion
-) -> tuple[set[tuple[str, str, int]], set[tuple]]:
-    """The statistics counted afresh from the chunk table."""
+def recounted_statistics(conn: psycopg.Connection, version: IndexVersion) -> tuple[set[tuple], ...]:
+    """The statistics and postings counted afresh from the chunk table."""
     terms = conn.execute(
         sql.SQL("SELECT c.collection, u.lexeme, count(*)::int FROM {} c, unnest(c.tsv) u GROUP BY 1, 2").format(
             version.table
@@ -105,7 +110,14 @@ def recounted_statistics(
             "FROM {} c GROUP BY 1"
         ).format(version.table)
     ).fetchall()
-    return set(terms), set(collections)
+    postings = conn.execute(
+        sql.SQL(
+            "SELECT c.collection, u.lexeme, c.id, cardinality(u.positions),"
+            " (SELECT count(*) FROM unnest(u.weights) w WHERE w = 'A')::int,"
+            " (SELECT sum(cardinality(positions)) FROM unnest(c.tsv))::int FROM {} c, unnest(c.tsv) u"
+        ).format(version.table)
+    ).fetchall()
+    return set(terms), set(collections), set(postings)
 
 
 def ingest(
@@ -156,16 +168,16 @@ def test_negated_terms_are_dropped_not_matched(conn: psycopg.Connection, team: I
     assert search_sql.search_keyword(conn, team, "-printer -coffee", 50, collection="team") == []
 
 
-@pytest.mark.parametrize("first_round_chunks", [1, 2, 3, 10])
+@pytest.mark.parametrize("round_postings", [1, 2, 3, 10])
 def test_pruning_returns_the_exhaustive_top_k(
-    conn: psycopg.Connection, team: IndexVersion, first_round_chunks: int
+    conn: psycopg.Connection, team: IndexVersion, round_postings: int
 ) -> None:
     """MaxScore pruning is exact: a tiny first round gives the same ranking as scoring every match."""
     for question in QUESTIONS:
         for top_k in (1, 2, 3):
             exhaustive = search_sql.search_keyword(conn, team, question, 50, collection="team")[:top_k]
             pruned = search_sql.search_keyword(
-                conn, team, question, top_k, collection="team", bm25=Bm25(first_round_chunks=first_round_chunks)
+                conn, team, question, top_k, collection="team", bm25=Bm25(round_postings=round_postings)
             )
             assert [(h.chunk_id, round(h.score, 9)) for h in pruned] == [
                 (h.chunk_id, round(h.score, 9)) for h in exhaustive
@@ -190,6 +202,8 @@ def test_statistics_stay_exact_after_adds_edits_and_deletes(
     assert not [h for h in search_sql.search_keyword(conn, team, "roaster", 5, collection="team")]
     gone = conn.execute("SELECT count(*) FROM bm25_terms WHERE lexeme = 'roaster' OR df <= 0").fetchone()
     assert gone == (0,)  # a deleted document's words leave the statistics too
+    gone = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE lexeme = 'roaster'").format(team.postings)).fetchone()
+    assert gone == (0,)  # and the postings
     with conn.transaction():  # an update rewrites the tsv: the statistics follow it
         conn.execute(sql.SQL("UPDATE {} SET title = 'Roaster' WHERE collection = 'team'").format(team.table))
     assert stored_statistics(conn, team) == recounted_statistics(conn, team)
@@ -219,13 +233,28 @@ def test_each_index_version_keeps_its_own_statistics_through_activation_and_roll
     assert active is not None and active.id == old.id
     assert search_sql.search_keyword(conn, active, "printer toner", 1, collection="team")[0].source == "a.md"
     versions.drop_index_version(conn, new.id)
-    assert stored_statistics(conn, new) == (set(), set())
+    assert stored_statistics(conn, new) == (set(), set(), set())  # the postings table went with the version
+    assert stored_statistics(conn, old) == recounted_statistics(conn, old)
 
 
-def test_lexemes_with_quotes_and_backslashes_are_matched_literally(conn: psycopg.Connection) -> None:
-    query = search_sql.tsquery_any(["it's", "back\\slash", "plain"])
-    row = conn.execute(
-        "SELECT array_to_tsvector(%s::text[]) @@ %s::tsquery, array_to_tsvector('{other}') @@ %s::tsquery",
-        (["back\\slash"], query, query),
-    ).fetchone()
-    assert row == (True, False)
+def test_lexemes_with_quotes_and_backslashes_are_matched_literally(
+    conn: psycopg.Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    """Lexemes are bound as values, never parsed: a question's quotes and backslashes match nothing else."""
+    docs = {"q.txt": "O'Brien's café sells it's-a-me pastries.\n", "r.txt": "Plain bread and coffee.\n"}
+    version = ingest(conn, embedder, write_corpus(tmp_path / "odd", docs, with_jsonl=False), "odd").index_version
+    hits = search_sql.search_keyword(conn, version, "it's O'Brien's \\ café", 5, collection="odd")
+    assert [h.source for h in hits] == ["q.txt"]
+
+
+def test_postings_of_a_version_from_before_them_are_built_from_its_chunks(
+    conn: psycopg.Connection, team: IndexVersion
+) -> None:
+    """What migration 0020 runs for each existing version: the postings, built from the chunks already there."""
+    expected = recounted_statistics(conn, team)
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP TABLE {}").format(team.postings))
+        conn.execute("SELECT ragops_bm25_postings_install(%s)", (team.id,))
+    assert stored_statistics(conn, team) == expected
+    before = search_sql.search_keyword(conn, team, "printer toner", 3, collection="team")
+    assert before and before[0].source == "a.md"
