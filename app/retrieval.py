@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import ConfigDict
 
 from app import search_sql
-from app.fusion import DEFAULT_FUSION, Fusion, fuse
+from app.fusion import DEFAULT_FUSION, Fusion, fuse, keyword_bound
 from app.search_sql import DEFAULT_BM25, Bm25, ChunkHit
 from core.access import DEFAULT_COLLECTION, Grant
 from core.config import RetrievalSettings
@@ -100,6 +100,7 @@ def fusion_of(settings: RetrievalSettings) -> Fusion:
         vector_weight=settings.vector_weight,
         keyword_weight=settings.keyword_weight,
         rrf_k=settings.rrf_k,
+        normalization=settings.fusion_normalization,
     )
 
 
@@ -121,7 +122,10 @@ def search_hybrid(
     common: dict[str, Any] = {"collection": collection, "metadata": metadata}
     vector_hits = search_sql.search_vector(conn, version, vector, candidates, ef_search=ef_search, **common)
     keyword_hits = search_sql.search_keyword(conn, version, text, candidates, bm25=bm25, **common)
-    return fuse(vector_hits, keyword_hits, top_k, fusion)
+    bound = None
+    if keyword_hits and fusion.method == "convex" and fusion.normalization == "bound":
+        bound = keyword_bound(search_sql.term_statistics(conn, version, text, collection=collection), bm25)
+    return fuse(vector_hits, keyword_hits, top_k, fusion, bound)
 
 
 class RagopsRetriever(BaseRetriever):
