@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import ConfigDict
 
 from app import search_sql
-from app.fusion import DEFAULT_FUSION, Fusion, fuse
+from app.fusion import DEFAULT_FUSION, Fusion, fuse, keyword_bound
 from app.search_sql import DEFAULT_BM25, Bm25, ChunkHit
 from core.access import DEFAULT_COLLECTION, Grant
 from core.config import RetrievalSettings
@@ -109,6 +109,7 @@ def fusion_of(settings: RetrievalSettings) -> Fusion:
         vector_weight=settings.vector_weight,
         keyword_weight=settings.keyword_weight,
         rrf_k=settings.rrf_k,
+        normalization=settings.fusion_normalization,
     )
 
 
@@ -134,15 +135,20 @@ def search_hybrid(
     """
     common: dict[str, Any] = {"collection": collection, "metadata": metadata}
     with _spare_connection(pool) as other:
-        keyword = _in_background(
-            lambda: search_sql.search_keyword(other or conn, version, text, candidates, bm25=bm25, **common),
-            run=other is not None,
-        )
+
+        def keyword_search() -> tuple[list[ChunkHit], float | None]:
+            db = other or conn
+            stats = search_sql.term_statistics(db, version, text, collection=collection)
+            hits = search_sql.search_keyword(db, version, text, candidates, bm25=bm25, stats=stats, **common)
+            bounded = fusion.method == "convex" and fusion.normalization == "bound"
+            return hits, keyword_bound(stats, bm25) if bounded else None
+
+        keyword = _in_background(keyword_search, run=other is not None)
         try:
             vector_hits = search_sql.search_vector(conn, version, vector, candidates, ef_search=ef_search, **common)
         finally:
-            keyword_hits = keyword()  # the spare connection goes back only once its search is done
-    return fuse(vector_hits, keyword_hits, top_k, fusion)
+            keyword_hits, bound = keyword()  # the spare connection goes back only once its search is done
+    return fuse(vector_hits, keyword_hits, top_k, fusion, bound)
 
 
 # How long hybrid search waits for a second connection before running its searches one after the

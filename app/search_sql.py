@@ -242,8 +242,11 @@ def search_keyword(
     collection: str,
     metadata: dict[str, Any] | None = None,
     bm25: Bm25 | None = None,
+    stats: TermStatistics | None = None,
 ) -> list[ChunkHit]:
     """The ``top_k`` chunks by BM25 over the question's lexemes (a bag of words: any term may match).
+
+    ``stats``: the question's :func:`term_statistics`, when the caller has read them already.
 
     Exact top-k with MaxScore pruning, read from the version's postings (index-only, no tsvector):
     a chunk holding none of the rarest terms ``terms[:e]`` scores less than the sum of the other
@@ -254,7 +257,7 @@ def search_keyword(
     candidate unless the question has nothing rarer to go on.
     """
     bm25 = bm25 or DEFAULT_BM25
-    stats = term_statistics(conn, version, text, collection=collection)
+    stats = stats or term_statistics(conn, version, text, collection=collection)
     terms = stats.terms
     if not terms:
         return []

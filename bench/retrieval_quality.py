@@ -27,16 +27,20 @@ from psycopg import sql
 
 from app.search_sql import query_lexemes
 from bench.common import DATASETS, bench_server, fresh_database, read_jsonl, write_result
+from core.access import DEFAULT_COLLECTION
 from core.config import LoadedConfig, RetrievalSettings, load_config
-from core.embedding import get_embedder
+from core.embedding import Embedder, get_embedder
 from evals.beir import CHUNK_POOL, BeirDataset, RetrievalScores, corpus_id, evaluate_retrieval, load_beir
 from evals.metrics import ndcg_at_k, recall_at_k, unique_in_order
-from evals.tune import BM25_GRID, FUSION_GRID
+from evals.tune import BM25_GRID, FUSION_GRID, Rankings, pseudo_queries
 from ingest import versions
 from ingest.pipeline import IngestPipeline
 from ingest.versions import IndexVersion
 
 ROOT = Path(__file__).resolve().parent.parent
+# The default fusion before `bound` normalization, reported beside the default on every split.
+OLD_DEFAULT_FUSION = {"fusion": "convex", "fusion_normalization": "minmax", "keyword_weight": 0.3}
+PSEUDO_QUERIES = 400
 # (folder, qrels split, query ids for development or None, query ids for test or None = all)
 DATASETS_USED = ("wikiqa", "xquad_en", "pubmedqa")
 
@@ -141,7 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     default = config.config.retrieval
     embedder = get_embedder(config.config.index.embedding)
     bm25_updates = [dict(zip(BM25_GRID, values, strict=True)) for values in itertools.product(*BM25_GRID.values())]
-    result: dict[str, Any] = {"config": config.version, "default": default.model_dump(), "datasets": {}, "dev": {}}
+    result: dict[str, Any] = {
+        "config": config.version, "default": default.model_dump(), "datasets": {}, "dev": {}, "pseudo": {}
+    }  # fmt: skip
     with bench_server() as admin_uri:
         for folder in DATASETS_USED:
             test, dev = splits(folder)
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "chunks": report.chunks_written,
                     "ingest_s": round(time.perf_counter() - t0, 1),
                 }
+                result["pseudo"][test.name] = pseudo_grid(conn, version, config, embedder)
                 if dev is not None:
                     keyword = default.model_copy(update={"mode": "keyword"})
                     hybrid = default.model_copy(update={"mode": "hybrid"})
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for label, update in (
                     ("hybrid_rrf_equal_k60", {"fusion": "rrf", "rrf_k": 60, "keyword_weight": 1.0}),
                     ("hybrid_convex_equal", {"fusion": "convex", "keyword_weight": 1.0}),
+                    ("hybrid_minmax_0_3", OLD_DEFAULT_FUSION),
                 ):
                     chosen = default.model_copy(update={"mode": "hybrid", **update})
                     entry[label] = scores_dict(evaluate_retrieval(conn, version, test, chosen, vectors))
@@ -198,6 +206,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(result["dev_summary"], indent=2))
     print(f"wrote {path}")
     return result
+
+
+def pseudo_grid(
+    conn: psycopg.Connection, version: IndexVersion, config: LoadedConfig, embedder: Embedder
+) -> dict[str, Any]:
+    """The fusion grid on ``ragops tune``'s pseudo-queries from the corpus (all a set without a dev split has)."""
+    base = config.config.retrieval.model_copy(update={"mode": "hybrid"})
+    queries = pseudo_queries(conn, version, DEFAULT_COLLECTION, limit=PSEUDO_QUERIES)
+    rankings = Rankings(conn, version, DEFAULT_COLLECTION, queries, embedder, base.candidates, base.ef_search)
+    every = range(len(queries))
+    return {
+        "queries": len(queries),
+        "vector": round(rankings.ndcg(base.model_copy(update={"mode": "vector"}), every), 4),
+        "keyword": round(rankings.ndcg(base.model_copy(update={"mode": "keyword"}), every), 4),
+        "hybrid": round(rankings.ndcg(base, every), 4),
+        "fusion_grid": [
+            {**u, "pseudo_ndcg_at_10": round(rankings.ndcg(base.model_copy(update=u), every), 4)} for u in FUSION_GRID
+        ],
+    }
 
 
 def dev_summary(dev: dict[str, Any]) -> dict[str, Any]:

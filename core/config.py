@@ -135,7 +135,12 @@ class RetrievalSettings(StrictModel):
     keyword_weight: float = Field(default=0.3, ge=0.0, le=10.0)
     fusion: Literal["rrf", "convex"] = Field(
         default="convex",
-        description="Hybrid fusion: weighted reciprocal rank (rrf) or weighted min-max normalized scores (convex).",
+        description="Hybrid fusion: weighted reciprocal rank (rrf) or weighted normalized scores (convex).",
+    )
+    fusion_normalization: Literal["bound", "minmax"] = Field(
+        default="bound",
+        description="Convex fusion's scale: bound (cosine as is, BM25 over the score of a chunk holding each "
+        "question term once) or minmax (each list stretched to [0, 1]).",
     )
     bm25_k1: float = Field(default=0.9, ge=0.0, le=5.0, description="BM25 term-frequency saturation.")
     bm25_b: float = Field(default=0.0, ge=0.0, le=1.0, description="BM25 length normalization (0: none, 1: full).")

@@ -7,9 +7,11 @@ left out of every ranking, so the sentence cannot simply find itself by its own 
 favour keyword search far beyond what real questions do). With the team's eval set
 (``evals/datasets/*.jsonl`` rows naming their source documents), its questions join the fit.
 
-The queries are split in two: settings are fitted on one half and reported on the other. A setting
-replaces the configuration's own only when it beats it on the held-out half by more than
-``MIN_GAIN``; otherwise the configuration is kept as it is (tuning never makes it worse on what it
+The queries are split in two: settings are fitted on one half and reported on the other. On the
+fit half a setting is ranked by its gain over the configuration on the worse of that half's two
+halves (shrinkage: a gain must hold on both, not be the luck of one draw). It replaces the
+configuration's own only when it also beats it on the held-out half by more than ``MIN_GAIN``;
+otherwise the configuration is kept as it is (tuning never makes it worse on what it
 can see). The result is a new configuration file, for review and the eval gate like any change.
 """
 
@@ -29,7 +31,7 @@ import yaml
 from psycopg import sql
 
 from app import search_sql
-from app.fusion import fuse
+from app.fusion import fuse, keyword_bound
 from app.generators.extractive import split_sentences
 from app.retrieval import bm25_of, fusion_of
 from app.search_sql import ChunkHit
@@ -45,7 +47,11 @@ GROUP_LIMIT = 50  # a title shared by more chunks than this says little about an
 BM25_GRID = {"bm25_k1": (0.9, 1.5), "bm25_b": (0.0, 0.2, 0.4, 0.75), "bm25_title_weight": (1.0, 2.0)}
 FUSION_GRID: tuple[dict[str, Any], ...] = (
     *({"fusion": "rrf", "rrf_k": k, "keyword_weight": w} for k in (10, 60) for w in (0.1, 0.3, 0.5, 1.0)),
-    *({"fusion": "convex", "keyword_weight": w} for w in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)),
+    *(
+        {"fusion": "convex", "fusion_normalization": n, "keyword_weight": w}
+        for n in ("bound", "minmax")
+        for w in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    ),
 )
 _WORDS = re.compile(r"\w+")
 
@@ -74,7 +80,7 @@ class TuneResult:
     before: float  # held-out nDCG@10 of the configuration as it is
     after: float  # held-out nDCG@10 of the chosen settings
     chosen: dict[str, Any]  # retrieval fields that change (empty: keep the configuration)
-    ranking: list[dict[str, Any]] = field(default_factory=list)  # top settings on the fit half
+    ranking: list[dict[str, Any]] = field(default_factory=list)  # top settings on the fit half (gain on both halves)
 
 
 def pseudo_queries(
@@ -135,6 +141,7 @@ class Rankings:
             for q, v in zip(queries, vectors, strict=True)
         ]
         self._keyword: dict[tuple[float, float, float], list[list[ChunkHit]]] = {}
+        self.stats = [search_sql.term_statistics(conn, version, q.text, collection=collection) for q in queries]
 
     @staticmethod
     def _drop(query: PseudoQuery, hits: list[ChunkHit]) -> list[ChunkHit]:
@@ -157,8 +164,13 @@ class Rankings:
 
     def ndcg(self, settings: RetrievalSettings, which: Iterable[int]) -> float:
         """Mean nDCG@10 of ``settings`` over the queries numbered ``which``."""
+        scores = self.ndcg_each(settings, which)
+        return float(np.mean(scores)) if scores else 0.0
+
+    def ndcg_each(self, settings: RetrievalSettings, which: Iterable[int]) -> list[float]:
+        """nDCG@10 of ``settings`` on each of the queries numbered ``which``."""
         keyword = self.keyword(settings) if settings.mode != "vector" else []
-        fusion = fusion_of(settings)
+        fusion, bm25 = fusion_of(settings), bm25_of(settings)
         scores = []
         for i in which:
             if settings.mode == "vector":
@@ -166,11 +178,12 @@ class Rankings:
             elif settings.mode == "keyword":
                 hits = keyword[i][:POOL]
             else:
-                hits = fuse(self.vector[i][: self.candidates - 1], keyword[i][: self.candidates - 1], POOL, fusion)
+                vector, matched = self.vector[i][: self.candidates - 1], keyword[i][: self.candidates - 1]
+                hits = fuse(vector, matched, POOL, fusion, keyword_bound(self.stats[i], bm25))
             query = self.queries[i]
             ranked = unique_in_order([query.key(h) for h in hits])
             scores.append(ndcg_at_k(ranked, dict.fromkeys(query.relevant, 1), 10))
-        return float(np.mean(scores)) if scores else 0.0
+        return scores
 
 
 def tune(
@@ -200,19 +213,24 @@ def tune(
     order = list(range(len(queries)))
     random.Random(seed + 1).shuffle(order)
     fit, held_out = order[: len(order) // 2], order[len(order) // 2 :]
+    halves = (fit[0::2], fit[1::2])
+    base_halves = [rankings.ndcg(base, half) for half in halves]
     candidates: list[dict[str, Any]] = []
     bm25_settings = [dict(zip(BM25_GRID, v, strict=True)) for v in itertools.product(*BM25_GRID.values())]
     for n, (bm25, fusion) in enumerate(itertools.product(bm25_settings, FUSION_GRID)):
         if n % len(FUSION_GRID) == 0:
             say(f"BM25 setting {n // len(FUSION_GRID) + 1} of {len(bm25_settings)}")
         update = {"mode": "hybrid", **bm25, **fusion}
-        candidates.append({**update, "fit": rankings.ndcg(base.model_copy(update=update), fit)})
-    candidates.sort(key=lambda c: -c["fit"])
-    best = {k: v for k, v in candidates[0].items() if k != "fit"}
+        settings = base.model_copy(update=update)
+        each = [rankings.ndcg(settings, half) for half in halves]
+        gains = [score - before for score, before in zip(each, base_halves, strict=True)]
+        candidates.append({**update, "fit": float(np.mean(each)), "worse_half_gain": min(gains)})
+    candidates.sort(key=lambda c: (-c["worse_half_gain"], -c["fit"]))
+    best = consistent_best(candidates)
     before = rankings.ndcg(base, held_out)
-    after = rankings.ndcg(base.model_copy(update=best), held_out)
+    after = rankings.ndcg(base.model_copy(update=best), held_out) if best else before
     current = base.model_dump()
-    chosen = {k: v for k, v in best.items() if current.get(k) != v} if after - before > MIN_GAIN else {}
+    chosen = {k: v for k, v in (best or {}).items() if current.get(k) != v} if after - before > MIN_GAIN else {}
     return TuneResult(
         queries=len(queries),
         fit_queries=len(fit),
@@ -220,8 +238,19 @@ def tune(
         before=round(before, 4),
         after=round(after if chosen else before, 4),
         chosen=chosen,
-        ranking=[{**c, "fit": round(c["fit"], 4)} for c in candidates[:5]],
+        ranking=[
+            {**c, "fit": round(c["fit"], 4), "worse_half_gain": round(c["worse_half_gain"], 4)} for c in candidates[:5]
+        ],
     )
+
+
+def consistent_best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The setting whose gain over the configuration is largest on the worse of the two fit halves,
+    if that gain is positive (shrinkage: the best mean is as often a lucky draw on one half)."""
+    best = max(rows, key=lambda r: (r["worse_half_gain"], r["fit"]), default=None)
+    if best is None or best["worse_half_gain"] <= 0:
+        return None
+    return {k: v for k, v in best.items() if k not in ("fit", "worse_half_gain")}
 
 
 def eval_set_queries(path: Path) -> list[PseudoQuery]:

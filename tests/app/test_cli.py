@@ -126,6 +126,10 @@ def test_config_validate_passes_on_the_repository() -> None:
         ("retrieval:\n  bm25_b: 1.5\n", "default.yaml: retrieval.bm25_b: Input should be less than or equal to 1"),
         ("retrieval:\n  fusion: borda\n", "default.yaml: retrieval.fusion: Input should be 'rrf' or 'convex'"),
         (
+            "retrieval:\n  fusion_normalization: zscore\n",
+            "default.yaml: retrieval.fusion_normalization: Input should be 'bound' or 'minmax'",
+        ),
+        (
             "index:\n  embedding:\n    query_cache_size: -1\n",
             "default.yaml: index.embedding.query_cache_size: Input should be greater than or equal to 0",
         ),

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from app.retrieval import RagopsRetriever, RetrievalQuery, active_version, search
+from app import search_sql
+from app.fusion import keyword_bound
+from app.retrieval import RagopsRetriever, RetrievalQuery, active_version, bm25_of, search
 from core.access import DEFAULT_COLLECTION
 from core.config import RetrievalSettings
 from core.db import Database
@@ -25,6 +27,26 @@ def test_each_mode_finds_the_document(served_database: Database, embedder: Embed
         hits = search(conn, version, settings, RetrievalQuery(QUESTION, 5, DEFAULT_COLLECTION), vector)
     assert EXPECTED in [h.source for h in hits[:3]]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_hybrid_fuses_cosine_with_bm25_over_the_questions_bound(served_database: Database, embedder: Embedder) -> None:
+    settings = RetrievalSettings(mode="hybrid", vector_weight=1.0, keyword_weight=0.3, candidates=20)
+    vector = embedder.embed_query(QUESTION)
+    with served_database.connect() as conn:
+        version = active_version(conn)
+        hits = search(conn, version, settings, RetrievalQuery(QUESTION, 5, DEFAULT_COLLECTION), vector)
+        common = {"collection": DEFAULT_COLLECTION}
+        nearest = search_sql.search_vector(conn, version, vector, 20, ef_search=settings.ef_search, **common)
+        cosine = {h.chunk_id: h.score for h in nearest}
+        matched = search_sql.search_keyword(conn, version, QUESTION, 20, bm25=bm25_of(settings), **common)
+        bm25 = {h.chunk_id: h.score for h in matched}
+        bound = keyword_bound(search_sql.term_statistics(conn, version, QUESTION, **common), bm25_of(settings))
+    assert bound > 0 and len(hits) == 5
+    for hit in hits:
+        expected = (
+            cosine.get(hit.chunk_id, min(cosine.values())) + 0.3 * bm25.get(hit.chunk_id, min(bm25.values())) / bound
+        ) / 1.3
+        assert hit.score == pytest.approx(expected)
 
 
 def test_min_score_cuts_weak_hits(served_database: Database, embedder: Embedder) -> None:

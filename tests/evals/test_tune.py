@@ -13,7 +13,7 @@ from core.config import load_config
 from core.embedding import Embedder
 from core.errors import ConfigError, NotFound
 from evals import cli as eval_cli
-from evals.tune import pseudo_queries, tune, write_tuned_config
+from evals.tune import FUSION_GRID, consistent_best, pseudo_queries, tune, write_tuned_config
 from ingest.pipeline import IngestPipeline
 from ingest.versions import IndexVersion
 from tests.conftest import REPO
@@ -69,6 +69,7 @@ def test_tune_finds_the_keyword_heavy_setting_where_only_words_tell_chunks_apart
     result = tune(conn, tickets, "tickets", config, embedder, limit=120)
     assert result.after > result.before + 0.05
     assert result.chosen and result.chosen.get("keyword_weight", config.config.retrieval.keyword_weight) >= 0.5
+    assert result.ranking[0]["worse_half_gain"] > 0.05  # it gains on both halves of the fit queries
     configs = tmp_path / "configs"
     configs.mkdir()
     path = write_tuned_config(config, configs, "tickets-tuned", result, "tickets")
@@ -79,6 +80,19 @@ def test_tune_finds_the_keyword_heavy_setting_where_only_words_tell_chunks_apart
     assert written.config.index == config.config.index  # same index: no rebuild to try it
     with pytest.raises(ConfigError, match="exists"):
         write_tuned_config(config, configs, "tickets-tuned", result, "tickets")
+
+
+def test_a_setting_is_only_chosen_when_it_gains_on_both_fit_halves() -> None:
+    lucky = {"keyword_weight": 1.0, "fit": 0.90, "worse_half_gain": -0.02}  # best mean, lost on one half
+    steady = {"keyword_weight": 0.5, "fit": 0.85, "worse_half_gain": 0.01}
+    assert consistent_best([lucky, steady]) == {"keyword_weight": 0.5}
+    assert consistent_best([lucky]) is None
+    assert consistent_best([]) is None
+
+
+def test_the_grid_covers_both_score_normalizations() -> None:
+    normalizations = {row.get("fusion_normalization") for row in FUSION_GRID if row["fusion"] == "convex"}
+    assert normalizations == {"bound", "minmax"}
 
 
 def test_tune_refuses_a_collection_too_small_to_learn_from(
