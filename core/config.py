@@ -167,6 +167,15 @@ class ExtractiveSettings(StrictModel):
         default=0.45, ge=0.0, le=1.0, description="Below this, answer that the documents do not say."
     )
     lexical_weight: float = Field(default=0.3, ge=0.0, le=1.0, description="Share of word overlap in the score.")
+    rescore: int = Field(
+        default=8,
+        ge=0,
+        le=1000,
+        description=(
+            "Candidates nearest the question by their stored sentence vectors that are embedded again for an "
+            "exact score (index.sentence_vectors); 0: the stored vectors alone, no model run per answer."
+        ),
+    )
 
 
 class ModelServerSettings(StrictModel):

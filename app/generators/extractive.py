@@ -116,26 +116,36 @@ class ExtractiveGenerator(Generator):
         return out, vectors
 
     def similarities(self, question: str, candidates: list[Candidate], stored: list[np.ndarray | None]) -> np.ndarray:
-        """Cosine of each candidate to the question: stored vectors as they are, the others embedded now.
+        """Cosine of each candidate to the question, from the vectors pooled at ingest where there are some.
 
-        The question's vector is the one retrieval computed (the embedder's query cache), so an answer
-        whose candidates all have stored vectors runs no model at all.
+        A pooled vector has read its sentence inside the whole chunk, so it ranks well but scores less
+        sharply than the sentence embedded alone: the ``rescore`` candidates nearest the question are
+        embedded now and get their exact cosine, and no other candidate may outscore the lowest of them
+        on similarity. Candidates without a stored vector are embedded too. The question's vector is the
+        one retrieval computed (the embedder's query cache).
         """
         if self.reembed_candidates:
             vectors = self.embedder.embed_batch([question] + [c.scored for c in candidates])
             return vectors[1:] @ vectors[0]
+        query = self.embedder.embed_query(question)
+        similarity = np.zeros(len(candidates), dtype=np.float32)
+        pooled = [i for i, vector in enumerate(stored) if vector is not None]
+        if pooled:
+            similarity[pooled] = np.stack([stored[i] for i in pooled]) @ query
+        nearest = sorted(pooled, key=lambda i: -similarity[i])[: self.settings.rescore]
         missing = [i for i, vector in enumerate(stored) if vector is None]
-        matrix = np.empty((len(candidates), self.embedder.dimension), dtype=np.float32)
+        embed = missing + nearest
+        if embed:
+            similarity[embed] = self.embedder.embed_batch([candidates[i].scored for i in embed]) @ query
+        rest = sorted(set(pooled) - set(nearest))
+        if nearest and rest:
+            similarity[rest] = np.minimum(similarity[rest], similarity[nearest].min())
         if missing:
-            matrix[missing] = self.embedder.embed_batch([candidates[i].scored for i in missing])
             log.debug("embedded %d of %d candidates without stored sentence vectors", len(missing), len(candidates))
-        for i, vector in enumerate(stored):
-            if vector is not None:
-                matrix[i] = vector
         with self._counts_lock:
-            self.vectors_stored += len(candidates) - len(missing)
+            self.vectors_stored += len(pooled)
             self.vectors_embedded += len(missing)
-        return matrix @ self.embedder.embed_query(question)
+        return similarity
 
     def select(self, request: GenerationRequest) -> list[tuple[float, str, int]]:
         """(score, sentence, citation number) of the sentences that make the answer, best first."""
