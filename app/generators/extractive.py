@@ -131,7 +131,7 @@ class ExtractiveGenerator(Generator):
         similarity = np.zeros(len(candidates), dtype=np.float32)
         pooled = [i for i, vector in enumerate(stored) if vector is not None]
         if pooled:
-            similarity[pooled] = np.stack([stored[i] for i in pooled]) @ query
+            similarity[pooled] = np.stack([vector for vector in stored if vector is not None]) @ query
         nearest = sorted(pooled, key=lambda i: -similarity[i])[: self.settings.rescore]
         missing = [i for i, vector in enumerate(stored) if vector is None]
         embed = missing + nearest

@@ -366,7 +366,9 @@ def test_pooling_sentence_vectors_leaves_the_chunk_vectors_as_they_are(
 
 
 def test_both_backends_pool_the_same_sentence_vectors(
-    sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]], torch_embedder: Embedder, onnx_embedder: Embedder
+    sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]],
+    torch_embedder: Embedder,
+    onnx_embedder: Embedder,
 ) -> None:
     texts, spans = [text for text, _ in sample_chunks], [spans for _, spans in sample_chunks]
     expected = np.concatenate(torch_embedder.embed_pooled(texts, spans)[1])
@@ -379,9 +381,9 @@ def test_a_sentence_vector_is_the_mean_of_its_tokens(torch_embedder: Embedder) -
     sentence = "The espresso machine is descaled every Friday."
     text = f"{sentence} " + " ".join(["filler words about nothing"] * 80)  # well past 256 word pieces
     past = (len(text) - 10, len(text))
-    vectors, (pooled,) = torch_embedder.embed_pooled([text], [[((0, len(sentence)),), (past,)]])
+    _, (pooled,) = torch_embedder.embed_pooled([text], [[((0, len(sentence)),), (past,)]])
     assert np.linalg.norm(pooled[1]) == 0.0
-    _, (states,) = torch_embedder._embed_tokens([text])  # noqa: SLF001 - the token states the pool reads
+    _, (states,) = torch_embedder._embed_tokens([text])
     assert states is not None
     read = (states.offsets[:, 1] > states.offsets[:, 0]) & (states.offsets[:, 0] < len(sentence))
     mean = states.embeddings[read].mean(axis=0)
