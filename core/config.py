@@ -107,8 +107,9 @@ class IndexSettings(StrictModel):
         the torch model's vectors (cosine >= 0.9999 on probe texts, checked at export), so switching
         backend changes speed, not the index; hashing it would rebuild identical vectors. The query
         cache size changes nothing stored either. Nor do sentence vectors: they change no chunk, chunk
-        vector or search result, only where the extractive generator gets its sentence vectors from,
-        and it embeds a chunk's sentences itself when the chunk has none (a version built without them).
+        vector or search result, only where the extractive generator gets its sentence vectors from.
+        A version built without them gets them on its next ingest (documents lacking them count as
+        updated), and until then the generator embeds those chunks' sentences itself.
         """
         identity: dict[str, Any] = {
             "chunker_version": CHUNKER_VERSION,

@@ -97,6 +97,17 @@ def reusable_vectors(
     }
 
 
+def documents_without_sentence_vectors(conn: psycopg.Connection, version: IndexVersion, collection: str) -> set[int]:
+    """Documents of ``collection`` with a chunk in ``version`` that has no sentence vectors stored."""
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT document_id FROM {} WHERE collection = %s AND sentence_vectors IS NULL").format(
+            version.table
+        ),
+        (collection,),
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
 _COPY_COLUMNS = (
     ("document_id", "bigint"),
     ("ordinal", "integer"),

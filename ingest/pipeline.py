@@ -191,6 +191,8 @@ class IngestPipeline:
 
         try:
             known = documents.known_documents(self.conn, version.id, self.collection)
+            if self.pools_sentences:
+                known = self._lacking_sentence_vectors_as_changed(version, known)
             seen, files_with_skips = self._write_changed(files, version, known, report, progress, on_progress)
             if sync:
                 report.deleted = self._delete_gone(known, seen, files_with_skips)
@@ -229,6 +231,20 @@ class IngestPipeline:
                 on_progress(progress)
         self._write_batch(version, pending, known, report, progress)
         return seen, files_with_skips
+
+    def _lacking_sentence_vectors_as_changed(
+        self, version: IndexVersion, known: dict[str, documents.KnownDocument]
+    ) -> dict[str, documents.KnownDocument]:
+        """``known`` with the documents whose chunks lack sentence vectors marked as changed, so this run pools them.
+
+        Chunks written before sentence vectors (or with them off) are embedded once more, on the next
+        ingest into their version: until then answers embed those chunks' sentences themselves.
+        """
+        lacking = documents.documents_without_sentence_vectors(self.conn, version, self.collection)
+        return {
+            source: dataclasses.replace(doc, indexed_hash="") if doc.id in lacking and doc.indexed_hash else doc
+            for source, doc in known.items()
+        }
 
     def _delete_gone(
         self, known: dict[str, documents.KnownDocument], seen: set[str], files_with_skips: set[str]

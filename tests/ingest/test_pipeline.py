@@ -350,19 +350,19 @@ def test_a_full_rebuild_pools_the_same_sentence_vectors(
         assert old is not None and new is not None and np.allclose(old, new, atol=1e-5)
 
 
-def test_with_sentence_vectors_off_chunks_store_none_and_turning_them_on_fills_them(
+def test_with_sentence_vectors_off_chunks_store_none_and_the_next_ingest_with_them_on_fills_them(
     conn: psycopg.Connection, embedder: Embedder, tmp_path: Path
 ) -> None:
-    """Off: nothing stored. On again: a rewritten document's chunks are embedded anew to get them (no reuse)."""
-    root = write_corpus(tmp_path, {"long.md": "# Quotas\n\n" + "\n\n".join(QUOTAS)}, with_jsonl=False)
-    off = RagConfig.model_validate(
-        {"index": {"chunking": {"chunk_size": 40, "chunk_overlap": 0}, "sentence_vectors": False}}
-    )
+    """Off: nothing stored. On: the next run embeds the documents lacking them once (unchanged or not), then none."""
+    root = write_corpus(tmp_path)
+    off = RagConfig.model_validate({"index": {"sentence_vectors": False}})
     off_config = LoadedConfig(name="off", path=Path("off.yaml"), sha256="1" * 64, git_commit=None, config=off)
     first = ingest(conn, embedder, root, config=off_config)
     assert all(data is None for data, _, _ in sentence_vectors(conn, first.index_version).values())
-    (root / "long.md").write_text("# Quotas\n\n" + "\n\n".join([*QUOTAS[:-1], "Paragraph 39 is about parking."]))
-    second = ingest(conn, embedder, root, config=make_config(chunk_size=40, overlap=0))
+    second = ingest(conn, embedder, root)
     assert second.index_version.id == first.index_version.id  # the setting is not part of the index identity
-    assert second.chunks_reused == 0 and second.texts_embedded == second.chunks_written
+    assert second.updated == corpus_document_count() and second.chunks_reused == 0
+    assert second.texts_embedded == second.chunks_written == first.chunks_written
     assert all(data is not None for data, _, _ in sentence_vectors(conn, first.index_version).values())
+    third = ingest(conn, embedder, root)
+    assert third.unchanged == corpus_document_count() and third.texts_embedded == 0
