@@ -262,6 +262,12 @@ class RagPipeline:
                 self._generators[key] = self._build_generator(backend, config)
             return self._generators[key]
 
+    def sentence_vector_counts(self) -> tuple[int, int]:
+        """Extractive candidates scored with stored sentence vectors, and those embedded per answer, so far."""
+        with self._lock:
+            generators = [g for g in self._generators.values() if isinstance(g, ExtractiveGenerator)]
+        return sum(g.vectors_stored for g in generators), sum(g.vectors_embedded for g in generators)
+
     def _build_generator(self, backend: str, config: LoadedConfig) -> Generator:
         if backend == "vllm":
             if not self.settings.vllm_url:

@@ -72,7 +72,7 @@ class ExtractiveGenerator(Generator):
     def __init__(self, embedder: Embedder, settings: ExtractiveSettings) -> None:
         self.embedder = embedder
         self.settings = settings
-        # Benchmarks only (bench/extractive.py): embed every candidate per request, as before sentence vectors.
+        # Benchmarks only (bench/extractive.py): ignore stored vectors and embed every candidate per request.
         self.reembed_candidates = False
         # Candidates scored with the vector pooled at ingest, and those embedded per request (no vector stored,
         # or the passage's candidates did not match the stored ones).

@@ -66,6 +66,9 @@ def test_answers_are_the_same_with_the_query_cache_cold_and_warm(client: TestCli
     assert warm["citations"] == cold["citations"] and cold["citations"]
     assert warm["answer"] == cold["answer"]
     assert generator.vectors_stored > stored and generator.vectors_embedded == embedded
+    metrics = client.get("/metrics").text
+    counted = re.search(r'ragops_extractive_candidates_total\{vector="stored"\} ([0-9.e+]+)', metrics)
+    assert counted and float(counted.group(1)) >= generator.vectors_stored
 
 
 def test_unanswerable_question_says_so(client: TestClient) -> None:
