@@ -412,8 +412,8 @@ class IngestPipeline:
         keep = self.pools_sentences
         vectors = {h: ChunkVectors(v.embedding, v.sentences if keep else None) for h, v in reusable.items()}
         vectors.update(
-            (h, ChunkVectors(vector, pooled))
-            for h, vector, pooled in zip(to_embed.keys(), fresh, sentences, strict=True)
+            (h, ChunkVectors(vector, sentence_vectors))
+            for h, vector, sentence_vectors in zip(to_embed.keys(), fresh, sentences, strict=True)
         )
         return vectors
 
