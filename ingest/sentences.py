@@ -102,8 +102,17 @@ def _lines(text: str) -> list[_Line]:
 
 
 def _is_heading(line: str) -> bool:
-    """A heading left as a line of chunk text: short, and not ending like a sentence or a lead-in."""
-    return len(line.split()) <= _HEADING_MAX_WORDS and not line.endswith((".", "!", "?", ":", ";", ","))
+    """A heading left as a line of chunk text: short, not ending like a sentence or a lead-in, one sentence at most.
+
+    A line holding a sentence end is prose, however short: with a two-word name replaced by one
+    placeholder, ``Payroll goes to Jane Doe (SSN ...). Write to jane@example.net`` would else turn
+    into a heading after PII filtering and lose its sentences.
+    """
+    return (
+        len(line.split()) <= _HEADING_MAX_WORDS
+        and not line.endswith((".", "!", "?", ":", ";", ","))
+        and _SENTENCE_END.search(line) is None
+    )
 
 
 def _table_cells(line: str) -> list[str]:

@@ -58,3 +58,15 @@ def test_a_pii_placeholder_leaves_the_candidates_as_they_were(placeholder: str) 
     before, after = passage_candidates(CHUNK, 1), passage_candidates(filtered, 1)
     assert len(after) == len(before)
     assert after[-2].quote == f"{placeholder} approves PTO."
+
+
+def test_a_short_line_with_a_sentence_end_stays_prose_after_a_name_becomes_one_placeholder() -> None:
+    """Eleven words raw, ten filtered: without the sentence-end rule the filtered line read as a heading."""
+    raw = "Payroll escalations go to Marisol Quintero-Hale (SSN 609-52-1378). Write to marisol.q@example.net"
+    filtered = "Payroll escalations go to <PERSON_1> (SSN <US_SSN>). Write to <EMAIL_ADDRESS>"
+    assert len(filtered.split()) == 10
+    assert [c.quote for c in passage_candidates(filtered, 1)] == [
+        "Payroll escalations go to <PERSON_1> (SSN <US_SSN>).",
+        "Write to <EMAIL_ADDRESS>",
+    ]
+    assert len(passage_candidates(raw, 1)) == 2
