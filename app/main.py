@@ -31,7 +31,7 @@ from app.api.limits import BodyLimitMiddleware
 from app.console.sessions import SessionStore
 from app.feedback import CHORES
 from app.metering import UNMATCHED_ROUTE, Meter
-from app.metrics import Metrics, QualityGauges
+from app.metrics import Metrics, QualityGauges, SentenceVectorCounters
 from app.online_eval import online_evaluator, today_figures
 from app.online_judge import OnlineJudges, judge_model
 from app.pricing import load_pricing
@@ -235,6 +235,7 @@ def _open_services(app: FastAPI, settings: Settings, catalog: Catalog, pool: Con
     with pool.connection() as conn:  # holds a crashed process left behind
         release_stale_holds(conn, settings.budget_hold_max_age_s)
     app.state.metrics.registry.register(QualityGauges(lambda: today_figures(pool)))
+    app.state.metrics.registry.register(SentenceVectorCounters(pipeline.sentence_vector_counts))
 
 
 def _lifespan(settings: Settings, metering: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from psycopg_pool import ConnectionPool
 
@@ -212,3 +212,26 @@ class QualityGauges(Collector):
         yield judged
         yield judge_cost
         yield GaugeMetricFamily("ragops_online_eval_queued", "Answers waiting for online evaluation.", value=queued)
+
+
+class SentenceVectorCounters(Collector):
+    """How extractive answers got their candidates' vectors, read at scrape time from the generators.
+
+    ``read`` returns (stored, embedded): candidates scored with the vector stored at ingest, and those
+    embedded per answer because their chunk had none (a version not re-ingested since) or its filtered
+    text split into other candidates. A growing ``embedded`` is an index to re-ingest.
+    """
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """``ragops_extractive_candidates_total`` by ``vector`` (stored, embedded)."""
+        stored, embedded = self.read()
+        family = CounterMetricFamily(
+            "ragops_extractive_candidates", "Extractive answer candidates by where their vector came from.",
+            labels=["vector"],
+        )  # fmt: skip
+        family.add_metric(["stored"], stored)
+        family.add_metric(["embedded"], embedded)
+        yield family

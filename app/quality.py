@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from app.generators.base import NOT_FOUND_ANSWER
-from app.generators.extractive import content_words, split_sentences
+from app.generators.extractive import content_words
+from ingest.sentences import split_sentences
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 T = TypeVar("T")

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 from psycopg_pool import ConnectionPool
 
+from app import search_sql
 from app.answers import (
     Answer,
     AnswerDelta,
@@ -261,6 +262,12 @@ class RagPipeline:
                 self._generators[key] = self._build_generator(backend, config)
             return self._generators[key]
 
+    def sentence_vector_counts(self) -> tuple[int, int]:
+        """Extractive candidates scored with stored sentence vectors, and those embedded per answer, so far."""
+        with self._lock:
+            generators = [g for g in self._generators.values() if isinstance(g, ExtractiveGenerator)]
+        return sum(g.vectors_stored for g in generators), sum(g.vectors_embedded for g in generators)
+
     def _build_generator(self, backend: str, config: LoadedConfig) -> Generator:
         if backend == "vllm":
             if not self.settings.vllm_url:
@@ -325,7 +332,8 @@ class RagPipeline:
             question = filtered_question(question, pii)
         query_text = retrieval_text(question)
         vector, embedding_tokens = self._embed_query(config, query_text, timings)
-        index, hits = self._retrieve(question, grant, config, query_text, vector, timings, pii)
+        sentences = generator.reads_sentence_vectors and config.config.index.sentence_vectors
+        index, hits = self._retrieve(question, grant, config, query_text, vector, timings, pii, sentences)
         with stage("ragops.pii.context"):
             hits = filtered_hits(hits, pii)
         if pii.found:  # retrieved text nobody had analyzed yet: once is enough
@@ -389,10 +397,14 @@ class RagPipeline:
         vector: np.ndarray | None,
         timings: Timings,
         pii: PiiSession,
+        sentence_vectors: bool = False,
     ) -> tuple[IndexVersion, list[ChunkHit]]:
-        """The version that answers the collection (its active one unless the question pins one) and its best hits."""
+        """The version that answers the collection (its active one unless the question pins one) and its best hits.
+
+        ``sentence_vectors``: the hits carry their chunks' stored sentence vectors (one more query, same connection).
+        """
         with stage("ragops.search", {"ragops.retrieval.mode": config.config.retrieval.mode}):
-            index, hits = self._search(question, grant, config, text, vector, timings, pii)
+            index, hits = self._search(question, grant, config, text, vector, timings, pii, sentence_vectors)
             annotate({"ragops.collection": question.collection, "ragops.index.version": index.name,
                       "ragops.retrieval.hits": len(hits),
                       "ragops.retrieval.top_score": hits[0].score if hits else None})  # fmt: skip
@@ -407,6 +419,7 @@ class RagPipeline:
         vector: np.ndarray | None,
         timings: Timings,
         pii: PiiSession,
+        sentence_vectors: bool = False,
     ) -> tuple[IndexVersion, list[ChunkHit]]:
         t0 = time.perf_counter()
         settings = config.config.retrieval
@@ -425,6 +438,8 @@ class RagPipeline:
             hits = [] if has_nul(question.filters) else search(conn, index, settings, query, vector, pool=self.pool)
             if not hits:  # checked only here: a collection with hits exists
                 require_collection(conn, collection, grant)
+            if sentence_vectors:
+                hits = search_sql.with_sentence_vectors(conn, index, hits)
             if pii.applies("context"):  # their entity spans, found at ingest: no analysis per query
                 pii.stored = pii_spans.load(conn, pii.analysis, retrieved_texts(hits))
         timings.retrieve_ms = (time.perf_counter() - t0) * 1000

@@ -5,6 +5,7 @@ Every value is a bind parameter; identifiers only through :mod:`psycopg.sql`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ingest.documents import unpack_sentence_vectors
 from ingest.versions import IndexVersion
 
 
@@ -31,6 +33,9 @@ class ChunkHit:
     ordinal: int
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The chunk's sentence vectors pooled at ingest, one row per candidate of ingest.sentences (None:
+    # not loaded, or none stored); loaded only for a generator that reads them (with_sentence_vectors).
+    sentence_vectors: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _filters(collection: str, metadata: dict[str, Any] | None) -> tuple[sql.Composable, dict[str, Any]]:
@@ -61,6 +66,20 @@ def _hits(rows: Iterable[tuple[Any, ...]]) -> list[ChunkHit]:
         )
         for r in rows
     ]
+
+
+def with_sentence_vectors(conn: psycopg.Connection, version: IndexVersion, hits: list[ChunkHit]) -> list[ChunkHit]:
+    """``hits`` carrying their chunks' stored sentence vectors, read in one query for all of them."""
+    if not hits:
+        return hits
+    rows = conn.execute(
+        sql.SQL("SELECT id, sentence_vectors FROM {} WHERE id = ANY(%s) AND sentence_vectors IS NOT NULL").format(
+            version.table
+        ),
+        ([hit.chunk_id for hit in hits],),
+    ).fetchall()
+    stored = {chunk_id: unpack_sentence_vectors(data, version.dimension) for chunk_id, data in rows}
+    return [dataclasses.replace(hit, sentence_vectors=stored.get(hit.chunk_id)) for hit in hits]
 
 
 # A metadata filter that the planner expects to keep fewer rows than this is searched exactly

@@ -14,6 +14,7 @@ MODULES = {
     "tune": "tune",
     "latency": "retrieval_latency",
     "api": "api_latency",
+    "extractive": "extractive",
     "streaming": "streaming",
     "gate": "gate",
     "pii": "pii",

@@ -90,6 +90,13 @@ class IndexSettings(StrictModel):
         default=False,
         description="Filter documents with the configuration's pii policy before chunking and embedding.",
     )
+    sentence_vectors: bool = Field(
+        default=True,
+        description=(
+            "Store a vector per quotable sentence of each chunk, pooled from the pass that embeds the chunk, "
+            "so extractive answers embed only the question."
+        ),
+    )
     # Set by RagConfig: the scrub policy changes stored text, so it is part of the index identity.
     _scrub_policy: str | None = PrivateAttr(default=None)
 
@@ -99,7 +106,10 @@ class IndexSettings(StrictModel):
         The embedding backend is left out on purpose: an ONNX export is only used after it has given
         the torch model's vectors (cosine >= 0.9999 on probe texts, checked at export), so switching
         backend changes speed, not the index; hashing it would rebuild identical vectors. The query
-        cache size changes nothing stored either.
+        cache size changes nothing stored either. Nor do sentence vectors: they change no chunk, chunk
+        vector or search result, only where the extractive generator gets its sentence vectors from.
+        A version built without them gets them on its next ingest (documents lacking them count as
+        updated), and until then the generator embeds those chunks' sentences itself.
         """
         identity: dict[str, Any] = {
             "chunker_version": CHUNKER_VERSION,
@@ -163,6 +173,15 @@ class ExtractiveSettings(StrictModel):
         default=0.45, ge=0.0, le=1.0, description="Below this, answer that the documents do not say."
     )
     lexical_weight: float = Field(default=0.3, ge=0.0, le=1.0, description="Share of word overlap in the score.")
+    rescore: int = Field(
+        default=8,
+        ge=0,
+        le=1000,
+        description=(
+            "Candidates nearest the question by their stored sentence vectors that are embedded again for an "
+            "exact score (index.sentence_vectors); 0: the stored vectors alone, no model run per answer."
+        ),
+    )
 
 
 class ModelServerSettings(StrictModel):

@@ -22,7 +22,8 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,39 @@ from core.errors import EmbeddingError
 log = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TokenStates:
+    """One text's token embeddings, shape (tokens, dimension), and each token's character span ((0, 0): special)."""
+
+    embeddings: np.ndarray
+    offsets: np.ndarray
+
+
+def pool_spans(
+    state: TokenStates | None, groups: Sequence[Sequence[Span]], dimension: int, *, normalize: bool = True
+) -> np.ndarray:
+    """Mean of the token embeddings overlapping each group's character ranges, shape (groups, dimension).
+
+    A group no token overlaps (or a text without token states) gets a zero row.
+    """
+    out = np.zeros((len(groups), dimension), dtype=np.float32)
+    if state is None or not groups:
+        return out
+    starts, ends = state.offsets[:, 0], state.offsets[:, 1]
+    real = ends > starts  # special tokens ([CLS], [SEP]) span nothing
+    mask = np.zeros((len(groups), len(starts)), dtype=bool)
+    for g, ranges in enumerate(groups):
+        for start, end in ranges:
+            mask[g] |= real & (starts < end) & (ends > start)
+    counts = mask.sum(axis=1)
+    read = counts > 0
+    means = (mask[read].astype(np.float32) @ state.embeddings) / counts[read, None]
+    out[read] = _normalized(means) if normalize else means
+    return out
 
 
 class Embedder(ABC):
@@ -106,6 +140,61 @@ class Embedder(ABC):
         """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        result = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for indices in self._batches(texts, on_progress, on_truncated):
+            result[indices] = self._embed([texts[i] for i in indices])
+        return result
+
+    @property
+    def pools_spans(self) -> bool:
+        """Whether :meth:`embed_pooled` can pool span vectors from the forward pass (token embeddings known)."""
+        return False
+
+    def _embed_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenStates | None]]:
+        """Vectors for ``texts`` as :meth:`_embed` gives them, and each text's token states (None: unknown)."""
+        raise EmbeddingError(f"embedder {self.model_name!r} cannot pool spans of its input")
+
+    def embed_pooled(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[Sequence[Span]]],
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        on_truncated: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """:meth:`embed_batch`, plus one vector per span group of each text from the same forward pass.
+
+        ``spans[i]``: text ``i``'s groups, each a few character ranges of the text (a sentence, or a
+        list item and its lead-in). A group's vector is the mean of the token embeddings that overlap
+        its ranges, normalized like the text's: the model's own pooling over a part of its input, at
+        no extra model cost. A group with no token read (past the model's input limit, or a text
+        whose tokens could not be placed) gets a zero row, which callers treat as missing.
+        """
+        if len(spans) != len(texts):
+            raise ValueError(f"{len(spans)} span lists for {len(texts)} texts")
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        pooled: list[np.ndarray] = [np.zeros((0, self.dimension), dtype=np.float32)] * len(texts)
+        if not texts:
+            return vectors, pooled
+        for indices in self._batches(texts, on_progress, on_truncated):
+            batch, states = self._embed_tokens([texts[i] for i in indices])
+            vectors[indices] = batch
+            for i, state in zip(indices, states, strict=True):
+                pooled[i] = pool_spans(state, spans[i], self.dimension, normalize=self.normalizes)
+        return vectors, pooled
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether this embedder's vectors are unit vectors (pooled span vectors follow suit)."""
+        return True
+
+    def _batches(
+        self,
+        texts: Sequence[str],
+        on_progress: Callable[[int], None] | None,
+        on_truncated: Callable[[int], None] | None,
+    ) -> Iterator[list[int]]:
+        """Count ``texts``, then yield their indices in model batches, longest first, each inside a model slot."""
         truncated = self.count_truncated(texts)
         with self._count_lock:
             self.calls += 1
@@ -119,14 +208,11 @@ class Embedder(ABC):
         if on_truncated is not None:
             on_truncated(truncated)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        result = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
-            indices = order[start : start + self.batch_size]
             with self._slots:
-                result[indices] = self._embed([texts[i] for i in indices])
+                yield order[start : start + self.batch_size]
             if on_progress is not None:
                 on_progress(min(start + self.batch_size, len(order)))
-        return result
 
     def embed_query(self, text: str) -> np.ndarray:
         """One vector for a search query; with a query cache, a read-only view that callers cannot corrupt."""
@@ -203,6 +289,7 @@ class SentenceTransformerEmbedder(Embedder):
             raise EmbeddingError(f"embedding model {settings.model!r} does not report its dimension")
         self.dimension = int(dimension)
         self._count_with_model_tokenizer()
+        self._spans_tokenizer = self._offsets_tokenizer()
 
     def _count_with_model_tokenizer(self) -> None:
         """Count tokens as ``encode`` does: the model's tokenizer, cut at its ``max_seq_length``."""
@@ -219,6 +306,19 @@ class SentenceTransformerEmbedder(Embedder):
                 int(max_length), lambda texts: [len(ids) for ids in slow(texts, verbose=False)["input_ids"]]
             )
 
+    def _offsets_tokenizer(self) -> Any:
+        """The model's fast tokenizer, cutting where the model does, to place tokens in the text; None if slow."""
+        max_length = getattr(self._model, "max_seq_length", None)
+        backend_tokenizer = getattr(getattr(self._model, "tokenizer", None), "backend_tokenizer", None)
+        if not max_length or backend_tokenizer is None:
+            return None
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(backend_tokenizer.to_str())
+        tokenizer.enable_truncation(max_length=int(max_length), strategy="longest_first", direction="right")
+        tokenizer.no_padding()
+        return tokenizer
+
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self._model.encode(
             list(texts),
@@ -229,11 +329,43 @@ class SentenceTransformerEmbedder(Embedder):
         )
         return np.asarray(vectors, dtype=np.float32)
 
+    @property
+    def pools_spans(self) -> bool:
+        """True with a fast tokenizer (it gives each token's place in the text)."""
+        return self._spans_tokenizer is not None
+
+    @property
+    def normalizes(self) -> bool:
+        """As configured."""
+        return self.settings.normalize
+
+    def _embed_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenStates | None]]:
+        # The same encode call as _embed (same batches, same vectors), asked for every output of the pass.
+        outputs: list[dict[str, Any]] = self._model.encode(  # type: ignore[assignment]  # output_value=None: dicts
+            list(texts),
+            batch_size=self.settings.batch_size,
+            normalize_embeddings=self.settings.normalize,
+            output_value=None,
+            show_progress_bar=False,
+        )
+        vectors = np.stack([np.asarray(o["sentence_embedding"].float().cpu(), dtype=np.float32) for o in outputs])
+        states: list[TokenStates | None] = []
+        for output, encoding in zip(outputs, self._spans_tokenizer.encode_batch(list(texts)), strict=True):
+            n = len(encoding.ids)
+            ids = output["input_ids"].tolist()
+            # Tokens are placed only when the model read exactly the tokens the offsets describe.
+            if ids[:n] != encoding.ids or int(output["attention_mask"].sum()) != n:
+                states.append(None)
+                continue
+            tokens = np.asarray(output["token_embeddings"][:n].float().cpu(), dtype=np.float32)
+            states.append(TokenStates(tokens, np.asarray(encoding.offsets, dtype=np.int64)))
+        return vectors, states
+
 
 # --- ONNX Runtime ---------------------------------------------------------------------------
 
 # Bump when the export code changes the graph it writes for the same weights (it is in the cache key).
-ONNX_EXPORT_FORMAT = 1
+ONNX_EXPORT_FORMAT = 2  # 2: token embeddings as a second output (sentence vectors pooled at ingest)
 ONNX_OPSET = 17
 # An export is used only if every probe text gets the torch model's vector to this cosine.
 MIN_EXPORT_COSINE = 0.9999
@@ -242,6 +374,7 @@ _NOT_WEIGHTS = {"README.md", ".gitattributes"}
 # Packages whose code shapes the exported graph: another version exports anew.
 _EXPORT_PACKAGES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime")
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_OUTPUT_NAMES = ("sentence_embedding", "token_embeddings")
 _PROBE_TEXTS = (
     "How many PTO days do new employees get?",
     "",
@@ -354,7 +487,10 @@ def _token_counter(tokenizer_json: str) -> Callable[[list[str]], list[int]]:
 
 
 def _features(tokenizer: Any, texts: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
-    encodings = tokenizer.encode_batch(list(texts))
+    return _encoded_features(tokenizer.encode_batch(list(texts)), names)
+
+
+def _encoded_features(encodings: Sequence[Any], names: Sequence[str]) -> dict[str, np.ndarray]:
     columns = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
     return {name: np.array([getattr(e, columns[name]) for e in encodings], dtype=np.int64) for name in names}
 
@@ -425,8 +561,9 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
             super().__init__()
             self.model = model
 
-        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.model(dict(zip(names, tensors, strict=True)))["sentence_embedding"]
+        def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            outputs = self.model(dict(zip(names, tensors, strict=True)))
+            return outputs["sentence_embedding"], outputs["token_embeddings"]
 
     # Padded example: a mask of all ones would let the trace drop the masking.
     example = _features(fast, ["a short text", "a longer text, so that the first one is padded"], names)
@@ -439,8 +576,11 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
                 tuple(torch.from_numpy(example[name]) for name in names),
                 str(raw),
                 input_names=names,
-                output_names=["sentence_embedding"],
-                dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names}, "sentence_embedding": {0: "batch"}},
+                output_names=list(_OUTPUT_NAMES),
+                dynamic_axes={
+                    **{n: {0: "batch", 1: "tokens"} for n in (*names, "token_embeddings")},
+                    "sentence_embedding": {0: "batch"},
+                },
                 opset_version=ONNX_OPSET,
                 dynamo=False,  # the TorchScript exporter: a stable graph, offline, no onnxscript
                 do_constant_folding=True,
@@ -453,7 +593,7 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
     probe = _features(fast, _PROBE_TEXTS, names)
 
     def min_cosine(path: Path) -> float:
-        vectors = _normalized(_session(path, 1).run(None, probe)[0])
+        vectors = _normalized(_session(path, 1).run(["sentence_embedding"], probe)[0])
         return float(np.min(np.sum(vectors * reference, axis=1)))
 
     fused_path = out / "model.onnx"
@@ -534,6 +674,7 @@ class OnnxEmbedder(Embedder):
             )
             self._set_tokenizer(int(meta["max_seq_length"]), _token_counter(tokenizer_json))
             self._session = _session(self.folder / "model.onnx", self.threads)
+            self._outputs = {output.name for output in self._session.get_outputs()}
         except Exception as exc:
             raise EmbeddingError(
                 f"cannot load the ONNX export of {settings.model!r} from {self.folder}: {exc}"
@@ -541,8 +682,29 @@ class OnnxEmbedder(Embedder):
         self.dimension = int(meta["dimension"])
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self._session.run(None, _features(self._tokenizer, texts, self._names))[0]
+        vectors = self._session.run(["sentence_embedding"], _features(self._tokenizer, texts, self._names))[0]
         return _normalized(vectors) if self.settings.normalize else np.asarray(vectors, dtype=np.float32)
+
+    @property
+    def pools_spans(self) -> bool:
+        """True when the export gives token embeddings (every export since format 2)."""
+        return "token_embeddings" in self._outputs
+
+    @property
+    def normalizes(self) -> bool:
+        """As configured."""
+        return self.settings.normalize
+
+    def _embed_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenStates | None]]:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        vectors, tokens = self._session.run(list(_OUTPUT_NAMES), _encoded_features(encodings, self._names))
+        vectors = _normalized(vectors) if self.settings.normalize else np.asarray(vectors, dtype=np.float32)
+        states: list[TokenStates | None] = []
+        for row, encoding in zip(tokens, encodings, strict=True):
+            n = int(sum(encoding.attention_mask))
+            offsets = np.asarray(encoding.offsets[:n], dtype=np.int64)
+            states.append(TokenStates(np.asarray(row[:n], dtype=np.float32), offsets))
+        return vectors, states
 
 
 def build_embedder(settings: EmbeddingSettings, cache_root: Path) -> Embedder:

@@ -32,13 +32,13 @@ from psycopg import sql
 
 from app import search_sql
 from app.fusion import fuse, keyword_bound
-from app.generators.extractive import split_sentences
 from app.retrieval import bm25_of, fusion_of
 from app.search_sql import ChunkHit
 from core.config import LoadedConfig, RetrievalSettings, load_config
 from core.embedding import Embedder
 from core.errors import ConfigError, NotFound
 from evals.metrics import ndcg_at_k, unique_in_order
+from ingest.sentences import split_sentences
 from ingest.versions import IndexVersion
 
 MIN_GAIN = 0.005  # held-out nDCG@10 a setting must add before it replaces the configuration's

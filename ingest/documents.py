@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,12 +14,39 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ingest.chunking import Chunk
+from ingest.sentences import SPLITTER_VERSION
 from ingest.versions import IndexVersion
+
+_SENTENCE_HEADER = struct.Struct("<I")  # the splitter version the vectors were pooled for
+
+
+def pack_sentence_vectors(vectors: np.ndarray) -> bytes:
+    """A chunk's sentence vectors as stored: the splitter version, then float32 little-endian, row after row."""
+    return _SENTENCE_HEADER.pack(SPLITTER_VERSION) + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def unpack_sentence_vectors(data: bytes | None, dimension: int) -> np.ndarray | None:
+    """Stored sentence vectors, shape (sentences, dimension); None when absent or pooled for another splitter."""
+    if data is None or len(data) < _SENTENCE_HEADER.size:
+        return None
+    (version,) = _SENTENCE_HEADER.unpack_from(data)
+    body = len(data) - _SENTENCE_HEADER.size
+    if version != SPLITTER_VERSION or body % (4 * dimension):
+        return None
+    return np.frombuffer(data, dtype="<f4", offset=_SENTENCE_HEADER.size).reshape(-1, dimension)
+
+
+@dataclass(frozen=True)
+class ChunkVectors:
+    """What a chunk is embedded as: its vector, and its sentences' vectors (None: not stored)."""
+
+    embedding: np.ndarray
+    sentences: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class PreparedDocument:
-    """A document ready to write: its chunks and one vector per chunk."""
+    """A document ready to write: its chunks, one vector per chunk and, per chunk, its sentence vectors or None."""
 
     source: str
     title: str
@@ -26,6 +54,7 @@ class PreparedDocument:
     metadata: dict[str, Any]
     chunks: list[Chunk]
     vectors: np.ndarray
+    sentence_vectors: Sequence[np.ndarray | None] | None = None  # None: none for any chunk
 
 
 @dataclass(frozen=True)
@@ -52,15 +81,31 @@ def known_documents(conn: psycopg.Connection, version_id: int, collection: str) 
 
 def reusable_vectors(
     conn: psycopg.Connection, version: IndexVersion, document_ids: Sequence[int]
-) -> dict[str, np.ndarray]:
-    """Vectors already stored for these documents' chunks, by chunk content hash."""
+) -> dict[str, ChunkVectors]:
+    """Vectors already stored for these documents' chunks (sentence vectors too), by chunk content hash."""
     if not document_ids:
         return {}
     rows = conn.execute(
-        sql.SQL("SELECT content_hash, embedding FROM {} WHERE document_id = ANY(%s)").format(version.table),
+        sql.SQL("SELECT content_hash, embedding, sentence_vectors FROM {} WHERE document_id = ANY(%s)").format(
+            version.table
+        ),
         (list(document_ids),),
     ).fetchall()
-    return {row[0]: np.asarray(row[1], dtype=np.float32) for row in rows}
+    return {
+        row[0]: ChunkVectors(np.asarray(row[1], dtype=np.float32), unpack_sentence_vectors(row[2], version.dimension))
+        for row in rows
+    }
+
+
+def documents_without_sentence_vectors(conn: psycopg.Connection, version: IndexVersion, collection: str) -> set[int]:
+    """Documents of ``collection`` with a chunk in ``version`` that has no sentence vectors stored."""
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT document_id FROM {} WHERE collection = %s AND sentence_vectors IS NULL").format(
+            version.table
+        ),
+        (collection,),
+    ).fetchall()
+    return {row[0] for row in rows}
 
 
 _COPY_COLUMNS = (
@@ -76,6 +121,7 @@ _COPY_COLUMNS = (
     ("content_hash", "text"),
     ("metadata", "jsonb"),
     ("embedding", "vector"),
+    ("sentence_vectors", "bytea"),
 )
 
 
@@ -138,7 +184,8 @@ def copy_chunks(
         copy.set_types([kind for _, kind in _COPY_COLUMNS])
         for doc in documents:
             metadata = Jsonb(doc.metadata)
-            for chunk, vector in zip(doc.chunks, doc.vectors, strict=True):
+            sentences = doc.sentence_vectors or [None] * len(doc.chunks)
+            for chunk, vector, pooled in zip(doc.chunks, doc.vectors, sentences, strict=True):
                 copy.write_row(
                     (
                         ids[doc.source],
@@ -153,6 +200,7 @@ def copy_chunks(
                         chunk.content_hash,
                         metadata,
                         vector,
+                        None if pooled is None else pack_sentence_vectors(pooled),
                     )
                 )
 

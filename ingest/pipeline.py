@@ -24,8 +24,9 @@ from core.errors import IngestBusy
 from core.pii import get_pii_engine
 from ingest import documents, pii_spans, runs, versions
 from ingest.chunking import Chunk, Chunker
-from ingest.documents import PreparedDocument
+from ingest.documents import ChunkVectors, PreparedDocument
 from ingest.loaders import SUPPORTED_SUFFIXES, Document, load_file
+from ingest.sentences import sentence_spans
 from ingest.sources import SourceFile, scan_source
 from ingest.versions import IndexVersion
 
@@ -129,6 +130,10 @@ class IngestPipeline:
         self.batch_chunks = batch_chunks
         self.chunker = Chunker(config.config.index.chunking, embedder)
         self.on_progress: ProgressCallback | None = None
+        # Sentence vectors for the extractive generator, pooled from the pass that embeds each chunk.
+        self.pools_sentences = config.config.index.sentence_vectors and embedder.pools_spans
+        if config.config.index.sentence_vectors and not embedder.pools_spans:
+            log.warning("embedder %s cannot pool sentence vectors: chunks are stored without them", embedder.model_name)
 
     def index_version(self) -> IndexVersion:
         """Get or create the version for this configuration's index settings."""
@@ -186,6 +191,8 @@ class IngestPipeline:
 
         try:
             known = documents.known_documents(self.conn, version.id, self.collection)
+            if self.pools_sentences:
+                known = self._lacking_sentence_vectors_as_changed(version, known)
             seen, files_with_skips = self._write_changed(files, version, known, report, progress, on_progress)
             if sync:
                 report.deleted = self._delete_gone(known, seen, files_with_skips)
@@ -224,6 +231,20 @@ class IngestPipeline:
                 on_progress(progress)
         self._write_batch(version, pending, known, report, progress)
         return seen, files_with_skips
+
+    def _lacking_sentence_vectors_as_changed(
+        self, version: IndexVersion, known: dict[str, documents.KnownDocument]
+    ) -> dict[str, documents.KnownDocument]:
+        """``known`` with the documents whose chunks lack sentence vectors marked as changed, so this run pools them.
+
+        Chunks written before sentence vectors (or with them off) are embedded once more, on the next
+        ingest into their version: until then answers embed those chunks' sentences themselves.
+        """
+        lacking = documents.documents_without_sentence_vectors(self.conn, version, self.collection)
+        return {
+            source: dataclasses.replace(doc, indexed_hash="") if doc.id in lacking and doc.indexed_hash else doc
+            for source, doc in known.items()
+        }
 
     def _delete_gone(
         self, known: dict[str, documents.KnownDocument], seen: set[str], files_with_skips: set[str]
@@ -311,6 +332,8 @@ class IngestPipeline:
         report.load_seconds += time.perf_counter() - t0
         updated_ids = [known[doc.source].id for doc, is_update in pending if is_update]
         reusable = documents.reusable_vectors(self.conn, version, updated_ids)
+        if self.pools_sentences:  # a chunk stored without sentence vectors is embedded again to get them
+            reusable = {h: v for h, v in reusable.items() if v.sentences is not None}
         chunks_before = progress.chunks_done
         vectors = self._embed_new(chunked, reusable, report, progress)
         prepared = []
@@ -353,16 +376,19 @@ class IngestPipeline:
     def _embed_new(
         self,
         chunked: list[tuple[Document, list[Chunk]]],
-        reusable: dict[str, np.ndarray],
+        reusable: dict[str, ChunkVectors],
         report: IngestReport,
         progress: IngestProgress,
-    ) -> dict[str, np.ndarray]:
-        """A vector for every chunk of the batch, by content hash: stored ones reused, each new text embedded once."""
-        to_embed: dict[str, str] = {}
+    ) -> dict[str, ChunkVectors]:
+        """Vectors for every chunk of the batch, by content hash: stored ones reused, each new text embedded once.
+
+        With sentence vectors on, each new chunk's sentence vectors come from the same forward pass.
+        """
+        to_embed: dict[str, Chunk] = {}
         for _, chunks in chunked:
             for chunk in chunks:
                 if chunk.content_hash not in reusable:
-                    to_embed.setdefault(chunk.content_hash, chunk.embed_text)
+                    to_embed.setdefault(chunk.content_hash, chunk)
         t0 = time.perf_counter()
         chunks_before = progress.chunks_done
 
@@ -374,16 +400,27 @@ class IngestPipeline:
         def truncated(count: int) -> None:
             report.chunks_truncated += count
 
-        fresh = self.embedder.embed_batch(list(to_embed.values()), on_progress=embedded, on_truncated=truncated)
+        texts = [chunk.embed_text for chunk in to_embed.values()]
+        sentences: list[np.ndarray | None] = [None] * len(texts)
+        if self.pools_sentences:
+            spans = [sentence_spans(c.text, c.section, len(c.embed_text) - len(c.text)) for c in to_embed.values()]
+            fresh, pooled = self.embedder.embed_pooled(texts, spans, on_progress=embedded, on_truncated=truncated)
+            sentences = list(pooled)
+        else:
+            fresh = self.embedder.embed_batch(texts, on_progress=embedded, on_truncated=truncated)
         report.embed_seconds += time.perf_counter() - t0
-        vectors = dict(reusable)
-        vectors.update(zip(to_embed.keys(), fresh, strict=True))
+        keep = self.pools_sentences
+        vectors = {h: ChunkVectors(v.embedding, v.sentences if keep else None) for h, v in reusable.items()}
+        vectors.update(
+            (h, ChunkVectors(vector, sentence_vectors))
+            for h, vector, sentence_vectors in zip(to_embed.keys(), fresh, sentences, strict=True)
+        )
         return vectors
 
-    def _prepared(self, doc: Document, chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> PreparedDocument:
+    def _prepared(self, doc: Document, chunks: list[Chunk], vectors: dict[str, ChunkVectors]) -> PreparedDocument:
         """A document ready to write: its chunks and their vectors as one matrix, a row per chunk."""
         matrix = (
-            np.stack([vectors[c.content_hash] for c in chunks])
+            np.stack([vectors[c.content_hash].embedding for c in chunks])
             if chunks
             else np.zeros((0, self.embedder.dimension), dtype=np.float32)
         )
@@ -394,6 +431,7 @@ class IngestPipeline:
             metadata=doc.metadata,
             chunks=chunks,
             vectors=matrix,
+            sentence_vectors=[vectors[c.content_hash].sentences for c in chunks],
         )
 
     def _finish_version(self, version: IndexVersion, report: IngestReport, activate: bool | None) -> IndexVersion:

@@ -96,6 +96,11 @@ class Generator(ABC):
     def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
         """Yield deltas, then exactly one :class:`Finished`; raise a GenerationError on failure."""
 
+    @property
+    def reads_sentence_vectors(self) -> bool:
+        """Whether passages should carry their chunks' stored sentence vectors (``ChunkHit.sentence_vectors``)."""
+        return False
+
     def model_for(self, request: GenerationRequest) -> str:
         """The model name that will answer ``request`` (what the ledger and prices key on)."""
         return request.model

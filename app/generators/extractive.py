@@ -7,10 +7,13 @@ default when no vLLM server is configured, not a test stand-in.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import numpy as np
 
 from app.generators.base import (
     NOT_FOUND_ANSWER,
@@ -24,9 +27,10 @@ from app.generators.base import (
 from core.config import ExtractiveSettings, LoadedConfig
 from core.embedding import Embedder
 from core.tokens import count_tokens
-from ingest.loaders import SECTION_SEPARATOR
+from ingest.sentences import Candidate, passage_candidates
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])|\n+")
+log = logging.getLogger(__name__)
+
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 _STOPWORDS = frozenset(
     "a an and are as at be but by can do does did for from has have how i if in into is it its me my of on or "
@@ -35,17 +39,6 @@ _STOPWORDS = frozenset(
     "only own same very just also".split()
 )
 MODEL_NAME = "extractive"
-
-_LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d{1,2}[.)])\s+")
-_TABLE_RULE = re.compile(r"^[\s|:-]+$")
-_EMPHASIS = re.compile(r"\*\*|__|`")
-_HEADING_MAX_WORDS = 10
-_SHORT_ITEM_WORDS = 4
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences (or list items / lines) of a passage, trimmed, without fragments."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if len(s.strip()) >= 12]
 
 
 def content_words(text: str) -> set[str]:
@@ -69,81 +62,6 @@ def word_weights(question_words: set[str], sentence_words: list[set[str]]) -> di
     return {x: math.log((n + 1) / (sum(x in words for words in sentence_words) + 0.5)) for x in question_words}
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A quotable sentence, list item or table row, and the text it is scored with.
-
-    A list item or table row means little alone (``Year 1 (your first 12 months): 15 days``): it is
-    scored together with the line that introduces its list, or its table's header row, and the
-    heading above it, so a question about PTO finds the bullet under the PTO allowance heading.
-    """
-
-    quote: str
-    scored: str
-    n: int
-
-
-def _is_heading(line: str) -> bool:
-    """A heading left as a line of chunk text: short, and not ending like a sentence or a lead-in."""
-    return len(line.split()) <= _HEADING_MAX_WORDS and not line.endswith((".", "!", "?", ":", ";", ","))
-
-
-def _table_cells(line: str) -> list[str]:
-    """The cells of a table row as loaders write it (``a | b | c``, with or without outer pipes)."""
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def passage_candidates(text: str, n: int, section: str = "") -> list[Candidate]:
-    """The candidates of one passage: prose sentences, and list items and table rows read with their context.
-
-    Headings and lead-in lines (ending in ``:``) are never quoted on their own; they are the context
-    of the items below them. ``section`` is the chunk's heading path, the context of its first lines.
-    """
-    heading = section.split(SECTION_SEPARATOR)[-1].strip()
-    lead = ""
-    header: list[str] = []
-    out: list[Candidate] = []
-    for raw in text.splitlines():
-        line = _EMPHASIS.sub("", raw).strip()
-        if not line:
-            header = []  # a blank line ends a table; a list keeps its lead-in across blank lines
-            continue
-        if "|" in line and len(_table_cells(line)) >= 2:
-            if _TABLE_RULE.match(line):
-                continue
-            cells = _table_cells(line)
-            if not header:
-                header = cells
-                continue
-            pairs = "; ".join(f"{h}: {c}" for h, c in zip(header, cells, strict=False) if c)
-            quote = pairs if len(header) == len(cells) else " | ".join(cells)
-            out.append(Candidate(quote, f"{heading}: {quote}" if heading else quote, n))
-            continue
-        header = []
-        item = _LIST_ITEM.match(line)
-        if item:
-            body = line[item.end() :].strip()
-            if body.isupper():
-                heading, lead = body, ""
-                continue
-            if len(body) >= 3:
-                context = lead or heading
-                scored = f"{context} {body}" if context else body
-                # "1 minute" quoted alone answers nothing: a short item is quoted with its lead-in.
-                quote = f"{lead} {body}" if lead and len(body.split()) < _SHORT_ITEM_WORDS else body
-                out.append(Candidate(quote, scored, n))
-            continue
-        if _is_heading(line):
-            heading, lead = line, ""
-            continue
-        sentences = split_sentences(line)
-        lead = ""
-        if line.endswith(":"):  # "The delays after each attempt are:" introduces the list below it
-            lead = sentences.pop() if sentences else line
-        out.extend(Candidate(s, s, n) for s in sentences)
-    return out
-
-
 class ExtractiveGenerator(Generator):
     """Scores sentences by embedding similarity plus word overlap; quotes the best ones."""
 
@@ -154,25 +72,87 @@ class ExtractiveGenerator(Generator):
     def __init__(self, embedder: Embedder, settings: ExtractiveSettings) -> None:
         self.embedder = embedder
         self.settings = settings
+        # Benchmarks only (bench/extractive.py): ignore stored vectors and embed every candidate per request.
+        self.reembed_candidates = False
+        # Candidates scored with the vector pooled at ingest, and those embedded per request (no vector stored,
+        # or the passage's candidates did not match the stored ones).
+        self.vectors_stored = 0
+        self.vectors_embedded = 0
+        self._counts_lock = threading.Lock()
+
+    @property
+    def reads_sentence_vectors(self) -> bool:
+        """True: candidates are scored with the sentence vectors pooled at ingest."""
+        return not self.reembed_candidates
 
     def candidates(self, request: GenerationRequest) -> list[Candidate]:
         """Every distinct quotable unit of the passages, in passage order."""
+        return self.candidates_with_vectors(request)[0]
+
+    def candidates_with_vectors(self, request: GenerationRequest) -> tuple[list[Candidate], list[np.ndarray | None]]:
+        """:meth:`candidates`, and each one's vector stored at ingest (None: to be embedded).
+
+        Stored vectors are taken by candidate ordinal when the passage (PII-filtered) gives as many
+        candidates as its chunk did at ingest; a zero row is a sentence the model did not read.
+        """
         seen: set[str] = set()
-        out = []
+        out: list[Candidate] = []
+        vectors: list[np.ndarray | None] = []
         for passage in request.passages:
-            for candidate in passage_candidates(passage.hit.text, passage.n, passage.hit.section):
+            candidates = passage_candidates(passage.hit.text, passage.n, passage.hit.section)
+            stored = passage.hit.sentence_vectors
+            if stored is not None and len(stored) != len(candidates):
+                log.warning(
+                    "chunk %d: %d candidates but %d stored sentence vectors; embedding its candidates",
+                    passage.hit.chunk_id, len(candidates), len(stored),
+                )  # fmt: skip
+                stored = None
+            for i, candidate in enumerate(candidates):
                 if candidate.quote not in seen:
                     seen.add(candidate.quote)
                     out.append(candidate)
-        return out
+                    row = None if stored is None else stored[i]
+                    vectors.append(row if row is not None and row.any() else None)
+        return out, vectors
+
+    def similarities(self, question: str, candidates: list[Candidate], stored: list[np.ndarray | None]) -> np.ndarray:
+        """Cosine of each candidate to the question, from the vectors pooled at ingest where there are some.
+
+        A pooled vector has read its sentence inside the whole chunk, so it ranks well but scores less
+        sharply than the sentence embedded alone: the ``rescore`` candidates nearest the question are
+        embedded now and get their exact cosine, and no other candidate may outscore the lowest of them
+        on similarity. Candidates without a stored vector are embedded too. The question's vector is the
+        one retrieval computed (the embedder's query cache).
+        """
+        if self.reembed_candidates:
+            vectors = self.embedder.embed_batch([question] + [c.scored for c in candidates])
+            return vectors[1:] @ vectors[0]
+        query = self.embedder.embed_query(question)
+        similarity = np.zeros(len(candidates), dtype=np.float32)
+        pooled = [i for i, vector in enumerate(stored) if vector is not None]
+        if pooled:
+            similarity[pooled] = np.stack([vector for vector in stored if vector is not None]) @ query
+        nearest = sorted(pooled, key=lambda i: -similarity[i])[: self.settings.rescore]
+        missing = [i for i, vector in enumerate(stored) if vector is None]
+        embed = missing + nearest
+        if embed:
+            similarity[embed] = self.embedder.embed_batch([candidates[i].scored for i in embed]) @ query
+        rest = sorted(set(pooled) - set(nearest))
+        if nearest and rest:
+            similarity[rest] = np.minimum(similarity[rest], similarity[nearest].min())
+        if missing:
+            log.debug("embedded %d of %d candidates without stored sentence vectors", len(missing), len(candidates))
+        with self._counts_lock:
+            self.vectors_stored += len(pooled)
+            self.vectors_embedded += len(missing)
+        return similarity
 
     def select(self, request: GenerationRequest) -> list[tuple[float, str, int]]:
         """(score, sentence, citation number) of the sentences that make the answer, best first."""
-        candidates = self.candidates(request)
+        candidates, stored = self.candidates_with_vectors(request)
         if not candidates:
             return []
-        vectors = self.embedder.embed_batch([request.question] + [c.scored for c in candidates])
-        similarity = vectors[1:] @ vectors[0]
+        similarity = self.similarities(request.question, candidates, stored)
         sentence_words = [content_words(c.scored) for c in candidates]
         question_words = content_words(request.question)
         weights = word_weights(question_words, sentence_words)

@@ -50,15 +50,25 @@ def test_query_answers_with_citations_usage_and_versions(
 
 
 def test_answers_are_the_same_with_the_query_cache_cold_and_warm(client: TestClient, embedder: Embedder) -> None:
-    """The second asking takes the question's vector from the cache and answers with the same citations."""
+    """The second asking takes the question's vector from the cache and answers with the same citations.
+
+    The extractive generator scores the sentences with the vectors stored at ingest and the question's
+    vector that retrieval computed: after the first asking, both retrieval and the generator hit the cache.
+    """
     question = {"question": "How many PTO days does a new employee get in their first year?"}
+    generator = client.app.state.pipeline.generator(client.app.state.catalog.config(None))  # type: ignore[attr-defined]
+    stored, embedded = generator.vectors_stored, generator.vectors_embedded
     embedder.clear_query_cache()
     cold = client.post("/v1/query", json=question).json()
     hits = embedder.query_cache_hits
     warm = client.post("/v1/query", json=question).json()
-    assert embedder.query_cache_hits == hits + 1
+    assert embedder.query_cache_hits == hits + 2
     assert warm["citations"] == cold["citations"] and cold["citations"]
     assert warm["answer"] == cold["answer"]
+    assert generator.vectors_stored > stored and generator.vectors_embedded == embedded
+    metrics = client.get("/metrics").text
+    counted = re.search(r'ragops_extractive_candidates_total\{vector="stored"\} ([0-9.e+]+)', metrics)
+    assert counted and float(counted.group(1)) >= generator.vectors_stored
 
 
 def test_unanswerable_question_says_so(client: TestClient) -> None:

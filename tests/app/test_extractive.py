@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from app.generators.base import NOT_FOUND_ANSWER, GenerationRequest, Passage
@@ -9,6 +10,7 @@ from app.generators.extractive import ExtractiveGenerator, passage_candidates, w
 from app.search_sql import ChunkHit
 from core.config import ExtractiveSettings
 from core.embedding import Embedder
+from ingest.sentences import sentence_spans
 from tests.utils.generation import generate
 
 PASSAGES = [
@@ -109,3 +111,50 @@ def test_a_bullet_under_its_heading_answers_the_question_it_belongs_to(embedder:
     text, _ = generate(ExtractiveGenerator(embedder, ExtractiveSettings()), req)
     assert "Year 1 (your first 12 months): 15 days [1]" in text, text
     assert "Allowance by tenure" not in text and "depends on how long" not in text, text
+
+
+def pto_request(embedder: Embedder, stored: np.ndarray | None) -> GenerationRequest:
+    section = "Paid Time Off (PTO) Policy > Annual PTO allowance"
+    hit = ChunkHit(1, 1, "handbook/pto.md", "PTO", section, PTO_CHUNK, 0, 1.0, sentence_vectors=stored)
+    return GenerationRequest("How many PTO days do new employees get?", [], [Passage(1, hit)], "extractive", 64)
+
+
+def pooled(embedder: Embedder, text: str, section: str = "") -> np.ndarray:
+    """The sentence vectors ingest stores for a chunk whose embedded text is ``text`` alone."""
+    return embedder.embed_pooled([text], [sentence_spans(text, section)])[1][0]
+
+
+@pytest.mark.parametrize("rescore", [0, 3, 8])
+def test_stored_sentence_vectors_answer_without_embedding_the_sentences(embedder: Embedder, rescore: int) -> None:
+    """With every candidate's vector stored, only ``rescore`` candidates are embedded (0: none, only the question)."""
+    generator = ExtractiveGenerator(embedder, ExtractiveSettings(rescore=rescore))
+    request = pto_request(embedder, pooled(embedder, PTO_CHUNK))
+    embedder.embed_query(request.question)  # as retrieval did
+    texts = embedder.texts_embedded
+    text, _ = generate(generator, request)
+    assert embedder.texts_embedded - texts == min(rescore, len(passage_candidates(PTO_CHUNK, 1)))
+    assert generator.vectors_stored == len(passage_candidates(PTO_CHUNK, 1)) and generator.vectors_embedded == 0
+    # Pooled vectors alone rank the bullet below the accrual sentences; the rescored nearest ones find it.
+    assert ("Year 1 (your first 12 months): 15 days [1]" in text) is (rescore > 0), (rescore, text)
+
+
+def test_stored_vectors_that_do_not_match_the_candidates_are_not_used(embedder: Embedder) -> None:
+    """A chunk whose filtered text splits into other candidates than at ingest is scored as if nothing were stored."""
+    generator = ExtractiveGenerator(embedder, ExtractiveSettings())
+    expected, _ = generate(generator, pto_request(embedder, None))
+    count = len(passage_candidates(PTO_CHUNK, 1))
+    assert generator.vectors_embedded == count
+    mismatched = pooled(embedder, PTO_CHUNK)[:-1]
+    text, _ = generate(generator, pto_request(embedder, mismatched))
+    assert text == expected and generator.vectors_embedded == 2 * count and generator.vectors_stored == 0
+
+
+def test_the_benchmark_switch_embeds_every_candidate_as_before(embedder: Embedder) -> None:
+    generator = ExtractiveGenerator(embedder, ExtractiveSettings())
+    generator.reembed_candidates = True
+    assert not generator.reads_sentence_vectors
+    request = pto_request(embedder, pooled(embedder, PTO_CHUNK))
+    texts = embedder.texts_embedded
+    text, _ = generate(generator, request)
+    assert embedder.texts_embedded - texts == 1 + len(passage_candidates(PTO_CHUNK, 1))
+    assert generator.vectors_stored == 0 and "15 days" in text

@@ -364,3 +364,14 @@ def test_spell_it_to_a_real_vllm_server_sends_only_filtered_context(
     assert response.status_code == 200, response.text
     assert sent and "<US_SSN>" in sent[0] and "payroll_escalations.md" in sent[0]
     assert [_raw_values(body) for body in sent] == [[]] * len(sent) and _raw_values(response.text) == []
+
+
+def test_filtered_passages_still_take_the_sentence_vectors_stored_at_ingest(leaky: TestClient) -> None:
+    """Placeholders leave a chunk's sentences as ingest split them: no sentence is embedded per answer."""
+    app = leaky.app
+    generator = app.state.pipeline.generator(app.state.catalog.config(None))  # type: ignore[attr-defined]
+    stored, embedded = generator.vectors_stored, generator.vectors_embedded
+    body = leaky.post("/v1/query", json={"question": QUESTION}).json()
+    assert "handbook/payroll_escalations.md" in [c["source"] for c in body["citations"]]
+    assert "Payroll escalations go to <PERSON_1>" in json.dumps(body)
+    assert generator.vectors_stored > stored and generator.vectors_embedded == embedded

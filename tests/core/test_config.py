@@ -42,6 +42,8 @@ def test_version_changes_with_the_bytes(tmp_path: Path) -> None:
         ("index: [1, 2\n", "not valid YAML"),
         ("- a\n- b\n", "expected a mapping"),
         ("retrieval_typo: {}\n", "retrieval_typo: Extra inputs are not permitted"),
+        ("index:\n  sentence_vectors: sometimes\n", "index.sentence_vectors"),
+        ("generation:\n  extractive:\n    rescore: -1\n", "generation.extractive.rescore"),
     ],
 )
 def test_invalid_files_get_a_precise_message(tmp_path: Path, text: str, message: str) -> None:
@@ -83,6 +85,8 @@ DEFAULT_VERSION_HASH = "4de39ee6f3da40453add81df388f1bf99e84b51da1e97bbbd8808497
         ({"embedding": {"backend": "torch"}}, True),
         ({"embedding": {"backend": "onnx"}}, True),
         ({"embedding": {"query_cache_size": 0}}, True),
+        # Sentence vectors change no chunk, vector or search result; a version lacking them gets them on ingest.
+        ({"sentence_vectors": False}, True),
         ({"chunking": {"chunk_size": 128}}, False),
         ({"embedding": {"model": "/models/other"}}, False),
         ({"embedding": {"normalize": False}}, False),

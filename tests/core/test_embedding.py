@@ -28,6 +28,7 @@ from core.embedding import (
 from core.errors import EmbeddingError
 from ingest.chunking import Chunker
 from ingest.loaders import load_file
+from ingest.sentences import sentence_spans
 from tests.conftest import REPO
 
 
@@ -329,3 +330,69 @@ def test_no_query_cache_when_its_size_is_zero(models_dir: Path) -> None:
     assert embedder.texts_embedded == embedded + 2 and embedder.query_cache_hits == 0
     first[0] = 1.0  # its own fresh array, as without a cache
     assert not np.array_equal(first, second)
+
+
+@pytest.fixture(scope="module")
+def sample_chunks(torch_embedder: Embedder) -> list[tuple[str, list[tuple[tuple[int, int], ...]]]]:
+    """The samples' chunks as ingest embeds them, each with its candidates' spans in the embedded text."""
+    chunker = Chunker(load_config("default", REPO / "configs").config.index.chunking, torch_embedder)
+    out = []
+    for path in sorted(p for p in SAMPLES.rglob("*") if p.is_file()):
+        for result in load_file(path, path.relative_to(SAMPLES).as_posix()):
+            if result.document is not None:
+                for chunk in chunker.split(result.document):
+                    offset = len(chunk.embed_text) - len(chunk.text)
+                    out.append((chunk.embed_text, sentence_spans(chunk.text, chunk.section, offset)))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_pooling_sentence_vectors_leaves_the_chunk_vectors_as_they_are(
+    sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]],
+    torch_embedder: Embedder,
+    onnx_embedder: Embedder,
+    backend: str,
+) -> None:
+    """The pass that pools sentence vectors gives each chunk the vector it gets without them (the index's vectors)."""
+    embedder = torch_embedder if backend == "torch" else onnx_embedder
+    assert embedder.pools_spans
+    texts = [text for text, _ in sample_chunks]
+    vectors, pooled = embedder.embed_pooled(texts, [spans for _, spans in sample_chunks])
+    assert np.min(np.sum(vectors * embedder.embed_batch(texts), axis=1)) >= 0.9999
+    assert [len(p) for p in pooled] == [len(spans) for _, spans in sample_chunks]
+    assert sum(len(p) for p in pooled) > 3 * len(texts)
+    rows = np.concatenate(pooled)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)  # the chunker fits chunks: every sentence read
+
+
+def test_both_backends_pool_the_same_sentence_vectors(
+    sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]],
+    torch_embedder: Embedder,
+    onnx_embedder: Embedder,
+) -> None:
+    texts, spans = [text for text, _ in sample_chunks], [spans for _, spans in sample_chunks]
+    expected = np.concatenate(torch_embedder.embed_pooled(texts, spans)[1])
+    got = np.concatenate(onnx_embedder.embed_pooled(texts, spans)[1])
+    assert np.min(np.sum(expected * got, axis=1)) >= 0.9999
+
+
+def test_a_sentence_vector_is_the_mean_of_its_tokens(torch_embedder: Embedder) -> None:
+    """Pooled over a span, the model's own mean pooling over that part of the pass; a span past the cut is zero."""
+    sentence = "The espresso machine is descaled every Friday."
+    text = f"{sentence} " + " ".join(["filler words about nothing"] * 80)  # well past 256 word pieces
+    past = (len(text) - 10, len(text))
+    _, (pooled,) = torch_embedder.embed_pooled([text], [[((0, len(sentence)),), (past,)]])
+    assert np.linalg.norm(pooled[1]) == 0.0
+    _, (states,) = torch_embedder._embed_tokens([text])
+    assert states is not None
+    read = (states.offsets[:, 1] > states.offsets[:, 0]) & (states.offsets[:, 0] < len(sentence))
+    mean = states.embeddings[read].mean(axis=0)
+    assert np.allclose(pooled[0], mean / np.linalg.norm(mean), atol=1e-5)
+    assert 0.5 < float(pooled[0] @ torch_embedder.embed_batch([sentence])[0]) < 1.0
+
+
+def test_an_embedder_that_cannot_pool_says_so() -> None:
+    slow = _SlowEmbedder()
+    assert not slow.pools_spans
+    with pytest.raises(EmbeddingError, match="cannot pool"):
+        slow.embed_pooled(["a text"], [[((0, 1),)]])

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from core.config import IndexSettings
 from core.errors import MigrationError
 from core.migrations import default_sql_dir, discover, migrate
+from ingest.versions import ensure_index_version
 
 
 def test_repository_migrations_are_numbered_and_applied(conn: psycopg.Connection) -> None:
@@ -81,3 +84,18 @@ def test_keys_made_before_grants_keep_everything_and_new_ones_get_nothing(pg_ser
         with psycopg.connect(pg_server, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     assert grants == {"old": (["*"], ["*"]), "new": ([], [])}
+
+
+def test_0019_gives_every_existing_chunk_table_a_sentence_vectors_column(conn: psycopg.Connection) -> None:
+    """A version's table made before 0019 (here: its column dropped again) gets the column; others are left alone."""
+    settings = IndexSettings()
+    before = ensure_index_version(conn, settings, 384, "test")
+    after = ensure_index_version(conn, settings, 384, "test", fresh=True)
+    conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN sentence_vectors").format(before.table))
+    column = (
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = %s AND column_name = 'sentence_vectors'"
+    )
+    assert conn.execute(column, (f"chunks_v{before.id}",)).fetchone() == (0,)
+    conn.execute(next(default_sql_dir().glob("0019_*.sql")).read_text())
+    for version in (before, after):
+        assert conn.execute(column, (f"chunks_v{version.id}",)).fetchone() == (1,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
@@ -17,6 +18,7 @@ from ingest import documents, versions
 from ingest.chunking import Chunker
 from ingest.loaders import load_file
 from ingest.pipeline import IngestPipeline, IngestReport
+from ingest.sentences import passage_candidates
 from tests.utils.corpus import DOCS, corpus_document_count, write_corpus
 
 
@@ -284,3 +286,83 @@ def test_metadata_filters_restrict_results(conn: psycopg.Connection, embedder: E
         search_sql.search_keyword(conn, version, "webhooks", 5, metadata={"tier": "pro"}, collection=DEFAULT_COLLECTION)
         == []
     )
+
+
+def sentence_vectors(
+    conn: psycopg.Connection, version: versions.IndexVersion
+) -> dict[str, tuple[bytes | None, str, str]]:
+    """Each chunk's stored sentence vectors (raw bytes), text and section, by content hash."""
+    rows = conn.execute(
+        sql.SQL("SELECT content_hash, sentence_vectors, text, section FROM {}").format(version.table)
+    ).fetchall()
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+QUOTAS = [f"Paragraph {i} says the quota for team {i} is {i * 7} tickets per week." for i in range(40)]
+
+
+def test_each_chunk_stores_a_vector_per_quotable_sentence(
+    conn: psycopg.Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    report = ingest(conn, embedder, write_corpus(tmp_path))
+    stored = sentence_vectors(conn, report.index_version)
+    assert len(stored) == report.chunks_written
+    for data, text, section in stored.values():
+        vectors = documents.unpack_sentence_vectors(data, embedder.dimension)
+        assert vectors is not None and len(vectors) == len(passage_candidates(text, 1, section)), text
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_sentence_vectors_survive_an_incremental_reingest(
+    conn: psycopg.Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    """Unchanged chunks of an edited document keep their sentence vectors; the new chunk gets its own."""
+    root = write_corpus(tmp_path, {"long.md": "# Quotas\n\n" + "\n\n".join(QUOTAS)}, with_jsonl=False)
+    config = make_config(chunk_size=40, overlap=0)
+    first = ingest(conn, embedder, root, config=config)
+    before = sentence_vectors(conn, first.index_version)
+    edited = [*QUOTAS[:-1], "Paragraph 39 now says something entirely different about parking."]
+    (root / "long.md").write_text("# Quotas\n\n" + "\n\n".join(edited))
+    second = ingest(conn, embedder, root, config=config)
+    assert second.updated == 1 and second.chunks_reused == second.chunks_written - second.texts_embedded > 5
+    after = sentence_vectors(conn, first.index_version)
+    kept = before.keys() & after.keys()
+    assert len(kept) == second.chunks_reused
+    assert all(after[h][0] == before[h][0] is not None for h in kept)
+    new = [after[h] for h in after.keys() - before.keys()]
+    assert new and all(documents.unpack_sentence_vectors(data, embedder.dimension) is not None for data, _, _ in new)
+
+
+def test_a_full_rebuild_pools_the_same_sentence_vectors(
+    conn: psycopg.Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    root = write_corpus(tmp_path)
+    config = make_config()
+    first = ingest(conn, embedder, root, config=config)
+    rebuild = versions.ensure_index_version(conn, config.config.index, embedder.dimension, config.version, fresh=True)
+    second = ingest(conn, embedder, root, config=config, version=rebuild)
+    assert second.index_version.id != first.index_version.id and second.texts_embedded == second.chunks_written
+    before, after = sentence_vectors(conn, first.index_version), sentence_vectors(conn, second.index_version)
+    assert before.keys() == after.keys()
+    for content_hash, (data, _, _) in before.items():
+        old = documents.unpack_sentence_vectors(data, embedder.dimension)
+        new = documents.unpack_sentence_vectors(after[content_hash][0], embedder.dimension)
+        assert old is not None and new is not None and np.allclose(old, new, atol=1e-5)
+
+
+def test_with_sentence_vectors_off_chunks_store_none_and_the_next_ingest_with_them_on_fills_them(
+    conn: psycopg.Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    """Off: nothing stored. On: the next run embeds the documents lacking them once (unchanged or not), then none."""
+    root = write_corpus(tmp_path)
+    off = RagConfig.model_validate({"index": {"sentence_vectors": False}})
+    off_config = LoadedConfig(name="off", path=Path("off.yaml"), sha256="1" * 64, git_commit=None, config=off)
+    first = ingest(conn, embedder, root, config=off_config)
+    assert all(data is None for data, _, _ in sentence_vectors(conn, first.index_version).values())
+    second = ingest(conn, embedder, root)
+    assert second.index_version.id == first.index_version.id  # the setting is not part of the index identity
+    assert second.updated == corpus_document_count() and second.chunks_reused == 0
+    assert second.texts_embedded == second.chunks_written == first.chunks_written
+    assert all(data is not None for data, _, _ in sentence_vectors(conn, first.index_version).values())
+    third = ingest(conn, embedder, root)
+    assert third.unchanged == corpus_document_count() and third.texts_embedded == 0
