@@ -107,3 +107,22 @@ def test_the_learned_and_listed_names_still_apply_to_each_line() -> None:
     text = "Varnholm\nVarnholm was our first office outside the United States."
     assert persons(get_pii_engine(), text) == []
     assert persons(get_pii_engine(), text.replace("Varnholm\nVarnholm", f"Varnholm\n{NAME}")) == [NAME]
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("My name is Ana and I live at 1187 Linden Terrace, Port Aldane. What is my budget?",
+         "1187 Linden Terrace, Port Aldane"),
+        ("Please ship it to 42 Orchard Row, Apt 3B, Easton Quay.", "42 Orchard Row, Apt 3B, Easton Quay"),
+        ("Hi, my home address is 7 Mill Street", "7 Mill Street"),
+        ("Address: 18 Foundry Lane, Millbrook", None),  # a document's office address is no one's home
+        ("We moved to 3 shifts in 2020.", None),
+    ],
+)  # fmt: skip
+def test_an_address_given_as_ones_own_is_found_and_an_office_address_is_not(
+    engine: PiiEngine, text: str, address: str | None
+) -> None:
+    """Street words after a house number are no person (see above); the address itself is HOME_ADDRESS after a cue."""
+    found = [text[s.start : s.end] for s in engine.analyze(text, POLICY) if s.entity_type == "HOME_ADDRESS"]
+    assert found == ([address] if address else [])
