@@ -174,7 +174,7 @@ class ExtractiveSettings(StrictModel):
     )
     lexical_weight: float = Field(default=0.3, ge=0.0, le=1.0, description="Share of word overlap in the score.")
     rescore: int = Field(
-        default=8,
+        default=5,
         ge=0,
         le=1000,
         description=(
