@@ -17,6 +17,8 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from core.tables import is_table_row, table_cells
+
 if TYPE_CHECKING:
     from spacy.tokens import Doc, Span
 
@@ -149,7 +151,7 @@ class _Layout:
     @cached_property
     def rows(self) -> list[bool]:
         """Per line: whether it is a table row."""
-        return [_is_row(self.line(i)) for i in range(len(self.starts))]
+        return [is_table_row(self.line(i)) for i in range(len(self.starts))]
 
     @cached_property
     def headers(self) -> list[int | None]:
@@ -248,22 +250,13 @@ def _field_holds_no_person(span: Span, layout: _Layout, line: int, before: str) 
             return False  # the table's header row is not in this text: nothing known of the column
         if header == line:
             return True  # a header cell names a column, not a person
-        cells = _cells(layout.line(header))
+        cells = table_cells(layout.line(header))
         column = layout.column(line, span.start_char)
         return 0 <= column < len(cells) and _names_things(cells[column])
     if ";" not in before and layout.starts[line] < span.start_char - _LOOK_BACK:
         return False  # more than a short label precedes the span on its line
     label = before.rsplit(";", 1)[-1].strip(" \t-•" + _MARKUP)
     return label.endswith(":") and len(label.split()) <= 4 and _names_things(label[:-1])
-
-
-def _is_row(line: str) -> bool:
-    """A table row as loaders write it (``a | b | c``, with or without outer pipes)."""
-    return "|" in line and len(_cells(line)) >= 2
-
-
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
 def _names_things(label: str) -> bool:

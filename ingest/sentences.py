@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.tables import is_table_row, table_cells
 from ingest.loaders import SECTION_SEPARATOR
 
 # Bump when the splitter gives other units for the same text: vectors stored for the old units are then
@@ -115,11 +116,6 @@ def _is_heading(line: str) -> bool:
     )
 
 
-def _table_cells(line: str) -> list[str]:
-    """The cells of a table row as loaders write it (``a | b | c``, with or without outer pipes)."""
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
 def passage_candidates(text: str, n: int, section: str = "") -> list[Candidate]:
     """The candidates of one passage: prose sentences, and list items and table rows read with their context.
 
@@ -137,10 +133,10 @@ def passage_candidates(text: str, n: int, section: str = "") -> list[Candidate]:
         if not line.text:
             header = []  # a blank line ends a table; a list keeps its lead-in across blank lines
             continue
-        if "|" in line.text and len(_table_cells(line.text)) >= 2:
+        if is_table_row(line.text):
             if _TABLE_RULE.match(line.text):
                 continue
-            cells = _table_cells(line.text)
+            cells = table_cells(line.text)
             if not header:
                 header, header_spans = cells, (line.span(),)
                 continue
