@@ -30,7 +30,7 @@ from app.answers import (
     Turn,
     json_nodes,
 )
-from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, Usage
+from app.generators.base import Delta, Finished, GenerationRequest, Generator, Passage, RareTerms, Usage
 from app.generators.extractive import ExtractiveGenerator
 from app.generators.vllm import VllmGenerator
 from app.pii import PiiSession, StreamFilter, without_placeholders
@@ -54,6 +54,8 @@ _SNIPPET_CHARS = 240
 # Learned allow-lists are re-read this often (another process may have ingested), for this many collections.
 _LEARNED_TTL_S = 10.0
 _LEARNED_COLLECTIONS = 1000
+# Rare question words are judged only in a collection of at least this many chunks (ExtractiveSettings.rare_term_share).
+RARITY_MIN_CHUNKS = 50
 # A follow-up this short ("and for contractors?") is retrieved together with the turn before it.
 _FOLLOW_UP_WORDS = 8
 # No token is longer than this many characters in practice (a run of dashes reaches 64): text longer
@@ -184,7 +186,12 @@ def fit_context(hits: list[ChunkHit], budget: int) -> tuple[list[Citation], list
 
 
 def generation_request(
-    question: Question, prompt: Prompt, citations: list[Citation], passages: list[Passage], config: LoadedConfig
+    question: Question,
+    prompt: Prompt,
+    citations: list[Citation],
+    passages: list[Passage],
+    config: LoadedConfig,
+    rare_terms: RareTerms | None = None,
 ) -> GenerationRequest:
     """The rendered prompt (system message, chat history, then the question with its context) and its limits."""
     context = format_context(citations, [p.hit.text for p in passages])
@@ -200,6 +207,7 @@ def generation_request(
         model=generation.model,
         max_tokens=generation.max_tokens,
         temperature=generation.temperature,
+        rare_terms=rare_terms,
     )
 
 
@@ -333,7 +341,9 @@ class RagPipeline:
         query_text = retrieval_text(question)
         vector, embedding_tokens = self._embed_query(config, query_text, timings)
         sentences = generator.reads_sentence_vectors and config.config.index.sentence_vectors
-        index, hits = self._retrieve(question, grant, config, query_text, vector, timings, pii, sentences)
+        index, hits, rare = self._retrieve(
+            question, grant, config, query_text, vector, timings, pii, sentences, generator.rare_term_share
+        )
         with stage("ragops.pii.context"):
             hits = filtered_hits(hits, pii)
         if pii.found:  # retrieved text nobody had analyzed yet: once is enough
@@ -347,7 +357,7 @@ class RagPipeline:
             prompt=prompt,
             index=index,
             citations=citations,
-            request=generation_request(question, prompt, citations, passages, config),
+            request=generation_request(question, prompt, citations, passages, config, rare),
             generator=generator,
             embedding_tokens=embedding_tokens,
             timings=timings,
@@ -398,17 +408,21 @@ class RagPipeline:
         timings: Timings,
         pii: PiiSession,
         sentence_vectors: bool = False,
-    ) -> tuple[IndexVersion, list[ChunkHit]]:
-        """The version that answers the collection (its active one unless the question pins one) and its best hits.
+        rare_term_share: float = 0.0,
+    ) -> tuple[IndexVersion, list[ChunkHit], RareTerms | None]:
+        """The version that answers the collection (its active one unless the question pins one), its best
+        hits, and the question's rare lexemes there (``rare_term_share`` > 0, else None).
 
         ``sentence_vectors``: the hits carry their chunks' stored sentence vectors (one more query, same connection).
         """
         with stage("ragops.search", {"ragops.retrieval.mode": config.config.retrieval.mode}):
-            index, hits = self._search(question, grant, config, text, vector, timings, pii, sentence_vectors)
+            index, hits, rare = self._search(
+                question, grant, config, text, vector, timings, pii, sentence_vectors, rare_term_share
+            )
             annotate({"ragops.collection": question.collection, "ragops.index.version": index.name,
                       "ragops.retrieval.hits": len(hits),
                       "ragops.retrieval.top_score": hits[0].score if hits else None})  # fmt: skip
-        return index, hits
+        return index, hits, rare
 
     def _search(
         self,
@@ -420,8 +434,10 @@ class RagPipeline:
         timings: Timings,
         pii: PiiSession,
         sentence_vectors: bool = False,
-    ) -> tuple[IndexVersion, list[ChunkHit]]:
+        rare_term_share: float = 0.0,
+    ) -> tuple[IndexVersion, list[ChunkHit], RareTerms | None]:
         t0 = time.perf_counter()
+        rare: RareTerms | None = None
         settings = config.config.retrieval
         # Collections are namespaces: an eval run's copy of the samples must not answer users.
         collection = grant.collection(question.collection)
@@ -440,10 +456,16 @@ class RagPipeline:
                 require_collection(conn, collection, grant)
             if sentence_vectors:
                 hits = search_sql.with_sentence_vectors(conn, index, hits)
+            if rare_term_share > 0 and hits:
+                stats = search_sql.term_statistics(conn, index, text, collection=collection)
+                # Too few chunks to tell a rare word from one the documents happen to use once.
+                if stats.chunks >= RARITY_MIN_CHUNKS:
+                    tsconfig = index.settings.get("text_search_config", "english")
+                    rare = RareTerms(stats.rare(rare_term_share), tsconfig)
             if pii.applies("context"):  # their entity spans, found at ingest: no analysis per query
                 pii.stored = pii_spans.load(conn, pii.analysis, retrieved_texts(hits))
         timings.retrieve_ms = (time.perf_counter() - t0) * 1000
-        return index, hits
+        return index, hits, rare
 
     def stream(self, prepared: Prepared, *, incremental: bool = True) -> Iterator[AnswerDelta | AnswerDone]:
         """Generate, yielding filtered deltas, then the complete :class:`Answer`.

@@ -209,6 +209,11 @@ class TermStatistics:
     chunks: int
     avg_length: float
     terms: list[QueryTerm]  # rarest first; lexemes no chunk contains are left out
+    absent: tuple[str, ...] = ()  # the question's lexemes no chunk contains
+
+    def rare(self, share: float) -> frozenset[str]:
+        """The question's lexemes held by fewer than ``share`` of the collection's chunks, absent ones included."""
+        return frozenset(self.absent) | {t.lexeme for t in self.terms if t.df < share * self.chunks}
 
 
 def bm25_idf(chunks: int, df: int) -> float:
@@ -226,9 +231,10 @@ def term_statistics(conn: psycopg.Connection, version: IndexVersion, text: str, 
     rows = conn.execute(
         sql.SQL(
             """WITH q AS ({lexemes})
-               SELECT s.chunks, s.tokens, t.lexeme, t.df FROM bm25_collections s
+               SELECT s.chunks, s.tokens, q.lexeme, t.df FROM bm25_collections s
+               LEFT JOIN q ON true
                LEFT JOIN bm25_terms t ON t.index_version_id = s.index_version_id AND t.collection = s.collection
-                    AND t.df > 0 AND t.lexeme IN (SELECT lexeme FROM q)
+                    AND t.df > 0 AND t.lexeme = q.lexeme
                WHERE s.index_version_id = %(version)s AND s.collection = %(collection)s AND s.chunks > 0"""
         ).format(lexemes=_QUERY_LEXEMES),
         {
@@ -241,9 +247,10 @@ def term_statistics(conn: psycopg.Connection, version: IndexVersion, text: str, 
     if not rows:
         return TermStatistics(chunks=0, avg_length=0.0, terms=[])
     chunks, tokens = int(rows[0][0]), int(rows[0][1])
-    terms = [QueryTerm(lexeme, int(df), bm25_idf(chunks, int(df))) for _, _, lexeme, df in rows if lexeme is not None]
+    terms = [QueryTerm(lexeme, int(df), bm25_idf(chunks, int(df))) for _, _, lexeme, df in rows if df is not None]
     terms.sort(key=lambda t: (t.df, t.lexeme))
-    return TermStatistics(chunks=chunks, avg_length=max(tokens / chunks, 1.0), terms=terms)
+    absent = tuple(sorted(lexeme for _, _, lexeme, df in rows if lexeme is not None and df is None))
+    return TermStatistics(chunks=chunks, avg_length=max(tokens / chunks, 1.0), terms=terms, absent=absent)
 
 
 def query_lexemes(conn: psycopg.Connection, text: str, *, tsconfig: str) -> list[str]:

@@ -182,6 +182,16 @@ class ExtractiveSettings(StrictModel):
             "exact score (index.sentence_vectors); 0: the stored vectors alone, no model run per answer."
         ),
     )
+    rare_term_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "A question word held by fewer than this share of the collection's chunks (or by none) is rare; an "
+            "answer must quote a sentence, or a sentence under a heading, holding one of the question's rare "
+            "words, else the documents do not say. 0: off."
+        ),
+    )
 
 
 class ModelServerSettings(StrictModel):

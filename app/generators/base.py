@@ -49,6 +49,14 @@ class Passage:
 
 
 @dataclass(frozen=True)
+class RareTerms:
+    """The question's lexemes held by few of the collection's chunks (or none), as the index stems them."""
+
+    lexemes: frozenset[str]
+    text_search_config: str  # the index's PostgreSQL text search configuration: which stemmer made them
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """Everything a generator may use: the rendered prompt, and the passages behind it."""
 
@@ -58,6 +66,9 @@ class GenerationRequest:
     model: str
     max_tokens: int
     temperature: float = 0.0
+    # The question's words that few of the collection's chunks hold, when the generator asked for them
+    # (:attr:`Generator.rare_term_share`); None: not known.
+    rare_terms: RareTerms | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,11 @@ class Generator(ABC):
     def reads_sentence_vectors(self) -> bool:
         """Whether passages should carry their chunks' stored sentence vectors (``ChunkHit.sentence_vectors``)."""
         return False
+
+    @property
+    def rare_term_share(self) -> float:
+        """Above 0: requests carry the question's lexemes held by fewer than this share of the chunks."""
+        return 0.0
 
     def model_for(self, request: GenerationRequest) -> str:
         """The model name that will answer ``request`` (what the ledger and prices key on)."""

@@ -7,13 +7,15 @@ default when no vLLM server is configured, not a test stand-in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
+import snowballstemmer
 
 from app.generators.base import (
     NOT_FOUND_ANSWER,
@@ -21,6 +23,7 @@ from app.generators.base import (
     Finished,
     GenerationRequest,
     Generator,
+    RareTerms,
     Usage,
     count_prompt_tokens,
 )
@@ -62,6 +65,43 @@ def word_weights(question_words: set[str], sentence_words: list[set[str]]) -> di
     return {x: math.log((n + 1) / (sum(x in words for words in sentence_words) + 0.5)) for x in question_words}
 
 
+# Words as PostgreSQL's default text search parser splits them: hyphenated words whole and in parts,
+# decimals ("5.3") whole; an apostrophe ends a word ("freight's" -> "freight").
+_LEXEME_WORD = re.compile(r"\d+(?:\.\d+)+|[^\W_]+(?:-[^\W_]+)*")
+
+
+@functools.lru_cache(maxsize=64)
+def _stemmer(text_search_config: str) -> Callable[[str], str] | None:
+    """The Snowball stemmer of a PostgreSQL text search configuration of the same name (``simple``: none)."""
+    if text_search_config == "simple":
+        return str
+    if text_search_config not in snowballstemmer.algorithms():
+        return None
+    return functools.lru_cache(maxsize=65536)(snowballstemmer.stemmer(text_search_config).stemWord)
+
+
+def lexemes(text: str, text_search_config: str) -> set[str] | None:
+    """The lexemes PostgreSQL's ``to_tsvector`` would read in ``text`` (stop words aside); None: unknown stemmer."""
+    stem = _stemmer(text_search_config)
+    if stem is None:
+        return None
+    out = set()
+    for word in _LEXEME_WORD.findall(text.lower()):
+        out.add(stem(word))
+        if "-" in word:
+            out.update(stem(part) for part in word.split("-"))
+    return out
+
+
+def carries_rare_term(texts: list[str], rare: RareTerms) -> bool:
+    """Whether any of ``texts`` holds one of the question's rare lexemes (True when that cannot be told)."""
+    for text in texts:
+        found = lexemes(text, rare.text_search_config)
+        if found is None or found & rare.lexemes:
+            return True
+    return False
+
+
 class ExtractiveGenerator(Generator):
     """Scores sentences by embedding similarity plus word overlap; quotes the best ones."""
 
@@ -84,6 +124,11 @@ class ExtractiveGenerator(Generator):
     def reads_sentence_vectors(self) -> bool:
         """True: candidates are scored with the sentence vectors pooled at ingest."""
         return not self.reembed_candidates
+
+    @property
+    def rare_term_share(self) -> float:
+        """The configuration's ``rare_term_share``: answers must quote one of the question's rare words."""
+        return self.settings.rare_term_share
 
     def candidates(self, request: GenerationRequest) -> list[Candidate]:
         """Every distinct quotable unit of the passages, in passage order."""
@@ -163,8 +208,16 @@ class ExtractiveGenerator(Generator):
             overlap = sum(weights[x] for x in weights.keys() & words) / total if total else 0.0
             scored.append(((1 - w) * float(sim) + w * overlap, candidate.quote, candidate.n))
         scored.sort(key=lambda item: (-item[0], item[2], item[1]))
-        best = [item for item in scored if item[0] >= self.settings.min_relevance]
-        return best[: self.settings.max_sentences]
+        best = [item for item in scored if item[0] >= self.settings.min_relevance][: self.settings.max_sentences]
+        if best and request.rare_terms and request.rare_terms.lexemes:
+            # Sentences about the company in general score well against any question naming it: an answer
+            # must hold what is specific to the question (or sit under a heading that does).
+            sections = {p.n: p.hit.section for p in request.passages}
+            read = {c.quote: c.scored for c in candidates}
+            texts = [f"{sections.get(n, '')}\n{read[quote]}" for _, quote, n in best]
+            if not carries_rare_term(texts, request.rare_terms):
+                return []
+        return best
 
     def stream(self, request: GenerationRequest) -> Iterator[Delta | Finished]:
         """Yield the answer word by word (so clients exercise the same streaming path as with vLLM)."""

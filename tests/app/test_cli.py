@@ -133,6 +133,10 @@ def test_config_validate_passes_on_the_repository() -> None:
             "index:\n  embedding:\n    query_cache_size: -1\n",
             "default.yaml: index.embedding.query_cache_size: Input should be greater than or equal to 0",
         ),
+        (
+            "generation:\n  extractive:\n    rare_term_share: 1.5\n",
+            "default.yaml: generation.extractive.rare_term_share: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_config_validate_names_the_first_bad_file(tmp_path: Path, text: str, message: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import psycopg
 import pytest
 
-from app.generators.base import NOT_FOUND_ANSWER, GenerationRequest, Passage
-from app.generators.extractive import ExtractiveGenerator, passage_candidates, word_weights
+from app.generators.base import NOT_FOUND_ANSWER, GenerationRequest, Passage, RareTerms
+from app.generators.extractive import ExtractiveGenerator, lexemes, passage_candidates, word_weights
 from app.search_sql import ChunkHit
 from core.config import ExtractiveSettings
 from core.embedding import Embedder
@@ -20,8 +23,8 @@ PASSAGES = [
 ]
 
 
-def request(question: str) -> GenerationRequest:
-    hits = [ChunkHit(i, i, f"doc{i}.md", "", "", text, 0, 1.0) for i, text in enumerate(PASSAGES)]
+def request(question: str, passages: list[str] = PASSAGES) -> GenerationRequest:
+    hits = [ChunkHit(i, i, f"doc{i}.md", "", "", text, 0, 1.0) for i, text in enumerate(passages)]
     return GenerationRequest(question, [], [Passage(i + 1, h) for i, h in enumerate(hits)], "extractive", 64)
 
 
@@ -158,3 +161,58 @@ def test_the_benchmark_switch_embeds_every_candidate_as_before(embedder: Embedde
     text, _ = generate(generator, request)
     assert embedder.texts_embedded - texts == 1 + len(passage_candidates(PTO_CHUNK, 1))
     assert generator.vectors_stored == 0 and "15 days" in text
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Kestrel Freight's on-call engineers retained 5.3 releases; the Wi-Fi offices were opened in 2024.",
+        "Employees' allowances accrue per pay period, and HOLIDAYS don't carry over: see the runbooks!",
+    ],
+)
+def test_sentences_are_read_with_the_index_stemmer(conn: psycopg.Connection, sentence: str) -> None:
+    """The rare-word check compares the question's lexemes from PostgreSQL with the sentence's read here."""
+    row = conn.execute("SELECT array_agg(lexeme) FROM unnest(to_tsvector('english', %s))", (sentence,)).fetchone()
+    assert row is not None
+    assert set(row[0]) <= (lexemes(sentence, "english") or set())
+    assert lexemes(sentence, "no_such_config") is None
+
+
+def test_the_simple_configuration_reads_words_unstemmed() -> None:
+    assert lexemes("On-call HOLIDAYS, v5.3", "simple") == {"on-call", "on", "call", "holidays", "v5", "3"}
+
+
+# A subtitle about the company in general scores well against any question naming the company.
+HISTORY = ["A short history of Kestrel Freight, written for new employees.", *PASSAGES]
+
+
+@pytest.mark.parametrize(
+    ("question", "rare", "answered"),
+    [
+        # The company's name is in every passage: the best sentences match it, not the question.
+        ("What is Kestrel Freight's stock ticker symbol?", {"stock", "ticker", "symbol"}, False),
+        ("Who is Kestrel Freight's chief technology officer?", {"chief", "technolog"}, False),
+        ("How much of the medical premium does Kestrel Freight pay?", {"premium", "medic"}, True),
+        ("When does the Millbrook office open?", set(), True),  # nothing rare: the score alone decides
+    ],
+)
+def test_an_answer_must_hold_one_of_the_questions_rare_words(
+    embedder: Embedder, question: str, rare: set[str], answered: bool
+) -> None:
+    generator = ExtractiveGenerator(embedder, ExtractiveSettings())
+    assert generator.rare_term_share == 0.2
+    plain, _ = generate(generator, request(question, HISTORY))
+    assert plain != NOT_FOUND_ANSWER  # without the rare words, every question here is answered
+    checked = dataclasses.replace(request(question, HISTORY), rare_terms=RareTerms(frozenset(rare), "english"))
+    text, _ = generate(generator, checked)
+    assert (text != NOT_FOUND_ANSWER) is answered, text
+
+
+def test_a_rare_word_in_the_heading_above_the_sentence_counts(embedder: Embedder) -> None:
+    generator = ExtractiveGenerator(embedder, ExtractiveSettings())
+    base = request("What is Kestrel Freight's stock ticker symbol?", HISTORY)
+    hits = [dataclasses.replace(p.hit, section="Investors > Stock") for p in base.passages]
+    passages = [Passage(p.n, hit) for p, hit in zip(base.passages, hits, strict=True)]
+    asked = dataclasses.replace(base, passages=passages, rare_terms=RareTerms(frozenset({"stock"}), "english"))
+    text, _ = generate(generator, asked)
+    assert text != NOT_FOUND_ANSWER

@@ -258,3 +258,15 @@ def test_postings_of_a_version_from_before_them_are_built_from_its_chunks(
     assert stored_statistics(conn, team) == expected
     before = search_sql.search_keyword(conn, team, "printer toner", 3, collection="team")
     assert before and before[0].source == "a.md"
+
+
+def test_statistics_name_the_question_lexemes_no_chunk_holds_and_the_rare_ones(
+    conn: psycopg.Connection, team: IndexVersion
+) -> None:
+    stats = search_sql.term_statistics(conn, team, "Which roaster supplies the espresso beans?", collection="team")
+    assert stats.absent == ("espresso", "suppli")  # in the question, in no chunk
+    assert {t.lexeme for t in stats.terms} == {"roaster", "bean"}
+    assert stats.rare(0.3) == {"espresso", "suppli", "roaster", "bean"}  # 1 of 5 chunks each
+    assert stats.rare(0.0) == {"espresso", "suppli"}
+    facilities = search_sql.term_statistics(conn, team, "facilities", collection="team")
+    assert facilities.absent == () and facilities.rare(0.5) == frozenset()  # in 3 of 5 chunks
