@@ -15,6 +15,7 @@ MODULES = {
     "latency": "retrieval_latency",
     "api": "api_latency",
     "extractive": "extractive",
+    "answers": "answers",
     "streaming": "streaming",
     "gate": "gate",
     "pii": "pii",

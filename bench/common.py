@@ -90,6 +90,7 @@ BENCH_SCRIPTS = {
     "quality": "bench/retrieval_quality.py",
     "tune": "bench/tune.py",
     "latency": "bench/retrieval_latency.py", "api": "bench/api_latency.py", "extractive": "bench/extractive.py",
+    "answers": "bench/answers.py",
     "streaming": "bench/streaming.py",
     "gate": "bench/gate.py", "pii": "bench/pii.py", "pii_detection": "bench/pii.py", "load": "bench/load.py",
     "soak": "bench/load.py", "reindex": "bench/reindex.py", "hostile": "bench/hostile.py",

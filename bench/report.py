@@ -625,6 +625,31 @@ def extractive_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def answers_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows for extractive answer quality on the two eval sets and the README's first example."""
+    rows = []
+    for label, d in r["sets"].items():
+        rows.append(
+            (
+                f"extractive answers, {label} ({d['dataset']}: {d['answerable']} answerable, "
+                f"{d['unanswerable']} unanswerable)",
+                f"string presence {d['string_presence']:.3f}; answered {d['answered']}/{d['answerable']}; "
+                f"refused {d['refused']}/{d['unanswerable']} ({d['refusal_accuracy']:.3f}); ROUGE-L {d['rouge_l']:.3f}",
+                "targets: string presence >= 0.85, answered >= 0.95, refusals >= 0.67 (4 of 6)",
+            )
+        )
+    e = r["readme_example"]
+    answer = e["answer"] if len(e["answer"]) <= 160 else e["answer"][:159] + "…"
+    rows.append(
+        (
+            f'the README\'s first example: "{e["question"]}"',
+            answer.replace("|", "\\|"),
+            f'target: quotes "{e["fact"]}": {"met" if e["fact_quoted"] else "MISSED"}',
+        )
+    )
+    return rows
+
+
 RENDERERS = {
     "ingest": ingest_rows,
     "html": html_rows,
@@ -634,6 +659,7 @@ RENDERERS = {
     "latency": latency_rows,
     "api": api_rows,
     "extractive": extractive_rows,
+    "answers": answers_rows,
     "streaming": streaming_rows,
     "gate": gate_rows,
     "pii_detection": pii_detection_rows,
