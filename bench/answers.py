@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         answer = json.loads(ragops("query", README_QUESTION, "--json", env=env))
     result["readme_example"] = {
         "question": README_QUESTION,
-        "answer": answer["answer"],
+        "answer": answer["text"],
         "fact": README_FACT,
-        "fact_quoted": README_FACT in answer["answer"],
+        "fact_quoted": README_FACT in answer["text"],
     }
     print(json.dumps(result, indent=2))
     print(f"wrote {write_result('answers', result)}")
