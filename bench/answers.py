@@ -45,9 +45,9 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "questions": len(questions),
         "answerable": len(answerable),
-        "answered": round(sum(m["answered"] for m in answerable)),
+        "answered_n": round(sum(m["answered"] for m in answerable)),
         "unanswerable": len(unanswerable),
-        "refused": round(sum(m["refusal_accuracy"] for m in unanswerable)),
+        "refused_n": round(sum(m["refusal_accuracy"] for m in unanswerable)),
         **{name: round(aggregates[name], 4) for name in ("string_presence", "answered", "refusal_accuracy", "rouge_l")},
     }
 

@@ -633,8 +633,9 @@ def answers_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"extractive answers, {label} ({d['dataset']}: {d['answerable']} answerable, "
                 f"{d['unanswerable']} unanswerable)",
-                f"string presence {d['string_presence']:.3f}; answered {d['answered']}/{d['answerable']}; "
-                f"refused {d['refused']}/{d['unanswerable']} ({d['refusal_accuracy']:.3f}); ROUGE-L {d['rouge_l']:.3f}",
+                f"string presence {d['string_presence']:.3f}; answered {d['answered_n']}/{d['answerable']}; "
+                f"refused {d['refused_n']}/{d['unanswerable']} ({d['refusal_accuracy']:.3f}); "
+                f"ROUGE-L {d['rouge_l']:.3f}",
                 "targets: string presence >= 0.85, answered >= 0.95, refusals >= 0.67 (4 of 6)",
             )
         )
