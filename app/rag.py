@@ -450,18 +450,24 @@ class RagPipeline:
             )
             if vector is not None:
                 check_embedding_model(index, config)
+            # Read once for both: the extractive generator's rare words, and BM25 in keyword and hybrid modes.
+            stats = (
+                search_sql.term_statistics(conn, index, text, collection=collection) if rare_term_share > 0 else None
+            )
             # No stored metadata can contain NUL, so such a filter matches nothing (and jsonb would refuse it).
-            hits = [] if has_nul(question.filters) else search(conn, index, settings, query, vector, pool=self.pool)
+            hits = (
+                []
+                if has_nul(question.filters)
+                else search(conn, index, settings, query, vector, pool=self.pool, stats=stats)
+            )
             if not hits:  # checked only here: a collection with hits exists
                 require_collection(conn, collection, grant)
             if sentence_vectors:
                 hits = search_sql.with_sentence_vectors(conn, index, hits)
-            if rare_term_share > 0 and hits:
-                stats = search_sql.term_statistics(conn, index, text, collection=collection)
-                # Too few chunks to tell a rare word from one the documents happen to use once.
-                if stats.chunks >= RARITY_MIN_CHUNKS:
-                    tsconfig = index.settings.get("text_search_config", "english")
-                    rare = RareTerms(stats.rare(rare_term_share), tsconfig)
+            # Too few chunks to tell a rare word from one the documents happen to use once.
+            if stats is not None and hits and stats.chunks >= RARITY_MIN_CHUNKS:
+                tsconfig = index.settings.get("text_search_config", "english")
+                rare = RareTerms(stats.rare(rare_term_share), tsconfig)
             if pii.applies("context"):  # their entity spans, found at ingest: no analysis per query
                 pii.stored = pii_spans.load(conn, pii.analysis, retrieved_texts(hits))
         timings.retrieve_ms = (time.perf_counter() - t0) * 1000

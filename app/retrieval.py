@@ -21,7 +21,7 @@ from pydantic import ConfigDict
 
 from app import search_sql
 from app.fusion import DEFAULT_FUSION, Fusion, fuse, keyword_bound
-from app.search_sql import DEFAULT_BM25, Bm25, ChunkHit
+from app.search_sql import DEFAULT_BM25, Bm25, ChunkHit, TermStatistics
 from core.access import DEFAULT_COLLECTION, Grant
 from core.config import RetrievalSettings
 from core.embedding import Embedder
@@ -66,14 +66,18 @@ def search(
     vector: np.ndarray | None,
     *,
     pool: ConnectionPool | None = None,
+    stats: TermStatistics | None = None,
 ) -> list[ChunkHit]:
     """Run the configured mode; ``vector`` may be None only in keyword mode.
 
     ``pool``: where hybrid search may borrow a second connection, to run its two searches at once.
+    ``stats``: the question's term statistics when the caller has read them already.
     """
     common: dict[str, Any] = {"collection": query.collection, "metadata": query.filters or None}
     if settings.mode == "keyword":
-        hits = search_sql.search_keyword(conn, version, query.text, query.top_k, bm25=bm25_of(settings), **common)
+        hits = search_sql.search_keyword(
+            conn, version, query.text, query.top_k, bm25=bm25_of(settings), stats=stats, **common
+        )
     elif settings.mode == "vector":
         assert vector is not None
         hits = search_sql.search_vector(conn, version, vector, query.top_k, ef_search=settings.ef_search, **common)
@@ -90,6 +94,7 @@ def search(
             bm25=bm25_of(settings),
             ef_search=settings.ef_search,
             pool=pool,
+            stats=stats,
             **common,
         )
     if settings.min_score is None:
@@ -127,21 +132,23 @@ def search_hybrid(
     bm25: Bm25 = DEFAULT_BM25,
     ef_search: int = 40,
     pool: ConnectionPool | None = None,
+    stats: TermStatistics | None = None,
 ) -> list[ChunkHit]:
     """``candidates`` chunks from each of vector and BM25 search, fused (:mod:`app.fusion`) into ``top_k``.
 
     With a ``pool`` that has a connection free, BM25 runs on it while the vector search runs on
-    ``conn``: the answer waits for the slower of the two, not for both.
+    ``conn``: the answer waits for the slower of the two, not for both. ``stats``: the question's
+    term statistics, when the caller has read them (else the BM25 side reads them).
     """
     common: dict[str, Any] = {"collection": collection, "metadata": metadata}
     with _spare_connection(pool) as other:
 
         def keyword_search() -> tuple[list[ChunkHit], float | None]:
             db = other or conn
-            stats = search_sql.term_statistics(db, version, text, collection=collection)
-            hits = search_sql.search_keyword(db, version, text, candidates, bm25=bm25, stats=stats, **common)
+            terms = stats or search_sql.term_statistics(db, version, text, collection=collection)
+            hits = search_sql.search_keyword(db, version, text, candidates, bm25=bm25, stats=terms, **common)
             bounded = fusion.method == "convex" and fusion.normalization == "bound"
-            return hits, keyword_bound(stats, bm25) if bounded else None
+            return hits, keyword_bound(terms, bm25) if bounded else None
 
         keyword = _in_background(keyword_search, run=other is not None)
         try:
