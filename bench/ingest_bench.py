@@ -2,10 +2,11 @@
 
 Everything runs in one process on one embedded PostgreSQL with the same model weights, so the
 numbers compare like with like: ratios matter more than absolute seconds on a shared machine.
-On the same chunks it also measures the embedding backends side by side (torch, ONNX Runtime at
-every core and at one thread, with the cosine between their vectors) and the query vector cache.
-ragops ingests with its default backend; LangChain embeds with sentence-transformers (torch),
-what its users run.
+On the same chunks it also measures the embedders side by side (torch in float32; the default,
+i.e. torch in bfloat16 where the CPU has it, at the default batch size and at 64; ONNX Runtime at
+every core and at one thread; each one's cosine to float32 per chunk) and the query vector cache.
+ragops ingests with its default embedder; LangChain embeds with sentence-transformers on torch in
+float32, what its users run.
 
     python -m bench ingest [--docs 1000] [--skip-langchain]
 """
@@ -166,8 +167,8 @@ def hnsw_recall(database: Any, embedder: Embedder, queries: list[str], k: int = 
 
 
 def embed_backends(texts: list[str], embedders: dict[str, Embedder], rounds: int) -> dict[str, Any]:
-    """Embed-only throughput of each backend on the same texts (best of interleaved rounds: the machine is
-    shared, and its load moves within a run), and the cosine of ONNX to torch per text."""
+    """Embed-only throughput of each embedder on the same texts (best of interleaved rounds: the machine is
+    shared, and its load moves within a run), and each one's cosine per text to the first (torch, float32)."""
     throughput: dict[str, Any] = {}
     vectors: dict[str, np.ndarray] = {}
     for _ in range(rounds):
@@ -177,12 +178,16 @@ def embed_backends(texts: list[str], embedders: dict[str, Embedder], rounds: int
             seconds = time.perf_counter() - t0
             if name not in throughput or seconds < throughput[name]["seconds"]:
                 throughput[name] = {"seconds": seconds, "texts_per_s": len(texts) / seconds}
+            throughput[name].update(backend=embedder.backend, precision=embedder.precision, batch=embedder.batch_size)
             if isinstance(embedder, OnnxEmbedder):
                 throughput[name]["intra_op_threads"] = embedder.threads
-    cosines = np.sum(vectors["torch"] * vectors["onnx"], axis=1)
+    reference = vectors[next(iter(embedders))]
+    cosines = {name: np.sum(reference * got, axis=1) for name, got in list(vectors.items())[1:]}
     return {
         "throughput": throughput,
-        "cosine": {"min": float(cosines.min()), "mean": float(cosines.mean()), "texts": len(texts)},
+        "cosine": {
+            name: {"min": float(c.min()), "mean": float(c.mean()), "texts": len(texts)} for name, c in cosines.items()
+        },
     }
 
 
@@ -262,13 +267,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = bench_config()
     settings = config.config.index.embedding
     embedder = get_embedder(settings)
-    torch_embedder = get_embedder(settings.model_copy(update={"backend": "torch"}))
-    one_thread = OnnxEmbedder(settings.model_copy(update={"backend": "onnx"}), get_settings().model_cache_dir, 1)
-    for warm in (embedder, torch_embedder, one_thread):
+    # What a LangChain user embeds with: sentence-transformers on torch in float32 (its defaults).
+    float32_embedder = get_embedder(settings.model_copy(update={"backend": "torch", "precision": "float32"}))
+    embedders = {
+        "torch_float32": float32_embedder,
+        "default": embedder,
+        "default_batch_64": get_embedder(settings.model_copy(update={"batch_size": 64})),
+        "onnx": get_embedder(settings.model_copy(update={"backend": "onnx", "precision": "auto"})),
+        "onnx_1_thread": OnnxEmbedder(
+            settings.model_copy(update={"backend": "onnx", "precision": "auto"}), get_settings().model_cache_dir, 1
+        ),
+    }
+    for warm in embedders.values():
         warm.embed_batch(["warm up the model"] * 8)
     result: dict[str, Any] = {
         "corpus": f"pubmedqa corpus_docs.jsonl, first {len(records)} abstracts",
         "backend": embedder.backend,
+        "precision": embedder.precision,
+        "batch_size": embedder.batch_size,
     }
 
     with tempfile.TemporaryDirectory() as tmp, bench_server() as admin_uri:
@@ -279,11 +295,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["chunks"] = len(texts)
         result["chunk_size"] = CHUNK_SIZE
 
-        embedders = {"torch": torch_embedder, "onnx": embedder, "onnx_1_thread": one_thread}
         backends = embed_backends(texts, embedders, args.rounds)
         result["embed_backends"] = backends.pop("throughput")
-        result["cosine_onnx_vs_torch"] = backends["cosine"]
-        embed_only = result["embed_backends"]["torch" if embedder.backend == "torch" else "onnx"]["seconds"]
+        result["cosine_vs_torch_float32"] = backends["cosine"]
+        embed_only = result["embed_backends"]["default"]["seconds"]
 
         database = fresh_database(admin_uri, "bench_ragops")
         with database.connect() as conn:
@@ -310,17 +325,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "updated": after_edit.updated,
             "texts_embedded": after_edit.texts_embedded,
         }
+        seconds = {name: b["seconds"] for name, b in result["embed_backends"].items()}
         result["ratios"] = {
-            "onnx_vs_torch_embed_throughput": result["embed_backends"]["torch"]["seconds"]
-            / result["embed_backends"]["onnx"]["seconds"],
-            "onnx_1_thread_vs_onnx_embed_throughput": result["embed_backends"]["onnx"]["seconds"]
-            / result["embed_backends"]["onnx_1_thread"]["seconds"],
+            **{
+                f"{name}_vs_torch_float32_embed_throughput": seconds["torch_float32"] / seconds[name]
+                for name in seconds
+                if name != "torch_float32"
+            },
+            "onnx_1_thread_vs_onnx_embed_throughput": seconds["onnx"] / seconds["onnx_1_thread"],
             "pipeline_vs_embed_only_throughput": embed_only / first.total_seconds,
             "first_vs_unchanged_reingest": first.total_seconds / again.total_seconds,
             "edit_1pct_share_of_first": after_edit.total_seconds / first.total_seconds,
         }
         if not args.skip_langchain:
-            anchor = langchain_indexed_ingest(admin_uri, original, corpus, config, torch_embedder)
+            anchor = langchain_indexed_ingest(admin_uri, original, corpus, config, float32_embedder)
             result["langchain_index_incremental"] = anchor
             result["ratios"]["langchain_index_first_vs_ragops_first"] = anchor["first"]["seconds"] / first.total_seconds
             result["ratios"]["langchain_index_unchanged_vs_ragops_unchanged"] = (
@@ -329,11 +347,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["ratios"]["langchain_index_edit_1pct_vs_ragops_edit_1pct"] = (
                 anchor["edit_1pct"]["seconds"] / after_edit.total_seconds
             )
-            lc = langchain_ingest(admin_uri, texts, torch_embedder)
+            lc = langchain_ingest(admin_uri, texts, float32_embedder)
             result["langchain_pgvector"] = lc
             result["ratios"]["langchain_first_vs_ragops_first"] = lc["first_s"] / first.total_seconds
             result["ratios"]["langchain_same_again_vs_ragops_unchanged"] = lc["same_again_s"] / again.total_seconds
-            side = first_ingest_side_by_side(admin_uri, original, texts, config, embedder, torch_embedder, args.rounds)
+            side = first_ingest_side_by_side(
+                admin_uri, original, texts, config, embedder, float32_embedder, args.rounds
+            )
             result["first_ingest_side_by_side"] = side
             result["ratios"]["ragops_vs_langchain_pgvector_first_throughput"] = side["ragops_vs_langchain_throughput"]
         result["hnsw"] = hnsw_recall(database, embedder, queries)

@@ -54,6 +54,7 @@ class ChunkingSettings(StrictModel):
 
 
 EmbeddingBackend = Literal["auto", "torch", "onnx"]
+EmbeddingPrecision = Literal["auto", "float32", "bfloat16"]
 
 
 class EmbeddingSettings(StrictModel):
@@ -71,11 +72,38 @@ class EmbeddingSettings(StrictModel):
             "exported; auto: onnx, else torch."
         ),
     )
-    batch_size: int = Field(default=64, ge=1, le=4096)
+    precision: EmbeddingPrecision = Field(
+        default="auto",
+        description=(
+            "Arithmetic of the torch backend. bfloat16: the model's matrix products in bfloat16 with float32 "
+            "accumulation (about twice as fast on a CPU with native bfloat16: AVX512-BF16 or AMX), used only "
+            "after it gave the float32 vectors on probe texts (cosine >= 0.9999), refused otherwise; float32: "
+            "always; auto (default): bfloat16 where the CPU runs it natively and the probe agrees, else float32. "
+            "ONNX runs float32."
+        ),
+    )
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description=(
+            "Texts per model batch (longest first). Small batches keep activations in cache: 16 measured faster "
+            "than 64 on 2 cores (python -m bench ingest). Changes speed only, never the index."
+        ),
+    )
     normalize: bool = True
     query_cache_size: int = Field(
         default=1024, ge=0, le=1_000_000, description="Question vectors kept per process (LRU); 0 = no cache."
     )
+
+    @model_validator(mode="after")
+    def _bfloat16_runs_on_torch(self) -> EmbeddingSettings:
+        if self.precision == "bfloat16" and self.backend != "torch":
+            raise ValueError(
+                f"precision bfloat16 runs on the torch backend only (backend is {self.backend!r}): "
+                "set backend: torch, or precision: auto"
+            )
+        return self
 
 
 class IndexSettings(StrictModel):
@@ -105,9 +133,11 @@ class IndexSettings(StrictModel):
 
         The embedding backend is left out on purpose: an ONNX export is only used after it has given
         the torch model's vectors (cosine >= 0.9999 on probe texts, checked at export), so switching
-        backend changes speed, not the index; hashing it would rebuild identical vectors. The query
-        cache size changes nothing stored either. Nor do sentence vectors: they change no chunk, chunk
-        vector or search result, only where the extractive generator gets its sentence vectors from.
+        backend changes speed, not the index; hashing it would rebuild identical vectors. So is the
+        precision, for the same reason: bfloat16 is used only after it has given the float32 vectors on
+        probe texts. The query cache size changes nothing stored either. Nor do sentence vectors: they
+        change no chunk, chunk vector or search result, only where the extractive generator gets its
+        sentence vectors from.
         A version built without them gets them on its next ingest (documents lacking them count as
         updated), and until then the generator embeds those chunks' sentences itself.
         """

@@ -5,6 +5,10 @@ The ONNX backend runs an export of the very same weights: the whole sentence-tra
 tokenizer with the same truncation. It is exported once per weights hash into the models cache
 (``./dev.sh setup``, or lazily on first use) and used only after it gave torch's vectors on probe
 texts, which is why the backend is not part of an index version's identity.
+
+The torch backend may run the model in bfloat16 (CPU autocast: matrix products in bfloat16, float32
+accumulation and normalization), about twice as fast where the CPU has it natively. It is held to the
+same rule: used only after every probe text's vector matched float32's (:data:`SAME_VECTORS_COSINE`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ log = logging.getLogger(__name__)
 BUNDLED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 Span = tuple[int, int]
+
+
+# Another backend or precision is used only if every probe text gets the float32 torch model's vector
+# to this cosine: then it makes "the same vectors", and the index identity need not know it.
+SAME_VECTORS_COSINE = 0.9999
+_PROBE_TEXTS = (
+    "How many PTO days do new employees get?",
+    "",
+    "   leading and trailing   whitespace   ",
+    "Ünïcödé, café, naïve, 日本語 and an emoji 🙂 in one line.",
+    "A short one.",
+    # Longer than the 256 word pieces MiniLM reads: checks the truncation.
+    " ".join(f"Sentence {i} of a long document about backups, retention and on-call rotations." for i in range(60)),
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,8 @@ class Embedder(ABC):
     model_name: str
     dimension: int
     backend: str = "custom"
+    # The arithmetic the model runs in ("float32", or "bfloat16" once checked to give the same vectors).
+    precision: str = "float32"
     # The longest input the model reads, in its own tokens (special ones included); longer texts are cut
     # there. None: no limit known (then nothing is counted as truncated).
     max_tokens: int | None = None
@@ -100,7 +120,7 @@ class Embedder(ABC):
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for ``texts``, shape (len(texts), dimension), float32."""
 
-    batch_size: int = 64
+    batch_size: int = 16
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Each text's length in the model's own tokens, special tokens included, as if nothing were cut.
@@ -239,6 +259,16 @@ class Embedder(ABC):
             self._query_cache.clear()
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX), as torch sees it."""
+    try:
+        import torch
+
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # private probes: a torch without them means "not known to be native"
+        return False
+
+
 def _cores() -> int:
     """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -290,6 +320,56 @@ class SentenceTransformerEmbedder(Embedder):
         self.dimension = int(dimension)
         self._count_with_model_tokenizer()
         self._spans_tokenizer = self._offsets_tokenizer()
+        self.precision = self._choose_precision(settings.precision)
+
+    def _arithmetic(self, precision: str | None = None) -> contextlib.AbstractContextManager[Any]:
+        """Where the model runs in ``precision`` (default: the chosen one): bfloat16 = CPU autocast."""
+        if (precision or self.precision) != "bfloat16":
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def _choose_precision(self, wanted: str) -> str:
+        """float32, or bfloat16 when asked (or ``auto``), native on this CPU, and giving the float32 vectors.
+
+        The same check as an ONNX export's: every probe text's vector within :data:`SAME_VECTORS_COSINE`
+        of float32's, so the index identity need not know the precision.
+        """
+        if wanted == "float32":
+            return "float32"
+        if not native_bfloat16():
+            if wanted == "bfloat16":
+                raise EmbeddingError(
+                    "embedding precision bfloat16 needs a CPU with native bfloat16 (AVX512-BF16 or AMX) and this "
+                    "one has neither: set precision to auto or float32"
+                )
+            return "float32"
+        probes = list(_PROBE_TEXTS)
+        reference = _normalized(self._encode(probes, "float32"))
+        candidate = _normalized(self._encode(probes, "bfloat16"))
+        cosine = float(np.min(np.sum(reference * candidate, axis=1)))
+        if cosine < SAME_VECTORS_COSINE:
+            message = (
+                f"bfloat16 vectors of {self.model_name!r} differ from float32's "
+                f"(cosine {cosine:.6f} < {SAME_VECTORS_COSINE})"
+            )
+            if wanted == "bfloat16":
+                raise EmbeddingError(f"{message}: set precision to auto or float32")
+            log.warning("%s; embedding in float32", message)
+            return "float32"
+        return "bfloat16"
+
+    def _encode(self, texts: list[str], precision: str | None = None, **outputs: Any) -> Any:
+        """sentence-transformers' ``encode`` over one batch, in ``precision`` (default: the chosen one)."""
+        with self._arithmetic(precision):
+            return self._model.encode(
+                texts,
+                batch_size=self.settings.batch_size,
+                normalize_embeddings=self.settings.normalize,
+                show_progress_bar=False,
+                **outputs,
+            )
 
     def _count_with_model_tokenizer(self) -> None:
         """Count tokens as ``encode`` does: the model's tokenizer, cut at its ``max_seq_length``."""
@@ -320,14 +400,12 @@ class SentenceTransformerEmbedder(Embedder):
         return tokenizer
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.settings.batch_size,
-            normalize_embeddings=self.settings.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        return self._float32(self._encode(list(texts), convert_to_numpy=True))
+
+    def _float32(self, vectors: Any) -> np.ndarray:
+        """float32 vectors; renormalized in float32 when the model normalized them in bfloat16."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        return _normalized(vectors) if self.settings.normalize and self.precision != "float32" else vectors
 
     @property
     def pools_spans(self) -> bool:
@@ -341,14 +419,8 @@ class SentenceTransformerEmbedder(Embedder):
 
     def _embed_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenStates | None]]:
         # The same encode call as _embed (same batches, same vectors), asked for every output of the pass.
-        outputs: list[dict[str, Any]] = self._model.encode(  # type: ignore[assignment]  # output_value=None: dicts
-            list(texts),
-            batch_size=self.settings.batch_size,
-            normalize_embeddings=self.settings.normalize,
-            output_value=None,
-            show_progress_bar=False,
-        )
-        vectors = np.stack([np.asarray(o["sentence_embedding"].float().cpu(), dtype=np.float32) for o in outputs])
+        outputs: list[dict[str, Any]] = self._encode(list(texts), output_value=None)  # None: every output
+        vectors = self._float32(np.stack([np.asarray(o["sentence_embedding"].float().cpu()) for o in outputs]))
         states: list[TokenStates | None] = []
         for output, encoding in zip(outputs, self._spans_tokenizer.encode_batch(list(texts)), strict=True):
             n = len(encoding.ids)
@@ -367,23 +439,12 @@ class SentenceTransformerEmbedder(Embedder):
 # Bump when the export code changes the graph it writes for the same weights (it is in the cache key).
 ONNX_EXPORT_FORMAT = 2  # 2: token embeddings as a second output (sentence vectors pooled at ingest)
 ONNX_OPSET = 17
-# An export is used only if every probe text gets the torch model's vector to this cosine.
-MIN_EXPORT_COSINE = 0.9999
 # Files of a model folder that do not change its vectors (the cache key hashes all the others).
 _NOT_WEIGHTS = {"README.md", ".gitattributes"}
 # Packages whose code shapes the exported graph: another version exports anew.
 _EXPORT_PACKAGES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime")
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _OUTPUT_NAMES = ("sentence_embedding", "token_embeddings")
-_PROBE_TEXTS = (
-    "How many PTO days do new employees get?",
-    "",
-    "   leading and trailing   whitespace   ",
-    "Ünïcödé, café, naïve, 日本語 and an emoji 🙂 in one line.",
-    "A short one.",
-    # Longer than the 256 word pieces MiniLM reads: checks the truncation.
-    " ".join(f"Sentence {i} of a long document about backups, retention and on-call rotations." for i in range(60)),
-)
 
 
 def onnx_threads() -> int:
@@ -599,14 +660,14 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
     fused_path = out / "model.onnx"
     fused = _fuse(raw, fused_path, model)
     cosine = min_cosine(fused_path) if fused else -1.0
-    if not fused or cosine < MIN_EXPORT_COSINE:
+    if not fused or cosine < SAME_VECTORS_COSINE:
         # The unfused graph is slower but as exact; keep it when fusion is not possible for this model.
         fused = False
         raw.replace(fused_path)
         cosine = min_cosine(fused_path)
     raw.unlink(missing_ok=True)
-    if cosine < MIN_EXPORT_COSINE:
-        raise refuse(f"its ONNX vectors differ from torch's (cosine {cosine:.6f} < {MIN_EXPORT_COSINE})")
+    if cosine < SAME_VECTORS_COSINE:
+        raise refuse(f"its ONNX vectors differ from torch's (cosine {cosine:.6f} < {SAME_VECTORS_COSINE})")
     (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     meta = {
         "source": str(folder),

@@ -122,6 +122,14 @@ def test_config_validate_passes_on_the_repository() -> None:
             "index:\n  embedding:\n    backend: tensorrt\n",
             "default.yaml: index.embedding.backend: Input should be 'auto', 'torch' or 'onnx'",
         ),
+        (
+            "index:\n  embedding:\n    precision: float16\n",
+            "default.yaml: index.embedding.precision: Input should be 'auto', 'float32' or 'bfloat16'",
+        ),
+        (
+            "index:\n  embedding:\n    backend: onnx\n    precision: bfloat16\n",
+            "precision bfloat16 runs on the torch backend only (backend is 'onnx')",
+        ),
         ("retrieval:\n  bm25_k1: -1\n", "default.yaml: retrieval.bm25_k1: Input should be greater than or equal to 0"),
         ("retrieval:\n  bm25_b: 1.5\n", "default.yaml: retrieval.bm25_b: Input should be less than or equal to 1"),
         ("retrieval:\n  fusion: borda\n", "default.yaml: retrieval.fusion: Input should be 'rrf' or 'convex'"),

@@ -73,7 +73,7 @@ def test_unsafe_names_are_refused_before_any_file_is_read(tmp_path: Path, name: 
 
 # The default index version's hash. It changes only when the chunks or vectors would: chunker version 2
 # (chunks fitted to the embedder's input limit) moved it from fc711bfb...; the embedding backend,
-# batch size and query cache never did, so an index built with one backend serves the other.
+# precision, batch size and query cache never did, so an index built with one backend serves the other.
 DEFAULT_VERSION_HASH = "4de39ee6f3da40453add81df388f1bf99e84b51da1e97bbbd88084973f8b3e19"
 
 
@@ -84,6 +84,9 @@ DEFAULT_VERSION_HASH = "4de39ee6f3da40453add81df388f1bf99e84b51da1e97bbbd8808497
         # Same vectors (checked when a model is exported): switching backend must not rebuild the index.
         ({"embedding": {"backend": "torch"}}, True),
         ({"embedding": {"backend": "onnx"}}, True),
+        # Same vectors again (checked against float32 on probe texts when the model loads).
+        ({"embedding": {"precision": "float32"}}, True),
+        ({"embedding": {"precision": "bfloat16"}}, True),
         ({"embedding": {"query_cache_size": 0}}, True),
         # Sentence vectors change no chunk, vector or search result; a version lacking them gets them on ingest.
         ({"sentence_vectors": False}, True),

@@ -1,4 +1,4 @@
-"""Embedders: concurrency, the ONNX backend against torch, the query cache."""
+"""Embedders: concurrency, the ONNX backend and bfloat16 against torch in float32, the query cache."""
 
 from __future__ import annotations
 
@@ -154,7 +154,8 @@ def sample_texts(torch_embedder: Embedder) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def torch_embedder(models_dir: Path) -> Embedder:
-    return get_embedder(EmbeddingSettings(backend="torch"), cache_root=models_dir)
+    """The reference: torch in float32."""
+    return get_embedder(EmbeddingSettings(backend="torch", precision="float32"), cache_root=models_dir)
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +254,61 @@ def test_a_folder_that_cannot_be_exported_is_refused_by_name(
     assert not any(cache.iterdir()), "a failed export leaves nothing behind"
 
 
+# --- bfloat16 --------------------------------------------------------------------------------------
+
+needs_native_bfloat16 = pytest.mark.skipif(
+    not embedding.native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
+)
+
+
+@pytest.fixture(scope="module")
+def bfloat16_embedder(models_dir: Path) -> Embedder:
+    if not embedding.native_bfloat16():
+        pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+    return get_embedder(EmbeddingSettings(backend="torch", precision="bfloat16"), cache_root=models_dir)
+
+
+@pytest.mark.parametrize("unit", ["chunks", "documents"])
+def test_bfloat16_gives_the_float32_vectors_on_the_samples(
+    sample_texts: dict[str, list[str]], torch_embedder: Embedder, bfloat16_embedder: Embedder, unit: str
+) -> None:
+    """Every chunk (and every whole document) gets float32's vector, as unit vectors in float32."""
+    texts = sample_texts[unit]
+    assert (torch_embedder.precision, bfloat16_embedder.precision) == ("float32", "bfloat16")
+    expected, got = torch_embedder.embed_batch(texts), bfloat16_embedder.embed_batch(texts)
+    assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    cosines = np.sum(expected * got, axis=1)
+    worst = int(np.argmin(cosines))
+    assert cosines[worst] >= embedding.SAME_VECTORS_COSINE, texts[worst][:200]
+    assert np.max(np.abs(expected - got)) > 0, "bfloat16 arithmetic was not used"
+
+
+@needs_native_bfloat16
+def test_auto_precision_is_bfloat16_where_the_cpu_has_it(embedder: Embedder) -> None:
+    assert EmbeddingSettings().precision == "auto" and embedder.precision == "bfloat16"
+
+
+def test_auto_precision_is_float32_without_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU without bfloat16 is simulated (the CPU feature probe answers no); explicit bfloat16 is then refused."""
+    monkeypatch.setattr(embedding, "native_bfloat16", lambda: False)
+    assert build_embedder(EmbeddingSettings(query_cache_size=1), Path("unused")).precision == "float32"
+    with pytest.raises(EmbeddingError, match="precision bfloat16 needs a CPU with native bfloat16"):
+        build_embedder(EmbeddingSettings(precision="bfloat16"), Path("unused"))
+
+
+@needs_native_bfloat16
+def test_bfloat16_that_misses_the_float32_vectors_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The probe check is real; only the bar is raised past what any arithmetic but float32's can reach."""
+    monkeypatch.setattr(embedding, "SAME_VECTORS_COSINE", 1.000001)
+    with caplog.at_level("WARNING", logger="core.embedding"):
+        assert build_embedder(EmbeddingSettings(query_cache_size=2), Path("unused")).precision == "float32"
+    assert "bfloat16 vectors of 'all-MiniLM-L6-v2' differ from float32's" in caplog.text
+    with pytest.raises(EmbeddingError, match=r"differ from float32's \(cosine 0\.9.*: set precision to auto"):
+        build_embedder(EmbeddingSettings(precision="bfloat16"), Path("unused"))
+
+
 # --- the query cache -----------------------------------------------------------------------------
 
 
@@ -346,15 +402,16 @@ def sample_chunks(torch_embedder: Embedder) -> list[tuple[str, list[tuple[tuple[
     return out
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "bfloat16"])
 def test_pooling_sentence_vectors_leaves_the_chunk_vectors_as_they_are(
     sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]],
     torch_embedder: Embedder,
     onnx_embedder: Embedder,
+    bfloat16_embedder: Embedder,
     backend: str,
 ) -> None:
     """The pass that pools sentence vectors gives each chunk the vector it gets without them (the index's vectors)."""
-    embedder = torch_embedder if backend == "torch" else onnx_embedder
+    embedder = {"torch": torch_embedder, "onnx": onnx_embedder, "bfloat16": bfloat16_embedder}[backend]
     assert embedder.pools_spans
     texts = [text for text, _ in sample_chunks]
     vectors, pooled = embedder.embed_pooled(texts, [spans for _, spans in sample_chunks])
@@ -365,14 +422,18 @@ def test_pooling_sentence_vectors_leaves_the_chunk_vectors_as_they_are(
     assert np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)  # the chunker fits chunks: every sentence read
 
 
-def test_both_backends_pool_the_same_sentence_vectors(
+@pytest.mark.parametrize("other", ["onnx", "bfloat16"])
+def test_every_backend_pools_the_same_sentence_vectors(
     sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]],
     torch_embedder: Embedder,
     onnx_embedder: Embedder,
+    bfloat16_embedder: Embedder,
+    other: str,
 ) -> None:
     texts, spans = [text for text, _ in sample_chunks], [spans for _, spans in sample_chunks]
     expected = np.concatenate(torch_embedder.embed_pooled(texts, spans)[1])
-    got = np.concatenate(onnx_embedder.embed_pooled(texts, spans)[1])
+    embedder = onnx_embedder if other == "onnx" else bfloat16_embedder
+    got = np.concatenate(embedder.embed_pooled(texts, spans)[1])
     assert np.min(np.sum(expected * got, axis=1)) >= 0.9999
 
 
