@@ -256,15 +256,14 @@ def test_a_folder_that_cannot_be_exported_is_refused_by_name(
 
 # --- bfloat16 --------------------------------------------------------------------------------------
 
-needs_native_bfloat16 = pytest.mark.skipif(
-    not embedding.native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
-)
+NO_NATIVE_BFLOAT16 = "this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
+needs_native_bfloat16 = pytest.mark.skipif(not embedding.native_bfloat16(), reason=NO_NATIVE_BFLOAT16)
 
 
 @pytest.fixture(scope="module")
 def bfloat16_embedder(models_dir: Path) -> Embedder:
     if not embedding.native_bfloat16():
-        pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+        pytest.skip(NO_NATIVE_BFLOAT16)
     return get_embedder(EmbeddingSettings(backend="torch", precision="bfloat16"), cache_root=models_dir)
 
 
@@ -291,7 +290,7 @@ def test_auto_precision_is_bfloat16_where_the_cpu_has_it(embedder: Embedder) -> 
 def test_auto_precision_is_float32_without_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU without bfloat16 is simulated (the CPU feature probe answers no); explicit bfloat16 is then refused."""
     monkeypatch.setattr(embedding, "native_bfloat16", lambda: False)
-    assert build_embedder(EmbeddingSettings(query_cache_size=1), Path("unused")).precision == "float32"
+    assert build_embedder(EmbeddingSettings(), Path("unused")).precision == "float32"
     with pytest.raises(EmbeddingError, match="precision bfloat16 needs a CPU with native bfloat16"):
         build_embedder(EmbeddingSettings(precision="bfloat16"), Path("unused"))
 
@@ -303,7 +302,7 @@ def test_bfloat16_that_misses_the_float32_vectors_is_not_used(
     """The probe check is real; only the bar is raised past what any arithmetic but float32's can reach."""
     monkeypatch.setattr(embedding, "SAME_VECTORS_COSINE", 1.000001)
     with caplog.at_level("WARNING", logger="core.embedding"):
-        assert build_embedder(EmbeddingSettings(query_cache_size=2), Path("unused")).precision == "float32"
+        assert build_embedder(EmbeddingSettings(), Path("unused")).precision == "float32"
     assert "bfloat16 vectors of 'all-MiniLM-L6-v2' differ from float32's" in caplog.text
     with pytest.raises(EmbeddingError, match=r"differ from float32's \(cosine 0\.9.*: set precision to auto"):
         build_embedder(EmbeddingSettings(precision="bfloat16"), Path("unused"))
@@ -404,14 +403,10 @@ def sample_chunks(torch_embedder: Embedder) -> list[tuple[str, list[tuple[tuple[
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "bfloat16"])
 def test_pooling_sentence_vectors_leaves_the_chunk_vectors_as_they_are(
-    sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]],
-    torch_embedder: Embedder,
-    onnx_embedder: Embedder,
-    bfloat16_embedder: Embedder,
-    backend: str,
+    sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]], request: pytest.FixtureRequest, backend: str
 ) -> None:
     """The pass that pools sentence vectors gives each chunk the vector it gets without them (the index's vectors)."""
-    embedder = {"torch": torch_embedder, "onnx": onnx_embedder, "bfloat16": bfloat16_embedder}[backend]
+    embedder: Embedder = request.getfixturevalue(f"{backend}_embedder")  # only bfloat16 may skip
     assert embedder.pools_spans
     texts = [text for text, _ in sample_chunks]
     vectors, pooled = embedder.embed_pooled(texts, [spans for _, spans in sample_chunks])
@@ -426,13 +421,12 @@ def test_pooling_sentence_vectors_leaves_the_chunk_vectors_as_they_are(
 def test_every_backend_pools_the_same_sentence_vectors(
     sample_chunks: list[tuple[str, list[tuple[tuple[int, int], ...]]]],
     torch_embedder: Embedder,
-    onnx_embedder: Embedder,
-    bfloat16_embedder: Embedder,
+    request: pytest.FixtureRequest,
     other: str,
 ) -> None:
     texts, spans = [text for text, _ in sample_chunks], [spans for _, spans in sample_chunks]
     expected = np.concatenate(torch_embedder.embed_pooled(texts, spans)[1])
-    embedder = onnx_embedder if other == "onnx" else bfloat16_embedder
+    embedder: Embedder = request.getfixturevalue(f"{other}_embedder")  # only bfloat16 may skip
     got = np.concatenate(embedder.embed_pooled(texts, spans)[1])
     assert np.min(np.sum(expected * got, axis=1)) >= 0.9999
 
