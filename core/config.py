@@ -76,7 +76,7 @@ class EmbeddingSettings(StrictModel):
         default="auto",
         description=(
             "Arithmetic of the torch backend. bfloat16: the model's matrix products in bfloat16 with float32 "
-            "accumulation (about twice as fast on a CPU with native bfloat16: AVX512-BF16 or AMX), used only "
+            "accumulation (faster on a CPU with native bfloat16: AVX512-BF16 or AMX), used only "
             "after it gave the float32 vectors on probe texts (cosine >= 0.9999), refused otherwise; float32: "
             "always; auto (default): bfloat16 where the CPU runs it natively and the probe agrees, else float32. "
             "ONNX runs float32."

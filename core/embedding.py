@@ -7,8 +7,9 @@ tokenizer with the same truncation. It is exported once per weights hash into th
 texts, which is why the backend is not part of an index version's identity.
 
 The torch backend may run the model in bfloat16 (CPU autocast: matrix products in bfloat16, float32
-accumulation and normalization), about twice as fast where the CPU has it natively. It is held to the
-same rule: used only after every probe text's vector matched float32's (:data:`SAME_VECTORS_COSINE`).
+accumulation and normalization), faster where the CPU has it natively (``python -m bench ingest``
+measures by how much). It is held to the same rule: used only after every probe text's vector matched
+float32's (:data:`SAME_VECTORS_COSINE`).
 """
 
 from __future__ import annotations
@@ -321,6 +322,22 @@ class SentenceTransformerEmbedder(Embedder):
         self._count_with_model_tokenizer()
         self._spans_tokenizer = self._offsets_tokenizer()
         self.precision = self._choose_precision(settings.precision)
+        if self.precision == "bfloat16":
+            self._cast_matrix_weights()
+        log.info("embedding model %s: torch, %s, batch %d", self.model_name, self.precision, self.batch_size)
+
+    def _cast_matrix_weights(self) -> None:
+        """Store the linear layers' weights in bfloat16, so autocast does not cast them again on every call.
+
+        The vectors are the ones autocast gives from float32 weights (it rounds them the same way);
+        the model cannot run in float32 afterwards, so this follows the probe.
+        """
+        import torch
+
+        for module in self._model.modules():
+            if isinstance(module, torch.nn.Linear):
+                for parameter in module.parameters(recurse=False):
+                    parameter.data = parameter.data.to(torch.bfloat16)
 
     def _arithmetic(self, precision: str | None = None) -> contextlib.AbstractContextManager[Any]:
         """Where the model runs in ``precision`` (default: the chosen one): bfloat16 = CPU autocast."""
@@ -361,7 +378,11 @@ class SentenceTransformerEmbedder(Embedder):
         return "bfloat16"
 
     def _encode(self, texts: list[str], precision: str | None = None, **outputs: Any) -> Any:
-        """sentence-transformers' ``encode`` over one batch, in ``precision`` (default: the chosen one)."""
+        """sentence-transformers' ``encode`` over one batch, in ``precision`` (default: the chosen one).
+
+        Another precision than the chosen one only while choosing it (the probe): once bfloat16 is
+        chosen, the weights are bfloat16.
+        """
         with self._arithmetic(precision):
             return self._model.encode(
                 texts,
@@ -741,6 +762,9 @@ class OnnxEmbedder(Embedder):
                 f"cannot load the ONNX export of {settings.model!r} from {self.folder}: {exc}"
             ) from exc
         self.dimension = int(meta["dimension"])
+        log.info(
+            "embedding model %s: onnx, float32, %d threads, batch %d", self.model_name, self.threads, self.batch_size
+        )
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self._session.run(["sentence_embedding"], _features(self._tokenizer, texts, self._names))[0]

@@ -287,6 +287,20 @@ def test_auto_precision_is_bfloat16_where_the_cpu_has_it(embedder: Embedder) -> 
     assert EmbeddingSettings().precision == "auto" and embedder.precision == "bfloat16"
 
 
+@pytest.mark.parametrize("precision", [pytest.param("bfloat16", marks=needs_native_bfloat16), "float32"])
+def test_the_chosen_precision_is_logged_and_bfloat16_weights_are_cast_once(
+    precision: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bfloat16 stores the linear layers' weights in bfloat16 (autocast would re-cast float32 ones per call)."""
+    import torch
+
+    with caplog.at_level("INFO", logger="core.embedding"):
+        embedder = build_embedder(EmbeddingSettings(precision=precision), Path("unused"))
+    assert f"embedding model all-MiniLM-L6-v2: torch, {precision}, batch 16" in caplog.text
+    linear = [m for m in embedder._model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and {m.weight.dtype for m in linear} == {getattr(torch, precision)}
+
+
 def test_auto_precision_is_float32_without_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU without bfloat16 is simulated (the CPU feature probe answers no); explicit bfloat16 is then refused."""
     monkeypatch.setattr(embedding, "native_bfloat16", lambda: False)
