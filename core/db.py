@@ -31,6 +31,9 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 HANDLES_FILE = ".handle_pids.json"  # pgserver's list of the pids holding a server, in its data folder
+TUNING_FILE = "ragops.conf"  # server settings ragops writes into the data folder, included by postgresql.conf
+TUNING_INCLUDE = f"include_if_exists = '{TUNING_FILE}'"
+MIB = 1024 * 1024
 _holders_lock = threading.Lock()
 _holders: dict[Path, int] = {}  # EmbeddedPostgres objects of this process holding each data folder
 
@@ -60,6 +63,7 @@ class EmbeddedPostgres:
     """
 
     pgdata: Path
+    shared_buffers_mb: int | None = None  # None: see default_shared_buffers_mb
     _server: Any = field(default=None, repr=False)
 
     def start(self) -> str:
@@ -71,6 +75,8 @@ class EmbeddedPostgres:
             if self._server is None:
                 _forget_stale_instance(pgserver, pgdata)
                 try:
+                    if pgdata not in pgserver.PostgresServer._instances:
+                        _prepare_pgdata(pgserver, pgdata, self.shared_buffers_mb or default_shared_buffers_mb())
                     # cleanup_mode=None: pgserver's own exit hook never stops the server; stop() decides.
                     self._server = pgserver.get_server(pgdata, cleanup_mode=None)
                 except Exception as exc:  # the package raises bare subprocess/assertion errors
@@ -92,6 +98,54 @@ class EmbeddedPostgres:
                 return  # another object of this process still uses it
             del _holders[pgdata]
             _detach(server, pgdata)
+
+
+CGROUP_MEMORY_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def available_memory_bytes() -> int:
+    """The memory this process may use: the machine's, or its container's limit when lower (cgroup v2 or v1)."""
+    total = int(psutil.virtual_memory().total)
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            limit = path.read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():  # "max" (v2) means none; v1 says none with a huge number, which min() ignores
+            total = min(total, int(limit))
+    return total
+
+
+def default_shared_buffers_mb() -> int:
+    """PostgreSQL's page cache for the embedded server: an eighth of the memory, 128 MB to 2 GB.
+
+    PostgreSQL's own default (128 MB) is smaller than the vectors and HNSW graph of a collection
+    of a hundred thousand chunks, and a filtered HNSW scan then reads its pages back from the
+    OS cache on every query.
+    """
+    return int(min(max(available_memory_bytes() // 8 // MIB, 128), 2048))
+
+
+def _prepare_pgdata(pgserver: ModuleType, pgdata: Path, shared_buffers_mb: int) -> None:
+    """Create the data folder (``initdb``) if new, and write ragops' server settings into it.
+
+    The settings take effect when the server starts: a server already running keeps its own
+    until its last holder leaves. Under pgserver's inter-process lock, like its own ``initdb``.
+    """
+    server = pgserver.PostgresServer(pgdata, cleanup_mode=None)
+    with pgserver.PostgresServer._lock:
+        server.ensure_pgdata_inited()
+        tuning = pgdata / TUNING_FILE
+        text = (
+            "# Written by ragops whenever it starts the embedded server: set RAGOPS_PG_SHARED_BUFFERS_MB instead.\n"
+            f"shared_buffers = '{shared_buffers_mb}MB'\n"
+        )
+        if not tuning.exists() or tuning.read_text() != text:
+            tuning.write_text(text)
+        conf = pgdata / "postgresql.conf"
+        if TUNING_INCLUDE not in conf.read_text():
+            with conf.open("a") as out:
+                out.write(f"\n{TUNING_INCLUDE}\n")
 
 
 def _forget_stale_instance(pgserver: ModuleType, pgdata: Path) -> None:
@@ -199,7 +253,7 @@ class Database:
         """Use ``DATABASE_URL`` when set, else start the embedded server."""
         if settings.database_url is not None:
             return cls(url=settings.database_url.get_secret_value())
-        embedded = EmbeddedPostgres(settings.pgdata)
+        embedded = EmbeddedPostgres(settings.pgdata, shared_buffers_mb=settings.pg_shared_buffers_mb)
         return cls(url=embedded.start(), embedded=embedded)
 
     def connect(self) -> psycopg.Connection:

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         description="PostgreSQL with pgvector; unset = embedded PostgreSQL under data_dir.",
     )
     data_dir: Path = Field(default=Path(".ragops"), description="Project-local state (embedded database).")
+    pg_shared_buffers_mb: int | None = Field(
+        default=None,
+        ge=16,
+        description="Page cache of the embedded PostgreSQL (MB); unset = an eighth of the memory, 128 MB to 2 GB.",
+    )
     models_dir: Path | None = Field(
         default=None, description="Where ONNX exports of embedding models are kept; unset = data_dir/models."
     )

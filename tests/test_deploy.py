@@ -36,6 +36,7 @@ def test_compose_names_the_services_with_health_checks(compose: dict[str, Any]) 
     assert services["db"]["image"] == "pgvector/pgvector:pg17"
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
     assert any(v.endswith(":/var/lib/postgresql/data") for v in services["db"]["volumes"])
+    assert any(str(arg).startswith("shared_buffers=") for arg in services["db"]["command"]), "128 MB default cache"
 
 
 def test_api_and_worker_start_after_their_dependencies_are_healthy(compose: dict[str, Any]) -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
 
-from core.db import EmbeddedPostgres, stop_embedded_postgres
+from core import db
+from core.db import EmbeddedPostgres, default_shared_buffers_mb, stop_embedded_postgres
 from tests.utils.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,3 +245,59 @@ def test_killed_processes_do_not_keep_the_server_running(pgdata: Path) -> None:
     assert postmasters(pgdata)
     survivor.stop()
     assert not postmasters(pgdata)
+
+
+def _shared_buffers(uri: str) -> str:
+    with psycopg.connect(uri) as conn:
+        row = conn.execute("SHOW shared_buffers").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_the_page_cache_is_sized_at_each_start_and_the_include_is_written_once(pgdata: Path) -> None:
+    """A new data folder and an existing one both start with the size asked for, not PostgreSQL's 128 MB."""
+    for size in (48, 160):  # initdb then start, then a restart of the same folder with another size
+        server = EmbeddedPostgres(pgdata, shared_buffers_mb=size)
+        assert _shared_buffers(server.start()) == f"{size}MB"
+        server.stop()
+    conf = (pgdata / "postgresql.conf").read_text()
+    assert conf.count("include_if_exists = 'ragops.conf'") == 1
+
+
+def test_an_attached_process_does_not_resize_a_running_server(pgdata: Path) -> None:
+    """The page cache is fixed while the server runs: a second holder asking another size gets the running one."""
+    owner = EmbeddedPostgres(pgdata, shared_buffers_mb=48)
+    owner.start()
+    guest = _hold(pgdata, "server.stop()")  # attaches with the default size
+    _finish(guest)
+    assert guest.returncode == 0
+    assert _shared_buffers(owner.start()) == "48MB"
+    owner.stop()
+
+
+@pytest.mark.parametrize(
+    ("total_mb", "cgroup_limit", "expected"),
+    [
+        (512, None, 128),
+        (4096, None, 512),
+        (24 * 1024, None, 2048),
+        (24 * 1024, "max", 2048),
+        (24 * 1024, str(2048 * 1024 * 1024), 256),
+        (4096, str(2**63 - 4096), 512),
+    ],
+    ids=["floor", "eighth", "cap", "container-without-limit", "container-limit", "cgroup-v1-unlimited"],
+)
+def test_the_default_page_cache_is_an_eighth_of_the_memory_within_bounds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, total_mb: int, cgroup_limit: str | None, expected: int
+) -> None:
+    """The machine's memory, or the container's limit when it is lower (psutil sees the host's)."""
+
+    class Memory:
+        total = total_mb * 1024 * 1024
+
+    limit_file = tmp_path / "memory.max"
+    if cgroup_limit is not None:
+        limit_file.write_text(cgroup_limit + "\n")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    monkeypatch.setattr(db, "CGROUP_MEMORY_LIMITS", (limit_file,))
+    assert default_shared_buffers_mb() == expected
